@@ -1,0 +1,42 @@
+"""The one Jinja environment: every generated file comes from a template in templates/.
+
+StrictUndefined turns a misspelt variable into an error instead of an empty string in the
+XML; autoescape (for .xml templates) keeps a path with '&' or '<' from breaking the document.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+    undefined=jinja2.StrictUndefined,
+    autoescape=jinja2.select_autoescape(enabled_extensions=("xml", "xml.j2"), default=False),
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def render(template: str, **values) -> str:
+    return _env.get_template(template).render(**values)
+
+
+def template_path(template: str) -> Path:
+    """For doit's file_dep: a template edit makes what it renders stale."""
+    return TEMPLATES / template
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write atomically; leave the file (and its mtime) alone when the text is the same."""
+    if path.exists() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return True

@@ -1,0 +1,215 @@
+"""The thin libvirt adapter: every call dali makes to libvirtd goes through here.
+
+It knows three things the task modules should not have to: how to open the connection once
+(lazily, so `doit list` works without libvirtd), how dali marks the objects it creates
+(`<metadata>` carrying the cluster tag) and refuses to touch anything unmarked, and how to talk
+to a guest through its qemu-guest-agent (no network needed).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import libvirt
+import libvirt_qemu
+
+from tasks.errors import DaliError
+
+MARK_NS = "https://dali.invalid/xmlns/cluster/1"  # a name, never fetched
+MARK_ELEMENT = f"{{{MARK_NS}}}cluster"
+
+# libvirt prints every error to stderr by default, also the ones we expect and handle
+# (e.g. "domain not found" while asking whether it exists).
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+class ForeignObject(DaliError):
+    """A libvirt object with one of our names that dali did not create."""
+
+
+@dataclass
+class ExecResult:
+    """What a command run in the guest returned: exit code, stdout and stderr together."""
+    exitcode: int
+    stdout: str
+    stderr: str
+
+    def check(self, what: str) -> "ExecResult":
+        if self.exitcode != 0:
+            raise DaliError(f"{what} failed in the guest (exit {self.exitcode}): "
+                            f"{(self.stderr or self.stdout).strip()[:300]}")
+        return self
+
+
+def mark_of(xml: str) -> str | None:
+    """The cluster tag in an object's dali mark, or None if it carries none."""
+    node = ET.fromstring(xml).find(f"metadata/{MARK_ELEMENT}")
+    return None if node is None else node.get("tag")
+
+
+class Libvirt:
+    def __init__(self, uri: str, tag: str):
+        self.uri = uri
+        self.tag = tag
+        self._conn: libvirt.virConnect | None = None
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        if self._conn is None:
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as e:
+                raise DaliError(f"libvirtd is not reachable at {self.uri} ({e.get_error_message()}): "
+                                "run scripts/setup, which starts it, or set uri / LIBVIRT_DEFAULT_URI")
+        return self._conn
+
+    # --- ownership ----------------------------------------------------------------------------
+
+    def _ours(self, kind: str, name: str, xml: str) -> bool:
+        tag = mark_of(xml)
+        if tag == self.tag:
+            return True
+        owner = f"dali cluster '{tag}'" if tag else "someone else (it has no dali mark)"
+        raise ForeignObject(f"libvirt {kind} '{name}' already exists and belongs to {owner}: "
+                            f"rename or remove it, or pick another tag / network.name")
+
+    def domain(self, name: str) -> libvirt.virDomain | None:
+        """Our domain of that name, None if there is none; ForeignObject if it is not ours."""
+        try:
+            dom = self.conn.lookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+        self._ours("domain", name, dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        return dom
+
+    def network(self, name: str) -> libvirt.virNetwork | None:
+        try:
+            net = self.conn.networkLookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                return None
+            raise
+        self._ours("network", name, net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE))
+        return net
+
+    def our_domains(self) -> dict[str, libvirt.virDomain]:
+        """Every domain carrying this cluster's mark, by name (to find nodes no longer configured)."""
+        found = {}
+        for dom in self.conn.listAllDomains():
+            if mark_of(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) == self.tag:
+                found[dom.name()] = dom
+        return found
+
+    # --- definitions --------------------------------------------------------------------------
+
+    def define_domain(self, xml: str) -> libvirt.virDomain:
+        """Define (or redefine) after checking the XML against libvirt's schema."""
+        try:
+            return self.conn.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+        except libvirt.libvirtError as e:
+            raise DaliError(f"libvirt refused the domain XML: {e.get_error_message()}")
+
+    def define_network(self, xml: str) -> libvirt.virNetwork:
+        try:
+            return self.conn.networkDefineXML(xml)
+        except libvirt.libvirtError as e:
+            raise DaliError(f"libvirt refused the network XML: {e.get_error_message()}")
+
+    # --- domain life cycle --------------------------------------------------------------------
+
+    @staticmethod
+    def is_running(dom: libvirt.virDomain) -> bool:
+        return dom.state()[0] not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED)
+
+    def start(self, dom: libvirt.virDomain) -> None:
+        if self.is_running(dom):
+            return
+        try:
+            dom.create()
+        except libvirt.libvirtError as e:
+            raise DaliError(f"starting {dom.name()} failed: {e.get_error_message()}")
+
+    def shutdown(self, dom: libvirt.virDomain, timeout: int, log=print) -> str:
+        """Graceful power-off (ACPI), forced after `timeout` seconds. Returns how it ended."""
+        if not self.is_running(dom):
+            return "already off"
+        try:
+            dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        except libvirt.libvirtError:
+            pass  # e.g. still in firmware; the deadline below handles it
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.is_running(dom):
+                return "shut down"
+            time.sleep(0.5)
+        log(f"{dom.name()}: no power-off after {timeout} s of ACPI shutdown; forcing it off")
+        try:
+            dom.destroy()
+        except libvirt.libvirtError:
+            if self.is_running(dom):
+                raise
+        return "forced off"
+
+    # --- guest agent --------------------------------------------------------------------------
+
+    def agent(self, dom: libvirt.virDomain, command: str, timeout: int = 10, **arguments):
+        msg = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(msg), timeout, 0)
+        return json.loads(reply)["return"]
+
+    def agent_answers(self, dom: libvirt.virDomain) -> bool:
+        try:
+            self.agent(dom, "guest-ping", timeout=2)
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    def wait_for_agent(self, dom: libvirt.virDomain, timeout: int, log=print) -> float:
+        """Block until the guest agent answers; one progress line every 15 s. Returns seconds."""
+        t0 = time.monotonic()
+        next_note = 15.0
+        while not self.agent_answers(dom):
+            waited = time.monotonic() - t0
+            if not self.is_running(dom):
+                raise DaliError(f"{dom.name()} stopped while booting: see "
+                                f"/var/log/libvirt/qemu/{dom.name()}.log and {dom.name()}-console.log")
+            if waited > timeout:
+                raise DaliError(f"{dom.name()}: guest agent silent after {timeout} s: see "
+                                f"/var/log/libvirt/qemu/{dom.name()}-console.log, or raise timeouts.boot")
+            if waited >= next_note:
+                log(f"{dom.name()}: booting, waiting for the guest agent ({waited:.0f} s of {timeout} s)")
+                next_note += 15
+            time.sleep(1)
+        return time.monotonic() - t0
+
+    def run(self, dom: libvirt.virDomain, argv: list[str], timeout: int = 120,
+            stdin: bytes | None = None) -> ExecResult:
+        """Run argv in the guest through guest-exec; wait for it and return its result."""
+        args = {"path": argv[0], "arg": argv[1:], "capture-output": True}
+        if stdin is not None:
+            args["input-data"] = base64.b64encode(stdin).decode()
+        pid = self.agent(dom, "guest-exec", **args)["pid"]
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.agent(dom, "guest-exec-status", pid=pid)
+            if status.get("exited"):
+                break
+            if time.monotonic() > deadline:
+                raise DaliError(f"{dom.name()}: '{' '.join(argv)}' still running after {timeout} s")
+            time.sleep(0.2)
+        decode = lambda key: base64.b64decode(status.get(key, "")).decode(errors="replace")
+        return ExecResult(status.get("exitcode", -1), decode("out-data"), decode("err-data"))
+
+
+def log(line: str) -> None:
+    """Progress for the user: doit shows a task's stderr as it happens."""
+    print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,120 @@
+"""Loading cluster.toml and the seed's environment variables; every validation error."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tasks import config
+from tasks.config import ConfigError, load
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "cluster.toml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_defaults_are_the_seeds():
+    c = load(env={})
+    assert (c.tag, c.original, c.clones) == ("ivp", "a", ("b", "c"))
+    assert [n.name for n in c.nodes] == ["ivpa", "ivpb", "ivpc"]
+    assert c.network.name == "ivp" and c.network.forward == "nat"
+    assert (c.network.address, c.network.prefix) == ("192.168.7.254", 24)
+    assert (c.network.dhcp_start, c.network.dhcp_end) == ("192.168.7.1", "192.168.7.20")
+    assert c.fam_size == 1 << 30 and c.memory == 1 << 30 and c.max_memory == 2 << 30
+    assert c.memory_slots == 2 and c.vcpus == 1
+    assert c.fam_path == Path("/var/lib/dali/ivp/FAM")
+    assert c.state_dir == config.REPO / "state" / "ivp"
+
+
+def test_seed_environment_overrides_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    c = load(env={"DALI_DIR": "IVSHPMEM", "DALI_TAG": "mdc", "DALI_ORIGINAL": "x",
+                  "DALI_CLONES": "y z w", "DALI_NETWORK": "mdcnet", "DALI_MEM_GB": "2",
+                  "DALI_VCPUS": "2", "LIBVIRT_DEFAULT_URI": "test:///default"})
+    assert c.data_dir == tmp_path / "IVSHPMEM"  # relative to the shell, as the seed uses it
+    assert [n.name for n in c.nodes] == ["mdcx", "mdcy", "mdcz", "mdcw"]
+    assert c.network.name == "mdcnet" and c.memory == 2 << 30 and c.vcpus == 2
+    assert c.uri == "test:///default"
+    assert c.state_dir.name == "mdc"
+
+
+def test_empty_dali_clones_means_no_clones():
+    assert load(env={"DALI_CLONES": ""}).clones == ()
+
+
+def test_another_file(tmp_path):
+    p = write(tmp_path, """
+        tag = "t1"
+        clones = []
+        dir = "data"
+        [network]
+        forward = "none"
+    """)
+    c = load(p, env={})
+    assert c.tag == "t1" and c.clones == () and c.network.forward == "none"
+    assert c.data_dir == tmp_path / "data"  # relative to the file
+
+
+def test_identities_are_distinct_and_stable():
+    a = load(env={}).nodes
+    b = load(env={}).nodes
+    assert [n.mac for n in a] == [n.mac for n in b]
+    for attr in ("mac", "uuid", "machine_id"):
+        values = [getattr(n, attr) for n in a]
+        assert len(set(values)) == len(values)
+    assert all(n.mac.startswith("52:54:00:") for n in a)
+    assert all(len(n.machine_id) == 32 for n in a)
+
+
+@pytest.mark.parametrize("toml, env, words", [
+    ('tag = "IVP"', {}, ["tag", "lowercase"]),
+    ('original = "A"', {}, ["original", "suffix"]),
+    ('clones = ["b", "b"]', {}, ["clones", "twice"]),
+    ('clones = ["a"]', {}, ["clones", "original"]),
+    ('clones = "b c"', {}, ["clones", "list"]),
+    ('accel = "xen"', {}, ["accel", "auto, kvm, tcg"]),
+    ('[network]\nforward = "bridge"', {}, ["network.forward", "nat, none"]),
+    ('[network]\ndhcp_start = "10.0.0.1"', {}, ["network.dhcp_start", "outside"]),
+    ('[network]\ndhcp_start = "192.168.7.30"', {}, ["dhcp_start", "after"]),
+    ('[network]\naddress = "192.168.7.5"', {}, ["network.address", "DHCP range"]),
+    ('[network]\naddress = "nope"', {}, ["network.address", "IPv4"]),
+    ('[fam]\nsize = "lots"', {}, ["fam.size", "not a size"]),
+    ('[fam]\nsize = "1000000"', {}, ["fam.size", "multiple of 2M"]),
+    ('[fam]\nsize = "2G"\n[node]\nmax_memory = "2G"', {}, ["node.max_memory", "at least"]),
+    ('[node]\nvcpus = 0', {}, ["node.vcpus", ">= 1"]),
+    ('[node]\nmemory = "100M"', {}, ["node.memory", "256M"]),
+    ('[clone]\nmode = "deep"', {}, ["clone.mode", "linked, copy"]),
+    ('[image]\npath = "/nonexistent.qcow2"', {}, ["image.path", "does not exist"]),
+    ('[image]\nmirror = "deb.debian.org"', {}, ["image.mirror", "URL"]),
+    ('[image]\ndisk_size = "1G"', {}, ["image.disk_size", "2G"]),
+    ('[apparmor]\ntemplate = "TEMPLATE.qemu"', {}, ["apparmor.template", "absolute"]),
+    ('[timeouts]\nboot = -1', {}, ["timeouts.boot", ">= 1"]),
+    ('[netwrok]\nname = "x"', {}, ["unknown setting", "netwrok"]),
+    ('[node]\nram = "1G"', {}, ["unknown setting", "node.ram"]),
+    ('tag = ', {}, ["not valid TOML"]),
+    ('', {"DALI_VCPUS": "two"}, ["DALI_VCPUS", "node.vcpus", "whole number"]),
+    ('', {"DALI_MEM_GB": "x"}, ["DALI_MEM_GB", "node.memory"]),
+    ('', {"DALI_TAG": "Bad Tag"}, ["DALI_TAG", "tag"]),
+    ('', {"DALI_CLONES": "b B"}, ["DALI_CLONES", "suffix"]),
+])
+def test_bad_values_name_the_setting(tmp_path, toml, env, words):
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, toml), env=env)
+    message = str(e.value)
+    assert "\n" not in message
+    for w in words:
+        assert w in message
+
+
+def test_missing_file_names_config_option(tmp_path):
+    with pytest.raises(ConfigError, match="config=PATH"):
+        load(tmp_path / "nope.toml", env={})
+
+
+def test_sizes():
+    assert config.parse_size("1G", "x") == 1 << 30
+    assert config.parse_size("512M", "x") == 512 << 20
+    assert config.parse_size("2GiB", "x") == 2 << 30
+    assert config.parse_size(4096, "x") == 4096
