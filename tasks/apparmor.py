@@ -91,6 +91,7 @@ def task(cluster: Cluster) -> dict:
     return {
         "actions": [errors.action(lambda: add_rule(cluster))],
         "uptodate": [run_once, errors.uptodate(lambda: has_rule(cluster))],
+        "task_dep": ["preflight"],
         "clean": [errors.action(lambda: remove_rule(cluster))],
         "verbosity": 2,
     }

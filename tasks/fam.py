@@ -73,6 +73,7 @@ def task(cluster: Cluster) -> dict:
     return {
         "actions": [errors.action(lambda: ensure_fam(cluster))],
         "uptodate": [errors.uptodate(lambda: fam_is_ready(cluster))],
+        "task_dep": ["preflight"],
         "clean": [errors.action(remove)],
         "verbosity": 2,
     }

@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from tasks.errors import DaliError
 
@@ -164,6 +164,7 @@ def rootfs_recipe(suite: str, mirror: str, http_proxy: str, extra_packages: list
     cached tarball after its hash, so changing any of these (or templates/guest/, or this
     module's RECIPE_VERSION) makes a new tarball while an unchanged recipe reuses the old one.
 
+    An empty mirror means the host's (host_apt_mirror()), as for the image.mirror setting.
     http_proxy is carried along because debootstrap needs it, but it does not change the tree,
     so it is left out of the tarball's name (see _recipe_hash).
     """
@@ -173,7 +174,7 @@ def rootfs_recipe(suite: str, mirror: str, http_proxy: str, extra_packages: list
     return {
         "recipe_version": RECIPE_VERSION,
         "suite": suite,
-        "mirror": mirror.rstrip("/"),
+        "mirror": (mirror or host_apt_mirror()).rstrip("/"),
         "http_proxy": http_proxy,
         "packages": sorted(set(IMAGE_PACKAGES) | set(extra_packages)),
         "templates": _templates_digest(TEMPLATES_DIR),
@@ -297,12 +298,17 @@ def _customise(tree: Path) -> None:
             "dali-ssh-host-keys.service")
     # Nodes have no route off the host: nothing should wait two minutes for "online" at boot,
     # and apt's daily timers would only burn emulated CPU failing to reach a mirror.
+    # ndctl-monitor exits with an error on an emulated NVDIMM ("no dimms to monitor": it has no
+    # SMART data), which leaves every node "degraded". e2scrub_reap cleans LVM snapshots we never
+    # make, at 6 s of TCG time per boot.
     _chroot(tree, "systemctl", "disable", "systemd-networkd-wait-online.service",
-            "apt-daily.timer", "apt-daily-upgrade.timer")
+            "apt-daily.timer", "apt-daily-upgrade.timer", "ndctl-monitor.service", "e2scrub_reap.service")
 
-    # The machine-id must come from systemd.machine_id= on the kernel command line. An empty
-    # file (not a missing one) means "no id yet, but not a first boot either" to systemd 252,
-    # which then writes the command line's id into it (see the report in tests for absent/committed).
+    # The machine-id comes from systemd.machine_id= on the kernel command line: systemd 252 then
+    # ignores what the file holds and writes the command line's id into it, also on a clone of a
+    # disk that was booted (and so committed an id) before. The file must be empty, not missing:
+    # a missing one means "first boot", and then systemd re-applies unit presets, which enables
+    # again every unit we disable here.
     (tree / "etc/machine-id").write_text("")
     (tree / "etc/machine-id").chmod(0o444)
     dbus_id = tree / "var/lib/dbus/machine-id"
@@ -461,3 +467,58 @@ def _remove_abandoned_work(cache_dir: Path) -> None:
         pid = work.name.split(".")[2]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             _remove_tree(work)
+
+
+# --- the doit stage ----------------------------------------------------------------------------
+
+def _tarball_path(recipe: dict, cache_dir: Path) -> Path:
+    return Path(cache_dir) / f"rootfs-{_recipe_hash(recipe)}.tar"
+
+
+def task(cluster) -> Iterator[dict]:
+    """image:sshkey, image:rootfs (cached per recipe), image:base (this cluster's image)."""
+    from doit.tools import config_changed
+
+    from tasks import errors, owned
+    from tasks.virt import log as progress
+
+    settings = cluster.image
+    recipe = rootfs_recipe(settings.suite, settings.mirror or host_apt_mirror(),
+                           settings.http_proxy, list(settings.extra_packages))
+    tarball = _tarball_path(recipe, cluster.cache_dir)
+    key, pub = cluster.ssh_key, cluster.ssh_key.with_suffix(".pub")
+    out = cluster.image_dir
+    products = [out / "base.qcow2", out / "vmlinuz", out / "initrd.img"]
+
+    def make_key():
+        # Per cluster, no passphrase: it only reaches guests on this host's libvirt network.
+        key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"dali-{cluster.tag}",
+              "-f", str(key)], what="ssh-keygen")
+
+    def build_base():
+        original_disk = cluster.disk(cluster.original_node)
+        if original_disk.exists():
+            # The nodes' disks are overlays on base.qcow2: replacing it would corrupt them.
+            raise DaliError(f"the image recipe (image.* settings) changed but {original_disk} "
+                            "is built on the old image: revert the change, or run doit clean "
+                            "(discarding the nodes' disks) and then doit")
+        build_node_image(tarball, pub.read_text(), out, settings.disk_size, progress)
+        for path in products:
+            owned.mark(path, cluster.tag)
+
+    def remove_base():
+        for path in products:
+            owned.remove_if_ours(path, cluster.tag, progress)
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+    yield {"name": "sshkey", "actions": [errors.action(make_key)],
+           "targets": [key, pub], "uptodate": [True], "task_dep": ["preflight"], "verbosity": 2}
+    yield {"name": "rootfs",
+           "actions": [errors.action(lambda: build_rootfs_tarball(recipe, cluster.cache_dir, progress))],
+           "targets": [tarball], "uptodate": [config_changed(json.dumps(recipe, sort_keys=True))],
+           "task_dep": ["preflight"], "verbosity": 2}
+    yield {"name": "base", "actions": [errors.action(build_base)],
+           "file_dep": [tarball, pub], "targets": products, "task_dep": ["preflight"],
+           "clean": [errors.action(remove_base)], "verbosity": 2}

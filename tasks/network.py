@@ -54,6 +54,7 @@ def task(cluster: Cluster, virt: Libvirt) -> dict:
     return {
         "actions": [create],
         "file_dep": [template_path(TEMPLATE)],
+        "task_dep": ["preflight"],
         "uptodate": [config_changed(repr(cluster.network)), live],
         "clean": [errors.action(remove)],
         "verbosity": 2,

@@ -96,7 +96,7 @@ class Libvirt:
             if e.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
                 return None
             raise
-        self._ours("network", name, net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE))
+        self._ours("network", name, net.XMLDesc(0))
         return net
 
     def our_domains(self) -> dict[str, libvirt.virDomain]:

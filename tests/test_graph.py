@@ -1,0 +1,125 @@
+"""The task graph: names, dependencies, what a config change makes stale, the clean order.
+
+dodo.py is loaded the way doit loads it, for a throwaway tag; nothing here talks to libvirtd.
+"""
+
+import importlib
+import shutil
+import sys
+
+import pytest
+from doit.cmd_clean import CleanDepTree
+from doit.control import TaskControl
+from doit.doit_cmd import reset_vars, set_var
+from doit.loader import load_tasks
+
+from tasks import config, domain
+
+
+@pytest.fixture
+def graph(monkeypatch):
+    def load(**env):
+        env = {"DALI_TAG": "graphtest", **env}
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        sys.modules.pop("dodo", None)
+        dodo = importlib.import_module("dodo")
+        tasks = TaskControl(load_tasks(vars(dodo))).tasks  # adds file_dep -> target deps
+        return dodo, tasks
+    yield load
+    shutil.rmtree(config.REPO / "state" / "graphtest", ignore_errors=True)
+
+
+def deps(tasks, name):
+    return set(tasks[name].task_dep)
+
+
+def closure(tasks, name):
+    seen, todo = set(), [name]
+    while todo:
+        for d in tasks[todo.pop()].task_dep:
+            if d not in seen:
+                seen.add(d)
+                todo.append(d)
+    return seen
+
+
+def test_stages_and_their_order(graph):
+    dodo, tasks = graph()
+    assert dodo.DOIT_CONFIG["default_tasks"] == ["clone"]
+    assert dodo.DOIT_CONFIG["backend"] == "sqlite3"
+    assert dodo.DOIT_CONFIG["dep_file"].endswith("state/graphtest/doit.sqlite")
+    for name in ["preflight", "network", "fam", "apparmor", "image", "disk:graphtesta",
+                 "render:graphtesta", "define:graphtesta", "original:boot",
+                 "original:reconfigure", "original:shutdown", "freeze", "define:graphtestb",
+                 "define:graphtestc", "prune", "clone", "start", "shutdown", "verify"]:
+        assert name in tasks, name
+    assert {"preflight", "network", "fam", "apparmor", "disk:graphtesta",
+            "render:graphtesta"} <= deps(tasks, "define:graphtesta")
+    assert deps(tasks, "original:reconfigure") == {"original:boot"}
+    assert deps(tasks, "original:shutdown") == {"original:reconfigure"}
+    assert "freeze" in deps(tasks, "disk:graphtestb")
+    assert "original:shutdown" in closure(tasks, "freeze")
+    assert "image" in closure(tasks, "render:graphtesta")  # the accel probe boots its kernel
+    everything = closure(tasks, "clone")
+    assert {"define:graphtestb", "define:graphtestc", "prune", "original:shutdown"} <= everything
+    assert "start" not in everything and "verify" not in everything
+
+
+def test_default_doit_builds_no_clone_when_there_are_none(graph):
+    _, tasks = graph(DALI_CLONES="")
+    assert not [t for t in tasks if t.startswith("define:") and t != "define:graphtesta"]
+    assert "freeze" not in closure(tasks, "clone")
+
+
+def test_own_image_skips_the_image_build(graph, tmp_path):
+    own = tmp_path / "mine.qcow2"
+    own.write_bytes(b"")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'tag = "graphtest"\n[image]\npath = "{own}"\n')
+    reset_vars()
+    set_var("config", str(cfg))  # as `doit config=PATH` does
+    try:
+        _, tasks = graph()
+    finally:
+        reset_vars()
+    assert "image" not in closure(tasks, "disk:graphtesta")
+    assert "image" not in closure(tasks, "clone")
+
+
+def test_clean_removes_domains_before_network_fam_and_image(graph):
+    _, tasks = graph()
+    tree = CleanDepTree()
+    tree.build_nodes_with_deps(tasks, "clone")
+    order = tree.flat()
+    pos = {name: i for i, name in enumerate(order)}
+    for node in ("graphtesta", "graphtestb"):
+        assert pos[f"define:{node}"] < pos[f"disk:{node}"]
+        assert pos[f"define:{node}"] < pos["network"]
+        assert pos[f"define:{node}"] < pos["fam"]
+    assert pos["disk:graphtestb"] < pos["freeze"]
+    assert pos["disk:graphtesta"] < pos["image"]
+    assert pos["prune"] < pos["network"]
+    assert order[-1] == "preflight"  # its clean sweeps the leftovers, so it must be last
+
+
+def settings(cluster, suffix):
+    node = next(n for n in cluster.nodes if n.suffix == suffix)
+    return domain._settings_key(cluster, node)
+
+
+def test_what_makes_a_node_stale():
+    base = config.load(env={})
+    # Adding a clone leaves every existing node's settings (and so its XML) untouched.
+    more = config.load(env={"DALI_CLONES": "b c d"})
+    for s in "abc":
+        assert settings(base, s) == settings(more, s)
+    # Memory, the FAM and the network concern every node.
+    for env in ({"DALI_MEM_GB": "2"}, {"DALI_NETWORK": "other"}, {"DALI_VCPUS": "2"}):
+        changed = config.load(env=env)
+        for s in "abc":
+            assert settings(base, s) != settings(changed, s), env
+    # The clone mode is how a clone's disk is made, not part of its domain.
+    copy = config.load(env={})
+    copy = copy.__class__(**{**copy.__dict__, "clone_mode": "copy"})
+    assert settings(base, "b") == settings(copy, "b")
