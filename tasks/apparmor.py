@@ -43,8 +43,12 @@ def has_rule(cluster: Cluster) -> bool | None:
     return rule(cluster) in cluster.apparmor_template.read_text().splitlines(keepends=True)
 
 
+def _backup(template: Path) -> Path:
+    return template.with_name(template.name + ".dali-backup")
+
+
 def _replace_checked(template: Path, text: str) -> None:
-    """Write text as the template: checked by apparmor_parser first, old one kept as .dali-backup."""
+    """Write text as the template, atomically, once apparmor_parser accepts it."""
     candidate = template.with_name("." + template.name + ".dali-new")
     candidate.write_text(text)
     shutil.copymode(template, candidate)
@@ -55,7 +59,6 @@ def _replace_checked(template: Path, text: str) -> None:
         last = (check.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise DaliError(f"{template} would not parse after dali's edit, so it was left as it was: "
                         f"{last} (fix the template, or set apparmor.template)")
-    shutil.copy2(template, template.with_name(template.name + ".dali-backup"))
     candidate.replace(template)
 
 
@@ -74,6 +77,7 @@ def add_rule(cluster: Cluster) -> None:
         raise DaliError(f"{cluster.apparmor_template} has no '{INCLUDE}' line to add the FAM rule "
                         "after: restore libvirt's template or set apparmor.template")
     lines.insert(at, ours)
+    shutil.copy2(cluster.apparmor_template, _backup(cluster.apparmor_template))
     _replace_checked(cluster.apparmor_template, "".join(lines))
     log(f"apparmor: {cluster.apparmor_template} allows {cluster.fam_path}")
 
@@ -85,6 +89,11 @@ def remove_rule(cluster: Cluster) -> None:
     ours = rule(cluster)
     if ours in lines:
         _replace_checked(cluster.apparmor_template, "".join(l for l in lines if l != ours))
+    # The backup was taken before our line went in: once the template is that again, it has
+    # served its purpose and the host is as it was.
+    backup = _backup(cluster.apparmor_template)
+    if backup.exists() and backup.read_text() == cluster.apparmor_template.read_text():
+        backup.unlink()
 
 
 def task(cluster: Cluster) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from tasks import errors, ndctl
@@ -62,14 +63,18 @@ def shutdown(cluster: Cluster, virt: Libvirt) -> None:
 
 # --- verify ---------------------------------------------------------------------------------
 
-def _ipv4(virt: Libvirt, dom) -> list[str]:
-    addrs = []
-    for iface in virt.agent(dom, "guest-network-get-interfaces"):
-        if iface.get("name") == "lo":
-            continue
-        addrs += [a["ip-address"] for a in iface.get("ip-addresses", [])
-                  if a.get("ip-address-type") == "ipv4"]
-    return addrs
+def _ipv4(virt: Libvirt, dom, wait: int = 90) -> list[str]:
+    """The node's IPv4 addresses; DHCP may finish a while after the agent first answers."""
+    deadline = time.monotonic() + wait
+    while True:
+        addrs = []
+        for iface in virt.agent(dom, "guest-network-get-interfaces"):
+            if iface.get("name") != "lo":
+                addrs += [a["ip-address"] for a in iface.get("ip-addresses", [])
+                          if a.get("ip-address-type") == "ipv4"]
+        if addrs or time.monotonic() > deadline:
+            return addrs
+        time.sleep(2)
 
 
 def _pmem_mounted(virt: Libvirt, dom) -> bool:
