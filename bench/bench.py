@@ -111,7 +111,7 @@ def clone_times() -> None:
     # virt-clone (package virtinst) on the same shut-off original, the way the seed's `dali clone` did.
     if not shutil.which("virt-clone"):
         subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "virtinst"],
-                       check=True, stdout=subprocess.DEVNULL)
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     vc_disk = cluster.data_dir / "virt-clone.qcow2"
     t0 = time.monotonic()
     subprocess.run(["virt-clone", "--connect", "qemu:///system", "--original", f"{TAG}a",
@@ -143,11 +143,13 @@ def linked_clone_size() -> None:
     say("| data in the backing disk | overlay made in | overlay size |")
     say("|---:|---:|---:|")
     try:
-        for gib in (0.1, 2.0):
+        for gib in (0.25, 4.0):
             backing = work / f"backing-{gib}.qcow2"
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(backing), "8G"], check=True)
-            subprocess.run(["qemu-io", "-c", f"write -P 0x5a 0 {int(gib * 1024)}M", str(backing)],
-                           check=True, stdout=subprocess.DEVNULL)
+            chunk = 256  # MiB; qemu-io takes at most 2 GiB per request
+            writes = [arg for i in range(int(gib * 1024) // chunk)
+                      for arg in ("-c", f"write -P 0x5a {i * chunk}M {chunk}M")]
+            subprocess.run(["qemu-io", *writes, str(backing)], check=True, stdout=subprocess.DEVNULL)
             overlay = work / f"overlay-{gib}.qcow2"
             t0 = time.monotonic()
             disks.make_overlay(backing, overlay, TAG)
