@@ -173,7 +173,7 @@ def sixteen_clones() -> None:
 
 def start_three() -> None:
     total, _ = doit("start")
-    say(f"### `doit start`, 3 nodes (ivpa + 2 clones) under TCG: every guest agent answered "
+    say(f"### `doit start`, 3 nodes (the original + 2 clones) under TCG: every guest agent answered "
         f"after {total:.1f} s")
     say()
     doit("shutdown")

@@ -21,8 +21,9 @@ from tasks.virt import log
 PROBE_SECONDS = 10  # a working KVM prints its banner in well under a second
 
 
-def kvm_boots(kernel: Path, seconds: int = PROBE_SECONDS) -> bool:
-    cmd = ["qemu-system-x86_64", "-accel", "kvm", "-nodefaults", "-no-user-config",
+def guest_boots(kernel: Path, accelerator: str = "kvm", seconds: int = PROBE_SECONDS) -> bool:
+    """Does `kernel` start under `accelerator` within `seconds`? (It prints its banner.)"""
+    cmd = ["qemu-system-x86_64", "-accel", accelerator, "-nodefaults", "-no-user-config",
            "-display", "none", "-m", "256", "-no-reboot", "-serial", "stdio",
            "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1"]
     try:
@@ -30,6 +31,15 @@ def kvm_boots(kernel: Path, seconds: int = PROBE_SECONDS) -> bool:
     except subprocess.TimeoutExpired:
         return False
     return b"Linux version" in out
+
+
+def cpu_has_virtualisation(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """vmx (Intel) or svm (AMD): without either, no KVM guest can run, whatever /dev/kvm says."""
+    try:
+        flags = next(l for l in cpuinfo.read_text().splitlines() if l.startswith("flags"))
+    except (OSError, StopIteration):
+        return True  # unknown: let the probe decide
+    return bool({"vmx", "svm"} & set(flags.split()))
 
 
 def domain_type(cluster: Cluster, kernel: Path | None) -> str:
@@ -42,6 +52,9 @@ def domain_type(cluster: Cluster, kernel: Path | None) -> str:
             raise DaliError("accel = kvm but this host has no /dev/kvm: set accel = auto or tcg")
         return "kvm"
     if not has_kvm:
+        return "qemu"
+    if not cpu_has_virtualisation():
+        log("accel = auto: /dev/kvm exists but the CPU has neither vmx nor svm; using TCG")
         return "qemu"
     if kernel is None:
         log("accel = auto: no kernel to test KVM with (image.path boots its own disk); using TCG, "
@@ -56,7 +69,7 @@ def domain_type(cluster: Cluster, kernel: Path | None) -> str:
     except (OSError, ValueError, KeyError):
         pass
     log(f"accel = auto: /dev/kvm exists; checking that a KVM guest boots (up to {PROBE_SECONDS} s)")
-    chosen = "kvm" if kvm_boots(kernel) else "qemu"
+    chosen = "kvm" if guest_boots(kernel, "kvm") else "qemu"
     if chosen == "qemu":
         log("accel = auto: a KVM guest does not boot on this host; using TCG (slower, works)")
     record.parent.mkdir(parents=True, exist_ok=True)

@@ -121,8 +121,9 @@ class Cluster:
         """The original's disk as it was when first cloned; clones start from it."""
         return self.data_dir / "frozen.qcow2"
 
-    def disk(self, node: Node) -> Path:
-        return self.data_dir / f"{node.name}.qcow2"
+    def disk(self, node: Node | str) -> Path:
+        """A node's disk, by node or by domain name (prune knows only the name)."""
+        return self.data_dir / f"{getattr(node, 'name', node)}.qcow2"
 
     def domain_xml(self, node: Node) -> Path:
         return self.state_dir / "xml" / f"{node.name}.xml"

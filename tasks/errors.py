@@ -1,17 +1,17 @@
-"""The one exception type a user sees as a message instead of a traceback."""
+"""The one exception type a user sees as a message instead of a traceback.
 
-
-class DaliError(Exception):
-    """A problem the user can fix; its message is one line naming the setting/thing and the fix."""
-
-
-# doit shows an exception raised by an action as a full traceback. These two wrappers turn a
-# DaliError into a one-line failure instead (tasks/reporter.py prints it), while a real bug
-# still shows its traceback.
+doit shows an exception raised by an action as a full traceback. The two wrappers below turn a
+DaliError into a one-line failure instead (tasks/reporter.py prints it), while a real bug
+still shows its traceback.
+"""
 
 import functools
 
 from doit.exceptions import TaskFailed
+
+
+class DaliError(Exception):
+    """A problem the user can fix; its message is one line naming the setting/thing and the fix."""
 
 
 def action(fn):
@@ -28,7 +28,8 @@ def action(fn):
 
 def uptodate(fn):
     """Wrap a doit uptodate check: doit does not catch what an uptodate callable raises, so a
-    DaliError means "not up to date" and the task's action runs and reports the problem."""
+    DaliError means "not up to date" and the task's action runs and reports the problem.
+    None passes through: doit then ignores the check."""
     @functools.wraps(fn)
     def check(*args, **kwargs):
         try:

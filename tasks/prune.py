@@ -25,7 +25,7 @@ def remove_node(cluster: Cluster, virt: Libvirt, name: str, dom, force: bool) ->
             return
         log(f"{name}: {virt.shutdown(dom, cluster.shutdown_timeout, log)}")
     dom.undefine()
-    owned.remove_if_ours(cluster.data_dir / f"{name}.qcow2", cluster.tag, log)
+    owned.remove_if_ours(cluster.disk(name), cluster.tag, log)
     log(f"{name}: removed (no longer in the config)")
 
 

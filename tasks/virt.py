@@ -137,17 +137,23 @@ class Libvirt:
             raise DaliError(f"starting {dom.name()} failed: {e.get_error_message()}")
 
     def shutdown(self, dom: libvirt.virDomain, timeout: int, log=print) -> str:
-        """Graceful power-off (ACPI), forced after `timeout` seconds. Returns how it ended."""
+        """Graceful power-off (ACPI), forced after `timeout` seconds. Returns how it ended.
+
+        The button is pressed again every few seconds: a guest still booting has no logind
+        to act on it yet, and a press it missed is simply lost."""
         if not self.is_running(dom):
             return "already off"
-        try:
-            dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-        except libvirt.libvirtError:
-            pass  # e.g. still in firmware; the deadline below handles it
         deadline = time.monotonic() + timeout
+        next_press = 0.0
         while time.monotonic() < deadline:
             if not self.is_running(dom):
                 return "shut down"
+            if time.monotonic() >= next_press:
+                try:
+                    dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+                except libvirt.libvirtError:
+                    pass  # it may have just stopped; the loop checks
+                next_press = time.monotonic() + 5
             time.sleep(0.5)
         log(f"{dom.name()}: no power-off after {timeout} s of ACPI shutdown; forcing it off")
         try:
