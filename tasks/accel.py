@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tasks.config import Cluster
 from tasks.errors import DaliError
-from tasks.virt import log
+from tasks.reporter import log
 
 PROBE_SECONDS = 10  # a working KVM prints its banner in well under a second
 

@@ -19,7 +19,7 @@ from tasks import errors
 from tasks.config import Cluster
 from tasks.errors import DaliError
 from tasks.render import render
-from tasks.virt import log
+from tasks.reporter import log
 
 INCLUDE = "#include <abstractions/libvirt-qemu>"
 

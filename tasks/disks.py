@@ -17,7 +17,8 @@ from pathlib import Path
 from tasks import errors, owned
 from tasks.config import Cluster, Node
 from tasks.errors import DaliError
-from tasks.virt import Libvirt, log
+from tasks.reporter import log
+from tasks.virt import Libvirt
 
 
 def _qemu_img(*args: str) -> None:

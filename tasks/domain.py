@@ -16,7 +16,8 @@ from doit.tools import config_changed
 from tasks import accel, errors
 from tasks.config import Cluster, Node
 from tasks.render import render, template_path, write_if_changed
-from tasks.virt import MARK_NS, Libvirt, log
+from tasks.reporter import log
+from tasks.virt import MARK_NS, Libvirt
 
 TEMPLATE = "domain.xml.j2"
 KiB = 1024

@@ -14,7 +14,7 @@ import stat
 from tasks import errors, owned
 from tasks.config import Cluster
 from tasks.errors import DaliError
-from tasks.virt import log
+from tasks.reporter import log
 
 GROUP = "libvirt-qemu"
 MODE = 0o664

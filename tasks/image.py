@@ -27,7 +27,11 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from doit.tools import config_changed
+
+from tasks import errors, owned
 from tasks.errors import DaliError
+from tasks.reporter import log
 
 # Bump when the customisation code below changes what ends up in the tree, so cached tarballs
 # made by older code are not reused. (Changes to templates/guest/ are noticed by their hash.)
@@ -196,6 +200,11 @@ def _recipe_hash(recipe: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def rootfs_tarball_path(recipe: dict, cache_dir: Path) -> Path:
+    """Where the tarball for this recipe is (or will be) cached."""
+    return Path(cache_dir) / f"rootfs-{_recipe_hash(recipe)}.tar"
+
+
 def build_rootfs_tarball(recipe: dict, cache_dir: Path, log: Log) -> Path:
     """Make (or reuse) cache_dir/rootfs-<hash of recipe>.tar: a customised debootstrap tree.
 
@@ -208,8 +217,8 @@ def build_rootfs_tarball(recipe: dict, cache_dir: Path, log: Log) -> Path:
     needs when the mirror or proxy is wrong).
     """
     cache_dir = Path(cache_dir)
-    name = f"rootfs-{_recipe_hash(recipe)}"
-    tarball = cache_dir / f"{name}.tar"
+    tarball = rootfs_tarball_path(recipe, cache_dir)
+    name = tarball.stem
     if tarball.exists():
         return tarball
     if os.geteuid() != 0:
@@ -471,21 +480,12 @@ def _remove_abandoned_work(cache_dir: Path) -> None:
 
 # --- the doit stage ----------------------------------------------------------------------------
 
-def _tarball_path(recipe: dict, cache_dir: Path) -> Path:
-    return Path(cache_dir) / f"rootfs-{_recipe_hash(recipe)}.tar"
-
-
 def task(cluster) -> Iterator[dict]:
     """image:sshkey, image:rootfs (cached per recipe), image:base (this cluster's image)."""
-    from doit.tools import config_changed
-
-    from tasks import errors, owned
-    from tasks.virt import log as progress
-
     settings = cluster.image
     recipe = rootfs_recipe(settings.suite, settings.mirror or host_apt_mirror(),
                            settings.http_proxy, list(settings.extra_packages))
-    tarball = _tarball_path(recipe, cluster.cache_dir)
+    tarball = rootfs_tarball_path(recipe, cluster.cache_dir)
     key, pub = cluster.ssh_key, cluster.ssh_key.with_suffix(".pub")
     out = cluster.image_dir
     products = [out / "base.qcow2", out / "vmlinuz", out / "initrd.img"]
@@ -503,20 +503,20 @@ def task(cluster) -> Iterator[dict]:
             raise DaliError(f"the image recipe (image.* settings) changed but {original_disk} "
                             "is built on the old image: revert the change, or run doit clean "
                             "(discarding the nodes' disks) and then doit")
-        build_node_image(tarball, pub.read_text(), out, settings.disk_size, progress)
+        build_node_image(tarball, pub.read_text(), out, settings.disk_size, log)
         for path in products:
             owned.mark(path, cluster.tag)
 
     def remove_base():
         for path in products:
-            owned.remove_if_ours(path, cluster.tag, progress)
+            owned.remove_if_ours(path, cluster.tag, log)
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()
 
     yield {"name": "sshkey", "actions": [errors.action(make_key)],
            "targets": [key, pub], "uptodate": [True], "task_dep": ["preflight"], "verbosity": 2}
     yield {"name": "rootfs",
-           "actions": [errors.action(lambda: build_rootfs_tarball(recipe, cluster.cache_dir, progress))],
+           "actions": [errors.action(lambda: build_rootfs_tarball(recipe, cluster.cache_dir, log))],
            "targets": [tarball], "uptodate": [config_changed(json.dumps(recipe, sort_keys=True))],
            "task_dep": ["preflight"], "verbosity": 2}
     yield {"name": "base", "actions": [errors.action(build_base)],

@@ -15,7 +15,8 @@ from tasks import errors, ndctl
 from tasks.config import Cluster
 from tasks.errors import DaliError
 from tasks.original import ndctl_record
-from tasks.virt import Libvirt, log
+from tasks.reporter import log
+from tasks.virt import Libvirt
 
 BLOCK = 4096
 

@@ -8,7 +8,8 @@ from libvirt import VIR_NETWORK_XML_INACTIVE
 from tasks import errors
 from tasks.config import Cluster
 from tasks.render import render, template_path, write_if_changed
-from tasks.virt import MARK_NS, Libvirt, log
+from tasks.reporter import log
+from tasks.virt import MARK_NS, Libvirt
 
 TEMPLATE = "network.xml.j2"
 

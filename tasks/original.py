@@ -15,7 +15,8 @@ import time
 from tasks import errors, ndctl
 from tasks.config import Cluster
 from tasks.errors import DaliError
-from tasks.virt import Libvirt, log
+from tasks.reporter import log
+from tasks.virt import Libvirt
 
 
 def _record(cluster: Cluster):

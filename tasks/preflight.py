@@ -18,7 +18,8 @@ from tasks import errors, owned
 from tasks.config import Cluster
 from tasks.errors import DaliError
 from tasks.owned import XATTR
-from tasks.virt import Libvirt, log
+from tasks.reporter import log
+from tasks.virt import Libvirt
 
 QEMU_USER = "libvirt-qemu"  # the user Debian's libvirt runs qemu as
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from tasks import errors, owned
 from tasks.config import Cluster
-from tasks.virt import Libvirt, log
+from tasks.reporter import log
+from tasks.virt import Libvirt
 
 
 def stale_nodes(cluster: Cluster, virt: Libvirt) -> dict:

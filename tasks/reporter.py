@@ -1,4 +1,5 @@
-"""doit's console reporter, with a user's mistakes shown as one line on stderr.
+"""What the user sees: progress lines, and doit's console reporter with a user's mistakes shown
+as one line on stderr.
 
 A failure carrying no traceback came from a DaliError (see tasks/errors.py): its message already
 names the setting and the fix. Tasks skipped because an earlier one failed add nothing, so they
@@ -9,6 +10,11 @@ import sys
 
 from doit.exceptions import UnmetDependency
 from doit.reporter import ConsoleReporter
+
+
+def log(line: str) -> None:
+    """Progress for the user, on stderr, as it happens (tasks run with verbosity 2)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 class DaliReporter(ConsoleReporter):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import libvirt
 import libvirt_qemu
 
 from tasks.errors import DaliError
+from tasks.reporter import log
 
 MARK_NS = "https://dali.invalid/xmlns/cluster/1"  # a name, never fetched
 MARK_ELEMENT = f"{{{MARK_NS}}}cluster"
@@ -136,7 +136,7 @@ class Libvirt:
         except libvirt.libvirtError as e:
             raise DaliError(f"starting {dom.name()} failed: {e.get_error_message()}")
 
-    def shutdown(self, dom: libvirt.virDomain, timeout: int, log=print) -> str:
+    def shutdown(self, dom: libvirt.virDomain, timeout: int, log=log) -> str:
         """Graceful power-off (ACPI), forced after `timeout` seconds. Returns how it ended.
 
         The button is pressed again every few seconds: a guest still booting has no logind
@@ -179,7 +179,7 @@ class Libvirt:
         except libvirt.libvirtError:
             return False
 
-    def wait_for_agent(self, dom: libvirt.virDomain, timeout: int, log=print) -> float:
+    def wait_for_agent(self, dom: libvirt.virDomain, timeout: int, log=log) -> float:
         """Block until the guest agent answers; one progress line every 15 s. Returns seconds."""
         t0 = time.monotonic()
         next_note = 15.0
@@ -214,8 +214,3 @@ class Libvirt:
             time.sleep(0.2)
         decode = lambda key: base64.b64decode(status.get(key, "")).decode(errors="replace")
         return ExecResult(status.get("exitcode", -1), decode("out-data"), decode("err-data"))
-
-
-def log(line: str) -> None:
-    """Progress for the user: doit shows a task's stderr as it happens."""
-    print(line, file=sys.stderr, flush=True)
