@@ -1,5 +1,7 @@
 """accel = auto | kvm | tcg -> the domain type."""
 
+from dataclasses import replace
+
 import pytest
 
 from tasks import accel, config
@@ -8,7 +10,7 @@ from tasks.errors import DaliError
 
 def cluster(setting):
     c = config.load(env={})
-    return c.__class__(**{**c.__dict__, "accel": setting})
+    return replace(c, accel=setting)
 
 
 def test_tcg_and_kvm_mean_what_they_say(monkeypatch):
@@ -38,7 +40,7 @@ def test_auto_does_not_trust_dev_kvm_on_a_cpu_without_vmx_or_svm(monkeypatch, tm
 
 def test_auto_probes_once_per_kernel(monkeypatch, tmp_path):
     c = config.load(env={})
-    c = c.__class__(**{**c.__dict__, "accel": "auto", "state_dir": tmp_path / "state"})
+    c = replace(c, accel="auto", state_dir=tmp_path / "state")
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"k")
     monkeypatch.setattr(accel.os.path, "exists", lambda p: True)

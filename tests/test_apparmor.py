@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+from dataclasses import replace
 
 import pytest
 
@@ -16,7 +17,7 @@ def cluster(tmp_path):
     template = tmp_path / "TEMPLATE.qemu"
     shutil.copy(LIBVIRT_TEMPLATE, template)
     c = config.load(env={})
-    return c.__class__(**{**c.__dict__, "apparmor_template": template})
+    return replace(c, apparmor_template=template)
 
 
 def parses(path) -> bool:
@@ -53,7 +54,7 @@ def test_a_broken_template_is_left_untouched(cluster):
 
 
 def test_absent_template_is_skipped(cluster, tmp_path, capsys):
-    gone = cluster.__class__(**{**cluster.__dict__, "apparmor_template": tmp_path / "nope"})
+    gone = replace(cluster, apparmor_template=tmp_path / "nope")
     apparmor.add_rule(gone)
     assert "skipped" in capsys.readouterr().err
     assert apparmor.has_rule(gone) is None

@@ -5,6 +5,7 @@ import os
 import shutil
 import stat
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def test_existing_fam_is_never_truncated_or_recreated(cluster):
 def test_fam_of_another_size_stops_with_the_reason(cluster):
     fam.ensure_fam(cluster)
     bigger = config.load(env={"DALI_DIR": str(cluster.data_dir)})
-    bigger = bigger.__class__(**{**bigger.__dict__, "fam_size": 2 << 30, "max_memory": 3 << 30})
+    bigger = replace(bigger, fam_size=2 << 30, max_memory=3 << 30)
     with pytest.raises(DaliError, match="fam.size") as e:
         fam.ensure_fam(bigger)
     assert "never resizes" in str(e.value)

@@ -6,6 +6,7 @@ dodo.py is loaded the way doit loads it, for a throwaway tag; nothing here talks
 import importlib
 import shutil
 import sys
+from dataclasses import replace
 
 import pytest
 from doit.cmd_clean import CleanDepTree
@@ -121,5 +122,5 @@ def test_what_makes_a_node_stale():
             assert settings(base, s) != settings(changed, s), env
     # The clone mode is how a clone's disk is made, not part of its domain.
     copy = config.load(env={})
-    copy = copy.__class__(**{**copy.__dict__, "clone_mode": "copy"})
+    copy = replace(copy, clone_mode="copy")
     assert settings(base, "b") == settings(copy, "b")
