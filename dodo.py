@@ -3,14 +3,15 @@
     doit                 build everything: network, FAM, AppArmor, image, original, clones
     doit clone           the same (the clones are the last stage)
     doit start | shutdown | verify
-    doit clean           tear the cluster down (only what dali created)
+    doit clean           tear the cluster down (only what dali created); -n says what it would do
     doit config=PATH     any of the above with another cluster file
 
-The pipeline, in order; each stage is one module of tasks/:
+One task_* per stage, in pipeline order; each stage is one module of tasks/, which says when
+its tasks run, and the library dali/ says how:
 
-    preflight -> network, fam, apparmor, image -> disk:<node> -> render:<node> -> define:<node>
-      -> original:boot -> original:reconfigure -> original:shutdown -> freeze
-      -> disk:<clone> -> define:<clone> -> clone (+ prune)
+    preflight -> network, fam, apparmor, image -> accel -> disk:<node> -> render:<node>
+      -> define:<node> -> original:boot -> original:reconfigure -> original:shutdown -> freeze
+      -> disk:<clone> -> render:<clone> -> define:<clone> -> clone (+ prune)
 """
 
 import os
@@ -18,91 +19,102 @@ import sys
 
 from doit import get_var
 
-from tasks import apparmor, config, disks, domain, fam, image, lifecycle, network, original
-from tasks import preflight, prune
-from tasks.errors import DaliError
-from tasks.reporter import DaliReporter
-from tasks.virt import Libvirt
+from dali import settings
+from dali.errors import DaliError
+from dali.reporter import DaliReporter
+from dali.virt import Libvirt
+from tasks import (accel, apparmor, clone, disks, domain, fam, freeze, image, lifecycle, network,
+                   original, preflight, prune, verify)
 
 try:
-    CLUSTER = config.load(get_var("config"), os.environ)
+    CLUSTER = settings.load(get_var("config"), os.environ)
 except DaliError as e:
     sys.exit(f"dali: {e}")
-CLUSTER.state_dir.mkdir(parents=True, exist_ok=True)
 VIRT = Libvirt(CLUSTER.uri, CLUSTER.tag)  # connects on first use
-IMAGE = [] if CLUSTER.image.path else ["image"]
 
 DOIT_CONFIG = {
     "default_tasks": ["clone"],
-    "dep_file": str(CLUSTER.state_dir / "doit.sqlite"),  # one record per cluster tag
+    "dep_file": str(CLUSTER.dep_file),  # one record per cluster
     "backend": "sqlite3",  # dbm loses updates under concurrent runs
     "reporter": DaliReporter,
-    "verbosity": 2,
+    "verbosity": 2,  # progress lines as they happen
 }
+
+
+def tasks_of(stage):
+    """The stage's task dicts, or the usual one line and a non-zero exit if making them fails."""
+    try:
+        made = list(stage.gen_tasks(CLUSTER, VIRT))
+    except DaliError as e:
+        sys.exit(f"dali: {e}")
+    yield from made
 
 
 def task_preflight():
     """check the host before anything is created"""
-    return preflight.task(CLUSTER, VIRT)
+    yield from tasks_of(preflight)
 
 
 def task_network():
     """the libvirt network the nodes share"""
-    return network.task(CLUSTER, VIRT)
+    yield from tasks_of(network)
 
 
 def task_fam():
     """the FAM file behind the shared NVDIMM"""
-    return fam.task(CLUSTER)
+    yield from tasks_of(fam)
 
 
 def task_apparmor():
     """allow the FAM in libvirt's AppArmor template"""
-    return apparmor.task(CLUSTER)
+    yield from tasks_of(apparmor)
 
 
 def task_image():
-    """the Debian guest image (kernel, initrd, base.qcow2)"""
-    if not IMAGE:
-        return {"actions": None, "doc": "image.path is set: the user's qcow2 is used"}
-    return image.task(CLUSTER)
+    """the Debian guest image (kernel, initrd, base.qcow2); none with image.path"""
+    yield from tasks_of(image)
+
+
+def task_accel():
+    """KVM or TCG"""
+    yield from tasks_of(accel)
 
 
 def task_disk():
     """each node's disk"""
-    yield from disks.disk_tasks(CLUSTER, IMAGE)
+    yield from tasks_of(disks)
 
 
-def task_render():
-    """each node's domain XML"""
-    yield from domain.render_tasks(CLUSTER, IMAGE)
-
-
-def task_define():
-    """each node defined in libvirt"""
-    yield from domain.define_tasks(CLUSTER, VIRT)
+def task_domain():
+    """each node's domain XML rendered (render:<node>) and defined (define:<node>)"""
+    yield from tasks_of(domain)
 
 
 def task_original():
     """boot the original, make its namespace fsdax, shut it down"""
-    yield from original.tasks(CLUSTER, VIRT)
+    yield from tasks_of(original)
 
 
 def task_freeze():
     """freeze the original's disk for cloning"""
-    return disks.freeze_task(CLUSTER, VIRT)
+    yield from tasks_of(freeze)
 
 
 def task_prune():
     """remove nodes that left the config"""
-    return prune.task(CLUSTER, VIRT)
+    yield from tasks_of(prune)
 
 
 def task_clone():
     """every clone defined (the default target)"""
-    return {"actions": None,
-            "task_dep": ["original", "prune"] + [f"define:{n.name}" for n in CLUSTER.clone_nodes]}
+    yield from tasks_of(clone)
 
 
 def task_lifecycle():
-    yield from lifecycle.tasks(CLUSTER, VIRT)
+    """doit start, doit shutdown"""
+    yield from tasks_of(lifecycle)
+
+
+def task_verify():
+    """self-test of the shared device"""
+    yield from tasks_of(verify)

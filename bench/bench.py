@@ -19,16 +19,13 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tasks import config, disks  # noqa: E402
+from dali import disks, settings
+from dali.cluster import REPO, Cluster
 
 TAG = "bench"
 CONFIG = Path(tempfile.mkdtemp(prefix="dali-bench-")) / "cluster.toml"
@@ -40,7 +37,7 @@ def say(line: str = "") -> None:
     results.append(line)
 
 
-def write_config(clones: list[str], mode: str = "linked") -> config.Cluster:
+def write_config(clones: list[str], mode: str = "linked") -> Cluster:
     CONFIG.write_text(textwrap.dedent(f"""\
         tag = "{TAG}"
         clones = {json.dumps(clones)}
@@ -53,7 +50,7 @@ def write_config(clones: list[str], mode: str = "linked") -> config.Cluster:
         [clone]
         mode = "{mode}"
     """))
-    return config.load(CONFIG, env={})
+    return settings.load(CONFIG, env={})
 
 
 def doit(*args: str) -> tuple[float, list[tuple[str, float]]]:

@@ -1,1 +1,9 @@
-"""dali's pipeline: one module per stage, each yielding doit task dicts (see dodo.py)."""
+"""The stages of dali's pipeline, one module each, in pipeline order:
+
+    preflight  network  fam  apparmor  image  accel  disks  domain  original  freeze  prune  clone
+    lifecycle  verify   (commands on the running cluster, outside the build)
+
+Every module exposes gen_tasks(cluster, virt), a generator of doit task dicts, and nothing else:
+it says *when* something runs (dependencies, up-to-date checks, clean); *how* lives in the
+library, dali/. dodo.py lists one task_* per stage.
+"""

@@ -1,44 +1,50 @@
 """What a user sees from `doit` when something is wrong: one line, non-zero exit, nothing made."""
 
-import os
 import shutil
-import subprocess
 import tempfile
+import types
 from pathlib import Path
 
 import libvirt
 import pytest
+from doit.loader import get_module
 
-from tasks import config
-
-REPO = config.REPO
-
-
-def doit(*args, env=None):
-    base = {k: v for k, v in os.environ.items() if not k.startswith("DALI_")}
-    return subprocess.run([str(REPO / ".venv/bin/doit"), *args], cwd=REPO, capture_output=True,
-                          text=True, env={**base, **(env or {})}, timeout=120)
-
-
-def one_error_line(run) -> str:
-    lines = [l for l in (run.stdout + run.stderr).splitlines() if l.strip()]
-    assert run.returncode != 0
-    assert "Traceback" not in run.stdout + run.stderr
-    errors = [l for l in lines if l.startswith("dali: ")]
-    assert len(errors) == 1, lines
-    return errors[0]
+from conftest import one_error_line, run_doit
+from dali.cluster import REPO
+from dali.errors import DaliError
 
 
 def test_bad_config_value(tmp_path):
     bad = tmp_path / "c.toml"
     bad.write_text('[network]\nforward = "bridge"\n')
-    line = one_error_line(doit(f"config={bad}"))
+    line = one_error_line(run_doit(f"config={bad}"))
     assert "network.forward" in line and "nat, none" in line
 
 
 def test_bad_environment_value():
-    line = one_error_line(doit("list", env={"DALI_VCPUS": "many"}))
+    line = one_error_line(run_doit("list", env={"DALI_VCPUS": "many"}))
     assert "DALI_VCPUS" in line
+
+
+def test_a_package_name_that_is_no_package_name(tmp_path):
+    bad = tmp_path / "c.toml"
+    bad.write_text('[image]\nextra_packages = ["Vim"]\n')
+    line = one_error_line(run_doit("list", f"config={bad}"))
+    assert "image.extra_packages" in line and "'Vim'" in line
+
+
+def test_an_error_while_tasks_are_made_is_one_line(monkeypatch, capsys):
+    """Every stage is created through dodo.tasks_of: a DaliError there ends as one line."""
+    monkeypatch.setenv("DALI_TAG", "clitest")
+    dodo = get_module(str(REPO / "dodo.py"))
+
+    def gen_tasks(cluster, virt):
+        raise DaliError("something the user can fix: fix it")
+        yield  # a generator, like every stage's
+
+    with pytest.raises(SystemExit) as e:
+        list(dodo.tasks_of(types.SimpleNamespace(gen_tasks=gen_tasks)))
+    assert e.value.code == "dali: something the user can fix: fix it"
 
 
 @pytest.mark.libvirt
@@ -46,9 +52,8 @@ def test_preflight_stops_before_anything_is_made():
     """A DALI_DIR the qemu user cannot reach: refused before the network or FAM exist."""
     home = Path(tempfile.mkdtemp(prefix="dali-home-", dir="/var/tmp"))  # 0700, like ~
     try:
-        run = doit("config=" + str(REPO / "cluster.toml"),
-                   env={"DALI_DIR": str(home / "ivp"), "DALI_TAG": "clitest",
-                        "DALI_NETWORK": "clitest"})
+        run = run_doit(env={"DALI_DIR": str(home / "ivp"), "DALI_TAG": "clitest",
+                            "DALI_NETWORK": "clitest"})
         line = one_error_line(run)
         assert line.startswith("dali: preflight:") and "libvirt-qemu" in line and str(home) in line
         conn = libvirt.open("qemu:///system")
@@ -57,3 +62,4 @@ def test_preflight_stops_before_anything_is_made():
     finally:
         shutil.rmtree(home)
         shutil.rmtree(REPO / "state" / "clitest", ignore_errors=True)
+        (REPO / "state" / "clitest.doit.sqlite").unlink(missing_ok=True)

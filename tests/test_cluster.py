@@ -21,23 +21,26 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tasks import accel, config
-from tasks.virt import Libvirt, mark_of
+from conftest import run_doit
+from dali import accel, fam, guest, settings
+from dali.marks import mark_of
+from dali.virt import Libvirt
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
-REPO = config.REPO
 TAG = "dalitest"
 FSDAX_SIZE_OF_1G = 1054867456  # measured by hand: the seed's "1006.00 MiB (1054.87 MB)"
 
 
-class Cluster:
-    """Runs doit on the test cluster's config file the way a user would, from the checkout."""
+class TestCluster:
+    """The test cluster's config file, and doit run on it the way a user would."""
+
+    __test__ = False  # not a test class for pytest
 
     def __init__(self, path: Path):
         self.path = path
         self.set(clones=[], mode="linked")
-        self.cfg = config.load(path, env={})
+        self.cfg = settings.load(path, env={})
         self.virt = Libvirt("qemu:///system", TAG)
 
     def set(self, clones: list[str], mode: str) -> None:
@@ -59,14 +62,10 @@ class Cluster:
             boot = 900
             shutdown = 120
         """))
-        self.cfg = config.load(self.path, env={})
+        self.cfg = settings.load(self.path, env={})
 
     def doit(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("DALI_") and k != "LIBVIRT_DEFAULT_URI"}
-        run = subprocess.run([str(REPO / ".venv/bin/doit"), *args, f"config={self.path}"],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
-        print(f"$ doit {' '.join(args)}\n{run.stdout}{run.stderr}")
+        run = run_doit(*args, f"config={self.path}")
         if check:
             assert run.returncode == 0, run.stdout + run.stderr
         return run
@@ -95,7 +94,7 @@ def backing_file(path: Path) -> str | None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("dalitest") / "cluster.toml")
+    c = TestCluster(tmp_path_factory.mktemp("dalitest") / "cluster.toml")
     yield c
     # Teardown even after a failure: doit clean, then anything carrying our mark.
     c.doit("clean", check=False)
@@ -113,10 +112,10 @@ def test_doit_prepares_the_original(cluster):
     if not accel.cpu_has_virtualisation():  # like this project's CI: /dev/kvm, but no vmx/svm
         assert dom.XMLDesc(0).startswith("<domain type='qemu'"), "auto must not pick KVM here"
 
-    fam = cluster.cfg.fam_path.stat()
-    assert fam.st_size == 1 << 30
-    assert grp.getgrgid(fam.st_gid).gr_name == "libvirt-qemu"
-    assert stat.S_IMODE(fam.st_mode) == 0o664
+    fam_stat = cluster.cfg.fam_path.stat()
+    assert fam_stat.st_size == 1 << 30
+    assert grp.getgrgid(fam_stat.st_gid).gr_name == "libvirt-qemu"
+    assert stat.S_IMODE(fam_stat.st_mode) == 0o664
 
     template = cluster.cfg.apparmor_template
     assert f'"{cluster.cfg.fam_path}" rw,' in template.read_text()
@@ -124,10 +123,10 @@ def test_doit_prepares_the_original(cluster):
                            capture_output=True, text=True)
     assert parse.returncode == 0, parse.stderr
 
-    # What ndctl said inside the guest, kept by original:reconfigure.
-    ns = json.loads((cluster.cfg.state_dir / f"ndctl-{TAG}a.json").read_text())
-    assert ns["dev"] == "namespace0.0" and ns["mode"] == "fsdax"
-    assert ns["size"] == FSDAX_SIZE_OF_1G and ns["blockdev"] == "pmem0"
+    # What ndctl made inside the guest is in the FAM itself: the info block of an fsdax
+    # namespace, read on the host with no guest running.
+    ns = fam.namespace(cluster.cfg.fam_path)
+    assert ns["mode"] == "fsdax" and ns["size"] == FSDAX_SIZE_OF_1G
 
 
 def test_the_kvm_probe_tells_a_booting_kernel_from_a_hanging_one(cluster):
@@ -170,6 +169,10 @@ def test_start_then_verify(cluster):
     for s in "abc":
         assert f"{TAG}{s}: guest agent answered" in run.stderr + run.stdout
         assert not is_off(cluster.dom(s))
+    # ndctl in a clone reports what the host reads from the FAM: one namespace, fsdax.
+    ns = guest.namespace(cluster.virt, cluster.dom("b"))
+    assert ns["dev"] == "namespace0.0" and ns["mode"] == "fsdax" and ns["blockdev"] == "pmem0"
+    assert ns["size"] == FSDAX_SIZE_OF_1G and ns["uuid"] == fam.namespace(cluster.cfg.fam_path)["uuid"]
     run = cluster.doit("verify")
     table = run.stdout
     for s in "abc":
@@ -241,13 +244,30 @@ def test_shutdown(cluster):
         assert is_off(cluster.dom(s))
 
 
+def test_clean_dry_run_says_what_it_would_remove_and_removes_nothing(cluster):
+    run = cluster.doit("clean", "-n")
+    said = run.stdout + run.stderr
+    for s in "abc":
+        assert f"would shut down and undefine {TAG}{s}" in said
+        assert f"would remove {cluster.disk(s)}" in said
+    assert f"would remove {cluster.cfg.fam_path}" in said
+    assert f"would remove network {TAG}" in said
+    for s in "abc":
+        assert cluster.dom(s) and cluster.disk(s).exists()
+    assert cluster.cfg.fam_path.exists() and cluster.cfg.state_dir.exists()
+
+
 def test_clean_leaves_nothing(cluster):
-    cluster.doit("clean")
+    run = cluster.doit("clean", "--forget")
+    # Clean actions read as sentences, and what they did reaches the user.
+    assert f"executing 'shut down and undefine {TAG}a'" in run.stdout
+    assert f"{TAG}a: already off, undefined" in run.stderr
     conn = cluster.virt.conn
     assert [d.name() for d in conn.listAllDomains() if d.name().startswith(TAG)] == []
     assert TAG not in [n.name() for n in conn.listAllNetworks()]
     assert not cluster.cfg.data_dir.exists()  # FAM, disks, frozen disk, image
     assert not cluster.cfg.state_dir.exists()
+    assert "Traceback" not in run.stdout + run.stderr
     template = cluster.cfg.apparmor_template.read_text()
     assert str(cluster.cfg.fam_path) not in template
     parse = subprocess.run(["apparmor_parser", "-Q", "-K", "--skip-cache",

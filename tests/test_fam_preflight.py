@@ -1,91 +1,95 @@
-"""The FAM file and the host checks, on real files (fast: no libvirtd, no guest)."""
+"""The FAM file, what it says about the namespace, and the host checks, on real files (fast:
+no libvirtd, no guest)."""
 
 import grp
 import os
-import shutil
 import stat
-import tempfile
+import struct
+import uuid
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
-from tasks import config, fam, owned, preflight
-from tasks.errors import DaliError
+from dali import fam, marks, preflight, settings
+from dali.errors import DaliError
 
 
-@pytest.fixture
-def cluster():
-    # Not pytest's tmp_path: it lives in a 0700 folder, which preflight rightly rejects.
-    base = Path(tempfile.mkdtemp(prefix="dali-test-", dir="/var/tmp"))
-    base.chmod(0o755)
-    yield config.load(env={"DALI_DIR": str(base / "ivp")})
-    shutil.rmtree(base)
-
-
-def test_fam_is_made_with_the_seeds_group_and_mode(cluster):
-    assert not fam.fam_is_ready(cluster)
-    fam.ensure_fam(cluster)
-    st = cluster.fam_path.stat()
+def test_fam_is_made_with_the_seeds_group_and_mode(config_in):
+    assert not fam.is_ready(config_in)
+    fam.ensure(config_in)
+    st = config_in.fam_path.stat()
     assert st.st_size == 1 << 30
     assert st.st_blocks * 512 >= 1 << 30  # allocated, not sparse: fallocate
     assert grp.getgrgid(st.st_gid).gr_name == "libvirt-qemu"
     assert stat.S_IMODE(st.st_mode) == 0o664
-    assert owned.is_ours(cluster.fam_path, "ivp")
-    assert fam.fam_is_ready(cluster)
+    assert marks.is_ours(config_in.fam_path, "ivp")
+    assert fam.is_ready(config_in)
 
 
-def test_existing_fam_is_never_truncated_or_recreated(cluster):
-    fam.ensure_fam(cluster)
-    with open(cluster.fam_path, "r+b") as f:
+def test_existing_fam_is_never_truncated_or_recreated(config_in):
+    fam.ensure(config_in)
+    with open(config_in.fam_path, "r+b") as f:
         f.write(b"shared data")
-    inode = cluster.fam_path.stat().st_ino
-    os.chmod(cluster.fam_path, 0o644)  # the permission trap from host-facts
-    fam.ensure_fam(cluster)
-    assert cluster.fam_path.stat().st_ino == inode
-    assert cluster.fam_path.read_bytes()[:11] == b"shared data"
-    assert stat.S_IMODE(cluster.fam_path.stat().st_mode) == 0o664
+    inode = config_in.fam_path.stat().st_ino
+    os.chmod(config_in.fam_path, 0o644)  # the permission trap from host-facts
+    fam.ensure(config_in)
+    assert config_in.fam_path.stat().st_ino == inode
+    assert config_in.fam_path.read_bytes()[:11] == b"shared data"
+    assert stat.S_IMODE(config_in.fam_path.stat().st_mode) == 0o664
 
 
-def test_fam_of_another_size_stops_with_the_reason(cluster):
-    fam.ensure_fam(cluster)
-    bigger = config.load(env={"DALI_DIR": str(cluster.data_dir)})
-    bigger = replace(bigger, fam_size=2 << 30, max_memory=3 << 30)
+def test_fam_of_another_size_stops_with_the_reason(config_in):
+    fam.ensure(config_in)
+    bigger = replace(config_in, fam_size=2 << 30, max_memory=3 << 30)
     with pytest.raises(DaliError, match="fam.size") as e:
-        fam.ensure_fam(bigger)
+        fam.ensure(bigger)
     assert "never resizes" in str(e.value)
-    assert cluster.fam_path.stat().st_size == 1 << 30
+    assert config_in.fam_path.stat().st_size == 1 << 30
 
 
-def test_clean_leaves_a_fam_dali_did_not_make(cluster, capsys):
-    cluster.data_dir.mkdir()
-    cluster.fam_path.write_bytes(b"hand made")
-    owned.remove_if_ours(cluster.fam_path, "ivp", print)
-    assert cluster.fam_path.exists()
-    assert "did not create" in capsys.readouterr().out
+def test_a_new_fam_holds_a_raw_namespace(config_in):
+    fam.ensure(config_in)
+    assert fam.namespace(config_in.fam_path) == {"mode": "raw", "size": 1 << 30}
 
 
-def test_preflight_names_a_directory_qemu_cannot_enter(cluster):
-    os.chmod(cluster.data_dir.parent, 0o700)  # like a home directory
-    found = preflight._data_dir_problems(cluster)
-    assert len(found) == 1
-    assert str(cluster.data_dir.parent) in found[0] and "libvirt-qemu" in found[0]
-    assert "chmod o+x" in found[0]
+def test_the_namespace_is_read_from_the_info_block(tmp_path):
+    """The bytes ndctl's fsdax reconfiguration leaves at 4 KiB, as measured on a real FAM of
+    1 GiB: data offset 18 MiB, 2 MiB alignment; ndctl then reports size 1054867456."""
+    image = tmp_path / "FAM"
+    ns_uuid = uuid.uuid4()
+    block = b"NVDIMM_PFN_INFO\0" + ns_uuid.bytes + bytes(16) + struct.pack(
+        "<IHHQQIIII", 0, 1, 4, 18874368, 257536, 2, 0, 0, 2097152)
+    with open(image, "wb") as f:
+        f.truncate(1 << 30)
+        f.seek(4096)
+        f.write(block)
+    assert fam.namespace(image) == {"mode": "fsdax", "uuid": str(ns_uuid), "size": 1054867456,
+                                    "align": 2097152}
+    with open(image, "r+b") as f:
+        f.seek(4096)
+        f.write(b"NVDIMM_DAX_INFO\0")
+    assert fam.namespace(image)["mode"] == "devdax"
+
+
+def test_preflight_names_a_directory_qemu_cannot_enter(config_in):
+    os.chmod(config_in.data_dir.parent, 0o700)  # like a home directory
+    found = preflight.data_dir_problem(config_in)
+    assert str(config_in.data_dir.parent) in found and "libvirt-qemu" in found
+    assert "chmod o+x" in found and "\n" not in found
 
 
 def test_preflight_names_an_unwritable_dir():
-    c = config.load(env={"DALI_DIR": "/proc/dali"})
-    found = preflight._data_dir_problems(c)
-    assert len(found) == 1 and "DALI_DIR" in found[0] and "/proc" in found[0]
+    found = preflight.data_dir_problem(settings.load(env={"DALI_DIR": "/proc/dali"}))
+    assert "DALI_DIR" in found and "/proc" in found
 
 
-def test_preflight_names_a_filesystem_without_fallocate(cluster, monkeypatch):
+def test_preflight_names_a_filesystem_without_fallocate(config_in, monkeypatch):
     def no_fallocate(*_):
         raise OSError(95, "Operation not supported")
     monkeypatch.setattr(os, "posix_fallocate", no_fallocate)
-    found = preflight._data_dir_problems(cluster)
-    assert found and "fallocate" in found[0] and "DALI_DIR" in found[0]
+    found = preflight.data_dir_problem(config_in)
+    assert "fallocate" in found and "DALI_DIR" in found
 
 
-def test_preflight_passes_on_a_good_directory(cluster):
-    assert preflight._data_dir_problems(cluster) == []
+def test_preflight_passes_on_a_good_directory(config_in):
+    assert preflight.data_dir_problem(config_in) is None

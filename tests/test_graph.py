@@ -3,7 +3,6 @@
 dodo.py is loaded the way doit loads it, for a throwaway tag; nothing here talks to libvirtd.
 """
 
-import importlib
 import shutil
 import sys
 from dataclasses import replace
@@ -12,9 +11,10 @@ import pytest
 from doit.cmd_clean import CleanDepTree
 from doit.control import TaskControl
 from doit.doit_cmd import reset_vars, set_var
-from doit.loader import load_tasks
+from doit.loader import get_module, load_tasks
 
-from tasks import config, domain
+from dali import domain, settings
+from dali.cluster import REPO
 
 
 @pytest.fixture
@@ -24,11 +24,12 @@ def graph(monkeypatch):
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         sys.modules.pop("dodo", None)
-        dodo = importlib.import_module("dodo")
+        dodo = get_module(str(REPO / "dodo.py"))  # as doit loads it
         tasks = TaskControl(load_tasks(vars(dodo))).tasks  # adds file_dep -> target deps
         return dodo, tasks
     yield load
-    shutil.rmtree(config.REPO / "state" / "graphtest", ignore_errors=True)
+    shutil.rmtree(REPO / "state" / "graphtest", ignore_errors=True)
+    (REPO / "state" / "graphtest.doit.sqlite").unlink(missing_ok=True)
 
 
 def deps(tasks, name):
@@ -36,9 +37,11 @@ def deps(tasks, name):
 
 
 def closure(tasks, name):
+    """Every task that must run before `name` (task_dep, and setup tasks such as getargs')."""
     seen, todo = set(), [name]
     while todo:
-        for d in tasks[todo.pop()].task_dep:
+        task = tasks[todo.pop()]
+        for d in task.task_dep + task.setup_tasks:
             if d not in seen:
                 seen.add(d)
                 todo.append(d)
@@ -49,8 +52,8 @@ def test_stages_and_their_order(graph):
     dodo, tasks = graph()
     assert dodo.DOIT_CONFIG["default_tasks"] == ["clone"]
     assert dodo.DOIT_CONFIG["backend"] == "sqlite3"
-    assert dodo.DOIT_CONFIG["dep_file"].endswith("state/graphtest/doit.sqlite")
-    for name in ["preflight", "network", "fam", "apparmor", "image", "disk:graphtesta",
+    assert dodo.DOIT_CONFIG["dep_file"].endswith("state/graphtest.doit.sqlite")
+    for name in ["preflight", "network", "fam", "apparmor", "image", "accel", "disk:graphtesta",
                  "render:graphtesta", "define:graphtesta", "original:boot",
                  "original:reconfigure", "original:shutdown", "freeze", "define:graphtestb",
                  "define:graphtestc", "prune", "clone", "start", "shutdown", "verify"]:
@@ -61,7 +64,10 @@ def test_stages_and_their_order(graph):
     assert deps(tasks, "original:shutdown") == {"original:reconfigure"}
     assert "freeze" in deps(tasks, "disk:graphtestb")
     assert "original:shutdown" in closure(tasks, "freeze")
-    assert "image" in closure(tasks, "render:graphtesta")  # the accel probe boots its kernel
+    assert "accel" in closure(tasks, "render:graphtesta")  # its verdict is the domain type
+    assert "image:base" in closure(tasks, "accel")  # the probe boots the image's kernel
+    # A new kernel is probed again, the same one never (doit's file_dep, not a side file).
+    assert tasks["accel"].file_dep == {"/var/lib/dali/graphtest/image/vmlinuz"}
     everything = closure(tasks, "clone")
     assert {"define:graphtestb", "define:graphtestc", "prune", "original:shutdown"} <= everything
     assert "start" not in everything and "verify" not in everything
@@ -84,8 +90,7 @@ def test_own_image_skips_the_image_build(graph, tmp_path):
         _, tasks = graph()
     finally:
         reset_vars()
-    assert "image" not in closure(tasks, "disk:graphtesta")
-    assert "image" not in closure(tasks, "clone")
+    assert not [t for t in closure(tasks, "clone") if t.startswith("image:")]
 
 
 def test_clean_removes_domains_before_network_fam_and_image(graph):
@@ -104,23 +109,22 @@ def test_clean_removes_domains_before_network_fam_and_image(graph):
     assert order[-1] == "preflight"  # its clean sweeps the leftovers, so it must be last
 
 
-def settings(cluster, suffix):
+def xml_inputs(cluster, suffix):
+    """What render:<node> hands to config_changed: the node's XML is stale when it changes."""
     node = next(n for n in cluster.nodes if n.suffix == suffix)
-    return domain._settings_key(cluster, node)
+    return domain.template_values(cluster, node)
 
 
-def test_what_makes_a_node_stale():
-    base = config.load(env={})
+def test_what_makes_a_node_stale(config):
     # Adding a clone leaves every existing node's settings (and so its XML) untouched.
-    more = config.load(env={"DALI_CLONES": "b c d"})
+    more = settings.load(env={"DALI_CLONES": "b c d"})
     for s in "abc":
-        assert settings(base, s) == settings(more, s)
+        assert xml_inputs(config, s) == xml_inputs(more, s)
     # Memory, the FAM and the network concern every node.
     for env in ({"DALI_MEM_GB": "2"}, {"DALI_NETWORK": "other"}, {"DALI_VCPUS": "2"}):
-        changed = config.load(env=env)
+        changed = settings.load(env=env)
         for s in "abc":
-            assert settings(base, s) != settings(changed, s), env
+            assert xml_inputs(config, s) != xml_inputs(changed, s), env
     # The clone mode is how a clone's disk is made, not part of its domain.
-    copy = config.load(env={})
-    copy = replace(copy, clone_mode="copy")
-    assert settings(base, "b") == settings(copy, "b")
+    copy = replace(config, clone_mode="copy")
+    assert xml_inputs(config, "b") == xml_inputs(copy, "b")

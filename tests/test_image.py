@@ -1,13 +1,12 @@
-"""Fast tests of tasks/image.py: which mirror the host uses, and when the rootfs recipe changes.
+"""Which mirror the host's apt uses, and when the guest root filesystem's recipe changes (fast;
+building and booting the image is tests/test_cluster.py's job)."""
 
-Building and booting the image is proven by hand (minutes, needs root and the mirror); these run in
-well under a second.
-"""
+import json
 
 import pytest
 
-from tasks import image
-from tasks.errors import DaliError
+from dali import guest_image
+from dali.apt_sources import DEFAULT_MIRROR, host_apt_mirror
 
 DEB822_DEBIAN = """\
 Types: deb
@@ -33,7 +32,7 @@ Components: main
 
 def test_mirror_from_deb822(tmp_path):
     (tmp_path / "debian.sources").write_text(DEB822_DEBIAN)
-    assert image.host_apt_mirror([str(tmp_path)]) == "http://mirror.example.org/debian"
+    assert host_apt_mirror([str(tmp_path)]) == "http://mirror.example.org/debian"
 
 
 def test_mirror_skips_security_and_third_parties(tmp_path):
@@ -43,14 +42,14 @@ def test_mirror_skips_security_and_third_parties(tmp_path):
     (tmp_path / "c-docker.list").write_text("deb [arch=amd64] https://download.docker.com/linux/debian bookworm stable\n")
     (tmp_path / "d-security.list").write_text("deb http://security.debian.org/debian-security bookworm-security main\n")
     (tmp_path / "debian.sources").write_text(DEB822_DEBIAN)
-    assert image.host_apt_mirror([str(tmp_path)]) == "http://mirror.example.org/debian"
+    assert host_apt_mirror([str(tmp_path)]) == "http://mirror.example.org/debian"
 
 
 def test_mirror_ignores_disabled_files_and_stanzas(tmp_path):
     (tmp_path / "a.sources.disabled-by-farm").write_text(DEB822_DEBIAN.replace("mirror.example.org", "disabled.example.org"))
     (tmp_path / "b.list.disabled").write_text("deb http://off.example.org/debian bookworm main\n")
     (tmp_path / "c.sources").write_text("Enabled: no\n" + DEB822_DEBIAN.replace("mirror.example.org", "off2.example.org"))
-    assert image.host_apt_mirror([str(tmp_path)]) == image.DEFAULT_MIRROR
+    assert host_apt_mirror([str(tmp_path)]) == DEFAULT_MIRROR
 
 
 def test_mirror_from_one_line_sources_list(tmp_path):
@@ -65,25 +64,27 @@ def test_mirror_from_one_line_sources_list(tmp_path):
     sources_d.mkdir()
     (sources_d / "other.list").write_text("deb http://later.example.org/debian bookworm main\n")
     # sources.list comes first, as for apt
-    assert image.host_apt_mirror([str(sources_list), str(sources_d)]) == "http://ftp.de.debian.org/debian"
+    assert host_apt_mirror([str(sources_list), str(sources_d)]) == "http://ftp.de.debian.org/debian"
 
 
 def test_mirror_falls_back_when_nothing_usable(tmp_path):
-    assert image.host_apt_mirror([str(tmp_path / "missing"), str(tmp_path)]) == "http://deb.debian.org/debian"
+    assert host_apt_mirror([str(tmp_path / "missing"), str(tmp_path)]) == "http://deb.debian.org/debian"
 
 
 def recipe(**changes):
     args = {"suite": "bookworm", "mirror": "http://deb.debian.org/debian", "http_proxy": "", "extra_packages": []}
     args.update(changes)
-    return image.rootfs_recipe(**args)
+    return guest_image.rootfs_recipe(**args)
+
+
+def tarball(r, tmp_path):
+    return guest_image.rootfs_tarball_path(r, tmp_path)
 
 
 def test_recipe_is_stable_and_json():
-    import json
-
     assert recipe() == recipe()
     assert json.loads(json.dumps(recipe())) == recipe()
-    assert set(image.IMAGE_PACKAGES) <= set(recipe()["packages"])
+    assert set(guest_image.IMAGE_PACKAGES) <= set(recipe()["packages"])
     # Same packages in another order or twice: same tree.
     assert recipe(extra_packages=["vim", "less"]) == recipe(extra_packages=["less", "vim", "less"])
     assert recipe(mirror="http://deb.debian.org/debian/") == recipe()
@@ -94,26 +95,21 @@ def test_recipe_is_stable_and_json():
     {"mirror": "http://ftp.de.debian.org/debian"},
     {"extra_packages": ["vim"]},
 ])
-def test_recipe_changes_with_what_decides_the_tree(change):
+def test_recipe_changes_with_what_decides_the_tree(change, tmp_path):
     assert recipe(**change) != recipe()
-    assert image._recipe_hash(recipe(**change)) != image._recipe_hash(recipe())
+    assert tarball(recipe(**change), tmp_path) != tarball(recipe(), tmp_path)
 
 
-def test_proxy_is_carried_but_does_not_rename_the_tarball():
+def test_proxy_is_carried_but_does_not_rename_the_tarball(tmp_path):
     with_proxy = recipe(http_proxy="http://proxy.example.org:3128")
     assert with_proxy["http_proxy"] == "http://proxy.example.org:3128"
-    assert image._recipe_hash(with_proxy) == image._recipe_hash(recipe())
+    assert tarball(with_proxy, tmp_path) == tarball(recipe(), tmp_path)
 
 
 def test_recipe_follows_the_guest_templates(tmp_path, monkeypatch):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/hostname").write_text("a\n")
-    monkeypatch.setattr(image, "TEMPLATES_DIR", tmp_path)
+    monkeypatch.setattr(guest_image, "TEMPLATES_DIR", tmp_path)
     before = recipe()
     (tmp_path / "etc/hostname").write_text("b\n")
     assert recipe() != before
-
-
-def test_recipe_rejects_option_like_package_names():
-    with pytest.raises(DaliError, match="image.extra_packages"):
-        recipe(extra_packages=["--no-check-gpg"])

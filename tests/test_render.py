@@ -6,20 +6,15 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tasks import config, domain, network
-from tasks.virt import MARK_NS, mark_of
+from dali import domain, network, settings
+from dali.marks import mark_of
 
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
 
 
-@pytest.fixture
-def cluster():
-    return config.load(env={})
-
-
-def test_domain_has_the_seeds_stanzas(cluster):
-    node = cluster.original_node
-    text = domain.domain_xml(cluster, node, "qemu")
+def test_domain_has_the_seeds_stanzas(config):
+    node = config.original_node
+    text = domain.domain_xml(config, node, "qemu")
     root = ET.fromstring(text)
     assert "xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'".replace("'", '"') in text
     assert root.get("type") == "qemu"  # TCG; the seed's 'kvm' hangs on hosts like CI
@@ -35,9 +30,9 @@ def test_domain_has_the_seeds_stanzas(cluster):
                     "-device", "nvdimm,memdev=FAM"]
 
 
-def test_domain_devices_and_identity(cluster):
-    node = cluster.clone_nodes[0]
-    root = ET.fromstring(domain.domain_xml(cluster, node, "qemu"))
+def test_domain_devices_and_identity(config):
+    node = config.clone_nodes[0]
+    root = ET.fromstring(domain.domain_xml(config, node, "qemu"))
     assert root.find("name").text == "ivpb" and root.find("uuid").text == node.uuid
     assert root.find("devices/disk/source").get("file") == "/var/lib/dali/ivp/ivpb.qcow2"
     assert root.find("devices/interface/mac").get("address") == node.mac
@@ -54,13 +49,13 @@ def test_own_image_boots_from_disk(tmp_path):
     own = tmp_path / "mine.qcow2"
     own.write_bytes(b"")
     (tmp_path / "c.toml").write_text(f'[image]\npath = "{own}"\n')
-    c = config.load(tmp_path / "c.toml", env={})
+    c = settings.load(tmp_path / "c.toml", env={})
     root = ET.fromstring(domain.domain_xml(c, c.original_node, "qemu"))
     assert root.find("os/kernel") is None and root.find("os/boot").get("dev") == "hd"
 
 
 def test_paths_are_escaped(tmp_path):
-    c = config.load(env={"DALI_DIR": str(tmp_path / "a&b<c")})
+    c = settings.load(env={"DALI_DIR": str(tmp_path / "a&b<c")})
     root = ET.fromstring(domain.domain_xml(c, c.original_node, "qemu"))  # still parses
     assert "a&b<c" in root.find("devices/disk/source").get("file")
 
@@ -70,20 +65,20 @@ def test_fam_size_spelling():
     assert domain.fam_size_text(512 << 20) == "512M"
 
 
-def test_network_xml(cluster):
-    root = ET.fromstring(network.network_xml(cluster))
+def test_network_xml(config):
+    root = ET.fromstring(network.network_xml(config))
     assert root.find("name").text == "ivp" and root.find("forward").get("mode") == "nat"
     assert root.find("ip").get("address") == "192.168.7.254"
     assert root.find("ip/dhcp/range").get("start") == "192.168.7.1"
-    assert mark_of(network.network_xml(cluster)) == "ivp"
-    isolated = replace(cluster, network=replace(cluster.network, forward="none"))
+    assert mark_of(network.network_xml(config)) == "ivp"
+    isolated = replace(config, network=replace(config.network, forward="none"))
     assert ET.fromstring(network.network_xml(isolated)).find("forward") is None
 
 
 @pytest.mark.parametrize("kind", ["domain", "network"])
-def test_valid_against_libvirt_schema(cluster, tmp_path, kind):
-    text = (domain.domain_xml(cluster, cluster.original_node, "qemu") if kind == "domain"
-            else network.network_xml(cluster))
+def test_valid_against_libvirt_schema(config, tmp_path, kind):
+    text = (domain.domain_xml(config, config.original_node, "qemu") if kind == "domain"
+            else network.network_xml(config))
     f = tmp_path / f"{kind}.xml"
     f.write_text(text)
     run = subprocess.run(["virt-xml-validate", str(f), kind], capture_output=True, text=True)

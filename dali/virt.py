@@ -1,9 +1,9 @@
 """The thin libvirt adapter: every call dali makes to libvirtd goes through here.
 
-It knows three things the task modules should not have to: how to open the connection once
-(lazily, so `doit list` works without libvirtd), how dali marks the objects it creates
-(`<metadata>` carrying the cluster tag) and refuses to touch anything unmarked, and how to talk
-to a guest through its qemu-guest-agent (no network needed).
+It knows three things the stages should not have to: how to open the connection once (lazily,
+so `doit list` works without libvirtd), how to refuse an object with one of our names that
+does not carry our mark (dali/marks.py), and how to talk to a guest through its
+qemu-guest-agent (no network needed).
 """
 
 from __future__ import annotations
@@ -11,21 +11,14 @@ from __future__ import annotations
 import base64
 import json
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import libvirt
 import libvirt_qemu
 
-from tasks.errors import DaliError
-from tasks.reporter import log
-
-MARK_NS = "https://dali.invalid/xmlns/cluster/1"  # a name, never fetched
-MARK_ELEMENT = f"{{{MARK_NS}}}cluster"
-
-# libvirt prints every error to stderr by default, also the ones we expect and handle
-# (e.g. "domain not found" while asking whether it exists).
-libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+from dali.errors import DaliError
+from dali.marks import mark_of
+from dali.reporter import log
 
 
 class ForeignObject(DaliError):
@@ -46,12 +39,6 @@ class ExecResult:
         return self
 
 
-def mark_of(xml: str) -> str | None:
-    """The cluster tag in an object's dali mark, or None if it carries none."""
-    node = ET.fromstring(xml).find(f"metadata/{MARK_ELEMENT}")
-    return None if node is None else node.get("tag")
-
-
 class Libvirt:
     def __init__(self, uri: str, tag: str):
         self.uri = uri
@@ -61,6 +48,10 @@ class Libvirt:
     @property
     def conn(self) -> libvirt.virConnect:
         if self._conn is None:
+            # libvirt prints every error to stderr by default, also the ones we expect and
+            # handle ("domain not found" while asking whether it exists). Silenced here, when
+            # dali connects, not on import: importing dali must not change a process's libvirt.
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
             try:
                 self._conn = libvirt.open(self.uri)
             except libvirt.libvirtError as e:
@@ -70,10 +61,10 @@ class Libvirt:
 
     # --- ownership ----------------------------------------------------------------------------
 
-    def _ours(self, kind: str, name: str, xml: str) -> bool:
+    def _check_ours(self, kind: str, name: str, xml: str) -> None:
         tag = mark_of(xml)
         if tag == self.tag:
-            return True
+            return
         owner = f"dali cluster '{tag}'" if tag else "someone else (it has no dali mark)"
         raise ForeignObject(f"libvirt {kind} '{name}' already exists and belongs to {owner}: "
                             f"rename or remove it, or pick another tag / network.name")
@@ -87,7 +78,7 @@ class Libvirt:
                 return None
             raise
         # Flag 0: the test driver takes no INACTIVE flag for networks; the mark is in both.
-        self._ours(kind, name, obj.XMLDesc(0))
+        self._check_ours(kind, name, obj.XMLDesc(0))
         return obj
 
     def domain(self, name: str) -> libvirt.virDomain | None:

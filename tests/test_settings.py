@@ -1,12 +1,15 @@
-"""Loading cluster.toml and the seed's environment variables; every validation error."""
+"""Loading cluster.toml and the seed's environment variables; every validation error; the
+README table and cluster.toml, both generated from the one declaration."""
 
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from tasks import config
-from tasks.config import ConfigError, load
+from dali import settings
+from dali.cluster import REPO
+from dali.settings import ConfigError, load
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -15,8 +18,8 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-def test_defaults_are_the_seeds():
-    c = load(env={})
+def test_defaults_are_the_seeds(config):
+    c = config
     assert (c.tag, c.original, c.clones) == ("ivp", "a", ("b", "c"))
     assert [n.name for n in c.nodes] == ["ivpa", "ivpb", "ivpc"]
     assert c.network.name == "ivp" and c.network.forward == "nat"
@@ -25,7 +28,7 @@ def test_defaults_are_the_seeds():
     assert c.fam_size == 1 << 30 and c.memory == 1 << 30 and c.max_memory == 2 << 30
     assert c.memory_slots == 2 and c.vcpus == 1
     assert c.fam_path == Path("/var/lib/dali/ivp/FAM")
-    assert c.state_dir == config.REPO / "state" / "ivp"
+    assert c.state_dir == REPO / "state" / "ivp"
 
 
 def test_seed_environment_overrides_the_file(tmp_path, monkeypatch):
@@ -74,12 +77,16 @@ def test_identities_are_distinct_and_stable():
     ('clones = ["b", "b"]', {}, ["clones", "twice"]),
     ('clones = ["a"]', {}, ["clones", "original"]),
     ('clones = "b c"', {}, ["clones", "list"]),
+    ('clones = ["b", 3]', {}, ["clones", "3"]),
+    ('dir = 5', {}, ["dir", "path"]),
+    ('tag = 5', {}, ["tag", "lowercase"]),
     ('accel = "xen"', {}, ["accel", "auto, kvm, tcg"]),
     ('[network]\nforward = "bridge"', {}, ["network.forward", "nat, none"]),
     ('[network]\ndhcp_start = "10.0.0.1"', {}, ["network.dhcp_start", "outside"]),
     ('[network]\ndhcp_start = "192.168.7.30"', {}, ["dhcp_start", "after"]),
     ('[network]\naddress = "192.168.7.5"', {}, ["network.address", "DHCP range"]),
     ('[network]\naddress = "nope"', {}, ["network.address", "IPv4"]),
+    ('[network]\nprefix = 31', {}, ["network.prefix", "<= 30"]),
     ('[fam]\nsize = "lots"', {}, ["fam.size", "not a size"]),
     ('[fam]\nsize = "1000000"', {}, ["fam.size", "multiple of 2M"]),
     ('[fam]\nsize = "2G"\n[node]\nmax_memory = "2G"', {}, ["node.max_memory", "at least"]),
@@ -88,6 +95,9 @@ def test_identities_are_distinct_and_stable():
     ('[clone]\nmode = "deep"', {}, ["clone.mode", "linked, copy"]),
     ('[image]\npath = "/nonexistent.qcow2"', {}, ["image.path", "does not exist"]),
     ('[image]\nmirror = "deb.debian.org"', {}, ["image.mirror", "URL"]),
+    ('[image]\nmirror = 7', {}, ["image.mirror", "URL"]),
+    ('[image]\nextra_packages = ["Vim"]', {}, ["image.extra_packages", "'Vim'", "package name"]),
+    ('[image]\nextra_packages = ["--no-check-gpg"]', {}, ["image.extra_packages", "package name"]),
     ('[image]\ndisk_size = "1G"', {}, ["image.disk_size", "2G"]),
     ('[apparmor]\ntemplate = "TEMPLATE.qemu"', {}, ["apparmor.template", "absolute"]),
     ('[timeouts]\nboot = -1', {}, ["timeouts.boot", ">= 1"]),
@@ -114,7 +124,36 @@ def test_missing_file_names_config_option(tmp_path):
 
 
 def test_sizes():
-    assert config.parse_size("1G", "x") == 1 << 30
-    assert config.parse_size("512M", "x") == 512 << 20
-    assert config.parse_size("2GiB", "x") == 2 << 30
-    assert config.parse_size(4096, "x") == 4096
+    assert settings.parse_size("1G") == 1 << 30
+    assert settings.parse_size("512M") == 512 << 20
+    assert settings.parse_size("2GiB") == 2 << 30
+    assert settings.parse_size(4096) == 4096
+
+
+def test_every_setting_has_a_default_that_loads():
+    """The declared defaults pass their own validation (an empty file gives the seed's cluster)."""
+    empty = load(REPO / "cluster.toml", env={})
+    assert empty.tag == "ivp" and empty.clones == ("b", "c")
+
+
+def test_readme_table_is_the_declaration():
+    """The README's settings table is generated from dali/settings.py; they must not drift."""
+    readme = (REPO / "README.md").read_text()
+    table = settings.settings_table()
+    assert table in readme, "README.md's settings table differs: paste `python -m dali.settings table`"
+    rows = [line for line in readme.splitlines() if re.match(r"\| `[a-z_.]+` \| (`[A-Z_]+`)? \|", line)]
+    assert len(rows) == len(settings.SETTINGS)
+
+
+def test_cluster_toml_is_the_declaration():
+    assert (REPO / "cluster.toml").read_text() == settings.commented_toml(), \
+        "cluster.toml differs: regenerate it with `python -m dali.settings toml > cluster.toml`"
+
+
+def test_environment_variables_come_from_the_declaration():
+    for s in settings.SETTINGS:
+        if s.env:
+            value = {"DALI_CLONES": "x y", "DALI_MEM_GB": "2", "DALI_VCPUS": "3", "DALI_DIR": "/srv/x",
+                     "LIBVIRT_DEFAULT_URI": "test:///default"}.get(s.env, "zz")
+            loaded = load(env={s.env: value})
+            assert loaded != load(env={}), s.env

@@ -1,0 +1,170 @@
+"""The cluster as the rest of dali sees it: validated settings plus what follows from them.
+
+A Cluster is made once by dali.settings.load() and never changes. Names, paths and identities
+(UUIDs, MACs, machine-ids) are derived here from the settings, so they are stable from run to
+run and need no record that a killed run could lose.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_ROOT = Path("/var/lib/dali")  # traversable by libvirt-qemu on any host, unlike ~
+
+# Every identifier dali derives hangs off this namespace.
+DALI_NAMESPACE = uuid.UUID("6f1d1c3e-8a52-4c55-9a55-2f0d1a7c0b11")
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    forward: str  # "nat" or "none"
+    address: str
+    prefix: int
+    dhcp_start: str
+    dhcp_end: str
+
+
+@dataclass(frozen=True)
+class Image:
+    path: Path | None  # a user's own qcow2; None means dali builds a Debian image
+    suite: str
+    mirror: str  # "" means the host's apt mirror
+    http_proxy: str
+    extra_packages: tuple[str, ...]
+    disk_size: int
+
+
+@dataclass(frozen=True)
+class Node:
+    """One VM of the cluster. Its identities are derived from the cluster tag and its name."""
+
+    cluster_tag: str
+    suffix: str
+    is_original: bool
+
+    @property
+    def name(self) -> str:
+        return self.cluster_tag + self.suffix
+
+    def _derived(self, what: str) -> uuid.UUID:
+        return uuid.uuid5(DALI_NAMESPACE, f"{what}:{self.name}")
+
+    @property
+    def uuid(self) -> str:
+        return str(self._derived("domain"))
+
+    @property
+    def machine_id(self) -> str:
+        return self._derived("machine-id").hex
+
+    @property
+    def mac(self) -> str:
+        # 52:54:00 is QEMU's locally administered prefix, the one libvirt itself hands out.
+        b = self._derived("mac").bytes
+        return "52:54:00:%02x:%02x:%02x" % (b[0], b[1], b[2])
+
+    def identity(self) -> dict:
+        """Everything that tells this node from another, as plain values (for config_changed)."""
+        return {"name": self.name, "uuid": self.uuid, "mac": self.mac,
+                "machine_id": self.machine_id, "original": self.is_original}
+
+
+@dataclass(frozen=True)
+class Cluster:
+    tag: str
+    original: str
+    clones: tuple[str, ...]
+    data_dir: Path  # the FAM and the disks
+    state_dir: Path  # generated files of this cluster, under the checkout's state/
+    uri: str
+    accel: str
+    network: Network
+    fam_size: int
+    memory: int
+    max_memory: int
+    memory_slots: int
+    vcpus: int
+    image: Image
+    clone_mode: str
+    apparmor_template: Path
+    boot_timeout: int
+    shutdown_timeout: int
+
+    # --- the nodes ----------------------------------------------------------------------------
+
+    @property
+    def original_node(self) -> Node:
+        return Node(self.tag, self.original, True)
+
+    @property
+    def clone_nodes(self) -> tuple[Node, ...]:
+        return tuple(Node(self.tag, s, False) for s in self.clones)
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        return (self.original_node,) + self.clone_nodes
+
+    @property
+    def network_uuid(self) -> str:
+        return str(uuid.uuid5(DALI_NAMESPACE, f"network:{self.tag}:{self.network.name}"))
+
+    # --- where things live --------------------------------------------------------------------
+
+    @property
+    def fam_path(self) -> Path:
+        # Named FAM, as in the seed (a FAME/F.E.E. host shares the name).
+        return self.data_dir / "FAM"
+
+    @property
+    def image_dir(self) -> Path:
+        """The built guest image: base.qcow2, vmlinuz, initrd.img (read by qemu)."""
+        return self.data_dir / "image"
+
+    @property
+    def base_disk(self) -> Path:
+        """What the original's first disk is an overlay on: the built image or the user's own."""
+        return self.image.path or self.image_dir / "base.qcow2"
+
+    @property
+    def kernel(self) -> Path | None:
+        """The kernel booted directly, or None when a user's own disk boots itself."""
+        return None if self.image.path else self.image_dir / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path | None:
+        return None if self.image.path else self.image_dir / "initrd.img"
+
+    @property
+    def frozen_disk(self) -> Path:
+        """The original's disk as it was when first cloned; clones start from it."""
+        return self.data_dir / "frozen.qcow2"
+
+    def disk(self, node: Node | str) -> Path:
+        """A node's disk, by node or by domain name (a pruned node is known only by name)."""
+        return self.data_dir / f"{getattr(node, 'name', node)}.qcow2"
+
+    def domain_xml(self, node: Node) -> Path:
+        return self.state_dir / "xml" / f"{node.name}.xml"
+
+    @property
+    def network_xml(self) -> Path:
+        return self.state_dir / "network.xml"
+
+    @property
+    def ssh_key(self) -> Path:
+        return self.state_dir / "ssh" / "id_ed25519"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Shared by every cluster of this checkout (the debootstrap tree takes minutes)."""
+        return self.state_dir.parent / "cache"
+
+    @property
+    def dep_file(self) -> Path:
+        """doit's records for this cluster. Beside state/<tag>/, not in it: `doit clean`
+        removes state/<tag>/ while doit still has this file open (`doit clean --forget`)."""
+        return self.state_dir.parent / f"{self.tag}.doit.sqlite"

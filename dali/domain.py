@@ -1,0 +1,42 @@
+"""A node's libvirt domain XML, rendered from templates/domain.xml.j2.
+
+template_values() is everything the template reads except the domain type, which the accel
+probe decides; the same values, as plain data, are what makes a node's XML stale
+(tasks/domain.py hands them to doit's config_changed), so adding a clone touches no other node.
+"""
+
+from __future__ import annotations
+
+from dali.cluster import Cluster, Node
+from dali.marks import MARK_NS
+from dali.render import render
+
+TEMPLATE = "domain.xml.j2"
+KiB = 1024
+
+
+def fam_size_text(size: int) -> str:
+    """The seed writes size=1G; keep that spelling where the size allows."""
+    for unit, factor in (("G", 1 << 30), ("M", 1 << 20)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def template_values(cluster: Cluster, node: Node) -> dict:
+    """Everything the template reads but the domain type, as JSON-able values."""
+    return {
+        "node": node.identity(), "suffix": node.suffix, "tag": cluster.tag, "mark_ns": MARK_NS,
+        "memory_kib": cluster.memory // KiB, "max_memory_kib": cluster.max_memory // KiB,
+        "memory_slots": cluster.memory_slots, "vcpus": cluster.vcpus,
+        "numa_cpus": "0" if cluster.vcpus == 1 else f"0-{cluster.vcpus - 1}",
+        "kernel": str(cluster.kernel) if cluster.kernel else None,
+        "initrd": str(cluster.initrd) if cluster.initrd else None,
+        "disk": str(cluster.disk(node)),
+        "network": cluster.network.name,
+        "fam": str(cluster.fam_path), "fam_size": fam_size_text(cluster.fam_size),
+    }
+
+
+def domain_xml(cluster: Cluster, node: Node, domain_type: str) -> str:
+    return render(TEMPLATE, domain_type=domain_type, **template_values(cluster, node))

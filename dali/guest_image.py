@@ -1,0 +1,364 @@
+"""The Debian guest image every node boots: a debootstrap tree, cached as a tarball, made into a disk.
+
+Two steps, because they change for different reasons:
+
+1. build_rootfs_tarball(): debootstrap + our customisation (templates/guest/), slow (~2 min),
+   cached under state/cache/ by a hash of everything that decides its content (rootfs_recipe()).
+2. build_node_image(): tarball + the cluster's ssh key -> base.qcow2, vmlinuz, initrd.img,
+   quick (seconds), with no loop mount: `mkfs.ext4 -d` fills the filesystem from a directory.
+
+The image is made to be cloned. Nothing in it may be unique to one machine: the machine-id and
+hostname come from the kernel command line (systemd.machine_id=, systemd.hostname=), ssh host keys
+are made at first boot of each machine-id, and DHCP identifies a node by its MAC.
+
+Everything here is a plain function of plain values (no doit, no libvirt, no Cluster), so it
+can be tested and reused on its own; tasks/image.py wires it into the graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from dali.apt_sources import host_apt_mirror
+from dali.commands import run
+from dali.cluster import REPO
+from dali.errors import DaliError
+
+# Bump when the customisation code below changes what ends up in the tree, so cached tarballs
+# made by older code are not reused. (Changes to templates/guest/ are noticed by their hash.)
+RECIPE_VERSION = 1
+
+TEMPLATES_DIR = REPO / "templates" / "guest"
+
+IMAGE_PACKAGES: tuple[str, ...] = (
+    "linux-image-amd64",  # kernel + initrd, booted directly by qemu (-kernel/-initrd)
+    "systemd-sysv",       # systemd as PID 1: machine-id and hostname from the kernel command line
+    "udev",               # loads nfit/nd_pmem for the NVDIMM, starts the guest agent on its port
+    "dbus",               # without it there is no logind, and ACPI power-off is ignored
+    "systemd-resolved",   # DNS from DHCP (libvirt's dnsmasq knows every node's name)
+    "ndctl",              # inspect/configure the NVDIMM namespace
+    "qemu-guest-agent",   # dali runs guest commands through it; no network needed
+    "openssh-server",
+    "iproute2",
+    "e2fsprogs",          # fsck.ext4 for the root filesystem
+    "kmod",               # modprobe, used by udev and initramfs
+    "procps",             # ps, free, sysctl: the minimum to look around in a node
+    "util-linux",         # lsblk, mount
+)
+
+Log = Callable[[str], None]
+
+
+# --- the root filesystem tarball ------------------------------------------------------------
+
+def rootfs_recipe(suite: str, mirror: str, http_proxy: str, extra_packages: list[str]) -> dict:
+    """Everything that determines the debootstrap tree, as a JSON-serialisable dict.
+
+    Why: the caller hands it to doit's config_changed, and build_rootfs_tarball() names the
+    cached tarball after its hash, so changing any of these (or templates/guest/, or this
+    module's RECIPE_VERSION) makes a new tarball while an unchanged recipe reuses the old one.
+
+    An empty mirror means the host's (host_apt_mirror()), as for the image.mirror setting.
+    The package names were checked when the settings were loaded (dali/settings.py).
+    http_proxy is carried along because debootstrap needs it, but it does not change the tree,
+    so it is left out of the tarball's name (see _recipe_hash).
+    """
+    return {
+        "recipe_version": RECIPE_VERSION,
+        "suite": suite,
+        "mirror": (mirror or host_apt_mirror()).rstrip("/"),
+        "http_proxy": http_proxy,
+        "packages": sorted(set(IMAGE_PACKAGES) | set(extra_packages)),
+        "templates": _templates_digest(TEMPLATES_DIR),
+    }
+
+
+def _templates_digest(root: Path) -> str:
+    """sha256 over the relative path, executable bit and content of every file under root."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(b"x" if os.access(path, os.X_OK) else b"-")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _recipe_hash(recipe: dict) -> str:
+    content = {key: value for key, value in recipe.items() if key != "http_proxy"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def rootfs_tarball_path(recipe: dict, cache_dir: Path) -> Path:
+    """Where the tarball for this recipe is (or will be) cached."""
+    return Path(cache_dir) / f"rootfs-{_recipe_hash(recipe)}.tar"
+
+
+def build_rootfs_tarball(recipe: dict, cache_dir: Path, log: Log) -> Path:
+    """Make (or reuse) cache_dir/rootfs-<hash of recipe>.tar: a customised debootstrap tree.
+
+    Why cached: debootstrap takes minutes and needs the mirror; every cluster of this checkout
+    can share one tarball, and a rebuilt node image (new ssh key, new disk size) needs none.
+
+    The tree is built in a temporary directory under cache_dir and the tarball is written under
+    a temporary name, then renamed: a run that is interrupted leaves no tarball that looks done.
+    debootstrap's output goes to cache_dir/rootfs-<hash>.log, which is kept (it is what a user
+    needs when the mirror or proxy is wrong).
+    """
+    cache_dir = Path(cache_dir)
+    tarball = rootfs_tarball_path(recipe, cache_dir)
+    name = tarball.stem
+    if tarball.exists():
+        return tarball
+    if os.geteuid() != 0:
+        raise DaliError("building the guest root filesystem needs root (debootstrap, chroot): run dali as root")
+    if not shutil.which("debootstrap"):
+        raise DaliError("debootstrap is not installed: run scripts/setup (or apt-get install debootstrap)")
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_work(cache_dir)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", dir=cache_dir))
+    try:
+        tree = work / "tree"
+        _debootstrap(recipe, tree, cache_dir / f"{name}.log", log)
+        log("customising the guest tree")
+        _customise(tree)
+        log(f"writing {tarball}")
+        partial = work / "rootfs.tar"
+        # Numeric owners: the tree's uids are the guest's, not this host's. xattrs carry file
+        # capabilities (security.capability) that some packages set instead of setuid.
+        run(["tar", "--create", "--file", str(partial), "--numeric-owner",
+              "--xattrs", "--xattrs-include=*", "--sparse", "-C", str(tree), "."],
+             what="tar of the guest tree")
+        partial.chmod(0o644)
+        os.replace(partial, tarball)
+    finally:
+        _remove_tree(work)
+    log(f"guest root filesystem ready: {tarball} ({tarball.stat().st_size // 2**20} MiB)")
+    return tarball
+
+
+def _debootstrap(recipe: dict, tree: Path, log_file: Path, log: Log) -> None:
+    """Run debootstrap into tree, its whole output into log_file, its main steps to log()."""
+    env = dict(os.environ)
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        env.pop(var, None)  # only the configured proxy (image.http_proxy) is used, never an inherited one
+    if recipe["http_proxy"]:
+        env["http_proxy"] = env["https_proxy"] = recipe["http_proxy"]
+    command = ["debootstrap", "--variant=minbase", "--include=" + ",".join(recipe["packages"]),
+               recipe["suite"], str(tree), recipe["mirror"]]
+    log(f"debootstrap {recipe['suite']} from {recipe['mirror']} (about 2 minutes; log: {log_file})")
+    with open(log_file, "w") as out:
+        out.write("$ " + " ".join(command) + "\n")
+        out.flush()
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, errors="replace")
+        for line in process.stdout:
+            out.write(line)
+            if _is_debootstrap_milestone(line):
+                log(line.rstrip())
+        status = process.wait()
+        # debootstrap keeps the details of a failed dpkg run inside the tree; the tree is deleted, so copy them.
+        inner_log = tree / "debootstrap" / "debootstrap.log"
+        if status != 0 and inner_log.exists():
+            out.write("\n--- debootstrap/debootstrap.log from the tree ---\n")
+            out.write(inner_log.read_text(errors="replace"))
+    if status != 0:
+        proxy = (f"the proxy image.http_proxy = {recipe['http_proxy']!r}" if recipe["http_proxy"]
+                 else "set image.http_proxy if you need a proxy")
+        raise DaliError(f"debootstrap of {recipe['suite']} from {recipe['mirror']} failed (log: {log_file}): "
+                        f"check image.mirror, image.suite, image.extra_packages and {proxy}")
+
+
+def _is_debootstrap_milestone(line: str) -> bool:
+    """Problems and phases ("I: Unpacking the base system..."), not the hundreds of per-package lines."""
+    if line.startswith(("E:", "W:")):
+        return True
+    words = line.split()
+    return words[:1] == ["I:"] and len(words) >= 4 and line.rstrip().endswith(("...", "successfully."))
+
+
+def _customise(tree: Path) -> None:
+    """Make the debootstrap tree into an image that any number of nodes can boot as clones."""
+    # Static files (fstab, hostname, network, the ssh host key unit) are kept as files, not code.
+    for source in sorted(TEMPLATES_DIR.rglob("*")):
+        target = tree / source.relative_to(TEMPLATES_DIR)
+        if source.is_dir():
+            target.mkdir(mode=0o755, exist_ok=True)
+        else:
+            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            target.unlink(missing_ok=True)  # it may be a symlink into the tree (resolv.conf-style)
+            shutil.copyfile(source, target)
+            target.chmod(0o755 if os.access(source, os.X_OK) else 0o644)
+            os.chown(target, 0, 0)
+
+    _chroot(tree, "systemctl", "enable", "systemd-networkd.service", "systemd-resolved.service",
+            "dali-ssh-host-keys.service")
+    # Nodes have no route off the host: nothing should wait two minutes for "online" at boot,
+    # and apt's daily timers would only burn emulated CPU failing to reach a mirror.
+    # ndctl-monitor exits with an error on an emulated NVDIMM ("no dimms to monitor": it has no
+    # SMART data), which leaves every node "degraded". e2scrub_reap cleans LVM snapshots we never
+    # make, at 6 s of TCG time per boot.
+    _chroot(tree, "systemctl", "disable", "systemd-networkd-wait-online.service",
+            "apt-daily.timer", "apt-daily-upgrade.timer", "ndctl-monitor.service", "e2scrub_reap.service")
+
+    # The machine-id comes from systemd.machine_id= on the kernel command line: systemd 252 then
+    # ignores what the file holds and writes the command line's id into it, also on a clone of a
+    # disk that was booted (and so committed an id) before. The file must be empty, not missing:
+    # a missing one means "first boot", and then systemd re-applies unit presets, which enables
+    # again every unit we disable here.
+    (tree / "etc/machine-id").write_text("")
+    (tree / "etc/machine-id").chmod(0o444)
+    dbus_id = tree / "var/lib/dbus/machine-id"
+    if dbus_id.exists() or dbus_id.is_symlink():
+        dbus_id.unlink()
+    dbus_id.parent.mkdir(parents=True, exist_ok=True)
+    dbus_id.symlink_to("/etc/machine-id")  # D-Bus must follow the node's id, not keep the build's
+
+    # Host keys made by openssh-server's postinst would be shared by every node: each node makes
+    # its own at boot (dali-ssh-host-keys.service).
+    for key in (tree / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+
+    # Only the cluster's ssh key logs in (added per cluster by build_node_image).
+    _chroot(tree, "usermod", "--lock", "root")
+
+    # Keep the tree small and free of the build host's traces.
+    for pattern in ("var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb",
+                    "var/cache/debconf/*-old", "var/lib/dpkg/*-old", "var/log/apt/*", "var/log/*.log"):
+        for path in tree.glob(pattern):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+    resolv = tree / "etc/resolv.conf"
+    if resolv.is_file() and not resolv.is_symlink():
+        resolv.write_text("")  # debootstrap copied the build host's; systemd-resolved normally replaces it
+
+
+def _chroot(tree: Path, *command: str) -> None:
+    run(["chroot", str(tree), *command], what=f"{' '.join(command)} in the guest tree")
+
+
+# --- the node image -------------------------------------------------------------------------
+
+# What build_node_image() writes into its out_dir.
+NODE_IMAGE_FILES = ("base.qcow2", "vmlinuz", "initrd.img")
+
+
+def build_node_image(tarball: Path, ssh_public_key: str, out_dir: Path, disk_size_bytes: int, log: Log) -> None:
+    """Turn the rootfs tarball into out_dir/base.qcow2 + vmlinuz + initrd.img for direct kernel boot.
+
+    Why separate from the tarball: the ssh key and disk size are per cluster, and this takes
+    seconds. No loop mount (needs privileges and devices a container may not have):
+    `mkfs.ext4 -d TREE` writes the files straight into a sparse raw file, then qemu-img makes it
+    a qcow2 so that nodes can be thin overlays of it.
+
+    Files are built under temporary names in out_dir and renamed at the end, disk last, so a
+    present base.qcow2 means a complete set. They end mode 0644: qemu runs as libvirt-qemu and
+    only reads them.
+    """
+    tarball, out_dir = Path(tarball), Path(out_dir)
+    key = ssh_public_key.strip()
+    if not key or "\n" in key or not re.match(r"^(ssh-|ecdsa-|sk-)\S+ \S+", key):
+        raise DaliError(f"ssh public key {key[:40]!r}... is not one OpenSSH public key line: "
+                        "give the contents of a .pub file")
+    if not tarball.is_file():
+        raise DaliError(f"root filesystem tarball {tarball} is missing: rebuild it (doit forget the image task)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".base.", dir=out_dir))
+    try:
+        tree = work / "tree"
+        tree.mkdir()
+        log(f"unpacking {tarball.name}")
+        run(["tar", "--extract", "--file", str(tarball), "--numeric-owner", "--same-owner",
+              "--same-permissions", "--xattrs", "--xattrs-include=*", "-C", str(tree)],
+             what=f"unpacking {tarball}")
+
+        ssh_dir = tree / "root/.ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text(key + "\n")
+        (ssh_dir / "authorized_keys").chmod(0o600)
+
+        kernel, initrd = _boot_files(tree)
+        for source, name in ((kernel, "vmlinuz"), (initrd, "initrd.img")):
+            shutil.copyfile(source, work / name)
+            (work / name).chmod(0o644)
+
+        raw = work / "disk.raw"
+        with open(raw, "wb") as f:
+            f.truncate(disk_size_bytes)  # sparse: only what mkfs writes takes space
+        log(f"mkfs.ext4 -d into a {disk_size_bytes // 2**20} MiB disk")
+        try:
+            run(["mkfs.ext4", "-q", "-F", "-L", "dali-root", "-d", str(tree), str(raw)], what="mkfs.ext4")
+        except DaliError:
+            used = run(["du", "-s", "--block-size=1M", str(tree)], what="du").split()[0]
+            raise DaliError(f"mkfs.ext4 could not fit the {used} MiB guest tree into a "
+                            f"{disk_size_bytes // 2**20} MiB disk: raise image.disk_size") from None
+        shutil.rmtree(tree)  # free the space before the qcow2 copy
+        qcow2 = work / "base.qcow2"
+        run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], what="qemu-img convert")
+        qcow2.chmod(0o644)
+
+        os.replace(work / "vmlinuz", out_dir / "vmlinuz")
+        os.replace(work / "initrd.img", out_dir / "initrd.img")
+        os.replace(qcow2, out_dir / "base.qcow2")
+    finally:
+        _remove_tree(work)
+    log(f"node image ready: {out_dir / 'base.qcow2'}")
+
+
+def _boot_files(tree: Path) -> tuple[Path, Path]:
+    """The newest kernel in the tree's /boot and its initrd."""
+    kernels = sorted((tree / "boot").glob("vmlinuz-*"), key=lambda p: _version_key(p.name[len("vmlinuz-"):]))
+    if not kernels:
+        raise DaliError("the guest tree has no /boot/vmlinuz-*: keep linux-image-amd64 in the image "
+                        "(delete state/cache/rootfs-*.tar to rebuild it)")
+    kernel = kernels[-1]
+    initrd = tree / "boot" / ("initrd.img-" + kernel.name[len("vmlinuz-"):])
+    if not initrd.is_file():
+        raise DaliError(f"the guest tree has {kernel.name} but no {initrd.name}: "
+                        "delete state/cache/rootfs-*.tar to rebuild it")
+    return kernel, initrd
+
+
+def _version_key(version: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", version)]
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+def _remove_tree(path: Path) -> None:
+    """rm -rf path, after unmounting anything debootstrap left mounted inside it.
+
+    Why: a debootstrap that is killed can leave /proc, /sys or a bind mount of the host's /dev
+    mounted in the tree; deleting through those would hit the host.
+    """
+    if not path.exists():
+        return
+    prefix = str(path.resolve()) + "/"
+    mounts = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ")
+            if point.startswith(prefix):
+                mounts.append(point)
+    for point in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], check=False)
+    with open("/proc/self/mountinfo") as f:
+        if any(line.split()[4].startswith(prefix) for line in f):
+            raise DaliError(f"{path} still has filesystems mounted inside: unmount them, then delete it")
+    shutil.rmtree(path)
+
+
+def _remove_abandoned_work(cache_dir: Path) -> None:
+    """Delete work directories of earlier builds whose process is gone (killed, power cut)."""
+    for work in cache_dir.glob(".rootfs-*.*.*"):
+        pid = work.name.split(".")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            _remove_tree(work)

@@ -1,0 +1,393 @@
+"""Every setting dali has, declared once: key, environment variable, type, default, one-line doc.
+
+Loading (cluster.toml), the environment overlay (the seed's DALI_* variables), validation, the
+README's settings table and the commented cluster.toml all come from SETTINGS below. load()
+reads, overlays and validates everything before anything exists, and returns the one frozen
+Cluster (dali/cluster.py) that every stage receives. A bad value raises ConfigError: one line
+naming the setting, where it came from, and what is allowed.
+
+    python -m dali.settings table     # the README's settings table
+    python -m dali.settings toml      # cluster.toml, every setting commented out at its default
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from dali.cluster import DEFAULT_DATA_ROOT, REPO, Cluster, Image, Network
+from dali.errors import DaliError
+
+DEFAULT_CONFIG = REPO / "cluster.toml"
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class ConfigError(DaliError):
+    """A setting is wrong; the message names it and what is allowed."""
+
+
+# --- types: each turns a raw value into a checked one, or says in a few words what it wants ------
+
+class Invalid(ValueError):
+    """Raised by a type: its message is what the setting accepts."""
+
+
+@dataclass(frozen=True)
+class Text:
+    pattern: str = r".*"
+    wants: str = "text"
+    max_len: int = 4096
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str) or not re.fullmatch(self.pattern, value) or len(value) > self.max_len:
+            raise Invalid(f"use {self.wants}")
+        return value
+
+
+@dataclass(frozen=True)
+class Whole:
+    minimum: int
+    maximum: int | None = None
+
+    def parse(self, value: Any) -> int:
+        text = str(value).strip()
+        if isinstance(value, bool) or not re.fullmatch(r"-?\d+", text):
+            raise Invalid(self._wants())
+        n = int(text)
+        if n < self.minimum or (self.maximum is not None and n > self.maximum):
+            raise Invalid(self._wants())
+        return n
+
+    def _wants(self) -> str:
+        upper = f" and <= {self.maximum}" if self.maximum is not None else ""
+        return f"must be a whole number >= {self.minimum}{upper}"
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*([KMGT]?)(i?B)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": MiB, "G": GiB, "T": 1 << 40}
+
+
+def parse_size(value: Any) -> int:
+    """'1G', '512M', '2GiB' or a number of bytes -> bytes (binary units, as fallocate -l)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    m = _SIZE.fullmatch(str(value)) if isinstance(value, str) else None
+    if not m:
+        raise Invalid("is not a size: write e.g. '1G', '512M' or a number of bytes")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+@dataclass(frozen=True)
+class Size:
+    minimum: int
+    multiple_of: int = 1
+
+    def parse(self, value: Any) -> int:
+        n = parse_size(value)
+        if n < self.minimum or n % self.multiple_of:
+            multiple = f"a multiple of {_human(self.multiple_of)} and " if self.multiple_of > 1 else ""
+            raise Invalid(f"must be {multiple}at least {_human(self.minimum)}")
+        return n
+
+
+@dataclass(frozen=True)
+class Choice:
+    allowed: tuple[str, ...]
+
+    def parse(self, value: Any) -> str:
+        if value not in self.allowed:
+            raise Invalid(f"is not allowed: use one of {', '.join(self.allowed)}")
+        return value
+
+
+@dataclass(frozen=True)
+class Names:
+    """A list of short names (clone suffixes, package names), each matching `item`."""
+    item: Text
+
+    def parse(self, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise Invalid(f'must be a list like ["b", "c"] of {self.item.wants}')
+        for v in value:
+            if not isinstance(v, str) or not re.fullmatch(self.item.pattern, v):
+                raise Invalid(f"{v!r} is not {self.item.wants}")
+        if len(set(value)) != len(value):
+            raise Invalid("names an item twice")
+        return tuple(value)
+
+
+@dataclass(frozen=True)
+class FilePath:
+    absolute: bool = False
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str) or "\0" in value or "\n" in value:
+            raise Invalid('must be a path in quotes, e.g. "/srv/dali"')
+        if self.absolute and not value.startswith("/"):
+            raise Invalid("must be an absolute path")
+        return value
+
+
+@dataclass(frozen=True)
+class IPv4:
+    def parse(self, value: Any) -> str:
+        try:
+            return str(ipaddress.IPv4Address(value if isinstance(value, str) else ""))
+        except ValueError:
+            raise Invalid('must be an IPv4 address in quotes, e.g. "192.168.7.254"') from None
+
+
+def _human(n: int) -> str:
+    for unit, factor in (("G", GiB), ("M", MiB)):
+        if n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n} bytes"
+
+
+# --- the declaration --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Derived:
+    """A default computed from other settings; `doc` is how the README shows it."""
+    doc: str
+    compute: Callable[[dict], Any]
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str                 # "section.name", or "name" at the top of cluster.toml
+    type: Any                # one of the types above: parse(value) -> checked value
+    default: Any             # a value as cluster.toml would hold it, or Derived
+    doc: str                 # one line: what it means (README table, cluster.toml comment)
+    env: str | None = None   # the seed's environment variable that overrides the file
+    from_env: Callable[[str], Any] = str  # the variable's text -> a value of the file's kind
+
+
+_NAME = Text(r"[a-z][a-z0-9-]{0,15}", "1-16 lowercase letters, digits or '-', starting with a letter")
+_SUFFIX = Text(r"[a-z0-9]{1,8}", "a suffix of 1-8 lowercase letters or digits")
+# Debian policy 5.6.1; anything else is a typo, or an option slipped into debootstrap's --include.
+_PACKAGE = Text(r"[a-z0-9][a-z0-9+.-]+", "a Debian package name (lowercase, e.g. 'vim')")
+
+
+def _gigabytes(text: str) -> str:
+    """DALI_MEM_GB=2 means 2G, as in the seed; a size with a unit is taken as written."""
+    return f"{text.strip()}G" if text.strip().isdigit() else text
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("tag", _NAME, "ivp", "cluster name: domains are tag + suffix, state lives in state/<tag>/",
+            env="DALI_TAG"),
+    Setting("original", _SUFFIX, "a", "the original node's suffix (booted once, namespace made fsdax)",
+            env="DALI_ORIGINAL"),
+    Setting("clones", Names(_SUFFIX), ["b", "c"], "one clone per suffix, cloned from the shut-off original",
+            env="DALI_CLONES", from_env=str.split),
+    Setting("dir", FilePath(), Derived("/var/lib/dali/<tag>", lambda v: str(DEFAULT_DATA_ROOT / v["tag"])),
+            "where the FAM and the disks live; relative to the shell (env) or to the file",
+            env="DALI_DIR"),
+    Setting("uri", Text(r"[a-z0-9+]+://.*", "a libvirt URI like qemu:///system"), "qemu:///system",
+            "the libvirt connection", env="LIBVIRT_DEFAULT_URI"),
+    Setting("accel", Choice(("auto", "kvm", "tcg")), "auto",
+            "auto uses KVM only if a KVM guest really boots here; kvm or tcg force one"),
+    Setting("network.name", _NAME, "ivp", "the libvirt network the nodes share", env="DALI_NETWORK"),
+    Setting("network.forward", Choice(("nat", "none")), "nat",
+            "nat (the seed's) or none (an isolated network)"),
+    Setting("network.address", IPv4(), "192.168.7.254", "the host's address on the network"),
+    Setting("network.prefix", Whole(8, 30), 24, "the network's prefix length"),
+    Setting("network.dhcp_start", IPv4(), "192.168.7.1", "first address DHCP hands out"),
+    Setting("network.dhcp_end", IPv4(), "192.168.7.20", "last address DHCP hands out"),
+    # QEMU maps the FAM in 2 MiB pages; ndctl needs room for its info block and memmap.
+    Setting("fam.size", Size(32 * MiB, 2 * MiB), "1G",
+            "the shared NVDIMM; never resized or recreated once it exists"),
+    Setting("node.memory", Size(256 * MiB, MiB), "1G", "guest RAM, all in NUMA cell 0 (DALI_MEM_GB: in GiB)",
+            env="DALI_MEM_GB", from_env=_gigabytes),
+    # The seed's 2 GiB is exactly RAM + NVDIMM.
+    Setting("node.max_memory", Size(256 * MiB, MiB),
+            Derived("node.memory + fam.size", lambda v: v["node.memory"] + v["fam.size"]),
+            "<maxMemory>: must hold node.memory plus the NVDIMM"),
+    Setting("node.memory_slots", Whole(1, 256), 2, "<maxMemory slots>"),
+    Setting("node.vcpus", Whole(1, 256), 1, "virtual CPUs per node", env="DALI_VCPUS"),
+    Setting("image.path", FilePath(), "",
+            "boot your own qcow2 from its own disk instead of building a Debian image"),
+    Setting("image.suite", _NAME, "bookworm", "the Debian suite of the built image"),
+    Setting("image.mirror", Text(r"((https?|file)://\S+)?", "an http(s):// or file:// URL, or nothing"), "",
+            "Debian mirror for the image; empty: the one the host's apt uses"),
+    Setting("image.http_proxy", Text(r"(https?://\S+)?", "an http(s):// URL or nothing"), "",
+            "proxy for debootstrap"),
+    Setting("image.extra_packages", Names(_PACKAGE), [], "more Debian packages in the image"),
+    Setting("image.disk_size", Size(2 * GiB, MiB), "8G", "virtual size of each node's root disk (sparse)"),
+    Setting("clone.mode", Choice(("linked", "copy")), "linked",
+            "linked: qcow2 overlays on the frozen original; copy: standalone copies"),
+    Setting("apparmor.template", FilePath(absolute=True), "/etc/apparmor.d/libvirt/TEMPLATE.qemu",
+            "libvirt's AppArmor template, where the FAM is allowed"),
+    Setting("timeouts.boot", Whole(1), 900, "seconds from start until the guest agent answers"),
+    Setting("timeouts.shutdown", Whole(1), 180, "seconds of ACPI shutdown before a node is forced off"),
+)
+
+BY_KEY = {s.key: s for s in SETTINGS}
+SECTIONS = sorted({s.key.split(".")[0] for s in SETTINGS if "." in s.key})
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def load(path: Path | str | None = None, env: Mapping[str, str] | None = None,
+         repo: Path = REPO) -> Cluster:
+    """Read `path` (default: the checkout's cluster.toml), overlay `env`, validate everything."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    env = {} if env is None else env
+    given = _read(path)
+    origin = {}  # key -> environment variable, for messages
+    for s in SETTINGS:
+        if s.env and s.env in env:
+            given[s.key] = s.from_env(env[s.env])
+            origin[s.key] = s.env
+
+    def where(key: str) -> str:
+        return f"{origin[key]} (setting {key})" if key in origin else f"{path}: {key}"
+
+    values: dict[str, Any] = {}
+    for s in SETTINGS:  # plain values first, then the defaults derived from them
+        if s.key in given or not isinstance(s.default, Derived):
+            values[s.key] = _parse(s, given.get(s.key, s.default), where)
+    for s in SETTINGS:
+        if s.key not in values:
+            values[s.key] = s.default.compute(values)
+    _check_together(values, where)
+    return _cluster(values, origin, path, repo)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """cluster.toml flattened to {"section.key": value}; an unknown key is an error (typos)."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist: pass config=PATH to an existing file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e}): fix the file") from None
+    flat = {}
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: [{key}] must be a table")
+            for sub, v in value.items():
+                flat[f"{key}.{sub}"] = v
+        else:
+            flat[key] = value
+    for key in flat:
+        if key not in BY_KEY:
+            section = key.rsplit(".", 1)[0] if "." in key else ""
+            allowed = sorted(k for k in BY_KEY if (k.rsplit(".", 1)[0] if "." in k else "") == section)
+            raise ConfigError(f"{path}: unknown setting '{key}': allowed here are "
+                              f"{', '.join(allowed + ([] if section else [f'[{s}]' for s in SECTIONS]))}")
+    return flat
+
+
+def _parse(s: Setting, value: Any, where) -> Any:
+    try:
+        return s.type.parse(value)
+    except Invalid as e:
+        raise ConfigError(f"{where(s.key)} = {value!r}: {e}") from None
+
+
+def _check_together(v: dict, where) -> None:
+    """Rules that span settings. Each names the setting to change."""
+    if v["original"] in v["clones"]:
+        raise ConfigError(f"{where('clones')}: {v['original']!r} is the original's suffix; pick another")
+    if v["node.memory"] + v["fam.size"] > v["node.max_memory"]:
+        raise ConfigError(f"{where('node.max_memory')} = {v['node.max_memory']} bytes cannot hold "
+                          f"node.memory ({v['node.memory']}) plus the NVDIMM fam.size ({v['fam.size']}): "
+                          f"raise node.max_memory to at least {v['node.memory'] + v['fam.size']} bytes")
+    host, start, end = (ipaddress.IPv4Address(v[f"network.{k}"]) for k in ("address", "dhcp_start", "dhcp_end"))
+    net = ipaddress.IPv4Network(f"{host}/{v['network.prefix']}", strict=False)
+    for key, addr in (("network.dhcp_start", start), ("network.dhcp_end", end)):
+        if addr not in net:
+            raise ConfigError(f"{where(key)} = {addr} is outside {net}: pick an address in it")
+    if start > end:
+        raise ConfigError(f"{where('network.dhcp_start')} = {start} is after dhcp_end {end}: swap them")
+    if start <= host <= end:
+        raise ConfigError(f"{where('network.address')} = {host} lies inside the DHCP range "
+                          f"{start}-{end}: move it out")
+
+
+def _cluster(v: dict, origin: dict, path: Path, repo: Path) -> Cluster:
+    # The seed writes DALI_DIR=IVSHPMEM, relative to the shell; a file's relative path is
+    # relative to that file.
+    data_dir = Path(v["dir"]).expanduser()
+    if not data_dir.is_absolute():
+        data_dir = (Path.cwd() if "dir" in origin else path.parent) / data_dir
+    image_path = None
+    if v["image.path"]:
+        image_path = (path.parent / Path(v["image.path"]).expanduser()).resolve()
+        if not image_path.is_file():
+            raise ConfigError(f"{path}: image.path = {str(image_path)!r} does not exist: point it "
+                              "at a qcow2 file, or remove it to build a Debian image")
+    return Cluster(
+        tag=v["tag"], original=v["original"], clones=v["clones"], data_dir=data_dir.resolve(),
+        state_dir=repo / "state" / v["tag"], uri=v["uri"], accel=v["accel"],
+        network=Network(v["network.name"], v["network.forward"], v["network.address"],
+                        v["network.prefix"], v["network.dhcp_start"], v["network.dhcp_end"]),
+        fam_size=v["fam.size"], memory=v["node.memory"], max_memory=v["node.max_memory"],
+        memory_slots=v["node.memory_slots"], vcpus=v["node.vcpus"],
+        image=Image(image_path, v["image.suite"], v["image.mirror"], v["image.http_proxy"],
+                    v["image.extra_packages"], v["image.disk_size"]),
+        clone_mode=v["clone.mode"], apparmor_template=Path(v["apparmor.template"]),
+        boot_timeout=v["timeouts.boot"], shutdown_timeout=v["timeouts.shutdown"],
+    )
+
+
+# --- what is generated from the declaration ------------------------------------------------------
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _shown_default(s: Setting) -> str:
+    if isinstance(s.default, Derived):
+        return s.default.doc
+    if s.default in ("", []):
+        return "(none)"
+    return f"`{_toml_value(s.default)}`"
+
+
+def settings_table() -> str:
+    """The README's settings table, one row per setting."""
+    rows = ["| setting | env | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        rows.append(f"| `{s.key}` | {f'`{s.env}`' if s.env else ''} | {_shown_default(s)} | {s.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def commented_toml() -> str:
+    """cluster.toml: every setting at its default, commented out, under its section."""
+    out = ["# dali's cluster file. Every setting is shown at its default, commented out: uncomment",
+           "# a line to change it. The seed's environment variables (shown as 'env') override this file.",
+           "# Generated by `python -m dali.settings toml` from dali/settings.py; the README's table",
+           "# has the same rows.", ""]
+    section = ""
+    for s in SETTINGS:
+        head, _, name = s.key.rpartition(".")
+        if head != section:
+            section = head
+            out += ["", f"[{section}]"]
+        env = f" (env {s.env})" if s.env else ""
+        out.append(f"# {s.doc}{env}")
+        if isinstance(s.default, Derived):
+            out.append(f"# {name} =   # default: {s.default.doc}")
+        else:
+            out.append(f"# {name} = {_toml_value(s.default)}")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "table"
+    sys.stdout.write({"table": settings_table, "toml": commented_toml}[what]())

@@ -1,0 +1,96 @@
+"""`doit verify`: the cluster's self-test of the shared device, on the running nodes.
+
+Every node must see namespace0.0 in fsdax mode with the uuid and size the FAM holds (the same
+uuid shows it did not reconfigure the namespace itself), every node's write must be read by
+every other node, and hostnames, machine-ids and addresses must be distinct. It prints a table
+and fails with one line naming the nodes and what is wrong.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from dali import fam, guest
+from dali.cluster import Cluster
+from dali.errors import DaliError
+from dali.lifecycle import defined
+from dali.virt import Libvirt
+
+
+def verify(cluster: Cluster, virt: Libvirt) -> list[dict]:
+    """Run the checks, print the table, raise if anything failed. Returns the rows."""
+    doms = defined(cluster, virt)
+    down = [n.name for n, d in doms if not virt.is_running(d) or not virt.agent_answers(d)]
+    if down:
+        raise DaliError(f"{', '.join(down)} not running or not answering: run doit start first")
+    expected = fam.namespace(cluster.fam_path)
+    if expected["mode"] != "fsdax":
+        raise DaliError(f"{cluster.fam_path} holds no fsdax namespace: run doit first")
+
+    rows = []
+    for node, dom in doms:
+        ns = guest.namespace(virt, dom, wait=60)
+        row = {"node": node.name, "hostname": guest.hostname(virt, dom),
+               "machine-id": guest.machine_id(virt, dom),
+               "ipv4": ",".join(guest.ipv4(virt, dom)) or "-",
+               "mode": ns.get("mode"), "size": ns.get("size"),
+               "namespace": "same" if ns.get("uuid") == expected["uuid"] else "DIFFERENT",
+               "problems": []}
+        if row["mode"] != "fsdax" or row["size"] != expected["size"]:
+            row["problems"].append(f"namespace {row['mode']} {row['size']}, "
+                                   f"expected fsdax {expected['size']}")
+        if row["namespace"] != "same":
+            row["problems"].append("namespace uuid differs from the one in the FAM")
+        if guest.pmem_mounted(virt, dom):
+            raise DaliError(f"{node.name}: /dev/pmem0 is mounted; verify writes test blocks to "
+                            "it (and puts them back): unmount it on every node first")
+        rows.append(row)
+    for key in ("hostname", "machine-id", "ipv4"):
+        values = [r[key] for r in rows]
+        for r in rows:
+            if r[key] == "-" or values.count(r[key]) > 1:
+                r["problems"].append(f"{key} {r[key]} not unique")
+
+    _shared_writes(virt, doms, rows)
+    _print_table(rows)
+    failed = [r for r in rows if r["problems"]]
+    if failed:
+        raise DaliError(f"verify failed on {', '.join(r['node'] for r in failed)}: " +
+                        "; ".join(f"{r['node']}: {', '.join(r['problems'])}" for r in failed))
+    return rows
+
+
+def _shared_writes(virt: Libvirt, doms, rows) -> None:
+    """Each node writes a unique marker at a random block; every other node must read it back.
+    The block's previous contents are restored afterwards: the FAM may hold the user's data."""
+    size = min(r["size"] for r in rows)
+    by_name = {r["node"]: r for r in rows}
+    for node, dom in doms:
+        block = secrets.randbelow(size // guest.BLOCK)
+        marker = f"dali-verify {node.name} {secrets.token_hex(16)}\n".encode()
+        data = marker + bytes(guest.BLOCK - len(marker))
+        saved = guest.read_block(virt, dom, block)
+        guest.write_block(virt, dom, block, data)
+        seen_by = []
+        try:
+            for other, odom in doms:
+                if other is node:
+                    continue
+                if guest.read_block(virt, odom, block) == data:
+                    seen_by.append(other.name)
+                else:
+                    by_name[other.name]["problems"].append(f"did not read {node.name}'s marker")
+        finally:
+            guest.write_block(virt, dom, block, saved)
+        by_name[node.name]["wrote"] = f"block {block} -> read by {','.join(seen_by) or 'nobody'}"
+
+
+def _print_table(rows) -> None:
+    cols = ["node", "hostname", "ipv4", "machine-id", "mode", "size", "namespace", "wrote", "result"]
+    for r in rows:
+        r["result"] = "FAIL" if r["problems"] else "ok"
+        r.setdefault("wrote", "-")
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))

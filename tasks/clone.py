@@ -1,0 +1,15 @@
+"""Stage: every clone defined, the original prepared, removed nodes pruned (the default target)."""
+
+from __future__ import annotations
+
+from dali.cluster import Cluster
+from dali.virt import Libvirt
+
+
+def gen_tasks(cluster: Cluster, virt: Libvirt):
+    yield {
+        "basename": "clone",
+        "doc": "the whole cluster: the original prepared, every clone defined (the default)",
+        "actions": None,
+        "task_dep": ["original", "prune"] + [f"define:{n.name}" for n in cluster.clone_nodes],
+    }
