@@ -20,22 +20,24 @@ import sys
 from doit import get_var
 
 from dali import settings
+from dali.commands import exit_cleanly_on_signals
 from dali.errors import DaliError
 from dali.reporter import DaliReporter
 from dali.virt import Libvirt
 from tasks import (accel, apparmor, clone, disks, domain, fam, freeze, image, lifecycle, network,
                    original, preflight, prune, verify)
 
+exit_cleanly_on_signals()  # Ctrl-C: one line, exit 130, the programs dali started stopped
 try:
     CLUSTER = settings.load(get_var("config"), os.environ)
 except DaliError as e:
     sys.exit(f"dali: {e}")
-VIRT = Libvirt(CLUSTER.uri, CLUSTER.tag)  # connects on first use
+VIRT = Libvirt(CLUSTER.uri, CLUSTER.id)  # connects on first use
 
 DOIT_CONFIG = {
     "default_tasks": ["clone"],
     "dep_file": str(CLUSTER.dep_file),  # one record per cluster
-    "backend": "sqlite3",  # dbm loses updates under concurrent runs
+    "backend": "sqlite3",  # dbm loses updates; dali/reporter.py commits sqlite3's per task
     "reporter": DaliReporter,
     "verbosity": 2,  # progress lines as they happen
 }
@@ -101,7 +103,7 @@ def task_freeze():
 
 
 def task_prune():
-    """remove nodes that left the config"""
+    """undefine nodes that left the config (remove:NODE deletes one)"""
     yield from tasks_of(prune)
 
 

@@ -1,16 +1,25 @@
 """Let qemu open the FAM under AppArmor (seed step 2, second half).
 
 libvirt copies TEMPLATE.qemu into each domain's profile. A FAM passed through qemu:commandline
-is invisible to virt-aa-helper, so the template gets one rule for the FAM's exact path. The
-seed warns that a syntax error here only shows at VM start with unhelpful messages, so the
-edited template is checked with apparmor_parser before it replaces the original, atomically,
-with a backup beside it. Our line ends in a comment naming the cluster: clean removes exactly it.
+is invisible to virt-aa-helper, so the template gets one rule for the FAM's exact path: the real
+path, symlinks followed, because that is what AppArmor checks. The seed warns that a syntax
+error here only shows at VM start with unhelpful messages, so the edited template is checked
+with apparmor_parser before it replaces the original, atomically. Our line ends in a comment
+naming the cluster: clean removes exactly it.
+
+The template is shared by every cluster on the host, so each edit holds a lock on its directory
+(flock, no file left behind) and re-reads the template under it. The first edit keeps the
+template as it was before dali touched it as TEMPLATE.qemu.dali-backup; a removal that leaves
+the template as it was then deletes the backup.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 from dali.cluster import Cluster
@@ -19,10 +28,22 @@ from dali.render import render
 from dali.reporter import log
 
 INCLUDE = "#include <abstractions/libvirt-qemu>"
+# AppArmor reads these as globbing or quoting in a path; a FAM path with them cannot be one rule.
+_PATTERN_CHARS = set('*?[]{}^"\\') | {"\n"}
+
+
+def fam_real_path(cluster: Cluster) -> str:
+    real = os.path.realpath(cluster.fam_path)
+    bad = sorted(_PATTERN_CHARS & set(real))
+    if bad:
+        raise DaliError(f"the FAM's real path {real!r} contains {' '.join(repr(c) for c in bad)}, "
+                        "which AppArmor reads as a pattern: move it, or point the FAM symlink "
+                        "at a path without * ? [ ] { } ^ \" \\")
+    return real
 
 
 def rule(cluster: Cluster) -> str:
-    return render("apparmor-rule.j2", fam=str(cluster.fam_path), tag=cluster.tag)
+    return render("apparmor-rule.j2", fam=fam_real_path(cluster), tag=cluster.tag)
 
 
 def _applicable(cluster: Cluster) -> str | None:
@@ -44,9 +65,25 @@ def _backup(template: Path) -> Path:
     return template.with_name(template.name + ".dali-backup")
 
 
+def _candidate(template: Path) -> Path:
+    return template.with_name("." + template.name + ".dali-new")
+
+
+@contextmanager
+def _editing(template: Path):
+    """Hold the template's directory lock; a candidate left by a killed run is dropped first."""
+    fd = os.open(template.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _candidate(template).unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _replace_checked(template: Path, text: str) -> None:
     """Write text as the template, atomically, once apparmor_parser accepts it."""
-    candidate = template.with_name("." + template.name + ".dali-new")
+    candidate = _candidate(template)
     candidate.write_text(text)
     shutil.copymode(template, candidate)
     check = subprocess.run(["apparmor_parser", "-Q", "-K", "--skip-cache", str(candidate)],
@@ -64,34 +101,39 @@ def add_rule(cluster: Cluster) -> None:
     if why_not:
         log(f"apparmor: skipped: {why_not}")
         return
-    lines = cluster.apparmor_template.read_text().splitlines(keepends=True)
+    template = cluster.apparmor_template
     ours = rule(cluster)
-    if ours in lines:
-        return
-    try:
-        at = next(i for i, line in enumerate(lines) if line.strip() == INCLUDE) + 1
-    except StopIteration:
-        raise DaliError(f"{cluster.apparmor_template} has no '{INCLUDE}' line to add the FAM rule "
-                        "after: restore libvirt's template or set apparmor.template")
-    lines.insert(at, ours)
-    shutil.copy2(cluster.apparmor_template, _backup(cluster.apparmor_template))
-    _replace_checked(cluster.apparmor_template, "".join(lines))
-    log(f"apparmor: {cluster.apparmor_template} allows {cluster.fam_path}")
+    with _editing(template):
+        lines = template.read_text().splitlines(keepends=True)
+        if ours in lines:
+            return
+        try:
+            at = next(i for i, line in enumerate(lines) if line.strip() == INCLUDE) + 1
+        except StopIteration:
+            raise DaliError(f"{template} has no '{INCLUDE}' line to add the FAM rule after: "
+                            "restore libvirt's template or set apparmor.template") from None
+        if not _backup(template).exists():
+            shutil.copy2(template, _backup(template))
+        lines.insert(at, ours)
+        _replace_checked(template, "".join(lines))
+    log(f"apparmor: {template} allows {fam_real_path(cluster)}")
 
 
 def remove_rule(cluster: Cluster, dryrun: bool = False) -> None:
     if _applicable(cluster):
         return
-    lines = cluster.apparmor_template.read_text().splitlines(keepends=True)
+    template = cluster.apparmor_template
     ours = rule(cluster)
     if dryrun:
-        if ours in lines:
-            log(f"would remove the FAM rule from {cluster.apparmor_template}")
+        if ours in template.read_text().splitlines(keepends=True):
+            log(f"would remove the FAM rule from {template}")
         return
-    if ours in lines:
-        _replace_checked(cluster.apparmor_template, "".join(l for l in lines if l != ours))
-    # The backup was taken before our line went in: once the template is that again, it has
-    # served its purpose and the host is as it was.
-    backup = _backup(cluster.apparmor_template)
-    if backup.exists() and backup.read_text() == cluster.apparmor_template.read_text():
-        backup.unlink()
+    with _editing(template):
+        lines = template.read_text().splitlines(keepends=True)
+        if ours in lines:
+            _replace_checked(template, "".join(line for line in lines if line != ours))
+        # The backup is the template before the first dali line went in: once the template is
+        # that again, the host is as it was and the backup has nothing more to give.
+        backup = _backup(template)
+        if backup.exists() and backup.read_text() == template.read_text():
+            backup.unlink()

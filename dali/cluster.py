@@ -94,6 +94,21 @@ class Cluster:
     boot_timeout: int
     shutdown_timeout: int
 
+    # --- who we are --------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """This cluster among all dali clusters on the host: the checkout (through state_dir),
+        the tag and the data directory. Two checkouts or two DALI_DIRs with the same tag are two
+        clusters, and every mark (dali/marks.py) names the one that made the object."""
+        return str(uuid.uuid5(DALI_NAMESPACE, f"cluster:{self.state_dir}\0{self.data_dir}"))
+
+    @property
+    def mark(self) -> dict:
+        """The attributes of the <dali:cluster> mark on this cluster's libvirt objects."""
+        return {"tag": self.tag, "id": self.id, "checkout": str(self.state_dir.parent.parent),
+                "dir": str(self.data_dir)}
+
     # --- the nodes ----------------------------------------------------------------------------
 
     @property
@@ -110,7 +125,7 @@ class Cluster:
 
     @property
     def network_uuid(self) -> str:
-        return str(uuid.uuid5(DALI_NAMESPACE, f"network:{self.tag}:{self.network.name}"))
+        return str(uuid.uuid5(DALI_NAMESPACE, f"network:{self.id}:{self.network.name}"))
 
     # --- where things live --------------------------------------------------------------------
 
@@ -162,6 +177,12 @@ class Cluster:
     def cache_dir(self) -> Path:
         """Shared by every cluster of this checkout (the debootstrap tree takes minutes)."""
         return self.state_dir.parent / "cache"
+
+    @property
+    def lock_file(self) -> Path:
+        """Held (flock) by the one doit that changes this cluster; beside state/<tag>/ for the
+        same reason as dep_file."""
+        return self.state_dir.parent / f"{self.tag}.lock"
 
     @property
     def dep_file(self) -> Path:

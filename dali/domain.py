@@ -26,7 +26,8 @@ def fam_size_text(size: int) -> str:
 def template_values(cluster: Cluster, node: Node) -> dict:
     """Everything the template reads but the domain type, as JSON-able values."""
     return {
-        "node": node.identity(), "suffix": node.suffix, "tag": cluster.tag, "mark_ns": MARK_NS,
+        "node": node.identity(), "suffix": node.suffix, "tag": cluster.tag,
+        "mark": cluster.mark, "mark_ns": MARK_NS,
         "memory_kib": cluster.memory // KiB, "max_memory_kib": cluster.max_memory // KiB,
         "memory_slots": cluster.memory_slots, "vcpus": cluster.vcpus,
         "numa_cpus": "0" if cluster.vcpus == 1 else f"0-{cluster.vcpus - 1}",

@@ -1,56 +1,95 @@
 """The one exception type a user sees as a message instead of a traceback, and the wrappers
-that keep it that way inside doit.
+that keep every failure one line inside doit.
 
-doit shows an exception raised by an action as a full traceback. `action()` turns a DaliError
-into a one-line failure instead (dali/reporter.py prints it), while a real bug still shows its
-traceback. `Step` is a python-action with a title, so `doit clean` prints what it does as a
-sentence ("define:ivpa - executing 'shut down and undefine ivpa'") rather than a function name.
+doit shows an exception raised by an action as a full traceback. `action()` turns a DaliError,
+or an error libvirt reports, into a one-line failure instead (dali/reporter.py prints it), while
+a real bug still shows its traceback. `Step` is the python-action every stage uses: it has a
+title, so `doit clean` prints what it does as a sentence ("define:ivpa - executing 'shut down
+and undefine ivpa'"), and it takes the cluster's lock before it changes anything
+(dali/lock.py). `CleanStep` is a Step for `doit clean`: its failure stops the whole clean, with
+a non-zero exit, instead of doit's habit of printing it and carrying on.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 
+import libvirt
 from doit.action import PythonAction
 from doit.exceptions import TaskFailed
+
+from dali import lock
 
 
 class DaliError(Exception):
     """A problem the user can fix; its message is one line naming the setting/thing and the fix."""
 
 
+def one_line(e: Exception) -> str | None:
+    """The one line a user sees for an error they can act on; None for a bug."""
+    if isinstance(e, DaliError):
+        return str(e)
+    if isinstance(e, libvirt.libvirtError):
+        return (f"libvirt: {e.get_error_message()}: see /var/log/libvirt/, and check that libvirtd "
+                "runs (scripts/setup starts it)")
+    return None
+
+
 def action(fn):
-    """Wrap a doit python-action: DaliError -> TaskFailed(message); return values pass through
-    (a dict becomes the task's values, for getargs and result_dep)."""
+    """Wrap a doit python-action: a user's error -> TaskFailed(one line); return values pass
+    through (a dict becomes the task's values, for getargs and result_dep)."""
     @functools.wraps(fn)  # keeps the signature: doit passes `dryrun` only to callables that take it
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except DaliError as e:
-            return TaskFailed(str(e))
+        except (DaliError, libvirt.libvirtError) as e:
+            return TaskFailed(one_line(e))
     return run
 
 
 def uptodate(fn):
     """Wrap a doit uptodate check: doit does not catch what an uptodate callable raises, so a
-    DaliError means "not up to date" and the task's action runs and reports the problem.
+    user's error means "not up to date" and the task's action runs and reports the problem.
     None passes through: doit then ignores the check."""
     @functools.wraps(fn)
     def check(*args, **kwargs):
         try:
             result = fn(*args, **kwargs)
             return None if result is None else bool(result)
-        except DaliError:
+        except (DaliError, libvirt.libvirtError):
             return False
     return check
 
 
 class Step(PythonAction):
-    """A python-action whose title reads as a sentence in doit's output."""
+    """A python-action with a title that reads as a sentence in doit's output. A step that
+    `changes` a cluster takes that cluster's lock first; a step that only looks does not."""
 
-    def __init__(self, title: str, fn, *args, **kwargs):
+    def __init__(self, title: str, fn, *args, changes=None, **kwargs):
         super().__init__(action(fn), args, kwargs)
         self.title = title
+        self.lock = (changes.lock_file, changes.tag) if changes is not None else None
+
+    def execute(self, out=None, err=None):
+        if self.lock:
+            lock.hold(*self.lock)
+        return super().execute(out, err)
 
     def __str__(self) -> str:
         return self.title
+
+
+class CleanStep(Step):
+    """A Step of `doit clean`. doit prints a failed clean action and goes on to the next one,
+    then exits 0; a CleanStep stops the clean there, with one line and exit status 1, so nothing
+    is deleted after something that should have gone before it (a domain) could not go."""
+
+    def execute(self, out=None, err=None):
+        failure = super().execute(out, err)
+        if failure is not None:
+            sys.stderr.write(f"dali: {self.task.name}: {failure.message}\n"
+                             if isinstance(failure, TaskFailed) else str(failure))
+            sys.stderr.flush()
+            raise SystemExit(1)
+        return failure

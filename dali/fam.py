@@ -14,7 +14,7 @@ what every node must see.
 
 from __future__ import annotations
 
-import grp
+import json
 import os
 import stat
 import struct
@@ -26,7 +26,7 @@ from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.reporter import log
 
-GROUP = "libvirt-qemu"
+GROUP = marks.QEMU_GROUP
 MODE = 0o664
 
 INFO_BLOCK_OFFSET = 4096
@@ -37,33 +37,29 @@ _SIGNATURES = {b"NVDIMM_PFN_INFO\0": "fsdax", b"NVDIMM_DAX_INFO\0": "devdax"}
 _PFN_SB = struct.Struct("<16s16s16sIHHQQIIII")
 
 
-def _gid() -> int:
-    try:
-        return grp.getgrnam(GROUP).gr_gid
-    except KeyError:
-        raise DaliError(f"group {GROUP} does not exist: install libvirt-daemon-system (scripts/setup)") from None
-
-
 def is_ready(cluster: Cluster) -> bool:
+    if has_saved(cluster):
+        return False  # bytes to put back first
     try:
         st = cluster.fam_path.stat()
     except FileNotFoundError:
         return False
-    return (st.st_size == cluster.fam_size and st.st_gid == _gid()
+    return (st.st_size == cluster.fam_size and st.st_gid == marks.qemu_gid()
             and stat.S_IMODE(st.st_mode) == MODE)
 
 
 def ensure(cluster: Cluster) -> None:
     fam = cluster.fam_path
-    cluster.data_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    marks.make_dir(cluster.data_dir, cluster)
     if fam.exists():
+        restore_saved(cluster)
         size = fam.stat().st_size
         if size != cluster.fam_size:
             raise DaliError(f"{fam} is {size} bytes but fam.size asks for {cluster.fam_size}: "
                             "dali never resizes a FAM (it holds the shared device's data); set "
                             "fam.size to its size, or move the file away to start afresh")
         # An existing FAM (ours, or the seed's hand-made one) gets the group and mode qemu needs.
-        os.chown(fam, -1, _gid())
+        os.chown(fam, -1, marks.qemu_gid())
         os.chmod(fam, MODE)
         return
     # Allocate under a temporary name: an interrupted run leaves no half-made FAM behind.
@@ -75,10 +71,11 @@ def ensure(cluster: Cluster) -> None:
             tmp.unlink()
             raise DaliError(f"fallocate of {cluster.fam_size} bytes for {fam} failed "
                             f"({e.strerror}): free space or set fam.size / dir") from None
-    marks.mark(tmp, cluster.tag)
-    os.chown(tmp, -1, _gid())
+    marks.mark(tmp, cluster, also=(fam,))
+    os.chown(tmp, -1, marks.qemu_gid())
     os.chmod(tmp, MODE)
     os.rename(tmp, fam)  # never replaces: we only get here if FAM does not exist
+    marks.mark(fam, cluster)
     log(f"created {fam}: {cluster.fam_size} bytes, group {GROUP}, mode {MODE:o}")
 
 
@@ -94,4 +91,48 @@ def namespace(fam: Path) -> dict:
     (signature, uid, _parent, _flags, _major, _minor, dataoff, _npfns, _mode, start_pad,
      end_trunc, align) = _PFN_SB.unpack(block)
     return {"mode": _SIGNATURES[signature], "uuid": str(uuid.UUID(bytes=uid)),
-            "size": fam_size - dataoff - start_pad - end_trunc, "align": align}
+            "size": fam_size - dataoff - start_pad - end_trunc, "align": align,
+            # Where the device's first byte lies in the FAM (dataoff counts from the padding).
+            "data_offset": start_pad + dataoff}
+
+
+# --- bytes that must go back ----------------------------------------------------------------
+
+def _saved(cluster: Cluster) -> Path:
+    return cluster.state_dir / "fam-restore.json"
+
+
+def save_before_write(cluster: Cluster, offset: int, data: bytes) -> None:
+    """Record bytes of the FAM that are about to be overwritten, durably, before the write: if
+    the run dies before it puts them back, the next verify or doit does (restore_saved)."""
+    record = _saved(cluster)
+    tmp = record.with_name(record.name + ".new")
+    with open(tmp, "w") as f:
+        json.dump({"offset": offset, "data": data.hex()}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.rename(record)
+
+
+def forget_saved(cluster: Cluster) -> None:
+    _saved(cluster).unlink(missing_ok=True)
+
+
+def has_saved(cluster: Cluster) -> bool:
+    return _saved(cluster).exists()
+
+
+def restore_saved(cluster: Cluster) -> None:
+    """Put back bytes a killed verify left overwritten. The nodes map the FAM shared, so a write
+    to the file here is what every node sees at once, running or not."""
+    record = _saved(cluster)
+    if not record.exists():
+        return
+    saved = json.loads(record.read_text())
+    data = bytes.fromhex(saved["data"])
+    with open(cluster.fam_path, "r+b") as f:
+        os.pwrite(f.fileno(), data, saved["offset"])
+        os.fsync(f.fileno())
+    record.unlink()
+    log(f"{cluster.fam_path}: put back {len(data)} bytes at offset {saved['offset']} that an "
+        "interrupted doit verify had overwritten")

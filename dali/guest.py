@@ -54,6 +54,13 @@ def pmem_mounted(virt: Libvirt, dom) -> bool:
     return bool(out.strip())
 
 
+def signatures(virt: Libvirt, dom) -> list[str]:
+    """What wipefs finds on /dev/pmem0 (filesystems, partition tables, RAID...), by type."""
+    out = virt.run(dom, ["wipefs", "--no-act", "--noheadings", "--output", "TYPE", "/dev/pmem0"])
+    out.check("wipefs --no-act /dev/pmem0")
+    return sorted(set(out.stdout.split()))
+
+
 def read_block(virt: Libvirt, dom, block: int) -> bytes:
     # Read as hex: the agent's output is decoded as text, which would mangle arbitrary bytes.
     r = virt.run(dom, ["sh", "-c", f"dd if=/dev/pmem0 bs={BLOCK} skip={block} count=1 "

@@ -22,15 +22,18 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 from dali.apt_sources import host_apt_mirror
-from dali.commands import run
+from dali.commands import finished, run, spawn
 from dali.cluster import REPO
 from dali.errors import DaliError
+
+_WORK_PREFIX = ".dali-work."
 
 # Bump when the customisation code below changes what ends up in the tree, so cached tarballs
 # made by older code are not reused. (Changes to templates/guest/ are noticed by their hash.)
@@ -123,8 +126,8 @@ def build_rootfs_tarball(recipe: dict, cache_dir: Path, log: Log) -> Path:
         raise DaliError("debootstrap is not installed: run scripts/setup (or apt-get install debootstrap)")
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_work(cache_dir)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", dir=cache_dir))
+    remove_abandoned_work(cache_dir)
+    work = work_dir(cache_dir)
     try:
         tree = work / "tree"
         _debootstrap(recipe, tree, cache_dir / f"{name}.log", log)
@@ -140,7 +143,7 @@ def build_rootfs_tarball(recipe: dict, cache_dir: Path, log: Log) -> Path:
         partial.chmod(0o644)
         os.replace(partial, tarball)
     finally:
-        _remove_tree(work)
+        remove_tree(work)
     log(f"guest root filesystem ready: {tarball} ({tarball.stat().st_size // 2**20} MiB)")
     return tarball
 
@@ -158,13 +161,17 @@ def _debootstrap(recipe: dict, tree: Path, log_file: Path, log: Log) -> None:
     with open(log_file, "w") as out:
         out.write("$ " + " ".join(command) + "\n")
         out.flush()
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, errors="replace")
+        process = spawn(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        text=True, errors="replace")
+        # debootstrap's children (dpkg in the chroot) outlive it if it is killed: the next run
+        # kills what is left of its process group before deleting the tree (remove_abandoned_work).
+        (tree.parent / "pgid").write_text(str(process.pid))
         for line in process.stdout:
             out.write(line)
             if _is_debootstrap_milestone(line):
                 log(line.rstrip())
         status = process.wait()
+        finished(process)
         # debootstrap keeps the details of a failed dpkg run inside the tree; the tree is deleted, so copy them.
         inner_log = tree / "debootstrap" / "debootstrap.log"
         if status != 0 and inner_log.exists():
@@ -271,7 +278,8 @@ def build_node_image(tarball: Path, ssh_public_key: str, out_dir: Path, disk_siz
     if not tarball.is_file():
         raise DaliError(f"root filesystem tarball {tarball} is missing: rebuild it (doit forget the image task)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".base.", dir=out_dir))
+    remove_abandoned_work(out_dir)
+    work = work_dir(out_dir)
     try:
         tree = work / "tree"
         tree.mkdir()
@@ -309,7 +317,7 @@ def build_node_image(tarball: Path, ssh_public_key: str, out_dir: Path, disk_siz
         os.replace(work / "initrd.img", out_dir / "initrd.img")
         os.replace(qcow2, out_dir / "base.qcow2")
     finally:
-        _remove_tree(work)
+        remove_tree(work)
     log(f"node image ready: {out_dir / 'base.qcow2'}")
 
 
@@ -333,7 +341,7 @@ def _version_key(version: str) -> list:
 
 # --- helpers --------------------------------------------------------------------------------
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """rm -rf path, after unmounting anything debootstrap left mounted inside it.
 
     Why: a debootstrap that is killed can leave /proc, /sys or a bind mount of the host's /dev
@@ -356,9 +364,20 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def _remove_abandoned_work(cache_dir: Path) -> None:
-    """Delete work directories of earlier builds whose process is gone (killed, power cut)."""
-    for work in cache_dir.glob(".rootfs-*.*.*"):
-        pid = work.name.split(".")[2]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            _remove_tree(work)
+def work_dir(parent: Path) -> Path:
+    """A fresh work directory named after this process: .dali-work.<pid>.<random>."""
+    return Path(tempfile.mkdtemp(prefix=f"{_WORK_PREFIX}{os.getpid()}.", dir=parent))
+
+
+def remove_abandoned_work(parent: Path) -> None:
+    """Delete work directories of earlier builds whose process is gone (killed, power cut),
+    after killing what is left of the programs they ran."""
+    for work in parent.glob(f"{_WORK_PREFIX}*"):
+        pid = work.name[len(_WORK_PREFIX):].split(".")[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        try:
+            os.killpg(int((work / "pgid").read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass  # no record, or that group is gone already
+        remove_tree(work)

@@ -13,6 +13,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+from dali import marks
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.marks import XATTR
@@ -29,6 +30,19 @@ def problem(cluster: Cluster, virt: Libvirt) -> str | None:
     except DaliError as e:
         return str(e)
     return data_dir_problem(cluster)
+
+
+def make_state_dir(cluster: Cluster) -> None:
+    """state/<tag>/ holds the cluster's private ssh key: root's only."""
+    cluster.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(cluster.state_dir, 0o700)
+
+
+def has_state_dir(cluster: Cluster) -> bool:
+    try:
+        return stat.S_IMODE(cluster.state_dir.stat().st_mode) == 0o700
+    except FileNotFoundError:
+        return False
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -59,17 +73,53 @@ def qemu_cannot_traverse(path: Path) -> Path | None:
     return None
 
 
+def writable_by_others(path: Path) -> Path | None:
+    """The first directory on the way to `path` (path included, if it exists) that a user other
+    than root could change: not owned by root, or writable by a group or by others. A sticky
+    directory (like /tmp) is fine on the way, not as the data directory itself: there, another
+    user could put a symlink at a name dali is about to use, and root would follow it."""
+    me = os.geteuid()
+    for d in [*reversed(path.parents), path]:
+        if not d.exists():
+            break
+        st = d.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            st = d.stat()
+        shared = st.st_mode & (stat.S_IWOTH | (stat.S_IWGRP if st.st_gid != 0 else 0))
+        sticky_on_the_way = st.st_mode & stat.S_ISVTX and d != path
+        if st.st_uid not in (0, me) or (shared and not sticky_on_the_way):
+            return d
+    return None
+
+
+def other_cluster_in(cluster: Cluster) -> str | None:
+    """Another dali cluster that owns the data directory or a file in it, described for a
+    message: two clusters never share a directory (nor base.qcow2, frozen.qcow2, the FAM)."""
+    d = cluster.data_dir
+    if not d.is_dir():
+        return None
+    for path in [d, *d.iterdir(), *(cluster.image_dir.iterdir() if cluster.image_dir.is_dir() else [])]:
+        found = marks.owner_of(path)
+        if found is not None and found.get("cluster") != cluster.id:
+            return f"{path} belongs to {marks.describe(found)}"
+    return None
+
+
 def data_dir_problem(cluster: Cluster) -> str | None:
     d = cluster.data_dir
     setting = "dir (DALI_DIR)"
-    if "," in str(d):
-        # qemu's -object option syntax would split the FAM path at the comma
-        return (f"{setting} = {d} contains a comma, which qemu's -object syntax cannot take: "
-                "pick a path without one")
     base = _existing_ancestor(d)
     if not os.access(base, os.W_OK | os.X_OK):
         return (f"{setting}: cannot create or write {d} ({base} is not writable): "
                 "pick a writable place or fix its permissions")
+    shared = writable_by_others(d)
+    if shared:
+        return (f"{setting}: {shared} can be changed by users other than root, who could swap "
+                f"dali's files under {d} for symlinks: chown root and chmod go-w {shared}, or "
+                "pick another place")
+    other = other_cluster_in(cluster)
+    if other:
+        return f"{setting}: {other}: give each cluster its own dir"
     blocked = qemu_cannot_traverse(d)
     if blocked:
         return (f"{setting}: {blocked} is not searchable by user {QEMU_USER}, so qemu could not "

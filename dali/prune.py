@@ -1,33 +1,79 @@
-"""Nodes whose suffix left the config: removed if shut off, reported and kept if running.
+"""Nodes whose suffix left the config.
 
-Found by dali's mark in libvirt (dali/virt.py), not by doit's memory, so a node made by an
-earlier checkout or config is found too.
+prune (every `doit`): a shut-off node is undefined and its disk kept, and said so; a running
+node is left alone. Its disk holds the node's work, and a suffix can leave the config by
+mistake (a typo in DALI_CLONES), so deleting it takes an explicit command: `doit remove:NODE`
+for one node, or `doit clean` for the whole cluster.
+
+Found by dali's marks (in libvirt and on the disks), not by doit's memory, so a node made by an
+earlier config is found too.
 """
 
 from __future__ import annotations
 
-from dali import marks
+from dali import disks, marks
 from dali.cluster import Cluster
+from dali.errors import DaliError
 from dali.reporter import log
 from dali.virt import Libvirt
 
 
-def stale_nodes(cluster: Cluster, virt: Libvirt) -> dict:
+def stale_domains(cluster: Cluster, virt: Libvirt) -> dict:
     wanted = {n.name for n in cluster.nodes}
     return {name: dom for name, dom in virt.our_domains().items() if name not in wanted}
 
 
-def remove_node(cluster: Cluster, virt: Libvirt, name: str, dom, force: bool, dryrun: bool = False) -> None:
-    """Undefine the domain and delete its disk (dali's only). Running nodes only when force."""
-    if virt.is_running(dom) and not force:
-        log(f"{name}: no longer in the config but running; left alone "
-            "(shut it down and run doit again to remove it)")
-        return
-    if dryrun:
-        log(f"would remove node {name} and its disk {cluster.disk(name)}")
-        return
-    if virt.is_running(dom):
-        log(f"{name}: {virt.shutdown(dom, cluster.shutdown_timeout, log)}")
-    dom.undefine()
-    marks.remove_if_ours(cluster.disk(name), cluster.tag, log)
-    log(f"{name}: removed (no longer in the config)")
+def left_over(cluster: Cluster) -> list[str]:
+    """Names of nodes that left the config but whose disk is still here (ours): what
+    remove:NODE can delete. Read from the data directory, cheaply (names and xattrs)."""
+    wanted = {n.name for n in cluster.nodes}
+    if not cluster.data_dir.is_dir():
+        return []
+    found = []
+    for path in sorted(cluster.data_dir.glob(f"{cluster.tag}*.qcow2")):
+        name = path.name[:-len(".qcow2")]
+        if name not in wanted and name[len(cluster.tag):].isalnum() and marks.is_ours(path, cluster):
+            found.append(name)
+    return found
+
+
+def undefine_stale(cluster: Cluster, virt: Libvirt) -> None:
+    for name, dom in stale_domains(cluster, virt).items():
+        if virt.is_running(dom):
+            log(f"{name}: no longer in the config but running; left alone "
+                f"(shut it down and run doit again to undefine it)")
+            continue
+        dom.undefine()
+        log(f"{name}: no longer in the config: undefined; its disk {cluster.disk(name)} is kept "
+            f"(doit remove:{name} deletes it)")
+
+
+def remove(cluster: Cluster, virt: Libvirt, name: str, dryrun: bool = False) -> None:
+    """`doit remove:NODE`: undefine the node (shut off only) and delete its disk."""
+    dom = virt.domain(name)
+    if dom is not None:
+        if virt.is_running(dom):
+            raise DaliError(f"{name} is running: shut it down first (virsh shutdown {name}), "
+                            f"then doit remove:{name}")
+        if dryrun:
+            log(f"would undefine {name}")
+        else:
+            dom.undefine()
+            log(f"{name}: undefined")
+    disks.remove_file(cluster, virt, cluster.disk(name), dryrun)
+    if not dryrun and not cluster.disk(name).exists():
+        log(f"{name}: removed")
+
+
+def remove_all_stale(cluster: Cluster, virt: Libvirt, dryrun: bool = False) -> None:
+    """`doit clean`: every node that left the config, running ones shut down first."""
+    for name, dom in stale_domains(cluster, virt).items():
+        if virt.is_running(dom):
+            if dryrun:
+                log(f"would shut down {name}")
+                continue
+            log(f"{name}: {virt.shutdown(dom, cluster.shutdown_timeout, log)}")
+        remove(cluster, virt, name, dryrun)
+    for name in left_over(cluster):
+        if name not in stale_domains(cluster, virt):
+            remove(cluster, virt, name, dryrun)

@@ -136,11 +136,16 @@ class FilePath:
 
 @dataclass(frozen=True)
 class IPv4:
+    """An IPv4 address in quotes, or "" for "dali picks one"."""
+
     def parse(self, value: Any) -> str:
+        if value == "":
+            return ""
         try:
             return str(ipaddress.IPv4Address(value if isinstance(value, str) else ""))
         except ValueError:
-            raise Invalid('must be an IPv4 address in quotes, e.g. "192.168.7.254"') from None
+            raise Invalid('must be an IPv4 address in quotes, e.g. "192.168.7.254", or "" '
+                          "to let dali pick") from None
 
 
 def _human(n: int) -> str:
@@ -194,13 +199,17 @@ SETTINGS: tuple[Setting, ...] = (
             "the libvirt connection", env="LIBVIRT_DEFAULT_URI"),
     Setting("accel", Choice(("auto", "kvm", "tcg")), "auto",
             "auto uses KVM only if a KVM guest really boots here; kvm or tcg force one"),
-    Setting("network.name", _NAME, "ivp", "the libvirt network the nodes share", env="DALI_NETWORK"),
+    Setting("network.name", _NAME, Derived("the tag", lambda v: v["tag"]),
+            "the libvirt network the nodes share", env="DALI_NETWORK"),
     Setting("network.forward", Choice(("nat", "none")), "nat",
             "nat (the seed's) or none (an isolated network)"),
-    Setting("network.address", IPv4(), "192.168.7.254", "the host's address on the network"),
+    Setting("network.address", IPv4(), "",
+            "the host's address on the network; empty: a free subnet is picked (192.168.7.0/24, "
+            "the seed's, if free), then kept"),
     Setting("network.prefix", Whole(8, 30), 24, "the network's prefix length"),
-    Setting("network.dhcp_start", IPv4(), "192.168.7.1", "first address DHCP hands out"),
-    Setting("network.dhcp_end", IPv4(), "192.168.7.20", "last address DHCP hands out"),
+    Setting("network.dhcp_start", IPv4(), "", "first address DHCP hands out; empty: the subnet's first"),
+    Setting("network.dhcp_end", IPv4(), "", "last address DHCP hands out; empty: the subnet's last "
+            "but the host's"),
     # QEMU maps the FAM in 2 MiB pages; ndctl needs room for its info block and memmap.
     Setting("fam.size", Size(32 * MiB, 2 * MiB), "1G",
             "the shared NVDIMM; never resized or recreated once it exists"),
@@ -288,6 +297,19 @@ def _read(path: Path) -> dict[str, Any]:
     return flat
 
 
+# In a path, these are AppArmor glob and quoting characters (a rule "/x/{a,b}/FAM" would allow
+# other files), or break qemu's -object option list (a comma) or the rule's quotes.
+_PATH_SPECIALS = set('*?[]{}^"\\,') | {"\n", "\t"}
+
+
+def _check_data_dir(data_dir: Path, where: str) -> None:
+    bad = sorted(_PATH_SPECIALS & set(str(data_dir)))
+    if bad:
+        raise ConfigError(f"{where} = {str(data_dir)!r} contains {' '.join(repr(c) for c in bad)}, which AppArmor "
+                          "reads as a pattern or qemu as a separator: pick a path without "
+                          "* ? [ ] { } ^ \" \\ or commas")
+
+
 def _parse(s: Setting, value: Any, where) -> Any:
     try:
         return s.type.parse(value)
@@ -303,16 +325,53 @@ def _check_together(v: dict, where) -> None:
         raise ConfigError(f"{where('node.max_memory')} = {v['node.max_memory']} bytes cannot hold "
                           f"node.memory ({v['node.memory']}) plus the NVDIMM fam.size ({v['fam.size']}): "
                           f"raise node.max_memory to at least {v['node.memory'] + v['fam.size']} bytes")
-    host, start, end = (ipaddress.IPv4Address(v[f"network.{k}"]) for k in ("address", "dhcp_start", "dhcp_end"))
-    net = ipaddress.IPv4Network(f"{host}/{v['network.prefix']}", strict=False)
+    _check_network(v, where)
+
+
+def dhcp_range(address: str, prefix: int, start: str = "", end: str = "") -> tuple[str, str]:
+    """The DHCP range of a network: as given, or every host address of the subnet but the
+    host's own (the seed's host is the subnet's last address, x.x.x.254)."""
+    net = ipaddress.IPv4Network(f"{address}/{prefix}", strict=False)
+    host = ipaddress.IPv4Address(address)
+    first, last = net.network_address + 1, net.broadcast_address - 1
+    if not start:
+        start = str(host + 1 if host == first else first)
+    if not end:
+        end = str(host - 1 if host == last else last)
+    return start, end
+
+
+def _check_network(v: dict, where) -> None:
+    nodes = 1 + len(v["clones"])
+    prefix = v["network.prefix"]
+    if not v["network.address"]:
+        if v["network.dhcp_start"] or v["network.dhcp_end"]:
+            raise ConfigError(f"{where('network.dhcp_start')}: a DHCP range needs network.address "
+                              "too: set both, or neither (dali then picks a free subnet)")
+        room = 2 ** (32 - prefix) - 3  # minus network, broadcast and the host's address
+        if room < nodes:
+            raise ConfigError(f"{where('network.prefix')} = {prefix} leaves {room} addresses for "
+                              f"{nodes} nodes: lower network.prefix")
+        return
+    host = ipaddress.IPv4Address(v["network.address"])
+    net = ipaddress.IPv4Network(f"{host}/{prefix}", strict=False)
+    if host in (net.network_address, net.broadcast_address):
+        raise ConfigError(f"{where('network.address')} = {host} is the "
+                          f"{'network' if host == net.network_address else 'broadcast'} address of "
+                          f"{net}: pick a host address, like {net.broadcast_address - 1}")
+    start, end = (ipaddress.IPv4Address(a) for a in dhcp_range(
+        str(host), prefix, v["network.dhcp_start"], v["network.dhcp_end"]))
     for key, addr in (("network.dhcp_start", start), ("network.dhcp_end", end)):
-        if addr not in net:
-            raise ConfigError(f"{where(key)} = {addr} is outside {net}: pick an address in it")
+        if addr not in net or addr in (net.network_address, net.broadcast_address):
+            raise ConfigError(f"{where(key)} = {addr} is not a host address of {net}: pick one in it")
     if start > end:
         raise ConfigError(f"{where('network.dhcp_start')} = {start} is after dhcp_end {end}: swap them")
     if start <= host <= end:
         raise ConfigError(f"{where('network.address')} = {host} lies inside the DHCP range "
                           f"{start}-{end}: move it out")
+    if int(end) - int(start) + 1 < nodes:
+        raise ConfigError(f"{where('network.dhcp_end')}: the DHCP range {start}-{end} has "
+                          f"{int(end) - int(start) + 1} addresses for {nodes} nodes: widen it")
 
 
 def _cluster(v: dict, origin: dict, path: Path, repo: Path) -> Cluster:
@@ -321,6 +380,10 @@ def _cluster(v: dict, origin: dict, path: Path, repo: Path) -> Cluster:
     data_dir = Path(v["dir"]).expanduser()
     if not data_dir.is_absolute():
         data_dir = (Path.cwd() if "dir" in origin else path.parent) / data_dir
+    # The real path: AppArmor checks the file qemu opens after symlinks are followed, so the
+    # rule, the domain XML and the marks all name that.
+    data_dir = data_dir.resolve()
+    _check_data_dir(data_dir, f"{origin['dir']} (setting dir)" if "dir" in origin else f"{path}: dir")
     image_path = None
     if v["image.path"]:
         image_path = (path.parent / Path(v["image.path"]).expanduser()).resolve()
@@ -328,10 +391,10 @@ def _cluster(v: dict, origin: dict, path: Path, repo: Path) -> Cluster:
             raise ConfigError(f"{path}: image.path = {str(image_path)!r} does not exist: point it "
                               "at a qcow2 file, or remove it to build a Debian image")
     return Cluster(
-        tag=v["tag"], original=v["original"], clones=v["clones"], data_dir=data_dir.resolve(),
+        tag=v["tag"], original=v["original"], clones=v["clones"], data_dir=data_dir,
         state_dir=repo / "state" / v["tag"], uri=v["uri"], accel=v["accel"],
-        network=Network(v["network.name"], v["network.forward"], v["network.address"],
-                        v["network.prefix"], v["network.dhcp_start"], v["network.dhcp_end"]),
+        network=Network(v["network.name"], v["network.forward"], v["network.address"] or None,
+                        v["network.prefix"], v["network.dhcp_start"] or None, v["network.dhcp_end"] or None),
         fam_size=v["fam.size"], memory=v["node.memory"], max_memory=v["node.max_memory"],
         memory_slots=v["node.memory_slots"], vcpus=v["node.vcpus"],
         image=Image(image_path, v["image.suite"], v["image.mirror"], v["image.http_proxy"],

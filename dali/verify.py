@@ -4,6 +4,11 @@ Every node must see namespace0.0 in fsdax mode with the uuid and size the FAM ho
 uuid shows it did not reconfigure the namespace itself), every node's write must be read by
 every other node, and hostnames, machine-ids and addresses must be distinct. It prints a table
 and fails with one line naming the nodes and what is wrong.
+
+verify never costs data. It writes nothing where any node finds a signature on the device
+(wipefs: a filesystem, a partition table) or has it mounted, checked again right before each
+write. Before each write it records the bytes it overwrites (dali/fam.py), so a verify killed
+between its write and putting them back has them put back by the next verify or doit.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dali.virt import Libvirt
 def verify(cluster: Cluster, virt: Libvirt) -> list[dict]:
     """Run the checks, print the table, raise if anything failed. Returns the rows."""
     doms = defined(cluster, virt)
+    fam.restore_saved(cluster)  # what a verify killed mid-write left overwritten
     down = [n.name for n, d in doms if not virt.is_running(d) or not virt.agent_answers(d)]
     if down:
         raise DaliError(f"{', '.join(down)} not running or not answering: run doit start first")
@@ -41,9 +47,6 @@ def verify(cluster: Cluster, virt: Libvirt) -> list[dict]:
                                    f"expected fsdax {expected['size']}")
         if row["namespace"] != "same":
             row["problems"].append("namespace uuid differs from the one in the FAM")
-        if guest.pmem_mounted(virt, dom):
-            raise DaliError(f"{node.name}: /dev/pmem0 is mounted; verify writes test blocks to "
-                            "it (and puts them back): unmount it on every node first")
         rows.append(row)
     for key in ("hostname", "machine-id", "ipv4"):
         values = [r[key] for r in rows]
@@ -51,7 +54,7 @@ def verify(cluster: Cluster, virt: Libvirt) -> list[dict]:
             if r[key] == "-" or values.count(r[key]) > 1:
                 r["problems"].append(f"{key} {r[key]} not unique")
 
-    _shared_writes(virt, doms, rows)
+    _shared_writes(cluster, virt, doms, rows, expected["data_offset"])
     _print_table(rows)
     failed = [r for r in rows if r["problems"]]
     if failed:
@@ -60,16 +63,31 @@ def verify(cluster: Cluster, virt: Libvirt) -> list[dict]:
     return rows
 
 
-def _shared_writes(virt: Libvirt, doms, rows) -> None:
+def refuse_to_write(virt: Libvirt, doms) -> None:
+    """Raise unless the device is free to write on every node: not mounted, no signature."""
+    for node, dom in doms:
+        if guest.pmem_mounted(virt, dom):
+            raise DaliError(f"{node.name}: /dev/pmem0 is mounted; verify writes test blocks to it "
+                            "(and puts them back): unmount it on every node first")
+        found = guest.signatures(virt, dom)
+        if found:
+            raise DaliError(f"{node.name}: /dev/pmem0 holds {', '.join(found)} (wipefs): verify "
+                            "writes nothing on a device with data on it")
+
+
+def _shared_writes(cluster: Cluster, virt: Libvirt, doms, rows, data_offset: int) -> None:
     """Each node writes a unique marker at a random block; every other node must read it back.
-    The block's previous contents are restored afterwards: the FAM may hold the user's data."""
+    The block's previous contents are recorded first and put back afterwards: the FAM may hold
+    the user's data."""
     size = min(r["size"] for r in rows)
     by_name = {r["node"]: r for r in rows}
     for node, dom in doms:
         block = secrets.randbelow(size // guest.BLOCK)
         marker = f"dali-verify {node.name} {secrets.token_hex(16)}\n".encode()
         data = marker + bytes(guest.BLOCK - len(marker))
+        refuse_to_write(virt, doms)
         saved = guest.read_block(virt, dom, block)
+        fam.save_before_write(cluster, data_offset + block * guest.BLOCK, saved)
         guest.write_block(virt, dom, block, data)
         seen_by = []
         try:
@@ -82,6 +100,7 @@ def _shared_writes(virt: Libvirt, doms, rows) -> None:
                     by_name[other.name]["problems"].append(f"did not read {node.name}'s marker")
         finally:
             guest.write_block(virt, dom, block, saved)
+            fam.forget_saved(cluster)
         by_name[node.name]["wrote"] = f"block {block} -> read by {','.join(seen_by) or 'nobody'}"
 
 

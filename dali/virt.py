@@ -9,15 +9,17 @@ qemu-guest-agent (no network needed).
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import libvirt
 import libvirt_qemu
 
 from dali.errors import DaliError
-from dali.marks import mark_of
+from dali.marks import describe, mark_of
 from dali.reporter import log
 
 
@@ -40,9 +42,10 @@ class ExecResult:
 
 
 class Libvirt:
-    def __init__(self, uri: str, tag: str):
+    def __init__(self, uri: str, owner: str):
+        """`owner` is the cluster id (dali/cluster.py) that every object we touch must carry."""
         self.uri = uri
-        self.tag = tag
+        self.owner = owner
         self._conn: libvirt.virConnect | None = None
 
     @property
@@ -61,13 +64,15 @@ class Libvirt:
 
     # --- ownership ----------------------------------------------------------------------------
 
+    def is_ours(self, xml: str) -> bool:
+        found = mark_of(xml)
+        return found is not None and found.get("id") == self.owner
+
     def _check_ours(self, kind: str, name: str, xml: str) -> None:
-        tag = mark_of(xml)
-        if tag == self.tag:
-            return
-        owner = f"dali cluster '{tag}'" if tag else "someone else (it has no dali mark)"
-        raise ForeignObject(f"libvirt {kind} '{name}' already exists and belongs to {owner}: "
-                            f"rename or remove it, or pick another tag / network.name")
+        if not self.is_ours(xml):
+            raise ForeignObject(f"libvirt {kind} '{name}' already exists and belongs to "
+                                f"{describe(mark_of(xml))}: rename or remove it, or pick another "
+                                "tag / network.name")
 
     def _lookup(self, kind: str, lookup, not_found: int, name: str):
         """Our object of that name, None if there is none; ForeignObject if it is not ours."""
@@ -89,11 +94,36 @@ class Libvirt:
 
     def our_domains(self) -> dict[str, libvirt.virDomain]:
         """Every domain carrying this cluster's mark, by name (to find nodes no longer configured)."""
-        found = {}
+        return {dom.name(): dom for dom in self.conn.listAllDomains()
+                if self.is_ours(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))}
+
+    def domains_using(self, path) -> list[str]:
+        """Every domain, ours or not, whose definition names the file `path` (a disk, a
+        kernel, a FAM in qemu:commandline or an nvdimm): a file one of them uses is not deleted."""
+        needle = str(path)
+
+        def names_it(value: str) -> bool:  # "/x/FAM", or "...,mem-path=/x/FAM,size=1G,..."
+            return any(part.split("=", 1)[-1] == needle for part in value.split(","))
+
+        users = []
         for dom in self.conn.listAllDomains():
-            if mark_of(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) == self.tag:
-                found[dom.name()] = dom
-        return found
+            # The running definition too: a redefined node uses its old files until it restarts.
+            for flags in (libvirt.VIR_DOMAIN_XML_INACTIVE, 0):
+                root = ET.fromstring(dom.XMLDesc(flags))
+                if any(names_it(v) for e in root.iter() for v in [e.text or "", *e.attrib.values()]):
+                    users.append(dom.name())
+                    break
+        return users
+
+    def network_subnets(self) -> dict[str, ipaddress.IPv4Network]:
+        """Each libvirt network's IPv4 subnet, by network name (two networks cannot share one)."""
+        subnets = {}
+        for net in self.conn.listAllNetworks():
+            ip = ET.fromstring(net.XMLDesc(0)).find("ip")
+            if ip is not None and ip.get("address") and ":" not in ip.get("address"):
+                prefix = ip.get("prefix") or ip.get("netmask") or "24"
+                subnets[net.name()] = ipaddress.IPv4Network(f"{ip.get('address')}/{prefix}", strict=False)
+        return subnets
 
     # --- definitions --------------------------------------------------------------------------
 
@@ -109,6 +139,14 @@ class Libvirt:
             return self.conn.networkDefineXML(xml)
         except libvirt.libvirtError as e:
             raise DaliError(f"libvirt refused the network XML: {e.get_error_message()}")
+
+    def start_network(self, net: libvirt.virNetwork) -> None:
+        try:
+            net.create()
+        except libvirt.libvirtError as e:
+            raise DaliError(f"starting network {net.name()} failed: {e.get_error_message()}: if "
+                            "another network or interface has its subnet, set network.address "
+                            "to a free one, or leave it empty for dali to pick one") from None
 
     # --- domain life cycle --------------------------------------------------------------------
 

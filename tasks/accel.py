@@ -23,7 +23,7 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
     yield {
         "basename": "accel",
         "doc": "KVM or TCG: does a KVM guest really boot here?",
-        "actions": [Step("decide between KVM and TCG", decide, cluster)],
+        "actions": [Step("decide between KVM and TCG", decide, cluster, changes=cluster)],
         "file_dep": [cluster.kernel] if cluster.kernel else [],
         "task_dep": ["image"],
         "uptodate": [config_changed({"accel": cluster.accel})],

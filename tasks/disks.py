@@ -3,15 +3,10 @@ existence counts."""
 
 from __future__ import annotations
 
-from dali import disks, marks
+from dali import disks
 from dali.cluster import Cluster
-from dali.errors import Step
-from dali.reporter import log
+from dali.errors import CleanStep, Step
 from dali.virt import Libvirt
-
-
-def remove(cluster: Cluster, name: str, dryrun: bool) -> None:
-    marks.remove_if_ours(cluster.disk(name), cluster.tag, log, dryrun)
 
 
 def gen_tasks(cluster: Cluster, virt: Libvirt):
@@ -20,8 +15,9 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         yield {
             "basename": "disk", "name": node.name,
             "doc": f"{node.name}'s disk",
-            "actions": [Step(f"make {disk}", disks.create, cluster, node)],
+            "actions": [Step(f"make {disk}", disks.create, cluster, node, changes=cluster)],
             "uptodate": [disk.exists],
             "task_dep": ["preflight", "fam"] + (["image"] if node.is_original else ["freeze"]),
-            "clean": [Step(f"remove {disk} if dali made it", remove, cluster, node.name)],
+            "clean": [CleanStep(f"remove {disk} if dali made it and no domain uses it",
+                                disks.remove_file, cluster, virt, disk, changes=cluster)],
         }

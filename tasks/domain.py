@@ -14,7 +14,7 @@ from doit.tools import config_changed
 
 from dali import domain
 from dali.cluster import Cluster, Node
-from dali.errors import Step, uptodate
+from dali.errors import CleanStep, Step, uptodate
 from dali.render import template_path, write_if_changed
 from dali.reporter import log
 from dali.virt import Libvirt
@@ -61,7 +61,7 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         yield {
             "basename": "render", "name": node.name,
             "doc": f"{node.name}'s domain XML",
-            "actions": [Step(f"render {xml_file}", write, cluster, node)],
+            "actions": [Step(f"render {xml_file}", write, cluster, node, changes=cluster)],
             "getargs": {"domain_type": ("accel", "domain_type")},
             "targets": [xml_file],
             "file_dep": [template_path(domain.TEMPLATE)],
@@ -71,9 +71,10 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         yield {
             "basename": "define", "name": node.name,
             "doc": f"{node.name} defined in libvirt",
-            "actions": [Step(f"define {node.name}", define, cluster, virt, node)],
+            "actions": [Step(f"define {node.name}", define, cluster, virt, node, changes=cluster)],
             "file_dep": [xml_file],
             "task_dep": ["preflight", "network", "fam", "apparmor", f"disk:{node.name}"],
             "uptodate": [(uptodate(is_defined), [virt, node], {})],
-            "clean": [Step(f"shut down and undefine {node.name}", undefine, cluster, virt, node)],
+            "clean": [CleanStep(f"shut down and undefine {node.name}", undefine, cluster, virt, node,
+                                changes=cluster)],
         }

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from dali import fam, marks
+from dali import disks, fam
 from dali.cluster import Cluster
-from dali.errors import Step, uptodate
-from dali.reporter import log
+from dali.errors import CleanStep, Step, uptodate
 from dali.virt import Libvirt
-
-
-def remove(cluster: Cluster, dryrun: bool) -> None:
-    marks.remove_if_ours(cluster.fam_path, cluster.tag, log, dryrun)
 
 
 def gen_tasks(cluster: Cluster, virt: Libvirt):
     yield {
         "basename": "fam",
         "doc": "the FAM file behind the shared NVDIMM",
-        "actions": [Step(f"make {cluster.fam_path} for qemu", fam.ensure, cluster)],
+        "actions": [Step(f"make {cluster.fam_path} for qemu", fam.ensure, cluster, changes=cluster)],
         "uptodate": [(uptodate(fam.is_ready), [cluster], {})],
         "task_dep": ["preflight"],
-        "clean": [Step(f"remove {cluster.fam_path} if dali made it", remove, cluster)],
+        "clean": [CleanStep(f"remove {cluster.fam_path} if dali made it and no domain uses it",
+                            disks.remove_file, cluster, virt, cluster.fam_path, changes=cluster)],
     }

@@ -8,7 +8,7 @@ from doit.tools import config_changed
 
 from dali import network
 from dali.cluster import Cluster
-from dali.errors import Step, uptodate
+from dali.errors import CleanStep, Step, uptodate
 from dali.render import template_path
 from dali.virt import Libvirt
 
@@ -18,9 +18,12 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
     yield {
         "basename": "network",
         "doc": "the libvirt network the nodes share",
-        "actions": [Step(f"define and start network {name}", network.ensure, cluster, virt)],
+        "actions": [Step(f"define and start network {name}", network.ensure, cluster, virt,
+                         changes=cluster)],
         "file_dep": [template_path(network.TEMPLATE)],
         "task_dep": ["preflight"],
+        # Unset addresses stay None here: the subnet picked for them is kept by libvirt.
         "uptodate": [config_changed(asdict(cluster.network)), (uptodate(network.is_live), [cluster, virt], {})],
-        "clean": [Step(f"stop and undefine network {name}", network.remove, cluster, virt)],
+        "clean": [CleanStep(f"stop and undefine network {name}", network.remove, cluster, virt,
+                            changes=cluster)],
     }

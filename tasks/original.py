@@ -22,20 +22,21 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
     yield {
         "basename": "original", "name": "boot",
         "doc": f"boot {name} and wait for its guest agent",
-        "actions": [Step(f"boot {name}", original.boot, cluster, virt)],
+        "actions": [Step(f"boot {name}", original.boot, cluster, virt, changes=cluster)],
         "task_dep": [f"define:{name}"],
         "uptodate": [done],
     }
     yield {
         "basename": "original", "name": "reconfigure",
         "doc": f"make {name}'s NVDIMM namespace fsdax",
-        "actions": [Step(f"reconfigure {name}'s namespace as fsdax", original.reconfigure, cluster, virt)],
+        "actions": [Step(f"reconfigure {name}'s namespace as fsdax", original.reconfigure, cluster, virt,
+                            changes=cluster)],
         "task_dep": ["original:boot"],
         "uptodate": [done],
     }
     yield {
         "basename": "original", "name": "shutdown",
         "doc": f"shut {name} down for cloning",
-        "actions": [Step(f"shut {name} down", original.shutdown, cluster, virt)],
+        "actions": [Step(f"shut {name} down", original.shutdown, cluster, virt, changes=cluster)],
         "uptodate": [result_dep("original:reconfigure")],
     }

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import shutil
 
-from dali import marks, preflight
+from dali import disks, marks, preflight
 from dali.cluster import Cluster
-from dali.errors import DaliError, Step
+from dali.errors import CleanStep, DaliError, Step
 from dali.reporter import log
 from dali.virt import Libvirt
 
@@ -15,21 +15,21 @@ def check(cluster: Cluster, virt: Libvirt) -> None:
     found = preflight.problem(cluster, virt)
     if found:
         raise DaliError(found)
+    preflight.make_state_dir(cluster)
 
 
-def sweep(cluster: Cluster, dryrun: bool) -> None:
+def sweep(cluster: Cluster, virt: Libvirt, dryrun: bool) -> None:
     """preflight is the root of the graph, so `doit clean` reaches it last: remove whatever
-    dali-marked file is left in the data directory (a frozen disk, a pruned node's disk), the
-    directory if that empties it, and the cluster's state/ folder."""
-    if cluster.data_dir.is_dir():
-        for path in sorted(cluster.data_dir.iterdir()):
-            if path.is_file():
-                marks.remove_if_ours(path, cluster.tag, log, dryrun)
-        if not dryrun:
-            try:
-                cluster.data_dir.rmdir()
-            except OSError:
-                log(f"left {cluster.data_dir} in place: it holds files dali did not create")
+    this cluster's mark is still on in the data directory (a pruned node's disk, an image file),
+    the directories dali made once they are empty, and the cluster's state/ folder."""
+    for d in (cluster.image_dir, cluster.data_dir):
+        if d.is_dir():
+            # Disks built on another file go first, so nothing is kept only for them.
+            files = [p for p in d.iterdir() if p.is_file() and marks.is_ours(p, cluster)]
+            for path in sorted(files, key=lambda p: disks.backing_file(p) is None):
+                disks.remove_file(cluster, virt, path, dryrun)
+    marks.remove_dir_if_ours(cluster.image_dir, cluster, log, dryrun)
+    marks.remove_dir_if_ours(cluster.data_dir, cluster, log, dryrun)
     if cluster.state_dir.exists():
         if dryrun:
             log(f"would remove {cluster.state_dir}")
@@ -42,7 +42,8 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "basename": "preflight",
         "doc": "check the host before anything is created",
         "actions": [Step("check the host", check, cluster, virt)],
-        "clean": [Step(f"remove what is left of cluster {cluster.tag}", sweep, cluster)],
+        "clean": [CleanStep(f"remove what is left of cluster {cluster.tag}", sweep, cluster, virt,
+                            changes=cluster)],
         # Up to date while the host passes: a failing check makes the action run and report it.
-        "uptodate": [lambda: preflight.problem(cluster, virt) is None],
+        "uptodate": [lambda: preflight.problem(cluster, virt) is None and preflight.has_state_dir(cluster)],
     }

@@ -1,30 +1,35 @@
-"""Stage: remove the nodes whose suffix left the config (dali/prune.py)."""
+"""Stage: nodes whose suffix left the config (dali/prune.py).
+
+prune undefines them (shut-off ones) and keeps their disks; remove:NODE, one task per node
+whose disk is still here, deletes one on request; `doit clean` removes them all.
+"""
 
 from __future__ import annotations
 
 from dali import prune
 from dali.cluster import Cluster
-from dali.errors import Step, uptodate
+from dali.errors import CleanStep, Step, uptodate
 from dali.virt import Libvirt
-
-
-def prune_stale(cluster: Cluster, virt: Libvirt) -> None:
-    for name, dom in prune.stale_nodes(cluster, virt).items():
-        prune.remove_node(cluster, virt, name, dom, force=False)
-
-
-def remove_all_stale(cluster: Cluster, virt: Libvirt, dryrun: bool) -> None:
-    for name, dom in prune.stale_nodes(cluster, virt).items():
-        prune.remove_node(cluster, virt, name, dom, force=True, dryrun=dryrun)
 
 
 def gen_tasks(cluster: Cluster, virt: Libvirt):
     yield {
         "basename": "prune",
-        "doc": "remove nodes that left the config",
-        "actions": [Step("remove nodes that left the config", prune_stale, cluster, virt)],
-        "uptodate": [uptodate(lambda: not prune.stale_nodes(cluster, virt))],
+        "doc": "undefine shut-off nodes that left the config (their disks are kept)",
+        "actions": [Step("undefine nodes that left the config", prune.undefine_stale, cluster, virt,
+                         changes=cluster)],
+        "uptodate": [uptodate(lambda: not prune.stale_domains(cluster, virt))],
         "task_dep": ["preflight", "network"],
-        "clean": [Step(f"remove every node of cluster {cluster.tag} that left the config",
-                       remove_all_stale, cluster, virt)],
+        "clean": [CleanStep(f"remove every node of cluster {cluster.tag} that left the config",
+                            prune.remove_all_stale, cluster, virt, changes=cluster)],
     }
+    yield {"basename": "remove", "name": None,
+           "doc": "remove:NODE deletes a node that left the config, with its disk"}
+    for name in prune.left_over(cluster):
+        yield {
+            "basename": "remove", "name": name,
+            "doc": f"undefine {name} and delete its disk (it left the config)",
+            "actions": [Step(f"remove {name} and its disk", prune.remove, cluster, virt, name,
+                             changes=cluster)],
+            "uptodate": [False],
+        }

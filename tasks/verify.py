@@ -16,6 +16,6 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
     yield {
         "basename": "verify",
         "doc": "self-test on running nodes: fsdax everywhere, shared writes, unique identities",
-        "actions": [Step("verify the shared device", run, cluster, virt)],
+        "actions": [Step("verify the shared device", run, cluster, virt, changes=cluster)],
         "uptodate": [False],
     }

@@ -61,16 +61,17 @@ def data_dir():
 
 
 @pytest.fixture
-def config_in(data_dir):
-    """The default cluster, with its FAM and disks in data_dir."""
-    return settings.load(env={"DALI_DIR": str(data_dir)})
+def config_in(data_dir, tmp_path):
+    """The default cluster's settings, with its FAM and disks in data_dir and its state/ under
+    tmp_path: another cluster than a user's default one, which it never touches."""
+    return settings.load(env={"DALI_DIR": str(data_dir)}, repo=tmp_path)
 
 
 @pytest.fixture
-def test_driver():
-    """dali's libvirt adapter on libvirt's in-memory test driver, for the default tag. The
+def test_driver(config):
+    """dali's libvirt adapter on libvirt's in-memory test driver, for the default cluster. The
     driver's state is shared by the whole process: whatever a test adds is removed after it."""
-    virt = Libvirt("test:///default", "ivp")
+    virt = Libvirt("test:///default", config.id)
     domains = {d.name() for d in virt.conn.listAllDomains()}
     networks = {n.name() for n in virt.conn.listAllNetworks()}
     yield virt

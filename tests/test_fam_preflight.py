@@ -9,6 +9,7 @@ import uuid
 from dataclasses import replace
 
 import pytest
+from pathlib import Path
 
 from dali import fam, marks, preflight, settings
 from dali.errors import DaliError
@@ -22,7 +23,7 @@ def test_fam_is_made_with_the_seeds_group_and_mode(config_in):
     assert st.st_blocks * 512 >= 1 << 30  # allocated, not sparse: fallocate
     assert grp.getgrgid(st.st_gid).gr_name == "libvirt-qemu"
     assert stat.S_IMODE(st.st_mode) == 0o664
-    assert marks.is_ours(config_in.fam_path, "ivp")
+    assert marks.is_ours(config_in.fam_path, config_in)
     assert fam.is_ready(config_in)
 
 
@@ -64,7 +65,7 @@ def test_the_namespace_is_read_from_the_info_block(tmp_path):
         f.seek(4096)
         f.write(block)
     assert fam.namespace(image) == {"mode": "fsdax", "uuid": str(ns_uuid), "size": 1054867456,
-                                    "align": 2097152}
+                                    "align": 2097152, "data_offset": 18874368}
     with open(image, "r+b") as f:
         f.seek(4096)
         f.write(b"NVDIMM_DAX_INFO\0")
@@ -93,3 +94,44 @@ def test_preflight_names_a_filesystem_without_fallocate(config_in, monkeypatch):
 
 def test_preflight_passes_on_a_good_directory(config_in):
     assert preflight.data_dir_problem(config_in) is None
+
+
+def test_bytes_saved_before_a_write_are_put_back(config_in):
+    """What verify relies on when it is killed between its write and putting the block back."""
+    preflight.make_state_dir(config_in)
+    fam.ensure(config_in)
+    with open(config_in.fam_path, "r+b") as f:
+        os.pwrite(f.fileno(), b"user data", 123 * 4096)
+    fam.save_before_write(config_in, 123 * 4096, b"user data")
+    with open(config_in.fam_path, "r+b") as f:
+        os.pwrite(f.fileno(), b"verify!!!", 123 * 4096)  # ...and here the run is killed
+    assert not fam.is_ready(config_in)  # so the next doit's fam task puts the bytes back
+    fam.ensure(config_in)
+    with open(config_in.fam_path, "rb") as f:
+        assert os.pread(f.fileno(), 9, 123 * 4096) == b"user data"
+    assert fam.is_ready(config_in) and not fam.has_saved(config_in)
+
+
+def test_preflight_refuses_a_dir_others_can_write(config_in):
+    config_in.data_dir.mkdir()
+    os.chmod(config_in.data_dir, 0o777)
+    found = preflight.data_dir_problem(config_in)
+    assert str(config_in.data_dir) in found and "go-w" in found
+    os.chmod(config_in.data_dir, 0o1777)  # sticky is no help in the directory itself
+    assert preflight.data_dir_problem(config_in)
+    os.chmod(config_in.data_dir, 0o755)
+    os.chown(config_in.data_dir, 65534, -1)  # owned by nobody
+    assert "can be changed by users other than root" in preflight.data_dir_problem(config_in)
+
+
+def test_preflight_accepts_a_sticky_dir_on_the_way(config_in):
+    assert config_in.data_dir.parent.parent == Path("/var/tmp")  # 1777, like /tmp
+    assert preflight.data_dir_problem(config_in) is None
+
+
+def test_preflight_refuses_a_dir_of_another_cluster(config_in):
+    other = settings.load(env={"DALI_DIR": str(config_in.data_dir), "DALI_TAG": "zt"},
+                          repo=config_in.state_dir.parent.parent)
+    fam.ensure(other)  # zt's FAM, in the same directory
+    found = preflight.data_dir_problem(config_in)
+    assert "belongs to dali cluster 'zt'" in found and "its own dir" in found

@@ -1,15 +1,19 @@
-"""Ownership: libvirt objects and files dali refuses or finds by its mark. libvirt's in-memory
-test driver keeps these fast; tests/test_cluster.py holds the same rules on qemu:///system."""
+"""Ownership: what dali refuses, finds or deletes by its marks. libvirt's in-memory test driver
+keeps the libvirt half fast; tests/test_cluster.py holds the same rules on qemu:///system."""
 
+import os
 import re
+import shutil
 
 import pytest
 
 from dali import domain, marks, network, settings
+from dali.network import Addresses
 from dali.virt import ForeignObject, Libvirt
 
 FOREIGN_DOMAIN = """<domain type="test"><name>{name}</name><memory>65536</memory>
 <os><type>hvm</type></os></domain>"""
+ADDRESSES = Addresses("192.168.7.254", 24, "192.168.7.1", "192.168.7.253")
 
 
 def for_test_driver(xml: str) -> str:
@@ -38,11 +42,28 @@ def test_another_clusters_domain_is_refused(test_driver):
         test_driver.domain("ivpa")
 
 
+def test_the_same_tag_from_another_dir_is_another_cluster(test_driver, config):
+    """Two DALI_DIRs (or two checkouts) with one tag: the second is refused, never adopted."""
+    twin = settings.load(env={"DALI_DIR": "/srv/elsewhere"})
+    assert twin.tag == config.tag and twin.id != config.id
+    test_driver.conn.defineXML(for_test_driver(domain.domain_xml(twin, twin.original_node, "test")))
+    with pytest.raises(ForeignObject, match="dali cluster 'ivp' of checkout .* with dir /srv/elsewhere"):
+        test_driver.domain("ivpa")
+    assert test_driver.our_domains() == {}
+    assert set(Libvirt("test:///default", twin.id).our_domains()) == {"ivpa"}
+
+
 def test_our_marked_domain_is_found(test_driver, config):
     test_driver.conn.defineXML(for_test_driver(domain.domain_xml(config, config.original_node, "test")))
     test_driver.conn.defineXML(FOREIGN_DOMAIN.format(name="somebodyelse"))
     assert test_driver.domain("ivpa").name() == "ivpa"
     assert set(test_driver.our_domains()) == {"ivpa"}
+
+
+def test_a_domain_using_a_file_is_found(test_driver, config):
+    test_driver.conn.defineXML(for_test_driver(domain.domain_xml(config, config.original_node, "test")))
+    assert test_driver.domains_using(config.disk(config.original_node)) == ["ivpa"]
+    assert test_driver.domains_using(config.disk(config.clone_nodes[0])) == []
 
 
 def test_a_foreign_network_is_refused(test_driver):
@@ -52,26 +73,72 @@ def test_a_foreign_network_is_refused(test_driver):
 
 
 def test_our_network_is_found(test_driver, config):
-    test_driver.define_network(network.network_xml(config))
+    test_driver.define_network(network.network_xml(config, ADDRESSES))
     assert test_driver.network("ivp").name() == "ivp"
 
 
 def test_libvirtd_unreachable_is_one_line():
-    broken = Libvirt("qemu+unix:///system?socket=/nonexistent", "ivp")
+    broken = Libvirt("qemu+unix:///system?socket=/nonexistent", "x")
     with pytest.raises(Exception) as e:
         broken.conn
     assert "scripts/setup" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_a_file_is_ours_only_with_our_mark(tmp_path, capfd):
-    ours, foreign = tmp_path / "ours", tmp_path / "foreign"
-    ours.write_bytes(b"x")
+# --- files ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def ours(config_in):
+    config_in.data_dir.mkdir(parents=True)
+    path = config_in.data_dir / "ivpb.qcow2"
+    path.write_bytes(b"a node's work")
+    marks.mark(path, config_in)
+    return path
+
+
+def test_a_file_is_ours_only_with_our_mark(config_in, ours, capfd):
+    foreign = config_in.data_dir / "foreign"
     foreign.write_bytes(b"y")
-    marks.mark(ours, "ivp")
-    assert marks.is_ours(ours, "ivp") and not marks.is_ours(ours, "other")
-    marks.remove_if_ours(ours, "ivp", print, dryrun=True)
+    assert marks.is_ours(ours, config_in) and not marks.is_ours(foreign, config_in)
+    assert not marks.is_ours(ours, settings.load(env={"DALI_TAG": "other"}))
+    marks.remove_if_ours(ours, config_in, print, dryrun=True)
     assert ours.exists() and "would remove" in capfd.readouterr().out
-    marks.remove_if_ours(ours, "ivp", print)
-    marks.remove_if_ours(foreign, "ivp", print)
+    marks.remove_if_ours(ours, config_in, print)
+    marks.remove_if_ours(foreign, config_in, print)
     assert not ours.exists() and foreign.exists()
     assert "did not create" in capfd.readouterr().out
+
+
+def test_a_copy_is_not_ours(config_in, ours):
+    copy = ours.with_name("ivpb-keep.qcow2")
+    shutil.copy2(ours, copy)  # like cp -a: the xattr travels with it
+    os.setxattr(copy, marks.XATTR, os.getxattr(ours, marks.XATTR))
+    assert not marks.is_ours(copy, config_in)
+    assert not marks.remove_if_ours(copy, config_in, print) and copy.exists()
+
+
+def test_a_renamed_file_is_not_ours(config_in, ours):
+    kept = ours.with_name("FAM.keep")
+    ours.rename(kept)  # mv FAM FAM.keep, as the FAM-size error suggests
+    assert not marks.is_ours(kept, config_in)
+    copy_back = ours
+    shutil.copy2(kept, copy_back)  # and a copy put back at our name is not ours either
+    os.setxattr(copy_back, marks.XATTR, os.getxattr(kept, marks.XATTR))
+    assert not marks.is_ours(copy_back, config_in)
+
+
+def test_a_symlink_is_never_ours(config_in, ours):
+    link = ours.with_name("ivpc.qcow2")
+    link.symlink_to(ours)
+    assert not marks.is_ours(link, config_in)
+
+
+def test_a_directory_the_user_made_stays(config_in, capfd):
+    config_in.data_dir.mkdir(parents=True)  # the user's, before the first run
+    marks.make_dir(config_in.data_dir, config_in)
+    marks.remove_dir_if_ours(config_in.data_dir, config_in, print)
+    assert config_in.data_dir.is_dir() and "did not create" in capfd.readouterr().out
+    made = config_in.data_dir / "image"
+    marks.make_dir(made, config_in)
+    assert oct(made.stat().st_mode & 0o777) == "0o750"
+    marks.remove_dir_if_ours(made, config_in, print)
+    assert not made.exists()

@@ -8,6 +8,9 @@ import pytest
 
 from dali import domain, network, settings
 from dali.marks import mark_of
+from dali.network import Addresses
+
+SEED_ADDRESSES = Addresses("192.168.7.254", 24, "192.168.7.1", "192.168.7.20")
 
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
 
@@ -42,7 +45,8 @@ def test_domain_devices_and_identity(config):
     cmdline = root.find("os/cmdline").text
     assert f"systemd.hostname=ivpb" in cmdline and f"systemd.machine_id={node.machine_id}" in cmdline
     assert root.find("os/kernel").text == "/var/lib/dali/ivp/image/vmlinuz"
-    assert mark_of(ET.tostring(root).decode()) == "ivp"
+    mark = mark_of(ET.tostring(root).decode())
+    assert mark["tag"] == "ivp" and mark["id"] == config.id and mark["dir"] == "/var/lib/dali/ivp"
 
 
 def test_own_image_boots_from_disk(tmp_path):
@@ -66,19 +70,19 @@ def test_fam_size_spelling():
 
 
 def test_network_xml(config):
-    root = ET.fromstring(network.network_xml(config))
+    root = ET.fromstring(network.network_xml(config, SEED_ADDRESSES))
     assert root.find("name").text == "ivp" and root.find("forward").get("mode") == "nat"
     assert root.find("ip").get("address") == "192.168.7.254"
     assert root.find("ip/dhcp/range").get("start") == "192.168.7.1"
-    assert mark_of(network.network_xml(config)) == "ivp"
+    assert mark_of(network.network_xml(config, SEED_ADDRESSES))["id"] == config.id
     isolated = replace(config, network=replace(config.network, forward="none"))
-    assert ET.fromstring(network.network_xml(isolated)).find("forward") is None
+    assert ET.fromstring(network.network_xml(isolated, SEED_ADDRESSES)).find("forward") is None
 
 
 @pytest.mark.parametrize("kind", ["domain", "network"])
 def test_valid_against_libvirt_schema(config, tmp_path, kind):
     text = (domain.domain_xml(config, config.original_node, "qemu") if kind == "domain"
-            else network.network_xml(config))
+            else network.network_xml(config, SEED_ADDRESSES))
     f = tmp_path / f"{kind}.xml"
     f.write_text(text)
     run = subprocess.run(["virt-xml-validate", str(f), kind], capture_output=True, text=True)

@@ -23,8 +23,9 @@ def test_defaults_are_the_seeds(config):
     assert (c.tag, c.original, c.clones) == ("ivp", "a", ("b", "c"))
     assert [n.name for n in c.nodes] == ["ivpa", "ivpb", "ivpc"]
     assert c.network.name == "ivp" and c.network.forward == "nat"
-    assert (c.network.address, c.network.prefix) == ("192.168.7.254", 24)
-    assert (c.network.dhcp_start, c.network.dhcp_end) == ("192.168.7.1", "192.168.7.20")
+    # No addresses: dali picks a free subnet when it first defines the network (the seed's
+    # 192.168.7.0/24 if free), and libvirt keeps it (tests/test_network.py).
+    assert (c.network.address, c.network.prefix, c.network.dhcp_start) == (None, 24, None)
     assert c.fam_size == 1 << 30 and c.memory == 1 << 30 and c.max_memory == 2 << 30
     assert c.memory_slots == 2 and c.vcpus == 1
     assert c.fam_path == Path("/var/lib/dali/ivp/FAM")
@@ -39,6 +40,7 @@ def test_seed_environment_overrides_the_file(tmp_path, monkeypatch):
     assert c.data_dir == tmp_path / "IVSHPMEM"  # relative to the shell, as the seed uses it
     assert [n.name for n in c.nodes] == ["mdcx", "mdcy", "mdcz", "mdcw"]
     assert c.network.name == "mdcnet" and c.memory == 2 << 30 and c.vcpus == 2
+    assert load(env={"DALI_TAG": "zt"}).network.name == "zt"  # the network follows the tag
     assert c.uri == "test:///default"
     assert c.state_dir.name == "mdc"
 
@@ -82,9 +84,20 @@ def test_identities_are_distinct_and_stable():
     ('tag = 5', {}, ["tag", "lowercase"]),
     ('accel = "xen"', {}, ["accel", "auto, kvm, tcg"]),
     ('[network]\nforward = "bridge"', {}, ["network.forward", "nat, none"]),
-    ('[network]\ndhcp_start = "10.0.0.1"', {}, ["network.dhcp_start", "outside"]),
-    ('[network]\ndhcp_start = "192.168.7.30"', {}, ["dhcp_start", "after"]),
-    ('[network]\naddress = "192.168.7.5"', {}, ["network.address", "DHCP range"]),
+    ('[network]\naddress = "192.168.7.254"\ndhcp_start = "10.0.0.1"', {}, ["network.dhcp_start", "192.168.7.0/24"]),
+    ('[network]\naddress = "192.168.7.254"\ndhcp_start = "192.168.7.30"\ndhcp_end = "192.168.7.20"',
+     {}, ["dhcp_start", "after"]),
+    ('[network]\naddress = "192.168.7.5"\ndhcp_start = "192.168.7.1"\ndhcp_end = "192.168.7.20"',
+     {}, ["network.address", "DHCP range"]),
+    ('[network]\naddress = "192.168.7.255"', {}, ["network.address", "broadcast address"]),
+    ('[network]\naddress = "192.168.7.0"', {}, ["network.address", "network address"]),
+    ('[network]\ndhcp_start = "192.168.7.1"', {}, ["network.dhcp_start", "network.address too"]),
+    ('clones = ' + str([f"n{i}" for i in range(30)]).replace("'", '"') +
+     '\n[network]\naddress = "192.168.7.254"\ndhcp_start = "192.168.7.1"\ndhcp_end = "192.168.7.20"',
+     {}, ["network.dhcp_end", "20 addresses for 31 nodes"]),
+    ('clones = ["b", "c", "d", "e", "f"]\n[network]\nprefix = 29', {}, ["network.prefix", "5 addresses for 6"]),
+    ('', {"DALI_DIR": "/srv/a{b}"}, ["DALI_DIR", "'{'", "AppArmor"]),
+    ('', {"DALI_DIR": "/srv/a,b"}, ["DALI_DIR", "','"]),
     ('[network]\naddress = "nope"', {}, ["network.address", "IPv4"]),
     ('[network]\nprefix = 31', {}, ["network.prefix", "<= 30"]),
     ('[fam]\nsize = "lots"', {}, ["fam.size", "not a size"]),
@@ -128,6 +141,19 @@ def test_sizes():
     assert settings.parse_size("512M") == 512 << 20
     assert settings.parse_size("2GiB") == 2 << 30
     assert settings.parse_size(4096) == 4096
+
+
+def test_dhcp_range_defaults_to_the_subnet_but_the_host():
+    assert settings.dhcp_range("192.168.7.254", 24) == ("192.168.7.1", "192.168.7.253")
+    assert settings.dhcp_range("10.0.0.1", 28) == ("10.0.0.2", "10.0.0.14")
+    assert settings.dhcp_range("10.0.0.1", 24, "10.0.0.50", "10.0.0.60") == ("10.0.0.50", "10.0.0.60")
+
+
+def test_a_symlinked_dir_is_its_real_path(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    assert load(env={"DALI_DIR": str(tmp_path / "link")}).data_dir == real
 
 
 def test_every_setting_has_a_default_that_loads():

@@ -1,0 +1,111 @@
+"""The cluster's guest image: its ssh key, and base.qcow2 + vmlinuz + initrd.img built from the
+debootstrap tarball (dali/guest_image.py does the building).
+
+What the image was built from is a fact kept on the image itself: base.qcow2 carries the
+extended attribute user.dali.image, naming the tarball and the ssh key it holds. The image is
+current when its files are ours and that stamp matches; it is rebuilt when it does not, unless
+node disks are built on it (replacing it would corrupt them): then dali stops and says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from dali import disks, marks
+from dali.cluster import Cluster
+from dali.commands import run
+from dali.errors import DaliError
+from dali.guest_image import (NODE_IMAGE_FILES, build_node_image, remove_abandoned_work, remove_tree,
+                              work_dir)
+from dali.reporter import log
+from dali.virt import Libvirt
+
+STAMP = "user.dali.image"
+
+
+# --- the ssh key --------------------------------------------------------------------------------
+
+def ensure_ssh_key(cluster: Cluster) -> None:
+    """The cluster's key pair, private key 0600 in a 0700 directory. Half a pair (a killed
+    ssh-keygen, a deleted file) is completed or made again, never left to ssh-keygen's
+    "Overwrite (y/n)?" prompt."""
+    key, pub = cluster.ssh_key, cluster.ssh_key.with_suffix(".pub")
+    key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(key.parent, 0o700)
+    if key.exists() and not pub.exists():
+        # The private key holds the public one: the cluster keeps its identity.
+        pub_text = run(["ssh-keygen", "-y", "-f", str(key)], what="ssh-keygen -y")
+        tmp = pub.with_name(pub.name + ".new")
+        tmp.write_text(pub_text.strip() + f" dali-{cluster.tag}\n")
+        tmp.rename(pub)
+    elif not (key.exists() and pub.exists()):
+        # Per cluster, no passphrase: it only reaches guests on this host's libvirt network.
+        for half in (key, pub):
+            half.unlink(missing_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"dali-{cluster.tag}", "-f", str(key)],
+            what="ssh-keygen")
+    os.chmod(key, 0o600)
+
+
+# --- base.qcow2, vmlinuz, initrd.img ---------------------------------------------------------
+
+def _stamp(cluster: Cluster, tarball: Path) -> str | None:
+    pub = cluster.ssh_key.with_suffix(".pub")
+    if not pub.exists():
+        return None
+    return f"{tarball.name} key:{hashlib.sha256(pub.read_bytes()).hexdigest()[:16]}"
+
+
+def _stamp_of(base: Path) -> str | None:
+    try:
+        return os.getxattr(base, STAMP, follow_symlinks=False).decode()
+    except OSError:
+        return None
+
+
+def node_image_is_current(cluster: Cluster, tarball: Path) -> bool:
+    files = [cluster.image_dir / name for name in NODE_IMAGE_FILES]
+    return (all(marks.is_ours(f, cluster) for f in files)
+            and _stamp_of(cluster.image_dir / "base.qcow2") == _stamp(cluster, tarball))
+
+
+def ensure_node_image(cluster: Cluster, tarball: Path) -> None:
+    if node_image_is_current(cluster, tarball):
+        return
+    base = cluster.image_dir / "base.qcow2"
+    on_it = [d for d in (cluster.disk(cluster.original_node), cluster.frozen_disk)
+             if d.exists() and disks.backing_file(d) == str(base)]
+    if on_it:
+        raise DaliError(f"the image recipe (image.* settings) or the cluster's ssh key changed, but "
+                        f"{on_it[0]} is built on the old image: revert the change, or run doit clean "
+                        "(discarding the nodes' disks) and then doit")
+    for name in NODE_IMAGE_FILES:
+        path = cluster.image_dir / name
+        if os.path.lexists(path) and not marks.is_ours(path, cluster):
+            raise DaliError(f"{path} exists but dali did not make it for this cluster: move it "
+                            "away, then run doit again")
+    marks.make_dir(cluster.image_dir, cluster)
+    remove_abandoned_work(cluster.image_dir)
+    staging = work_dir(cluster.image_dir)
+    try:
+        build_node_image(tarball, cluster.ssh_key.with_suffix(".pub").read_text(), staging,
+                         cluster.image.disk_size, log)
+        # Marked (and stamped) before they move into place, disk last: a run killed between two
+        # renames leaves files that are ours and an image that is not current, never a stranger.
+        for name in NODE_IMAGE_FILES:
+            marks.make_file_private(staging / name)
+            marks.mark(staging / name, cluster, also=(cluster.image_dir / name,))
+        os.setxattr(staging / "base.qcow2", STAMP, _stamp(cluster, tarball).encode())
+        for name in NODE_IMAGE_FILES:
+            os.replace(staging / name, cluster.image_dir / name)
+            marks.mark(cluster.image_dir / name, cluster)
+    finally:
+        remove_tree(staging)
+
+
+def remove_node_image(cluster: Cluster, virt: Libvirt, dryrun: bool = False) -> None:
+    for name in NODE_IMAGE_FILES:
+        disks.remove_file(cluster, virt, cluster.image_dir / name, dryrun)
+    marks.remove_dir_if_ours(cluster.image_dir, cluster, log, dryrun)

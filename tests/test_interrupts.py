@@ -1,0 +1,105 @@
+"""Stopping doit at any moment, on a tiny dodo.py made of dali's own pieces (its reporter, its
+Step with the cluster lock, its signal handling): doit's records survive a SIGKILL, Ctrl-C ends
+in one line with exit 130 and takes the programs dali started with it, and a second doit on the
+same cluster waits for the first. The real pipeline is killed at every step in test_kill.py."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DOIT, user_env
+
+DODO = '''
+import os
+from pathlib import Path
+from doit.tools import config_changed
+from dali.commands import exit_cleanly_on_signals, run
+from dali.errors import Step
+from dali.reporter import DaliReporter
+
+exit_cleanly_on_signals()
+HERE = Path(__file__).parent
+
+class Cluster:  # what Step's lock needs of a cluster
+    tag = "tiny"
+    lock_file = HERE / "tiny.lock"
+
+DOIT_CONFIG = {"dep_file": str(HERE / "tiny.doit.sqlite"), "backend": "sqlite3",
+               "reporter": DaliReporter, "verbosity": 2}
+
+def task_first():
+    return {"actions": [Step("first", lambda: None, changes=Cluster)], "uptodate": [config_changed("v1")]}
+
+def task_second():
+    seconds = os.environ.get("SLEEP", "300")
+    return {"actions": [Step("second", lambda: run(["sleep", seconds], what="sleep") and None,
+                             changes=Cluster)],
+            "task_dep": ["first"], "uptodate": [False]}
+'''
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    (tmp_path / "dodo.py").write_text(DODO)
+    return tmp_path
+
+
+def start(where: Path, **env) -> subprocess.Popen:
+    return subprocess.Popen([str(DOIT)], cwd=where, env=user_env(**env), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_sleep(seconds: str, timeout: float = 30) -> int:
+    """The pid of the `sleep SECONDS` the tiny dodo started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = subprocess.run(["pgrep", "-f", f"^sleep {seconds}$"], capture_output=True, text=True).stdout.split()
+        if found:
+            return int(found[0])
+        time.sleep(0.1)
+    pytest.fail(f"sleep {seconds} never started")
+
+
+def test_records_of_finished_tasks_survive_a_sigkill(tiny):
+    run = start(tiny, SLEEP="301")
+    wait_for_sleep("301")  # first has finished, second is running
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    rows = sqlite3.connect(tiny / "tiny.doit.sqlite").execute("select task_id from doit").fetchall()
+    assert ("first",) in rows, "first's record was committed as it finished"
+    again = subprocess.run([str(DOIT), "first"], cwd=tiny, env=user_env(), capture_output=True, text=True)
+    assert ".  first" not in again.stdout, "so first is up to date for the next run"
+    assert subprocess.run(["pgrep", "-f", "^sleep 301$"]).returncode == 1, "the child died with doit"
+
+
+def test_ctrl_c_is_one_line_exit_130_and_stops_the_children(tiny):
+    run = start(tiny, SLEEP="302")
+    wait_for_sleep("302")
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=30)
+    assert run.returncode == 130
+    assert "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == ["dali: stopped by Ctrl-C; what was done is kept and nothing is half-made: "
+                     "run the same doit command again to carry on"]
+    time.sleep(0.5)
+    assert subprocess.run(["pgrep", "-f", "^sleep 302$"]).returncode == 1
+
+
+def test_a_second_doit_on_the_same_cluster_waits(tiny):
+    first = start(tiny, SLEEP="303")
+    wait_for_sleep("303")
+    second = start(tiny, SLEEP="1")
+    time.sleep(3)
+    assert second.poll() is None, "the second doit waits while the first holds the lock"
+    first.send_signal(signal.SIGTERM)
+    first.wait()
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, out + err
+    assert f"waiting: another doit (pid {first.pid}) is changing cluster tiny" in err

@@ -1,0 +1,46 @@
+"""Which subnet a cluster's network gets: configured, kept, or picked free (test driver)."""
+
+import ipaddress
+from dataclasses import replace
+
+from dali import network, settings
+from dali.network import pick_subnet
+from dali.virt import Libvirt
+
+
+def net(text):
+    return ipaddress.IPv4Network(text)
+
+
+def test_the_seeds_subnet_first_then_the_first_free_one():
+    assert pick_subnet(24, []) == net("192.168.7.0/24")
+    assert pick_subnet(24, [net("192.168.7.0/24")]) == net("192.168.100.0/24")
+    assert pick_subnet(24, [net("192.168.7.0/24"), net("192.168.100.0/22")]) == net("192.168.104.0/24")
+    assert pick_subnet(28, [net("192.168.7.0/24")]) == net("192.168.100.0/28")
+
+
+def test_host_routes_are_read(tmp_path):
+    table = tmp_path / "route"
+    table.write_text("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+                     "eth0\t00000000\t0102A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+                     "eth0\t0002A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")
+    assert network.host_routes(table) == [net("192.168.2.0/24")]
+
+
+def test_a_second_cluster_gets_a_subnet_of_its_own(test_driver, config):
+    first = network.plan(config, test_driver)
+    test_driver.define_network(network.network_xml(config, first))
+    other = settings.load(env={"DALI_TAG": "zt", "DALI_DIR": "/srv/zt"})
+    second = network.plan(other, Libvirt("test:///default", other.id))
+    assert ipaddress.IPv4Address(second.address) not in ipaddress.IPv4Network(f"{first.address}/24", strict=False)
+
+
+def test_an_existing_network_keeps_its_subnet(test_driver, config):
+    kept = network.Addresses("192.168.150.254", 24, "192.168.150.1", "192.168.150.253")
+    test_driver.define_network(network.network_xml(config, kept))
+    assert network.plan(config, test_driver) == kept
+
+
+def test_a_configured_subnet_is_used_as_configured(test_driver, config):
+    configured = replace(config, network=replace(config.network, address="10.9.8.254", prefix=24))
+    assert network.plan(configured, test_driver) == network.Addresses("10.9.8.254", 24, "10.9.8.1", "10.9.8.253")
