@@ -128,26 +128,30 @@ def disks_built_on(path: Path, where: Path) -> list[Path]:
 
 # --- deleting, only what nothing needs ----------------------------------------------------------
 
-def remove_file(cluster: Cluster, virt: Libvirt, path: Path, dryrun: bool = False) -> None:
+def remove_file(cluster: Cluster, virt: Libvirt, path: Path, dryrun: bool = False) -> bool:
     """Delete a file dali made for this cluster, decided from facts checked now: a file of
     someone else's is left in place; a file a libvirt domain still names stops the clean (the
-    domain should have gone first); a file another qcow2 beside it is built on is kept."""
+    domain should have gone first); a file another qcow2 beside it is built on is kept.
+    Returns whether it is (or, for a dry run, would be) gone."""
     if not os.path.lexists(path):
-        return
+        return True
     if not marks.is_ours(path, cluster):
         log(f"left {path} in place: dali did not create it for this cluster")
-        return
+        return False
     users = [] if dryrun else virt.domains_using(path)
     if users:
         raise DaliError(f"{path} is still used by domain {', '.join(users)}: undefine it first "
                         "(doit clean does that before it deletes disks), then run doit clean again")
-    needing = [p for d in (cluster.data_dir, cluster.image_dir) for p in disks_built_on(path, d)
-               if not (dryrun and marks.is_ours(p, cluster))]  # ours would be gone by then
-    if needing:
-        log(f"left {path} in place: {', '.join(map(str, needing))} is built on it")
-        return
+    built_on_it = [p for d in (cluster.data_dir, cluster.image_dir) for p in disks_built_on(path, d)]
+    theirs = [p for p in built_on_it if not marks.is_ours(p, cluster)]
+    if theirs:
+        log(f"left {path} in place: {', '.join(map(str, theirs))} is built on it")
+        return False
+    if built_on_it and not dryrun:
+        return False  # our own disks on it go first; the sweep at the end of clean takes it then
     if dryrun:
         log(f"would remove {path}")
     else:
         path.unlink()
+    return True
 

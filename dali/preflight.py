@@ -27,6 +27,11 @@ def problem(cluster: Cluster, virt: Libvirt) -> str | None:
     Checks stop at the first problem: a later one often follows from it (no libvirtd, no dir)."""
     try:
         virt.conn
+        # A domain or network with one of our names that another cluster (or someone else)
+        # made: refused before anything of ours exists, never adopted.
+        virt.network(cluster.network.name)
+        for node in cluster.nodes:
+            virt.domain(node.name)
     except DaliError as e:
         return str(e)
     return data_dir_problem(cluster)

@@ -6,7 +6,7 @@ import shutil
 
 from dali import disks, marks, preflight
 from dali.cluster import Cluster
-from dali.errors import CleanStep, DaliError, Step
+from dali.errors import CleanStep, DaliError, Step, uptodate
 from dali.reporter import log
 from dali.virt import Libvirt
 
@@ -22,12 +22,13 @@ def sweep(cluster: Cluster, virt: Libvirt, dryrun: bool) -> None:
     """preflight is the root of the graph, so `doit clean` reaches it last: remove whatever
     this cluster's mark is still on in the data directory (a pruned node's disk, an image file),
     the directories dali made once they are empty, and the cluster's state/ folder."""
-    for d in (cluster.image_dir, cluster.data_dir):
-        if d.is_dir():
-            # Disks built on another file go first, so nothing is kept only for them.
-            files = [p for p in d.iterdir() if p.is_file() and marks.is_ours(p, cluster)]
-            for path in sorted(files, key=lambda p: disks.backing_file(p) is None):
-                disks.remove_file(cluster, virt, path, dryrun)
+    left = [p for d in (cluster.data_dir, cluster.image_dir) if d.is_dir() for p in d.iterdir()
+            if p.is_file() and marks.is_ours(p, cluster)]
+    while left:  # a disk goes before the disk it is built on: repeat while one goes
+        gone = [p for p in left if disks.remove_file(cluster, virt, p, dryrun)]
+        left = [p for p in left if p not in gone]
+        if not gone or dryrun:
+            break
     marks.remove_dir_if_ours(cluster.image_dir, cluster, log, dryrun)
     marks.remove_dir_if_ours(cluster.data_dir, cluster, log, dryrun)
     if cluster.state_dir.exists():
@@ -45,5 +46,6 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "clean": [CleanStep(f"remove what is left of cluster {cluster.tag}", sweep, cluster, virt,
                             changes=cluster)],
         # Up to date while the host passes: a failing check makes the action run and report it.
-        "uptodate": [lambda: preflight.problem(cluster, virt) is None and preflight.has_state_dir(cluster)],
+        "uptodate": [uptodate(lambda: preflight.problem(cluster, virt) is None
+                              and preflight.has_state_dir(cluster))],
     }

@@ -3,12 +3,15 @@ in-memory test driver left as found, and the real `doit` command run from the ch
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from dali import settings
@@ -81,3 +84,114 @@ def test_driver(config):
     for n in virt.conn.listAllNetworks():
         if n.name() not in networks:
             n.undefine()
+
+
+# --- a real cluster on qemu:///system, for the tests that boot guests ----------------------------
+
+class ClusterUnderTest:
+    """A test cluster: its own cluster file, tag and data directory, an isolated network with a
+    subnet dali picks (so it never collides with a user's cluster), and doit run on it the way a
+    user would. teardown() leaves the host as it was, also after a failed test."""
+
+    def __init__(self, path: Path, tag: str, **overrides):
+        self.path, self.tag = path, tag
+        self.data_dir = Path(tempfile.mkdtemp(prefix=f"dali-{tag}-", dir="/var/tmp")) / tag
+        self.data_dir.parent.chmod(0o755)
+        self.settings: dict = {}
+        self.set(**overrides)
+        self.virt = Libvirt("qemu:///system", self.cfg.id)
+
+    def set(self, **overrides) -> None:
+        """Rewrite the cluster file: top-level keys as given, sections as dicts."""
+        values = {"tag": self.tag, "original": "a", "clones": [], "dir": str(self.data_dir),
+                  "network": {"forward": "none"}, "timeouts": {"boot": 900, "shutdown": 120},
+                  **self.settings, **overrides}
+        self.settings = values
+        lines = [f"{k} = {_toml(v)}" for k, v in values.items() if not isinstance(v, dict)]
+        for section, table in values.items():
+            if isinstance(table, dict):
+                lines += [f"[{section}]"] + [f"{k} = {_toml(v)}" for k, v in table.items()]
+        self.path.write_text("\n".join(lines) + "\n")
+        self.cfg = settings.load(self.path, env={})
+
+    def doit(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+        run = run_doit(*args, f"config={self.path}", env=env)
+        if check:
+            assert run.returncode == 0, run.stdout + run.stderr
+        return run
+
+    def dom(self, suffix: str):
+        return self.virt.conn.lookupByName(self.tag + suffix)
+
+    def disk(self, suffix: str) -> Path:
+        return self.cfg.disk(self.tag + suffix)
+
+    def teardown(self) -> None:
+        self.doit("clean", check=False)
+        # Whatever a failed test left: only objects and files carrying this cluster's mark.
+        for dom in self.virt.our_domains().values():
+            if dom.isActive():
+                dom.destroy()
+            for snap in dom.listAllSnapshots():
+                snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+            dom.undefine()
+        net = self.virt.network(self.cfg.network.name) if self._network_is_ours() else None
+        if net is not None:
+            if net.isActive():
+                net.destroy()
+            net.undefine()
+        template = self.cfg.apparmor_template
+        if template.exists() and str(self.cfg.fam_path) in template.read_text():
+            from dali import apparmor
+            apparmor.remove_rule(self.cfg)
+        shutil.rmtree(self.data_dir.parent, ignore_errors=True)
+        shutil.rmtree(self.cfg.state_dir, ignore_errors=True)
+        for leftover in (self.cfg.dep_file, self.cfg.lock_file):
+            leftover.unlink(missing_ok=True)
+
+    def _network_is_ours(self) -> bool:
+        try:
+            return self.virt.network(self.cfg.network.name) is not None
+        except Exception:
+            return False
+
+
+def _toml(value) -> str:
+    return json.dumps(value)  # strings, numbers and lists of strings: JSON and TOML agree
+
+
+def files_under(path: Path) -> set[str]:
+    """Every file and directory below path, relative, dot-files included."""
+    return {str(p.relative_to(path)) for p in path.rglob("*")} if path.exists() else set()
+
+
+def assert_built(c: ClusterUnderTest, clones: list[str]) -> None:
+    """The end state of an uninterrupted `doit` of this cluster: exactly these objects and
+    files, all carrying the cluster's mark, nothing half-made or left over, and nothing more to
+    do. test_cluster.py holds an uninterrupted run to it, test_kill.py every interrupted one."""
+    from dali import apparmor, disks, fam, marks
+    names = [c.tag + s for s in ["a", *clones]]
+    assert set(c.virt.our_domains()) == set(names)
+    for name in names:
+        assert c.virt.conn.lookupByName(name).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF, name
+    net = c.virt.network(c.cfg.network.name)
+    assert net.isActive() and net.autostart()
+    expected = {"FAM", "image", "image/base.qcow2", "image/vmlinuz", "image/initrd.img",
+                *(f"{n}.qcow2" for n in names)} | ({"frozen.qcow2"} if clones else set())
+    assert files_under(c.cfg.data_dir) == expected
+    for rel in expected:
+        assert marks.is_ours(c.cfg.data_dir / rel, c.cfg), rel
+    if clones:
+        assert disks.backing_file(c.disk("a")) == str(c.cfg.frozen_disk)
+    assert fam.namespace(c.cfg.fam_path)["mode"] == "fsdax"
+    assert files_under(c.cfg.state_dir) == {"network.xml", "ssh", "ssh/id_ed25519", "ssh/id_ed25519.pub",
+                                            "xml", *(f"xml/{n}.xml" for n in names)}
+    assert not [p for p in c.cfg.cache_dir.iterdir() if p.name.startswith(".")], "abandoned work"
+    template = c.cfg.apparmor_template.read_text()
+    assert template.count(apparmor.rule(c.cfg)) == 1
+    assert not (c.cfg.apparmor_template.parent / ".TEMPLATE.qemu.dali-new").exists()
+    leftovers = subprocess.run(["pgrep", "-af", f"debootstrap|qemu-img.*{c.tag}"], capture_output=True,
+                               text=True).stdout.strip()
+    assert not leftovers, leftovers
+    again = c.doit()
+    assert re.findall(r"^\.  (\S+)", again.stdout, flags=re.M) == [], "and nothing left to do"

@@ -1,0 +1,140 @@
+"""Kill anywhere, run again, converge: a real `doit` on qemu:///system, killed (SIGKILL, and
+SIGINT as Ctrl-C sends it) at every task boundary of a cold run and in the middle of every long
+step, each time followed by a `doit` that carries on from where it was stopped; then the same
+for `doit clean`. The end is held to exactly what an uninterrupted run leaves
+(conftest.assert_built), and to nothing at all after the clean.
+
+The kills are chained: the run after a kill is the one that meets the next kill point, so every
+run has to pick up what the previous one left. The cluster's recipe adds one small package, so
+its debootstrap is its own (and can be killed halfway) and its tarball is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import DOIT, ClusterUnderTest, assert_built, files_under, user_env
+from dali.cluster import REPO
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
+
+TAG = "dalikill"
+KILL, INT = signal.SIGKILL, signal.SIGINT
+
+# (what doit prints, signal, seconds to wait after it): ".  TASK" is printed as TASK starts, so
+# a kill there falls on the boundary between the task before and TASK.
+BUILD = [
+    (r"^\.  network$", KILL, 0),
+    (r"^\.  fam$", INT, 0),
+    (r"^\.  apparmor$", KILL, 0),
+    (r"^\.  image:sshkey$", INT, 0),
+    (r"^\.  image:rootfs$", KILL, 0),
+    (r"^I: Unpacking required packages", KILL, 0),        # debootstrap, halfway
+    (r"^I: Configuring the base system", INT, 0),          # debootstrap, in its chroot
+    (r"^customising the guest tree", KILL, 1),
+    (r"^\.  image:base$", INT, 0),
+    (r"^mkfs\.ext4 -d into", KILL, 1),                     # image:base, halfway
+    (r"^\.  accel$", INT, 0),
+    (rf"^\.  disk:{TAG}a$", KILL, 0),
+    (rf"^\.  render:{TAG}a$", INT, 0),
+    (rf"^\.  define:{TAG}a$", KILL, 0),
+    (r"^\.  original:boot$", INT, 0),
+    (rf"^{TAG}a: started; waiting for its guest agent", KILL, 5),   # booting
+    (rf"^{TAG}a: started; waiting for its guest agent", INT, 10),   # booting, again
+    (r"^\.  original:reconfigure$", KILL, 0),
+    (rf"^{TAG}a: ndctl create-namespace", INT, 0),         # reconfiguring
+    (r"^\.  original:shutdown$", KILL, 1),                 # shutting down
+    (r"^\.  freeze$", INT, 0),
+    (rf"^\.  disk:{TAG}b$", KILL, 0.2),                    # a copy clone's disk, halfway
+    (rf"^\.  render:{TAG}b$", INT, 0),
+    (rf"^\.  define:{TAG}b$", KILL, 0),
+]
+CLEAN = [
+    (rf"^define:{TAG}[ab] - executing", KILL, 1),          # shutting a running node down
+    (rf"^{TAG}[ab]: .*undefined", INT, 0),
+    (rf"^disk:{TAG}a - executing", KILL, 0),
+    (r"^freeze - executing", INT, 0),
+    (r"^image:base - executing", KILL, 0),
+    (r"^fam - executing", INT, 0),
+    (r"^preflight - executing", KILL, 0),
+]
+
+
+def run_until(c: ClusterUnderTest, pattern: str, sig: int, delay: float, *args: str) -> tuple[bool, str]:
+    """Run doit; when it prints a line matching pattern, wait `delay` s and send `sig`.
+    Returns whether that happened, and everything doit printed."""
+    process = subprocess.Popen([str(DOIT), *args, f"config={c.path}"], cwd=REPO,
+                               env=user_env(), text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    said, hit = [], threading.Event()
+    for line in process.stdout:
+        said.append(line)
+        if not hit.is_set() and re.search(pattern, line):
+            hit.set()
+            threading.Timer(delay, process.send_signal, [sig]).start()
+    process.wait()
+    output = "".join(said)
+    print(f"$ doit {' '.join(args)}  # {sig.name} at {pattern!r}+{delay}s: exit {process.returncode}\n{output}")
+    if hit.is_set():
+        if sig == INT:
+            assert process.returncode == 130 and "dali: stopped by Ctrl-C" in output, output
+        else:
+            assert process.returncode == -KILL, output
+        assert "Traceback" not in output
+    return hit.is_set(), output
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = ClusterUnderTest(tmp_path_factory.mktemp(TAG) / "cluster.toml", TAG, clones=["b"],
+                         clone={"mode": "copy"}, image={"extra_packages": ["less"]})
+    tarball = c.cfg.cache_dir / f"rootfs-{_recipe_hash(c)}.tar"
+    cached_before = tarball.exists()
+    yield c
+    c.teardown()
+    if not cached_before:  # this test's own recipe: its tarball and log go with it
+        for made in c.cfg.cache_dir.glob(f"rootfs-{_recipe_hash(c)}.*"):
+            made.unlink()
+
+
+def _recipe_hash(c: ClusterUnderTest) -> str:
+    from dali.guest_image import rootfs_recipe, rootfs_tarball_path
+    image = c.cfg.image
+    path = rootfs_tarball_path(rootfs_recipe(image.suite, image.mirror, image.http_proxy,
+                                             list(image.extra_packages)), c.cfg.cache_dir)
+    return path.stem.split("-", 1)[1]
+
+
+def test_a_cold_run_killed_at_every_step_converges(cluster):
+    tarball = cluster.cfg.cache_dir / f"rootfs-{_recipe_hash(cluster)}.tar"
+    tarball.unlink(missing_ok=True)
+    missed = []
+    for pattern, sig, delay in BUILD:
+        reached, _ = run_until(cluster, pattern, sig, delay)
+        if not reached:
+            missed.append(pattern)
+            break  # the run went to the end: nothing more to kill
+    assert not missed, f"kill points never reached: {missed}"
+    cluster.doit()
+    assert_built(cluster, ["b"])
+    print(f"{len(BUILD)} kill points of the build tried, each run carried on, the end state matches")
+
+
+def test_a_clean_killed_at_every_step_converges(cluster):
+    cluster.doit("start")  # so that clean has running nodes to shut down
+    for pattern, sig, delay in CLEAN:
+        reached, _ = run_until(cluster, pattern, sig, delay, "clean")
+        assert reached, f"kill point never reached: {pattern}"
+    cluster.doit("clean")
+    assert not cluster.virt.our_domains()
+    assert cluster.cfg.network.name not in [n.name() for n in cluster.virt.conn.listAllNetworks()]
+    assert not cluster.cfg.data_dir.exists() and not cluster.cfg.state_dir.exists()
+    assert str(cluster.cfg.fam_path) not in cluster.cfg.apparmor_template.read_text()
+    assert not files_under(cluster.data_dir.parent)
+    print(f"{len(CLEAN)} kill points of clean tried, the next clean left nothing")

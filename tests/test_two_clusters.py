@@ -1,0 +1,108 @@
+"""Two clusters on one host, told apart by nothing but DALI_TAG and DALI_DIR: each gets its own
+network and subnet, both are built at the same time (neither waits for the other's lock), both
+run and verify at once, and cleaning one leaves the other running. A second cluster that would
+share a tag's names or a directory's files is refused in one line. Real libvirtd, real guests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from conftest import DOIT, ClusterUnderTest, one_error_line, run_doit, user_env
+from dali import settings
+from dali.cluster import REPO
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
+
+
+class ByEnvironment(ClusterUnderTest):
+    """A cluster set up the seed's way: DALI_TAG and DALI_DIR in the environment; the file only
+    keeps its network isolated and its node count at one."""
+
+    def set(self, **overrides) -> None:
+        self.path.write_text('clones = []\n[network]\nforward = "none"\n')
+        self.cfg = settings.load(self.path, env=self.env)
+
+    @property
+    def env(self) -> dict:
+        return {"DALI_TAG": self.tag, "DALI_DIR": str(self.data_dir)}
+
+    def doit(self, *args, check=True, env=None):
+        return super().doit(*args, check=check, env={**self.env, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    one = ByEnvironment(tmp_path_factory.mktemp("one") / "c.toml", "dalione")
+    two = ByEnvironment(tmp_path_factory.mktemp("two") / "c.toml", "dalitwo")
+    yield one, two
+    one.teardown()
+    two.teardown()
+
+
+def subnet(c: ClusterUnderTest) -> ipaddress.IPv4Network:
+    ip = ET.fromstring(c.virt.network(c.cfg.network.name).XMLDesc(0)).find("ip")
+    return ipaddress.IPv4Network(f"{ip.get('address')}/{ip.get('prefix')}", strict=False)
+
+
+def test_both_build_at_once(pair):
+    runs = [subprocess.Popen([str(DOIT), f"config={c.path}"], cwd=REPO, env=user_env(**c.env),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in pair]
+    for c, run in zip(pair, runs):
+        out = run.communicate(timeout=3600)[0]
+        print(out)
+        assert run.returncode == 0, out
+        assert "waiting: another doit" not in out, "another cluster's lock is not ours"
+    one, two = pair
+    assert one.cfg.network.name == "dalione" and two.cfg.network.name == "dalitwo"
+    assert not subnet(one).overlaps(subnet(two))
+
+
+def test_both_run_and_verify_at_once(pair):
+    for c in pair:
+        c.doit("start")
+    for c in pair:
+        c.doit("verify")
+
+
+def test_the_same_tag_in_another_dir_is_refused(pair):
+    one, _ = pair
+    elsewhere = Path(tempfile.mkdtemp(prefix="dali-elsewhere-", dir="/var/tmp"))
+    elsewhere.chmod(0o755)
+    try:
+        run = run_doit(f"config={one.path}", env={"DALI_TAG": one.tag, "DALI_DIR": str(elsewhere / "x")})
+        line = one_error_line(run)
+        assert "belongs to dali cluster 'dalione'" in line and str(one.data_dir) in line
+        assert not (elsewhere / "x").exists(), "refused before anything was made"
+        assert one.dom("a").isActive(), "and the first cluster was not touched"
+    finally:
+        subprocess.run(["rm", "-rf", str(elsewhere)])
+
+
+def test_a_second_tag_in_the_same_dir_is_refused(pair):
+    one, _ = pair
+    run = run_doit(f"config={one.path}", env={"DALI_TAG": "dalithree", "DALI_DIR": str(one.data_dir)})
+    line = one_error_line(run)
+    assert "belongs to dali cluster 'dalione'" in line and "its own dir" in line
+    assert "dalithreea" not in [d.name() for d in libvirt.open("qemu:///system").listAllDomains()]
+    cfg = settings.load(one.path, env={"DALI_TAG": "dalithree", "DALI_DIR": str(one.data_dir)})
+    for leftover in (cfg.dep_file, cfg.lock_file):
+        leftover.unlink(missing_ok=True)
+    subprocess.run(["rm", "-rf", str(cfg.state_dir)])
+
+
+def test_cleaning_one_leaves_the_other_running(pair):
+    one, two = pair
+    ids = {s: two.dom(s).ID() for s in "a"}
+    one.doit("clean")
+    assert not one.virt.our_domains() and not one.cfg.data_dir.exists()
+    assert {s: two.dom(s).ID() for s in "a"} == ids, "two kept running, untouched"
+    two.doit("verify")
+    two.doit("clean")
