@@ -2,7 +2,10 @@
 
     doit                 build everything: network, FAM, AppArmor, image, original, clones
     doit clone           the same (the clones are the last stage)
-    doit start | shutdown | verify
+    doit start | shutdown | destroy [NODE ...]     all nodes, or those named (b or ivpb)
+    doit status | verify
+    doit pssh [--on b,c] CMD ...   doit pput [--on b,c] SRC DEST
+    doit remove:NODE     delete a node that left the config, with its disk
     doit clean           tear the cluster down (only what dali created); -n says what it would do
     doit config=PATH     any of the above with another cluster file
 
@@ -11,7 +14,7 @@ its tasks run, and the library dali/ says how:
 
     preflight -> network, fam, apparmor, image -> accel -> disk:<node> -> render:<node>
       -> define:<node> -> original:boot -> original:reconfigure -> original:shutdown -> freeze
-      -> disk:<clone> -> render:<clone> -> define:<clone> -> clone (+ prune)
+      -> disk:<clone> -> render:<clone> -> define:<clone> -> clone (+ prune, access)
 """
 
 import os
@@ -24,8 +27,8 @@ from dali.commands import exit_cleanly_on_signals
 from dali.errors import DaliError
 from dali.reporter import DaliReporter
 from dali.virt import Libvirt
-from tasks import (accel, apparmor, clone, disks, domain, fam, freeze, image, lifecycle, network,
-                   original, preflight, prune, verify)
+from tasks import (access, accel, apparmor, clone, disks, domain, fam, freeze, image, lifecycle,
+                   network, original, preflight, prune, verify)
 
 exit_cleanly_on_signals()  # Ctrl-C: one line, exit 130, the programs dali started stopped
 try:
@@ -107,13 +110,18 @@ def task_prune():
     yield from tasks_of(prune)
 
 
+def task_access():
+    """state/<tag>/ssh_config and state/<tag>/hosts"""
+    yield from tasks_of(access)
+
+
 def task_clone():
     """every clone defined (the default target)"""
     yield from tasks_of(clone)
 
 
 def task_lifecycle():
-    """doit start, doit shutdown"""
+    """doit start | shutdown | destroy [NODE...], status, pssh CMD, pput SRC DEST"""
     yield from tasks_of(lifecycle)
 
 

@@ -1,11 +1,12 @@
 """Operations inside a running node, through its guest agent (dali/virt.py): no network needed.
 
 ndctl (list and reconfigure the NVDIMM namespace), 4 KiB block reads and writes on /dev/pmem0,
-and what the node says about itself (addresses, mounts).
+what the node says about itself (addresses, mounts, uptime), and files put on it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -97,3 +98,32 @@ def hostname(virt: Libvirt, dom) -> str:
 
 def machine_id(virt: Libvirt, dom) -> str:
     return virt.run(dom, ["cat", "/etc/machine-id"]).stdout.strip()
+
+
+# --- files -----------------------------------------------------------------------------------
+
+CHUNK = 1 << 20  # bytes per guest-file-write: well inside the agent's message limit
+
+
+def put_file(virt: Libvirt, dom, data: bytes, dest: str, mode: int) -> None:
+    """Write data to dest in the guest, through the agent: to dest.dali-new first, then renamed,
+    so a reader never sees half a file (a module being loaded, a binary being run)."""
+    partial = dest + ".dali-new"
+    handle = virt.agent(dom, "guest-file-open", path=partial, mode="w")
+    try:
+        for at in range(0, max(len(data), 1), CHUNK):
+            chunk = data[at:at + CHUNK]
+            virt.agent(dom, "guest-file-write", timeout=60, handle=handle,
+                       **{"buf-b64": base64.b64encode(chunk).decode()})
+    finally:
+        virt.agent(dom, "guest-file-close", handle=handle)
+    virt.run(dom, ["chmod", f"{mode:o}", partial]).check(f"chmod {partial}")
+    virt.run(dom, ["mv", "-f", partial, dest]).check(f"mv to {dest}")
+
+
+def sha256(virt: Libvirt, dom, path: str) -> str:
+    return virt.run(dom, ["sha256sum", path], timeout=300).check(f"sha256sum {path}").stdout.split()[0]
+
+
+def uptime(virt: Libvirt, dom) -> float:
+    return float(virt.run(dom, ["cat", "/proc/uptime"], timeout=5).stdout.split()[0])

@@ -54,7 +54,8 @@ IMAGE_PACKAGES: tuple[str, ...] = (
     "e2fsprogs",          # fsck.ext4 for the root filesystem
     "kmod",               # modprobe, used by udev and initramfs
     "procps",             # ps, free, sysctl: the minimum to look around in a node
-    "util-linux",         # lsblk, mount
+    "util-linux",         # lsblk, mount, wipefs
+    "iputils-ping",       # ping NODE: the nodes resolve each other by name
 )
 
 Log = Callable[[str], None]

@@ -1,18 +1,38 @@
-"""The running cluster: start every node at once and wait for each guest agent (one progress
-line per node); power them all off gracefully."""
+"""The running cluster, all nodes or the ones named: start them at once and wait for each guest
+agent (one progress line per node), power them off gracefully, or force them off.
+
+A node is named by its suffix (`b`) or its name (`ivpb`); naming some leaves the others exactly
+as they were.
+"""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from dali.cluster import Cluster
-from dali.errors import DaliError
+import libvirt
+
+from dali import access
+from dali.cluster import Cluster, Node
+from dali.errors import DaliError, one_line
 from dali.reporter import log
 from dali.virt import Libvirt
 
 
-def defined(cluster: Cluster, virt: Libvirt) -> list:
-    doms = [(n, virt.domain(n.name)) for n in cluster.nodes]
+def select(cluster: Cluster, names: list[str] | tuple[str, ...] = ()) -> list[Node]:
+    """The nodes named (by suffix or name, in any order), or every node if none is named."""
+    if not names:
+        return list(cluster.nodes)
+    by_name = {n.name: n for n in cluster.nodes} | {n.suffix: n for n in cluster.nodes}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise DaliError(f"no node {', '.join(unknown)} in cluster {cluster.tag}: name nodes by "
+                        f"suffix or name, one of {', '.join(n.name for n in cluster.nodes)}")
+    chosen = {by_name[name].name for name in names}
+    return [n for n in cluster.nodes if n.name in chosen]
+
+
+def defined(cluster: Cluster, virt: Libvirt, nodes: list[Node] | None = None) -> list:
+    doms = [(n, virt.domain(n.name)) for n in (cluster.nodes if nodes is None else nodes)]
     missing = [n.name for n, d in doms if d is None]
     if missing:
         raise DaliError(f"{', '.join(missing)} not defined: run doit clone first")
@@ -20,22 +40,23 @@ def defined(cluster: Cluster, virt: Libvirt) -> list:
 
 
 def each(doms, fn) -> list:
-    """fn(node, dom) on every node at once; the first error is raised after all have ended."""
+    """fn(node, dom) on every node at once; the errors, one line each, are raised together
+    after all have ended."""
     with ThreadPoolExecutor(max_workers=max(1, len(doms))) as pool:
         futures = [pool.submit(fn, n, d) for n, d in doms]
     results, failures = [], []
     for f in futures:
         try:
             results.append(f.result())
-        except DaliError as e:
-            failures.append(str(e))
+        except (DaliError, libvirt.libvirtError) as e:
+            failures.append(one_line(e))
     if failures:
         raise DaliError("; ".join(failures))
     return results
 
 
-def start(cluster: Cluster, virt: Libvirt) -> None:
-    doms = defined(cluster, virt)
+def start(cluster: Cluster, virt: Libvirt, names=()) -> None:
+    doms = defined(cluster, virt, select(cluster, names))
     for _, dom in doms:
         virt.start(dom)
     log(f"started {', '.join(d.name() for _, d in doms)}; waiting for their guest agents")
@@ -45,8 +66,18 @@ def start(cluster: Cluster, virt: Libvirt) -> None:
         log(f"{node.name}: guest agent answered after {took:.0f} s")
 
     each(doms, wait)
+    access.learn_host_keys(cluster, virt, doms)
 
 
-def shutdown(cluster: Cluster, virt: Libvirt) -> None:
-    doms = [(n, d) for n, d in ((n, virt.domain(n.name)) for n in cluster.nodes) if d]
+def shutdown(cluster: Cluster, virt: Libvirt, names=()) -> None:
+    doms = [(n, d) for n, d in ((n, virt.domain(n.name)) for n in select(cluster, names)) if d]
     each(doms, lambda node, dom: log(f"{node.name}: {virt.shutdown(dom, cluster.shutdown_timeout, log)}"))
+
+
+def destroy(cluster: Cluster, virt: Libvirt, names=()) -> None:
+    """Forced off at once, like pulling the plug (`virsh destroy`): what a crash test wants."""
+    for node in select(cluster, names):
+        dom = virt.domain(node.name)
+        if dom is not None and virt.is_running(dom):
+            dom.destroy()
+            log(f"{node.name}: forced off")

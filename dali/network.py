@@ -1,11 +1,17 @@
-"""The libvirt network the nodes share (the seed's "ivp"): which subnet, its XML, and keeping
-it defined, started and autostarted.
+"""The libvirt network the nodes share (the seed's "ivp"): which subnet, every node's fixed
+address and name, its XML, and keeping it defined, started and autostarted.
 
 Unless network.address is set, the subnet is picked when the network is first defined: the
 seed's 192.168.7.0/24 if no other libvirt network or host route uses it, else the first free
 192.168.N.0/24 from N = 100 up. libvirt keeps it from then on: the definition of our network is
 where the choice is read back from, so a second cluster gets a subnet of its own with nothing
 set but DALI_TAG and DALI_DIR, and a re-run never moves a cluster's addresses.
+
+Every node has a fixed address, kept the same way: a DHCP host entry (its MAC, name and
+address) and a DNS host entry in the network's definition, the first free address of the DHCP
+range when the node is first seen. A node added while the network runs gets its entries through
+libvirt's live update, so no other node loses its address or its connection. The network's DNS
+domain is the tag, handed out by DHCP as the search domain: on any node `ping ivpb` works.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+import libvirt
 from libvirt import VIR_NETWORK_XML_INACTIVE
 
 from dali.cluster import Cluster
@@ -78,27 +85,112 @@ def host_routes(route_table: Path = Path("/proc/net/route")) -> list[ipaddress.I
     return routes
 
 
-def network_xml(cluster: Cluster, addresses: Addresses) -> str:
-    return render(TEMPLATE, net=cluster.network, ip=addresses, uuid=cluster.network_uuid,
-                  mark=cluster.mark, mark_ns=MARK_NS)
+# --- fixed addresses ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Host:
+    mac: str
+    name: str
+    ip: str
+
+
+def hosts_of(net) -> list[Host]:
+    """The DHCP host entries of a network (its running definition, where libvirt keeps them)."""
+    found = ET.fromstring(net.XMLDesc(0)).findall("ip/dhcp/host")
+    return [Host(h.get("mac"), h.get("name"), h.get("ip")) for h in found if h.get("mac")]
+
+
+def address_table(cluster: Cluster, addresses: Addresses, known: list[Host]) -> list[Host]:
+    """Every configured node's entry: the one it has (by MAC), or the first free address of the
+    DHCP range. Entries of nodes no longer configured keep their addresses (their disks may
+    come back) until the node is removed."""
+    by_mac = {h.mac: h for h in known}
+    taken = {h.ip for h in known}
+    start, end = (int(ipaddress.IPv4Address(a)) for a in (addresses.dhcp_start, addresses.dhcp_end))
+    table = list(known)
+    for node in cluster.nodes:
+        if node.mac in by_mac:
+            continue
+        free = next((ip for ip in range(start, end + 1) if str(ipaddress.IPv4Address(ip)) not in taken), None)
+        if free is None:
+            raise DaliError(f"network {cluster.network.name}: no free address left in the DHCP range "
+                            f"{addresses.dhcp_start}-{addresses.dhcp_end} for {node.name}: widen it "
+                            "(network.dhcp_start/dhcp_end) or remove nodes")
+        host = Host(node.mac, node.name, str(ipaddress.IPv4Address(free)))
+        table.append(host)
+        taken.add(host.ip)
+    return table
+
+
+def addresses_of(cluster: Cluster, virt: Libvirt) -> dict[str, str]:
+    """Each node's fixed address, by name, as the network holds them now ({} without a network)."""
+    net = virt.network(cluster.network.name)
+    return {} if net is None else {h.name: h.ip for h in hosts_of(net)}
+
+
+def _missing_hosts(cluster: Cluster, net) -> bool:
+    known = {h.mac for h in hosts_of(net)}
+    return any(node.mac not in known for node in cluster.nodes)
+
+
+def _add_host(net, host: Host) -> None:
+    """Add a host's DHCP and DNS entries to the running network and to its definition."""
+    flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+    if net.isActive():
+        flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
+    net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
+               -1, f"<host mac='{host.mac}' name='{host.name}' ip='{host.ip}'/>", flags)
+    net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, libvirt.VIR_NETWORK_SECTION_DNS_HOST,
+               -1, f"<host ip='{host.ip}'><hostname>{host.name}</hostname></host>", flags)
+
+
+def forget_host(cluster: Cluster, virt: Libvirt, name: str) -> None:
+    """Drop a removed node's entries, so its address is free again."""
+    net = virt.network(cluster.network.name)
+    host = next((h for h in hosts_of(net) if h.name == name), None) if net else None
+    if host is None:
+        return
+    flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+    if net.isActive():
+        flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
+    net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
+               -1, f"<host mac='{host.mac}' name='{host.name}' ip='{host.ip}'/>", flags)
+    net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, libvirt.VIR_NETWORK_SECTION_DNS_HOST,
+               -1, f"<host ip='{host.ip}'><hostname>{host.name}</hostname></host>", flags)
+
+
+# --- the network itself ----------------------------------------------------------------------
+
+def network_xml(cluster: Cluster, addresses: Addresses, hosts: list[Host] = ()) -> str:
+    return render(TEMPLATE, net=cluster.network, ip=addresses, hosts=hosts, uuid=cluster.network_uuid,
+                  mark=cluster.mark, mark_ns=MARK_NS, domain=cluster.tag)
 
 
 def is_live(cluster: Cluster, virt: Libvirt) -> bool:
     net = virt.network(cluster.network.name)
-    return bool(net and net.isActive() and net.autostart())
+    return bool(net and net.isActive() and net.autostart() and not _missing_hosts(cluster, net))
 
 
 def ensure(cluster: Cluster, virt: Libvirt) -> None:
     name = cluster.network.name
-    xml = network_xml(cluster, plan(cluster, virt))
-    write_if_changed(cluster.network_xml, xml)
     existing = virt.network(name)  # raises if a foreign network has the name
-    before = existing.XMLDesc(VIR_NETWORK_XML_INACTIVE) if existing else None
-    net = virt.define_network(xml)
-    if before and net.isActive() and net.XMLDesc(VIR_NETWORK_XML_INACTIVE) != before:
-        # A running network keeps its old settings until restarted, which cuts the nodes off.
-        log(f"network {name}: new settings take effect once it is restarted "
-            f"(virsh net-destroy {name}; doit)")
+    addresses = plan(cluster, virt)
+    hosts = address_table(cluster, addresses, hosts_of(existing) if existing else [])
+    xml = network_xml(cluster, addresses, hosts)
+    write_if_changed(cluster.network_xml, xml)
+    if existing is None:
+        net = virt.define_network(xml)
+    else:
+        # Nodes added to a network that runs: their entries go in live, nobody is cut off.
+        for host in hosts[len(hosts_of(existing)):]:
+            _add_host(existing, host)
+            log(f"{host.name}: address {host.ip}")
+        before = existing.XMLDesc(VIR_NETWORK_XML_INACTIVE)
+        net = virt.define_network(xml)
+        if net.isActive() and net.XMLDesc(VIR_NETWORK_XML_INACTIVE) != before:
+            # A running network keeps its old settings until restarted, which cuts the nodes off.
+            log(f"network {name}: new settings take effect once it is restarted "
+                f"(virsh net-destroy {name}; doit)")
     if not net.isActive():
         virt.start_network(net)
     net.setAutostart(True)

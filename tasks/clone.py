@@ -1,4 +1,5 @@
-"""Stage: every clone defined, the original prepared, removed nodes pruned (the default target)."""
+"""Stage: every clone defined, the original prepared, removed nodes pruned, ssh_config and hosts
+written (the default target)."""
 
 from __future__ import annotations
 
@@ -11,5 +12,5 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "basename": "clone",
         "doc": "the whole cluster: the original prepared, every clone defined (the default)",
         "actions": None,
-        "task_dep": ["original", "prune"] + [f"define:{n.name}" for n in cluster.clone_nodes],
+        "task_dep": ["original", "prune", "access"] + [f"define:{n.name}" for n in cluster.clone_nodes],
     }

@@ -1,23 +1,58 @@
-"""Commands on the running cluster: `doit start`, `doit shutdown`. They run every time asked."""
+"""Commands on the running cluster, for every node or the ones named (`doit start b c`):
+`doit start`, `doit shutdown`, `doit destroy`, `doit status`, `doit pssh`, `doit pput`.
+They run every time they are asked for."""
 
 from __future__ import annotations
 
-from dali import lifecycle
+from dali import lifecycle, pssh, status
 from dali.cluster import Cluster
 from dali.errors import Step
 from dali.virt import Libvirt
+
+ON = {"name": "on", "long": "on", "default": "", "help": "only these nodes: suffixes or names, comma-separated"}
+
+
+def show_status(cluster: Cluster, virt: Libvirt) -> None:
+    status.status(cluster, virt)
 
 
 def gen_tasks(cluster: Cluster, virt: Libvirt):
     yield {
         "basename": "start",
-        "doc": "boot every node at once; wait until each guest agent answers",
-        "actions": [Step("start every node", lifecycle.start, cluster, virt, changes=cluster)],
-        "task_dep": ["clone"], "uptodate": [False],
+        "doc": "boot every node (or those named) at once; wait until each guest agent answers",
+        "actions": [Step("start nodes", lifecycle.start, cluster, virt, changes=cluster)],
+        "pos_arg": "names", "task_dep": ["clone"], "uptodate": [False],
     }
     yield {
         "basename": "shutdown",
-        "doc": "power every node off gracefully (forced after timeouts.shutdown)",
-        "actions": [Step("shut every node down", lifecycle.shutdown, cluster, virt, changes=cluster)],
+        "doc": "power every node (or those named) off gracefully, forced after timeouts.shutdown",
+        "actions": [Step("shut nodes down", lifecycle.shutdown, cluster, virt, changes=cluster)],
+        "pos_arg": "names", "uptodate": [False],
+    }
+    yield {
+        "basename": "destroy",
+        "doc": "force every node (or those named) off at once, as pulling the plug",
+        "actions": [Step("force nodes off", lifecycle.destroy, cluster, virt, changes=cluster)],
+        "pos_arg": "names", "uptodate": [False],
+    }
+    yield {
+        "basename": "status",
+        "doc": "one row per node (state, address, pmem, disk, uptime), the network and the FAM",
+        "actions": [Step("show the cluster", show_status, cluster, virt)],  # only looks: no lock
         "uptodate": [False],
     }
+    yield {
+        "basename": "pssh",
+        "doc": "run a shell command on every running node (--on b,c: those) through the guest agent",
+        "actions": [Step("run a command on the nodes", pssh.pssh, cluster, virt)],
+        "pos_arg": "command", "params": [ON, {"name": "timeout", "long": "timeout", "type": int,
+                                              "default": 3600, "help": "seconds per node"}],
+        "uptodate": [False],
+    }
+    yield {
+        "basename": "pput",
+        "doc": "put a file on every running node (--on b,c: those): doit pput SRC DEST",
+        "actions": [Step("put a file on the nodes", pssh.pput, cluster, virt)],
+        "pos_arg": "paths", "params": [ON], "uptodate": [False],
+    }
+

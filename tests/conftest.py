@@ -83,6 +83,8 @@ def test_driver(config):
             d.undefine()
     for n in virt.conn.listAllNetworks():
         if n.name() not in networks:
+            if n.isActive():
+                n.destroy()
             n.undefine()
 
 

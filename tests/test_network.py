@@ -3,7 +3,10 @@
 import ipaddress
 from dataclasses import replace
 
+import pytest
+
 from dali import network, settings
+from dali.errors import DaliError
 from dali.network import pick_subnet
 from dali.virt import Libvirt
 
@@ -44,3 +47,28 @@ def test_an_existing_network_keeps_its_subnet(test_driver, config):
 def test_a_configured_subnet_is_used_as_configured(test_driver, config):
     configured = replace(config, network=replace(config.network, address="10.9.8.254", prefix=24))
     assert network.plan(configured, test_driver) == network.Addresses("10.9.8.254", 24, "10.9.8.1", "10.9.8.253")
+
+
+def test_each_node_gets_the_first_free_address_and_keeps_it(config):
+    plan = network.Addresses("192.168.7.254", 24, "192.168.7.1", "192.168.7.253")
+    table = network.address_table(config, plan, [])
+    assert [(h.name, h.ip) for h in table] == [("ivpa", "192.168.7.1"), ("ivpb", "192.168.7.2"),
+                                               ("ivpc", "192.168.7.3")]
+    # A clone added later, and one removed: nobody else moves.
+    more = settings.load(env={"DALI_CLONES": "c d"})
+    again = network.address_table(more, plan, table)
+    assert {h.name: h.ip for h in again} == {"ivpa": "192.168.7.1", "ivpb": "192.168.7.2",
+                                             "ivpc": "192.168.7.3", "ivpd": "192.168.7.4"}
+
+
+def test_a_full_range_is_one_line(config):
+    tiny = network.Addresses("10.0.0.6", 29, "10.0.0.1", "10.0.0.2")
+    with pytest.raises(DaliError, match="no free address left .* for ivpc"):
+        network.address_table(config, tiny, [])
+
+
+def test_the_network_carries_every_nodes_name_and_address(test_driver, config):
+    network.ensure(config, test_driver)
+    addresses = network.addresses_of(config, test_driver)
+    assert sorted(addresses) == ["ivpa", "ivpb", "ivpc"] and len(set(addresses.values())) == 3
+    assert network.is_live(config, test_driver)

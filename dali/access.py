@@ -1,0 +1,95 @@
+"""How a user and their tools reach the nodes: state/<tag>/ssh_config, state/<tag>/hosts and
+state/<tag>/ssh/known_hosts.
+
+Where libvirtd runs inside a network namespace (scripts/setup puts it in "dali"), the nodes'
+addresses exist only there: from the host's own namespace they would be routed off the machine.
+So ssh_config reaches them through a ProxyCommand that runs `nc` in libvirtd's namespace, and
+`ssh -F state/<tag>/ssh_config ivpb` works from the host as it is. Without a namespace it is
+plain ssh.
+
+Host keys are made on each node at its first boot (no two clones share one), so dali reads them
+from the running nodes through the guest agent and keeps known_hosts current: ssh checks them
+strictly and never asks.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+from dali.cluster import Cluster
+from dali.render import render, write_if_changed
+from dali.virt import Libvirt
+
+HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
+
+
+def libvirtd_namespace() -> list[str]:
+    """The command prefix that runs a program in libvirtd's network namespace, or [] if
+    libvirtd shares ours (or is not found)."""
+    ours = os.readlink("/proc/self/ns/net")
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "libvirtd":
+                continue
+            theirs = os.readlink(f"/proc/{pid}/ns/net")
+        except OSError:
+            continue
+        if theirs == ours:
+            return []
+        inode = int(theirs.split("[")[1].rstrip("]"))
+        for named in sorted(Path("/run/netns").glob("*")) if Path("/run/netns").is_dir() else []:
+            if named.stat().st_ino == inode:
+                return ["ip", "netns", "exec", named.name]
+        return ["nsenter", f"--net=/proc/{pid}/ns/net"]
+    return []
+
+
+def known_hosts_file(cluster: Cluster) -> Path:
+    return cluster.state_dir / "ssh" / "known_hosts"
+
+
+def ssh_config_file(cluster: Cluster) -> Path:
+    return cluster.state_dir / "ssh_config"
+
+
+def inventory_file(cluster: Cluster) -> Path:
+    return cluster.state_dir / "hosts"
+
+
+def files(cluster: Cluster, addresses: dict[str, str]) -> dict[Path, str]:
+    """The text ssh_config and hosts must have, for the nodes' current addresses."""
+    nodes = [(n.name, addresses[n.name]) for n in cluster.nodes if n.name in addresses]
+    namespace = libvirtd_namespace()
+    proxy = " ".join([*map(shlex.quote, namespace), "nc", "%h", "%p"]) if namespace else None
+    return {
+        ssh_config_file(cluster): render("ssh_config.j2", nodes=nodes, key=cluster.ssh_key,
+                                         known_hosts=known_hosts_file(cluster), proxy=proxy,
+                                         tag=cluster.tag, path=ssh_config_file(cluster)),
+        inventory_file(cluster): render("hosts.j2", nodes=nodes, tag=cluster.tag),
+    }
+
+
+def are_current(cluster: Cluster, addresses: dict[str, str]) -> bool:
+    return all(path.exists() and path.read_text() == text for path, text in files(cluster, addresses).items())
+
+
+def write(cluster: Cluster, addresses: dict[str, str]) -> None:
+    for path, text in files(cluster, addresses).items():
+        write_if_changed(path, text)
+
+
+def learn_host_keys(cluster: Cluster, virt: Libvirt, doms) -> None:
+    """Put the running nodes' ssh host keys in known_hosts, under their names (HostKeyAlias)."""
+    known = {}
+    path = known_hosts_file(cluster)
+    if path.exists():
+        for line in path.read_text().splitlines():
+            name, _, key = line.partition(" ")
+            known[name] = key
+    for node, dom in doms:
+        result = virt.run(dom, ["cat", HOST_KEY])
+        if result.exitcode == 0 and result.stdout.strip():
+            known[node.name] = " ".join(result.stdout.split()[:2])
+    write_if_changed(path, "".join(f"{name} {key}\n" for name, key in sorted(known.items())))

@@ -1,0 +1,98 @@
+"""`doit status`: the cluster at a glance, from libvirt and from the guest agents that answer.
+
+One row per node: its state, fixed address, the shared device as the node sees it (when it runs),
+its disk and how much that has grown (the node's own qcow2: for a linked clone, what it wrote
+since it was cloned), and its uptime. Then the network and the FAM. It boots nothing and waits
+for nothing: an agent that does not answer within a second or two shows "-".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+
+import libvirt
+
+from dali import access, fam, guest, network
+from dali.cluster import Cluster, Node
+from dali.errors import DaliError
+from dali.virt import Libvirt
+
+STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
+          libvirt.VIR_DOMAIN_PAUSED: "paused", libvirt.VIR_DOMAIN_CRASHED: "crashed",
+          libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down", libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended"}
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 86400}d{s % 86400 // 3600}h" if s >= 86400 else \
+        f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def node_row(cluster: Cluster, virt: Libvirt, node: Node, addresses: dict[str, str]) -> dict:
+    row = {"node": node.name, "state": "undefined", "address": addresses.get(node.name, "-"),
+           "pmem": "-", "disk": "-", "uptime": "-"}
+    disk = cluster.disk(node)
+    if disk.exists():
+        row["disk"] = f"{disk.name} ({_mib(disk.stat().st_blocks * 512)})"
+    dom = virt.domain(node.name)
+    if dom is None:
+        return row
+    row["state"] = STATES.get(dom.state()[0], "other")
+    if row["state"] == "running" and virt.agent_answers(dom):
+        try:
+            ns = guest.namespace(virt, dom, wait=0)
+            row["pmem"] = f"{ns.get('mode')} {ns.get('size')}"
+        except DaliError:
+            row["pmem"] = "none"
+        row["uptime"] = _duration(guest.uptime(virt, dom))
+    elif row["state"] == "running":
+        row["uptime"] = "(agent silent)"
+    return row
+
+
+def status(cluster: Cluster, virt: Libvirt) -> list[dict]:
+    """Print the table; return the node rows."""
+    addresses = network.addresses_of(cluster, virt)
+    with ThreadPoolExecutor(max_workers=len(cluster.nodes)) as pool:
+        rows = list(pool.map(lambda n: node_row(cluster, virt, n, addresses), cluster.nodes))
+    running = [(n, virt.domain(n.name)) for n, r in zip(cluster.nodes, rows) if r["pmem"] != "-"]
+    if running:
+        access.learn_host_keys(cluster, virt, running)
+
+    cols = ["node", "state", "address", "pmem", "disk", "uptime"]
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols).rstrip())
+    for r in rows:
+        print("  ".join(r[c].ljust(widths[c]) for c in cols).rstrip())
+    print(_network_line(cluster, virt))
+    print(_fam_line(cluster))
+    return rows
+
+
+def _network_line(cluster: Cluster, virt: Libvirt) -> str:
+    net = virt.network(cluster.network.name)
+    if net is None:
+        return f"network {cluster.network.name}: not defined"
+    ip = ET.fromstring(net.XMLDesc(0)).find("ip")
+    subnet = ipaddress.IPv4Network(f"{ip.get('address')}/{ip.get('prefix')}", strict=False)
+    kind = "nat" if ET.fromstring(net.XMLDesc(0)).find("forward") is not None else "isolated"
+    return (f"network {net.name()}: {subnet}, host {ip.get('address')}, "
+            f"{'active' if net.isActive() else 'inactive'}, {kind}")
+
+
+def _fam_line(cluster: Cluster) -> str:
+    path = cluster.fam_path
+    if not path.exists():
+        return f"FAM {path}: not made yet"
+    st = os.stat(path)
+    ns = fam.namespace(path)
+    holds = f"{ns['mode']} namespace {ns['uuid']}" if ns["mode"] != "raw" else "no namespace yet"
+    return f"FAM {path}: {st.st_size} bytes, mode {stat.S_IMODE(st.st_mode):04o}, {holds}"

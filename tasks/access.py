@@ -1,0 +1,23 @@
+"""Stage: how to reach the nodes: state/<tag>/ssh_config and state/<tag>/hosts, kept current
+with the nodes' fixed addresses (dali/access.py)."""
+
+from __future__ import annotations
+
+from dali import access, network
+from dali.cluster import Cluster
+from dali.errors import Step, uptodate
+from dali.virt import Libvirt
+
+
+def write(cluster: Cluster, virt: Libvirt) -> None:
+    access.write(cluster, network.addresses_of(cluster, virt))
+
+
+def gen_tasks(cluster: Cluster, virt: Libvirt):
+    yield {
+        "basename": "access",
+        "doc": "state/<tag>/ssh_config and state/<tag>/hosts: every node by name and address",
+        "actions": [Step("write ssh_config and hosts", write, cluster, virt, changes=cluster)],
+        "uptodate": [uptodate(lambda: access.are_current(cluster, network.addresses_of(cluster, virt)))],
+        "task_dep": ["network", "image:sshkey"] if not cluster.image.path else ["network"],
+    }

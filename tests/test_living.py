@@ -1,0 +1,143 @@
+"""Living in the cluster, on qemu:///system with real guests: status, per-node control, pssh
+and pput through the guest agent, ssh with the generated config, names and fixed addresses,
+the serial console, the inventory. The tests run in file order on one 3-node cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+
+import libvirt
+import pytest
+
+from conftest import ClusterUnderTest, one_error_line
+from dali import access, guest
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
+
+TAG = "dalilive"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = ClusterUnderTest(tmp_path_factory.mktemp(TAG) / "cluster.toml", TAG, clones=["b", "c"])
+    c.doit("start")
+    yield c
+    c.teardown()
+
+
+def rows(run) -> dict[str, list[str]]:
+    """doit status's node rows, by node name."""
+    return {line.split()[0]: line.split() for line in run.stdout.splitlines()
+            if line.startswith(TAG) and not line.startswith(f"{TAG}:")}
+
+
+def guest_ipv4(c, suffix) -> str:
+    return guest.ipv4(c.virt, c.dom(suffix))[0]
+
+
+def identity(c, suffixes) -> dict:
+    """What touching another node must leave as it was: domain ID and boot time."""
+    return {s: (c.dom(s).ID(), c.dom(s).isActive()) for s in suffixes}
+
+
+def test_status_rows_match_libvirt_and_the_guests(cluster):
+    run = cluster.doit("status")
+    table = rows(run)
+    assert set(table) == {f"{TAG}{s}" for s in "abc"}
+    fixed = access.inventory_file(cluster.cfg).read_text()
+    for s in "abc":
+        row = table[f"{TAG}{s}"]
+        assert row[1] == "running"
+        assert row[2] == guest_ipv4(cluster, s), "the address the node has is its fixed one"
+        assert f"{TAG}{s} {row[2]}" in fixed, "and the inventory names it"
+        assert row[3:5] == ["fsdax", "1054867456"]
+        assert re.fullmatch(r"\d+m\d\ds", row[-1]), row  # uptime
+    assert f"network {cluster.cfg.network.name}:" in run.stdout and "isolated" in run.stdout
+    assert f"FAM {cluster.cfg.fam_path}: 1073741824 bytes, mode 0664, fsdax namespace" in run.stdout
+
+
+def test_pssh_shows_every_node_and_fails_with_a_failing_node(cluster):
+    run = cluster.doit("pssh", "hostname")
+    for s in "abc":
+        assert f"--- {TAG}{s} (exit 0)\n{TAG}{s}\n" in run.stdout
+    failing = cluster.doit("pssh", f'test "$(hostname)" != {TAG}b', check=False)
+    line = one_error_line(failing)
+    assert f"{TAG}b (exit 1)" in line and f"{TAG}a" not in line
+    assert f"{TAG}b: exit 1" in failing.stdout and f"{TAG}a: exit 0" in failing.stdout
+    one = cluster.doit("pssh", "--on", "c", "uname", "-r")
+    assert f"--- {TAG}c (exit 0)" in one.stdout and f"--- {TAG}a" not in one.stdout
+
+
+def test_pput_delivers_identical_bytes(cluster, tmp_path):
+    payload = os.urandom(5 * 2**20 + 12345)  # a kernel module's size, and then some
+    source = tmp_path / "payload.bin"
+    source.write_bytes(payload)
+    source.chmod(0o755)
+    cluster.doit("pput", str(source), "/root/payload.bin")
+    digest = hashlib.sha256(payload).hexdigest()
+    run = cluster.doit("pssh", "sha256sum /root/payload.bin; stat -c %a /root/payload.bin")
+    for s in "abc":
+        assert f"--- {TAG}{s} (exit 0)\n{digest}  /root/payload.bin\n755\n" in run.stdout
+
+
+def test_ssh_with_the_generated_config(cluster):
+    config = access.ssh_config_file(cluster.cfg)
+    for s in "ab":
+        run = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=60",
+                              f"{TAG}{s}", "hostname"], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == f"{TAG}{s}"
+
+
+def test_nodes_resolve_each_other_by_name(cluster):
+    run = cluster.doit("pssh", "--on", "a", f"getent hosts {TAG}b; ping -c 1 -W 5 {TAG}c")
+    assert f"{guest_ipv4(cluster, 'b')}" in run.stdout and "1 received" in run.stdout
+
+
+def test_one_node_shut_down_and_started_leaves_the_others_alone(cluster):
+    before_others = identity(cluster, "ac")
+    address = guest_ipv4(cluster, "b")
+    cluster.doit("shutdown", "b")
+    assert not cluster.dom("b").isActive()
+    assert identity(cluster, "ac") == before_others
+    assert rows(cluster.doit("status"))[f"{TAG}b"][1:3] == ["shut", "off"]
+    cluster.doit("start", f"{TAG}b")  # by name, this time
+    assert guest_ipv4(cluster, "b") == address, "the fixed address is kept across a restart"
+    assert identity(cluster, "ac") == before_others
+
+
+def test_destroy_forces_one_node_off(cluster):
+    before_others = identity(cluster, "ab")
+    cluster.doit("destroy", "c")
+    assert cluster.dom("c").state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+    assert identity(cluster, "ab") == before_others
+    cluster.doit("start", "c")
+
+
+def test_a_node_added_while_others_run_gets_a_name_and_address(cluster):
+    before = {s: (guest_ipv4(cluster, s), cluster.dom(s).ID()) for s in "abc"}
+    cluster.set(clones=["b", "c", "d"])
+    cluster.doit("clone")
+    cluster.doit("start", "d")
+    assert {s: (guest_ipv4(cluster, s), cluster.dom(s).ID()) for s in "abc"} == before
+    d = guest_ipv4(cluster, "d")
+    assert d not in [a for a, _ in before.values()]
+    run = cluster.doit("pssh", "--on", "b", f"getent hosts {TAG}d")
+    assert d in run.stdout
+    assert f"{TAG}d {d}" in access.inventory_file(cluster.cfg).read_text()
+
+
+def test_the_serial_console_is_a_root_shell(cluster):
+    """What `virsh console NODE` shows: the serial getty logged root in by itself."""
+    log = f"/var/log/libvirt/qemu/{TAG}b-console.log"
+    with open(log, errors="replace") as f:
+        text = f.read()
+    assert "root (automatic login)" in text
+
+
+def test_unknown_node_is_one_line(cluster):
+    line = one_error_line(cluster.doit("start", "zz", check=False))
+    assert "no node zz" in line and f"{TAG}a" in line
