@@ -128,16 +128,15 @@ def disks_built_on(path: Path, where: Path) -> list[Path]:
 
 # --- deleting, only what nothing needs ----------------------------------------------------------
 
-def remove_file(cluster: Cluster, virt: Libvirt, path: Path, dryrun: bool = False) -> bool:
+def remove_file(cluster: Cluster, virt: Libvirt, path: Path, dryrun: bool = False) -> None:
     """Delete a file dali made for this cluster, decided from facts checked now: a file of
     someone else's is left in place; a file a libvirt domain still names stops the clean (the
-    domain should have gone first); a file another qcow2 beside it is built on is kept.
-    Returns whether it is (or, for a dry run, would be) gone."""
+    domain should have gone first); a file another qcow2 beside it is built on is kept."""
     if not os.path.lexists(path):
-        return True
+        return
     if not marks.is_ours(path, cluster):
         log(f"left {path} in place: dali did not create it for this cluster")
-        return False
+        return
     users = [] if dryrun else virt.domains_using(path)
     if users:
         raise DaliError(f"{path} is still used by domain {', '.join(users)}: undefine it first "
@@ -146,12 +145,11 @@ def remove_file(cluster: Cluster, virt: Libvirt, path: Path, dryrun: bool = Fals
     theirs = [p for p in built_on_it if not marks.is_ours(p, cluster)]
     if theirs:
         log(f"left {path} in place: {', '.join(map(str, theirs))} is built on it")
-        return False
+        return
     if built_on_it and not dryrun:
-        return False  # our own disks on it go first; the sweep at the end of clean takes it then
+        return  # our own disks on it go first; the sweep at the end of clean takes it then
     if dryrun:
         log(f"would remove {path}")
     else:
         path.unlink()
-    return True
 

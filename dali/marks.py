@@ -63,21 +63,6 @@ def is_ours(path: Path, cluster) -> bool:
     return found is not None and found.get("cluster") == cluster.id
 
 
-def remove_if_ours(path: Path, cluster, log, dryrun: bool = False) -> bool:
-    """Delete path if this cluster made it; say so when a foreign file is left alone.
-    Returns whether the file is (or, for a dry run, would be) gone."""
-    if not os.path.lexists(path):
-        return True
-    if not is_ours(path, cluster):
-        log(f"left {path} in place: dali did not create it for this cluster")
-        return False
-    if dryrun:
-        log(f"would remove {path}")
-    else:
-        path.unlink()
-    return True
-
-
 def make_file_private(path: Path, mode: int = 0o640) -> None:
     """Readable by root and qemu's group only (a node disk, the image): qemu needs no more,
     and a disk holds the guest's ssh host keys."""

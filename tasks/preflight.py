@@ -25,10 +25,11 @@ def sweep(cluster: Cluster, virt: Libvirt, dryrun: bool) -> None:
     left = [p for d in (cluster.data_dir, cluster.image_dir) if d.is_dir() for p in d.iterdir()
             if p.is_file() and marks.is_ours(p, cluster)]
     while left:  # a disk goes before the disk it is built on: repeat while one goes
-        gone = [p for p in left if disks.remove_file(cluster, virt, p, dryrun)]
-        left = [p for p in left if p not in gone]
-        if not gone or dryrun:
+        for path in left:
+            disks.remove_file(cluster, virt, path, dryrun)
+        if dryrun or all(p.exists() for p in left):
             break
+        left = [p for p in left if p.exists()]
     marks.remove_dir_if_ours(cluster.image_dir, cluster, log, dryrun)
     marks.remove_dir_if_ours(cluster.data_dir, cluster, log, dryrun)
     if cluster.state_dir.exists():

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from dali import domain, marks, network, settings
+from dali import disks, domain, marks, network, settings
 from dali.network import Addresses
 from dali.virt import ForeignObject, Libvirt
 
@@ -96,16 +96,17 @@ def ours(config_in):
 
 
 def test_a_file_is_ours_only_with_our_mark(config_in, ours, capfd):
+    virt = Libvirt("test:///default", config_in.id)
     foreign = config_in.data_dir / "foreign"
     foreign.write_bytes(b"y")
     assert marks.is_ours(ours, config_in) and not marks.is_ours(foreign, config_in)
     assert not marks.is_ours(ours, settings.load(env={"DALI_TAG": "other"}))
-    marks.remove_if_ours(ours, config_in, print, dryrun=True)
-    assert ours.exists() and "would remove" in capfd.readouterr().out
-    marks.remove_if_ours(ours, config_in, print)
-    marks.remove_if_ours(foreign, config_in, print)
+    disks.remove_file(config_in, virt, ours, dryrun=True)
+    assert ours.exists() and "would remove" in capfd.readouterr().err
+    disks.remove_file(config_in, virt, ours)
+    disks.remove_file(config_in, virt, foreign)
     assert not ours.exists() and foreign.exists()
-    assert "did not create" in capfd.readouterr().out
+    assert "did not create" in capfd.readouterr().err
 
 
 def test_a_copy_is_not_ours(config_in, ours):
@@ -113,7 +114,8 @@ def test_a_copy_is_not_ours(config_in, ours):
     shutil.copy2(ours, copy)  # like cp -a: the xattr travels with it
     os.setxattr(copy, marks.XATTR, os.getxattr(ours, marks.XATTR))
     assert not marks.is_ours(copy, config_in)
-    assert not marks.remove_if_ours(copy, config_in, print) and copy.exists()
+    disks.remove_file(config_in, Libvirt("test:///default", config_in.id), copy)
+    assert copy.exists()
 
 
 def test_a_renamed_file_is_not_ours(config_in, ours):
