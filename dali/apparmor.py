@@ -61,6 +61,20 @@ def has_rule(cluster: Cluster) -> bool | None:
     return rule(cluster) in cluster.apparmor_template.read_text().splitlines(keepends=True)
 
 
+def is_as_wanted(cluster: Cluster) -> bool | None:
+    """The seed's style needs our rule in the template; libvirt's own NVDIMM device (native)
+    needs none: virt-aa-helper grants the FAM to each domain's own profile."""
+    found = has_rule(cluster)
+    return found if found is None else found == (cluster.device_style == "seed")
+
+
+def ensure(cluster: Cluster) -> None:
+    if cluster.device_style == "seed":
+        add_rule(cluster)
+    else:
+        remove_rule(cluster)  # a cluster that used to be in the seed's style
+
+
 def _backup(template: Path) -> Path:
     return template.with_name(template.name + ".dali-backup")
 

@@ -39,6 +39,13 @@ class Image:
 
 
 @dataclass(frozen=True)
+class Filesystem:
+    type: str  # "none" or "ocfs2"
+    mountpoint: str
+    slots: int
+
+
+@dataclass(frozen=True)
 class Node:
     """One VM of the cluster. Its identities are derived from the cluster tag and its name."""
 
@@ -89,6 +96,9 @@ class Cluster:
     memory_slots: int
     vcpus: int
     image: Image
+    device_mode: str  # fsdax, devdax or raw: the namespace the original leaves on the FAM
+    device_style: str  # seed (qemu:commandline) or native (libvirt's <memory model='nvdimm'>)
+    fs: Filesystem
     clone_mode: str
     apparmor_template: Path
     boot_timeout: int

@@ -36,6 +36,7 @@ def template_values(cluster: Cluster, node: Node) -> dict:
         "disk": str(cluster.disk(node)),
         "network": cluster.network.name,
         "fam": str(cluster.fam_path), "fam_size": fam_size_text(cluster.fam_size),
+        "fam_kib": cluster.fam_size // KiB, "style": cluster.device_style,
     }
 
 

@@ -87,7 +87,7 @@ def namespace(fam: Path) -> dict:
         block = f.read(_PFN_SB.size)
         fam_size = os.fstat(f.fileno()).st_size
     if len(block) < _PFN_SB.size or block[:16] not in _SIGNATURES:
-        return {"mode": "raw", "size": fam_size}
+        return {"mode": "raw", "size": fam_size, "data_offset": 0}
     (signature, uid, _parent, _flags, _major, _minor, dataoff, _npfns, _mode, start_pad,
      end_trunc, align) = _PFN_SB.unpack(block)
     return {"mode": _SIGNATURES[signature], "uuid": str(uuid.UUID(bytes=uid)),

@@ -40,40 +40,74 @@ def namespace(virt: Libvirt, dom, wait: int = 120) -> dict:
         time.sleep(2)
 
 
-def reconfigure_fsdax(virt: Libvirt, dom) -> dict:
-    """The seed's step 4: put namespace0.0 in fsdax mode. Returns ndctl's JSON."""
+def reconfigure(virt: Libvirt, dom, mode: str) -> dict:
+    """The seed's step 4: put namespace0.0 in `mode` (fsdax, devdax). Returns ndctl's JSON."""
     result = virt.run(dom, ["ndctl", "create-namespace", f"--reconfig={NAMESPACE}",
-                            "--mode=fsdax", "--force"], timeout=300)
-    result.check("ndctl create-namespace --mode=fsdax")
+                            f"--mode={mode}", "--force"], timeout=300)
+    result.check(f"ndctl create-namespace --mode={mode}")
     return _json(result.stdout)
 
 
 # --- the shared device, block by block --------------------------------------------------------
 
-def pmem_mounted(virt: Libvirt, dom) -> bool:
-    out = virt.run(dom, ["lsblk", "-n", "-o", "MOUNTPOINTS", "/dev/pmem0"]).stdout
+def device_path(mode: str) -> str:
+    """The shared device as a node sees it, for device.mode."""
+    return "/dev/dax0.0" if mode == "devdax" else "/dev/pmem0"
+
+
+# device-dax has no read(2) or write(2), only mmap of windows aligned to the device's alignment
+# (2 MiB by default): a few lines of Python, which the image carries for this.
+_DAX_IO = """
+import mmap, os, sys
+dev, off, n, write = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "w"
+window = 2 << 20
+base = off - off % window
+fd = os.open(dev, os.O_RDWR if write else os.O_RDONLY)
+prot = mmap.PROT_READ | (mmap.PROT_WRITE if write else 0)
+m = mmap.mmap(fd, window, mmap.MAP_SHARED, prot, offset=base)
+if write:
+    m[off - base:off - base + n] = sys.stdin.buffer.read(n)
+    m.flush()
+else:
+    sys.stdout.write(m[off - base:off - base + n].hex())
+"""
+
+
+def pmem_mounted(virt: Libvirt, dom, device: str = "/dev/pmem0") -> bool:
+    if device.startswith("/dev/dax"):
+        return False  # a character device: nothing mounts it
+    out = virt.run(dom, ["lsblk", "-n", "-o", "MOUNTPOINTS", device]).stdout
     return bool(out.strip())
 
 
-def signatures(virt: Libvirt, dom) -> list[str]:
-    """What wipefs finds on /dev/pmem0 (filesystems, partition tables, RAID...), by type."""
-    out = virt.run(dom, ["wipefs", "--no-act", "--noheadings", "--output", "TYPE", "/dev/pmem0"])
-    out.check("wipefs --no-act /dev/pmem0")
+def signatures(virt: Libvirt, dom, device: str = "/dev/pmem0") -> list[str]:
+    """What is on the device: wipefs's signatures (filesystems, partition tables, RAID...), by
+    type. wipefs cannot read device-dax: there, a non-zero first block (famfs's superblock, say)."""
+    if device.startswith("/dev/dax"):
+        return ["data in its first block"] if any(read_block(virt, dom, 0, device)) else []
+    out = virt.run(dom, ["wipefs", "--no-act", "--noheadings", "--output", "TYPE", device])
+    out.check(f"wipefs --no-act {device}")
     return sorted(set(out.stdout.split()))
 
 
-def read_block(virt: Libvirt, dom, block: int) -> bytes:
-    # Read as hex: the agent's output is decoded as text, which would mangle arbitrary bytes.
-    r = virt.run(dom, ["sh", "-c", f"dd if=/dev/pmem0 bs={BLOCK} skip={block} count=1 "
-                                   "iflag=direct status=none | od -An -v -tx1 | tr -d ' \\n'"])
-    r.check("dd read from /dev/pmem0")
+def read_block(virt: Libvirt, dom, block: int, device: str = "/dev/pmem0") -> bytes:
+    if device.startswith("/dev/dax"):
+        r = virt.run(dom, ["python3", "-c", _DAX_IO, device, str(block * BLOCK), str(BLOCK), "r"])
+    else:
+        # As hex: the agent's output is decoded as text, which would mangle arbitrary bytes.
+        r = virt.run(dom, ["sh", "-c", f"dd if={device} bs={BLOCK} skip={block} count=1 "
+                                       "iflag=direct status=none | od -An -v -tx1 | tr -d ' \\n'"])
+    r.check(f"reading block {block} of {device}")
     return bytes.fromhex(r.stdout.strip())
 
 
-def write_block(virt: Libvirt, dom, block: int, data: bytes) -> None:
-    virt.run(dom, ["dd", "of=/dev/pmem0", f"bs={BLOCK}", f"seek={block}", "count=1",
-                   "oflag=direct", "conv=notrunc", "status=none"], stdin=data).check(
-        "dd write to /dev/pmem0")
+def write_block(virt: Libvirt, dom, block: int, data: bytes, device: str = "/dev/pmem0") -> None:
+    if device.startswith("/dev/dax"):
+        argv = ["python3", "-c", _DAX_IO, device, str(block * BLOCK), str(BLOCK), "w"]
+    else:
+        argv = ["dd", f"of={device}", f"bs={BLOCK}", f"seek={block}", "count=1", "oflag=direct",
+                "conv=notrunc", "status=none"]
+    virt.run(dom, argv, stdin=data).check(f"writing block {block} of {device}")
 
 
 # --- what the node says about itself ----------------------------------------------------------

@@ -56,6 +56,8 @@ IMAGE_PACKAGES: tuple[str, ...] = (
     "procps",             # ps, free, sysctl: the minimum to look around in a node
     "util-linux",         # lsblk, mount, wipefs
     "iputils-ping",       # ping NODE: the nodes resolve each other by name
+    "ocfs2-tools",        # fs.type = "ocfs2": in every image, so switching it rebuilds nothing
+    "python3-minimal",    # mmap of /dev/dax0.0 (device-dax has no read/write) for verify; famfs
 )
 
 Log = Callable[[str], None]

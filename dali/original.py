@@ -1,9 +1,11 @@
-"""The original node's one-off preparation (seed step 4): boot it, make its NVDIMM namespace
-fsdax, shut it down for cloning.
+"""The original node's one-off preparation (seed step 4): boot it, put its NVDIMM namespace in
+the mode device.mode asks for (fsdax, the seed's; devdax; or raw, as a new FAM is), shut it down
+for cloning.
 
-Whether that is still to be done is read from the FAM (dali/fam.py): the fsdax info block lives
-in the FAM itself, so a redefined domain needs no second reconfiguration, a new FAM does, and a
-killed run loses nothing that decides it.
+Whether that is still to be done is read from the FAM (dali/fam.py): the fsdax or devdax info
+block lives in the FAM itself, so a redefined domain needs no second reconfiguration, a new FAM
+does, and a killed run loses nothing that decides it. A FAM that already holds a namespace of
+another mode is never reconfigured: that would destroy the shared device's contents.
 """
 
 from __future__ import annotations
@@ -16,8 +18,18 @@ from dali.virt import Libvirt
 
 
 def prepared(cluster: Cluster) -> bool:
-    """The FAM already holds an fsdax namespace (made by this original or by hand, as the seed)."""
-    return cluster.fam_path.exists() and fam.namespace(cluster.fam_path)["mode"] == "fsdax"
+    """The FAM holds the namespace device.mode asks for (made by this original, or by hand as
+    in the seed). A raw FAM needs no preparation at all."""
+    return cluster.fam_path.exists() and fam.namespace(cluster.fam_path)["mode"] == cluster.device_mode
+
+
+def refuse_a_mode_change(cluster: Cluster) -> None:
+    held = fam.namespace(cluster.fam_path)["mode"] if cluster.fam_path.exists() else "raw"
+    if held not in ("raw", cluster.device_mode):
+        raise DaliError(f"{cluster.fam_path} holds a {held} namespace, and device.mode = "
+                        f"{cluster.device_mode!r} would destroy the shared device's contents: set "
+                        f"device.mode back to {held!r}, or, to change it on purpose, move the FAM "
+                        "away (its data goes with it) and run doit again")
 
 
 def _domain(cluster: Cluster, virt: Libvirt):
@@ -28,6 +40,7 @@ def _domain(cluster: Cluster, virt: Libvirt):
 
 
 def boot(cluster: Cluster, virt: Libvirt) -> None:
+    refuse_a_mode_change(cluster)
     dom = _domain(cluster, virt)
     virt.start(dom)
     log(f"{dom.name()}: started; waiting for its guest agent (TCG boots take a minute)")
@@ -36,20 +49,23 @@ def boot(cluster: Cluster, virt: Libvirt) -> None:
 
 
 def reconfigure(cluster: Cluster, virt: Libvirt) -> dict:
-    """Make namespace0.0 fsdax; returns the namespace as the FAM now holds it."""
+    """Put namespace0.0 in device.mode; returns the namespace as the FAM now holds it."""
+    refuse_a_mode_change(cluster)
+    mode = cluster.device_mode
     dom = _domain(cluster, virt)
     ns = guest.namespace(virt, dom)
     log(f"{dom.name()}: {guest.NAMESPACE} is in mode {ns.get('mode')}, size {ns.get('size')}")
-    if ns.get("mode") != "fsdax":
-        log(f"{dom.name()}: ndctl create-namespace --reconfig={guest.NAMESPACE} --mode=fsdax --force")
-        guest.reconfigure_fsdax(virt, dom)
+    if ns.get("mode") != mode:
+        log(f"{dom.name()}: ndctl create-namespace --reconfig={guest.NAMESPACE} --mode={mode} --force")
+        guest.reconfigure(virt, dom, mode)
         ns = guest.namespace(virt, dom)
     on_fam = fam.namespace(cluster.fam_path)
-    if ns.get("mode") != "fsdax" or on_fam["mode"] != "fsdax" or on_fam["uuid"] != ns.get("uuid"):
+    if ns.get("mode") != mode or on_fam["mode"] != mode or on_fam.get("uuid") != ns.get("uuid"):
         raise DaliError(f"{dom.name()}: {guest.NAMESPACE} is in mode {ns.get('mode')} after "
                         f"reconfiguring, and the FAM holds a {on_fam['mode']} namespace: see "
                         "ndctl's output in the guest")
-    log(f"{dom.name()}: {guest.NAMESPACE} fsdax, size {ns['size']}, blockdev {ns.get('blockdev')}")
+    device = ns.get("blockdev") or ns.get("chardev") or (ns.get("daxregion", {}).get("devices") or [{}])[0].get("chardev")
+    log(f"{dom.name()}: {guest.NAMESPACE} {mode}, size {ns['size']}, device {device}")
     return on_fam
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from dali.cluster import DEFAULT_DATA_ROOT, REPO, Cluster, Image, Network
+from dali.cluster import DEFAULT_DATA_ROOT, REPO, Cluster, Filesystem, Image, Network
 from dali.errors import DaliError
 
 DEFAULT_CONFIG = REPO / "cluster.toml"
@@ -230,6 +230,19 @@ SETTINGS: tuple[Setting, ...] = (
             "proxy for debootstrap"),
     Setting("image.extra_packages", Names(_PACKAGE), [], "more Debian packages in the image"),
     Setting("image.disk_size", Size(2 * GiB, MiB), "8G", "virtual size of each node's root disk (sparse)"),
+    Setting("device.mode", Choice(("fsdax", "devdax", "raw")), "fsdax",
+            "the shared device: fsdax (/dev/pmem0, the seed's), devdax (/dev/dax0.0, for famfs and "
+            "other user-space DAX) or raw; set once, on the original"),
+    Setting("device.style", Choice(("seed", "native")), "seed",
+            "seed: the seed's qemu:commandline stanzas and an AppArmor template rule; native: "
+            "libvirt's own <memory model='nvdimm'>, the template left alone"),
+    Setting("fs.type", Choice(("none", "ocfs2")), "none",
+            "a filesystem on the shared device, mounted on every node: none (the device as the seed "
+            "leaves it) or ocfs2"),
+    Setting("fs.mountpoint", FilePath(absolute=True), "/data", "where every node mounts it"),
+    Setting("fs.slots", Whole(2, 255), Derived("8, or the node count if larger",
+                                              lambda v: max(8, 1 + len(v["clones"]))),
+            "OCFS2 node slots (mkfs.ocfs2 -N): nodes that can mount at once"),
     Setting("clone.mode", Choice(("linked", "copy")), "linked",
             "linked: qcow2 overlays on the frozen original; copy: standalone copies"),
     Setting("apparmor.template", FilePath(absolute=True), "/etc/apparmor.d/libvirt/TEMPLATE.qemu",
@@ -326,6 +339,15 @@ def _check_together(v: dict, where) -> None:
                           f"node.memory ({v['node.memory']}) plus the NVDIMM fam.size ({v['fam.size']}): "
                           f"raise node.max_memory to at least {v['node.memory'] + v['fam.size']} bytes")
     _check_network(v, where)
+    nodes = 1 + len(v["clones"])
+    if v["fs.type"] == "ocfs2":
+        if v["device.mode"] != "fsdax":
+            raise ConfigError(f"{where('fs.type')} = 'ocfs2' needs a block device: set device.mode "
+                              f"= 'fsdax' (it is {v['device.mode']!r})")
+        if v["fs.slots"] < nodes:
+            raise ConfigError(f"{where('fs.slots')} = {v['fs.slots']} is fewer than the {nodes} nodes: "
+                              f"raise fs.slots to at least {nodes} (a formatted device also needs "
+                              f"`doit pssh --on {v['original']} tunefs.ocfs2 -N {nodes} /dev/pmem0`)")
 
 
 def dhcp_range(address: str, prefix: int, start: str = "", end: str = "") -> tuple[str, str]:
@@ -399,6 +421,8 @@ def _cluster(v: dict, origin: dict, path: Path, repo: Path) -> Cluster:
         memory_slots=v["node.memory_slots"], vcpus=v["node.vcpus"],
         image=Image(image_path, v["image.suite"], v["image.mirror"], v["image.http_proxy"],
                     v["image.extra_packages"], v["image.disk_size"]),
+        device_mode=v["device.mode"], device_style=v["device.style"],
+        fs=Filesystem(v["fs.type"], v["fs.mountpoint"], v["fs.slots"]),
         clone_mode=v["clone.mode"], apparmor_template=Path(v["apparmor.template"]),
         boot_timeout=v["timeouts.boot"], shutdown_timeout=v["timeouts.shutdown"],
     )

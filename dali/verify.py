@@ -1,7 +1,7 @@
 """`doit verify`: the cluster's self-test of the shared device, on the running nodes.
 
-Every node must see namespace0.0 in fsdax mode with the uuid and size the FAM holds (the same
-uuid shows it did not reconfigure the namespace itself), every node's write must be read by
+Every node must see namespace0.0 in the mode device.mode asks for (fsdax, devdax or raw), with
+the uuid and size the FAM holds (the same uuid shows it did not reconfigure the namespace itself), every node's write must be read by
 every other node, and hostnames, machine-ids and addresses must be distinct. It prints a table
 and fails with one line naming the nodes and what is wrong.
 
@@ -30,8 +30,10 @@ def verify(cluster: Cluster, virt: Libvirt) -> list[dict]:
     if down:
         raise DaliError(f"{', '.join(down)} not running or not answering: run doit start first")
     expected = fam.namespace(cluster.fam_path)
-    if expected["mode"] != "fsdax":
-        raise DaliError(f"{cluster.fam_path} holds no fsdax namespace: run doit first")
+    mode, device = cluster.device_mode, guest.device_path(cluster.device_mode)
+    if expected["mode"] != mode:
+        raise DaliError(f"{cluster.fam_path} holds a {expected['mode']} namespace, not the "
+                        f"{mode} one device.mode asks for: run doit first")
 
     rows = []
     for node, dom in doms:
@@ -40,11 +42,11 @@ def verify(cluster: Cluster, virt: Libvirt) -> list[dict]:
                "machine-id": guest.machine_id(virt, dom),
                "ipv4": ",".join(guest.ipv4(virt, dom)) or "-",
                "mode": ns.get("mode"), "size": ns.get("size"),
-               "namespace": "same" if ns.get("uuid") == expected["uuid"] else "DIFFERENT",
+               "namespace": "same" if ns.get("uuid") == expected.get("uuid") else "DIFFERENT",
                "problems": []}
-        if row["mode"] != "fsdax" or row["size"] != expected["size"]:
+        if row["mode"] != mode or row["size"] != expected["size"]:
             row["problems"].append(f"namespace {row['mode']} {row['size']}, "
-                                   f"expected fsdax {expected['size']}")
+                                   f"expected {mode} {expected['size']}")
         if row["namespace"] != "same":
             row["problems"].append("namespace uuid differs from the one in the FAM")
         rows.append(row)
@@ -54,7 +56,7 @@ def verify(cluster: Cluster, virt: Libvirt) -> list[dict]:
             if r[key] == "-" or values.count(r[key]) > 1:
                 r["problems"].append(f"{key} {r[key]} not unique")
 
-    _shared_writes(cluster, virt, doms, rows, expected["data_offset"])
+    _shared_writes(cluster, virt, doms, rows, expected["data_offset"], device)
     _print_table(rows)
     failed = [r for r in rows if r["problems"]]
     if failed:
@@ -63,19 +65,19 @@ def verify(cluster: Cluster, virt: Libvirt) -> list[dict]:
     return rows
 
 
-def refuse_to_write(virt: Libvirt, doms) -> None:
+def refuse_to_write(virt: Libvirt, doms, device: str) -> None:
     """Raise unless the device is free to write on every node: not mounted, no signature."""
     for node, dom in doms:
-        if guest.pmem_mounted(virt, dom):
-            raise DaliError(f"{node.name}: /dev/pmem0 is mounted; verify writes test blocks to it "
+        if guest.pmem_mounted(virt, dom, device):
+            raise DaliError(f"{node.name}: {device} is mounted; verify writes test blocks to it "
                             "(and puts them back): unmount it on every node first")
-        found = guest.signatures(virt, dom)
+        found = guest.signatures(virt, dom, device)
         if found:
-            raise DaliError(f"{node.name}: /dev/pmem0 holds {', '.join(found)} (wipefs): verify "
-                            "writes nothing on a device with data on it")
+            raise DaliError(f"{node.name}: {device} holds {', '.join(found)}: verify writes "
+                            "nothing on a device with data on it")
 
 
-def _shared_writes(cluster: Cluster, virt: Libvirt, doms, rows, data_offset: int) -> None:
+def _shared_writes(cluster: Cluster, virt: Libvirt, doms, rows, data_offset: int, device: str) -> None:
     """Each node writes a unique marker at a random block; every other node must read it back.
     The block's previous contents are recorded first and put back afterwards: the FAM may hold
     the user's data."""
@@ -85,21 +87,21 @@ def _shared_writes(cluster: Cluster, virt: Libvirt, doms, rows, data_offset: int
         block = secrets.randbelow(size // guest.BLOCK)
         marker = f"dali-verify {node.name} {secrets.token_hex(16)}\n".encode()
         data = marker + bytes(guest.BLOCK - len(marker))
-        refuse_to_write(virt, doms)
-        saved = guest.read_block(virt, dom, block)
+        refuse_to_write(virt, doms, device)
+        saved = guest.read_block(virt, dom, block, device)
         fam.save_before_write(cluster, data_offset + block * guest.BLOCK, saved)
-        guest.write_block(virt, dom, block, data)
+        guest.write_block(virt, dom, block, data, device)
         seen_by = []
         try:
             for other, odom in doms:
                 if other is node:
                     continue
-                if guest.read_block(virt, odom, block) == data:
+                if guest.read_block(virt, odom, block, device) == data:
                     seen_by.append(other.name)
                 else:
                     by_name[other.name]["problems"].append(f"did not read {node.name}'s marker")
         finally:
-            guest.write_block(virt, dom, block, saved)
+            guest.write_block(virt, dom, block, saved, device)
             fam.forget_saved(cluster)
         by_name[node.name]["wrote"] = f"block {block} -> read by {','.join(seen_by) or 'nobody'}"
 

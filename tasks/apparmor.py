@@ -1,4 +1,5 @@
-"""Stage: allow the FAM in libvirt's AppArmor template (seed step 2, second half)."""
+"""Stage: allow the FAM in libvirt's AppArmor template (seed step 2, second half); with
+libvirt's own NVDIMM device (device.style native) the template keeps no rule of ours."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
     yield {
         "basename": "apparmor",
         "doc": "allow the FAM in libvirt's AppArmor template",
-        "actions": [Step(f"add the FAM rule to {template}", apparmor.add_rule, cluster, changes=cluster)],
-        # has_rule is None where AppArmor is absent: run_once then shows the skip notice once.
-        "uptodate": [run_once, (uptodate(apparmor.has_rule), [cluster], {})],
+        "actions": [Step(f"allow the FAM in {template}" if cluster.device_style == "seed" else
+                         f"leave {template} without a rule of ours (device.style native)",
+                         apparmor.ensure, cluster, changes=cluster)],
+        # None where AppArmor is absent: run_once then shows the skip notice once.
+        "uptodate": [run_once, (uptodate(apparmor.is_as_wanted), [cluster], {})],
         "task_dep": ["preflight"],
         "clean": [CleanStep(f"remove the FAM rule from {template}", apparmor.remove_rule, cluster,
                             changes=cluster)],

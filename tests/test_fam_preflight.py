@@ -50,7 +50,7 @@ def test_fam_of_another_size_stops_with_the_reason(config_in):
 
 def test_a_new_fam_holds_a_raw_namespace(config_in):
     fam.ensure(config_in)
-    assert fam.namespace(config_in.fam_path) == {"mode": "raw", "size": 1 << 30}
+    assert fam.namespace(config_in.fam_path) == {"mode": "raw", "size": 1 << 30, "data_offset": 0}
 
 
 def test_the_namespace_is_read_from_the_info_block(tmp_path):
