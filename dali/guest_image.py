@@ -17,6 +17,7 @@ can be tested and reused on its own; tasks/image.py wires it into the graph.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -116,19 +118,41 @@ def build_rootfs_tarball(recipe: dict, cache_dir: Path, log: Log) -> Path:
     The tree is built in a temporary directory under cache_dir and the tarball is written under
     a temporary name, then renamed: a run that is interrupted leaves no tarball that looks done.
     debootstrap's output goes to cache_dir/rootfs-<hash>.log, which is kept (it is what a user
-    needs when the mirror or proxy is wrong).
+    needs when the mirror or proxy is wrong). The cache is shared by the checkout's clusters, so
+    a build holds a lock on the cache directory: a second cluster wanting the same tarball waits
+    for it rather than debootstrapping it again.
     """
     cache_dir = Path(cache_dir)
     tarball = rootfs_tarball_path(recipe, cache_dir)
-    name = tarball.stem
     if tarball.exists():
         return tarball
     if os.geteuid() != 0:
         raise DaliError("building the guest root filesystem needs root (debootstrap, chroot): run dali as root")
     if not shutil.which("debootstrap"):
         raise DaliError("debootstrap is not installed: run scripts/setup (or apt-get install debootstrap)")
-
     cache_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(cache_dir, log):
+        if not tarball.exists():  # another cluster may have built it while we waited
+            _build_rootfs_tarball(recipe, cache_dir, tarball, log)
+    return tarball
+
+
+@contextmanager
+def _locked(directory: Path, log: Log):
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting: another doit is building a guest root filesystem in {directory}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _build_rootfs_tarball(recipe: dict, cache_dir: Path, tarball: Path, log: Log) -> None:
+    name = tarball.stem
     remove_abandoned_work(cache_dir)
     work = work_dir(cache_dir)
     try:
@@ -148,7 +172,6 @@ def build_rootfs_tarball(recipe: dict, cache_dir: Path, log: Log) -> Path:
     finally:
         remove_tree(work)
     log(f"guest root filesystem ready: {tarball} ({tarball.stat().st_size // 2**20} MiB)")
-    return tarball
 
 
 def _debootstrap(recipe: dict, tree: Path, log_file: Path, log: Log) -> None:
