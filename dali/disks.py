@@ -137,10 +137,6 @@ def remove_file(cluster: Cluster, virt: Libvirt, path: Path, dryrun: bool = Fals
     if not marks.is_ours(path, cluster):
         log(f"left {path} in place: dali did not create it for this cluster")
         return
-    users = [] if dryrun else virt.domains_using(path)
-    if users:
-        raise DaliError(f"{path} is still used by domain {', '.join(users)}: undefine it first "
-                        "(doit clean does that before it deletes disks), then run doit clean again")
     built_on_it = [p for d in (cluster.data_dir, cluster.image_dir) for p in disks_built_on(path, d)]
     theirs = [p for p in built_on_it if not marks.is_ours(p, cluster)]
     if theirs:
@@ -148,6 +144,10 @@ def remove_file(cluster: Cluster, virt: Libvirt, path: Path, dryrun: bool = Fals
         return
     if built_on_it and not dryrun:
         return  # our own disks on it go first; the sweep at the end of clean takes it then
+    users = [] if dryrun else virt.domains_using(path)
+    if users:
+        raise DaliError(f"{path} is still used by domain {', '.join(users)}: undefine it first "
+                        "(doit clean does that before it deletes disks), then run doit clean again")
     if dryrun:
         log(f"would remove {path}")
     else:

@@ -290,6 +290,9 @@ def _read(path: Path) -> dict[str, Any]:
             raw = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist: pass config=PATH to an existing file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror}): pass config=PATH to "
+                          "a readable cluster file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e}): fix the file") from None
     flat = {}
