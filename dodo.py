@@ -5,6 +5,8 @@
     doit start | shutdown | destroy [NODE ...]     all nodes, or those named (b or ivpb)
     doit status | verify
     doit pssh [--on b,c] CMD ...   doit pput [--on b,c] SRC DEST
+    doit restart [NODE ...]   boot what the definitions say now (a rebuilt kernel)
+    doit reset           nodes shut off: disks back to the frozen state, the FAM to its golden copy
     doit remove:NODE     delete a node that left the config, with its disk
     doit clean           tear the cluster down (only what dali created); -n says what it would do
     doit config=PATH     any of the above with another cluster file
@@ -27,8 +29,8 @@ from dali.commands import exit_cleanly_on_signals
 from dali.errors import DaliError
 from dali.reporter import DaliReporter
 from dali.virt import Libvirt
-from tasks import (access, accel, apparmor, clone, disks, domain, fam, freeze, image, lifecycle,
-                   network, original, preflight, prune, verify)
+from tasks import (access, accel, apparmor, clone, disks, domain, fam, freeze, image, kernel,
+                   lifecycle, network, original, preflight, prune, reset, verify)
 
 exit_cleanly_on_signals()  # Ctrl-C: one line, exit 130, the programs dali started stopped
 try:
@@ -85,6 +87,11 @@ def task_accel():
     yield from tasks_of(accel)
 
 
+def task_kernel():
+    """your own kernel, made bootable (kernel.path); none with the image's kernel"""
+    yield from tasks_of(kernel)
+
+
 def task_disk():
     """each node's disk"""
     yield from tasks_of(disks)
@@ -108,6 +115,11 @@ def task_freeze():
 def task_prune():
     """undefine nodes that left the config (remove:NODE deletes one)"""
     yield from tasks_of(prune)
+
+
+def task_reset():
+    """the FAM's golden copy; doit reset (reset:disks, reset:fam)"""
+    yield from tasks_of(reset)
 
 
 def task_access():

@@ -46,6 +46,13 @@ class Filesystem:
 
 
 @dataclass(frozen=True)
+class Kernel:
+    """The user's own kernel: their bzImage and the INSTALL_MOD_PATH of its modules."""
+    bzimage: Path
+    modules: Path
+
+
+@dataclass(frozen=True)
 class Node:
     """One VM of the cluster. Its identities are derived from the cluster tag and its name."""
 
@@ -99,6 +106,10 @@ class Cluster:
     device_mode: str  # fsdax, devdax or raw: the namespace the original leaves on the FAM
     device_style: str  # seed (qemu:commandline) or native (libvirt's <memory model='nvdimm'>)
     fs: Filesystem
+    own_kernel: Kernel | None  # None: the image's kernel
+    kernel_args: str  # more kernel arguments for every node
+    shares: tuple[tuple[str, str], ...]  # (host directory, where every node mounts it)
+    gdb: bool
     clone_mode: str
     apparmor_template: Path
     boot_timeout: int
@@ -155,13 +166,30 @@ class Cluster:
         return self.image.path or self.image_dir / "base.qcow2"
 
     @property
-    def kernel(self) -> Path | None:
-        """The kernel booted directly, or None when a user's own disk boots itself."""
+    def image_kernel(self) -> Path | None:
+        """The built image's kernel (the accel probe boots it), or None with image.path."""
         return None if self.image.path else self.image_dir / "vmlinuz"
 
     @property
+    def kernel_dir(self) -> Path:
+        """The user's own kernel, as the nodes boot it: bzImage, initramfs.cpio, modules.img."""
+        return self.data_dir / "kernel"
+
+    @property
+    def kernel(self) -> Path | None:
+        """The kernel booted directly, or None when a user's own disk boots itself."""
+        return self.kernel_dir / "bzImage" if self.own_kernel else self.image_kernel
+
+    @property
     def initrd(self) -> Path | None:
+        if self.own_kernel:
+            return self.kernel_dir / "initramfs.cpio"
         return None if self.image.path else self.image_dir / "initrd.img"
+
+    @property
+    def modules_disk(self) -> Path | None:
+        """With the user's own kernel: its modules, as a read-only disk every node mounts."""
+        return self.kernel_dir / "modules.img" if self.own_kernel else None
 
     @property
     def frozen_disk(self) -> Path:

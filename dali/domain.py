@@ -7,7 +7,13 @@ probe decides; the same values, as plain data, are what makes a node's XML stale
 
 from __future__ import annotations
 
+import os
+import pwd
+from pathlib import Path
+
 from dali.cluster import Cluster, Node
+from dali.kernel_boot import MODULES_DISK_SERIAL
+from dali import marks
 from dali.marks import MARK_NS
 from dali.render import render
 
@@ -33,11 +39,32 @@ def template_values(cluster: Cluster, node: Node) -> dict:
         "numa_cpus": "0" if cluster.vcpus == 1 else f"0-{cluster.vcpus - 1}",
         "kernel": str(cluster.kernel) if cluster.kernel else None,
         "initrd": str(cluster.initrd) if cluster.initrd else None,
+        "modules_disk": str(cluster.modules_disk) if cluster.modules_disk else None,
+        "modules_serial": MODULES_DISK_SERIAL,
+        "kernel_args": cluster.kernel_args,
+        # virtiofs tags: dalishare0, dalishare1, ... in config order
+        "shares": [{"source": src, "target": dst, "tag": f"dalishare{i}"}
+                   for i, (src, dst) in enumerate(cluster.shares)],
+        "gdb_socket": str(gdb_socket(cluster, node)) if cluster.gdb else None,
         "disk": str(cluster.disk(node)),
         "network": cluster.network.name,
         "fam": str(cluster.fam_path), "fam_size": fam_size_text(cluster.fam_size),
         "fam_kib": cluster.fam_size // KiB, "style": cluster.device_style,
     }
+
+
+def gdb_socket(cluster: Cluster, node: Node | str) -> Path:
+    """Where qemu serves a node's gdb stub (debug.gdb): a unix socket, reachable from the host
+    as it is. A TCP port would listen in libvirtd's network namespace, out of the host's reach."""
+    return cluster.data_dir / "gdb" / f"{getattr(node, 'name', node)}.sock"
+
+
+def make_gdb_dir(cluster: Cluster) -> None:
+    """qemu (user libvirt-qemu) makes the sockets: the directory is its, and root's."""
+    marks.make_dir(cluster.data_dir, cluster)
+    directory = gdb_socket(cluster, "x").parent
+    marks.make_dir(directory, cluster)
+    os.chown(directory, pwd.getpwnam("libvirt-qemu").pw_uid, marks.qemu_gid())
 
 
 def domain_xml(cluster: Cluster, node: Node, domain_type: str) -> str:

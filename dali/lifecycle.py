@@ -81,3 +81,14 @@ def destroy(cluster: Cluster, virt: Libvirt, names=()) -> None:
         if dom is not None and virt.is_running(dom):
             dom.destroy()
             log(f"{node.name}: forced off")
+
+
+def restart(cluster: Cluster, virt: Libvirt, names=()) -> None:
+    """Shut the running nodes down (all, or those named) and start them again: they boot what
+    their definitions say now (a rebuilt kernel, say). Shut-off nodes stay off."""
+    running = [n for n, d in defined(cluster, virt, select(cluster, names)) if virt.is_running(d)]
+    if not running:
+        log("no node to restart: none of them runs (doit start boots them)")
+        return
+    shutdown(cluster, virt, [n.name for n in running])
+    start(cluster, virt, [n.name for n in running])

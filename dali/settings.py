@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from dali.cluster import DEFAULT_DATA_ROOT, REPO, Cluster, Filesystem, Image, Network
+from dali.cluster import DEFAULT_DATA_ROOT, REPO, Cluster, Filesystem, Image, Kernel, Network
 from dali.errors import DaliError
 
 DEFAULT_CONFIG = REPO / "cluster.toml"
@@ -135,6 +135,43 @@ class FilePath:
 
 
 @dataclass(frozen=True)
+class Flag:
+    def parse(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+            return value.lower() in ("1", "true", "yes")
+        raise Invalid("must be true or false")
+
+
+@dataclass(frozen=True)
+class Shares:
+    """[[share]] tables: a host directory (source, absolute) mounted in every node (target)."""
+
+    def parse(self, value: Any) -> tuple[tuple[str, str], ...]:
+        wants = 'must be [[share]] tables, each with source = "/host/dir" and target = "/in/node"'
+        if not isinstance(value, list):
+            raise Invalid(wants)
+        shares = []
+        for table in value:
+            if not isinstance(table, dict) or set(table) != {"source", "target"}:
+                raise Invalid(wants)
+            source, target = table["source"], table["target"]
+            if not (isinstance(source, str) and isinstance(target, str)
+                    and source.startswith("/") and target.startswith("/")):
+                raise Invalid(wants + " (absolute paths)")
+            if not Path(source).is_dir():
+                raise Invalid(f"source {source!r} is not a directory: make it, or fix the path")
+            if re.search(r"[\s:,]", target):
+                raise Invalid(f"target {target!r} has a space, ':' or ',': pick a plain path")
+            shares.append((str(Path(source).resolve()), target))
+        targets = [t for _, t in shares]
+        if len(set(targets)) != len(targets):
+            raise Invalid("two shares have the same target")
+        return tuple(shares)
+
+
+@dataclass(frozen=True)
 class IPv4:
     """An IPv4 address in quotes, or "" for "dali picks one"."""
 
@@ -199,6 +236,9 @@ SETTINGS: tuple[Setting, ...] = (
             "the libvirt connection", env="LIBVIRT_DEFAULT_URI"),
     Setting("accel", Choice(("auto", "kvm", "tcg")), "auto",
             "auto uses KVM only if a KVM guest really boots here; kvm or tcg force one"),
+    Setting("share", Shares(), [],
+            "[[share]] source = \"/host/dir\", target = \"/in/node\": mounted read-write in "
+            "every node (virtiofs)"),
     Setting("network.name", _NAME, Derived("the tag", lambda v: v["tag"]),
             "the libvirt network the nodes share", env="DALI_NETWORK"),
     Setting("network.forward", Choice(("nat", "none")), "nat",
@@ -243,6 +283,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fs.slots", Whole(2, 255), Derived("8, or the node count if larger",
                                               lambda v: max(8, 1 + len(v["clones"]))),
             "OCFS2 node slots (mkfs.ocfs2 -N): nodes that can mount at once"),
+    Setting("kernel.path", FilePath(), "",
+            "boot every node on this bzImage (arch/x86/boot/bzImage); empty: the image's kernel"),
+    Setting("kernel.modules", FilePath(), "",
+            "with kernel.path: the INSTALL_MOD_PATH holding lib/modules/<version>"),
+    Setting("kernel.cmdline", Text(r"[^\n\"]*", "kernel arguments on one line"), "",
+            "more kernel arguments for every node (nokaslr, dyndbg=..., ...)"),
+    Setting("debug.gdb", Flag(), False,
+            "a gdb stub for every node, on a unix socket shown by doit status"),
     Setting("clone.mode", Choice(("linked", "copy")), "linked",
             "linked: qcow2 overlays on the frozen original; copy: standalone copies"),
     Setting("apparmor.template", FilePath(absolute=True), "/etc/apparmor.d/libvirt/TEMPLATE.qemu",
@@ -399,6 +447,26 @@ def _check_network(v: dict, where) -> None:
                           f"{int(end) - int(start) + 1} addresses for {nodes} nodes: widen it")
 
 
+def _own_kernel(v: dict, path: Path) -> Kernel | None:
+    if not v["kernel.path"]:
+        if v["kernel.modules"]:
+            raise ConfigError(f"{path}: kernel.modules is set but kernel.path is not: set both "
+                              "(your bzImage and its INSTALL_MOD_PATH), or neither")
+        return None
+    bzimage = (path.parent / Path(v["kernel.path"]).expanduser()).resolve()
+    if not bzimage.is_file():
+        raise ConfigError(f"{path}: kernel.path = {str(bzimage)!r} is not a file: point it at your "
+                          "arch/x86/boot/bzImage")
+    if not v["kernel.modules"]:
+        raise ConfigError(f"{path}: kernel.path needs kernel.modules too: the directory "
+                          "`make modules_install INSTALL_MOD_PATH=DIR` wrote (DIR/lib/modules/...)")
+    modules = (path.parent / Path(v["kernel.modules"]).expanduser()).resolve()
+    if not modules.is_dir():
+        raise ConfigError(f"{path}: kernel.modules = {str(modules)!r} is not a directory: give "
+                          "the INSTALL_MOD_PATH of `make modules_install`")
+    return Kernel(bzimage, modules)
+
+
 def _cluster(v: dict, origin: dict, path: Path, repo: Path) -> Cluster:
     # The seed writes DALI_DIR=IVSHPMEM, relative to the shell; a file's relative path is
     # relative to that file.
@@ -426,6 +494,8 @@ def _cluster(v: dict, origin: dict, path: Path, repo: Path) -> Cluster:
                     v["image.extra_packages"], v["image.disk_size"]),
         device_mode=v["device.mode"], device_style=v["device.style"],
         fs=Filesystem(v["fs.type"], v["fs.mountpoint"], v["fs.slots"]),
+        own_kernel=_own_kernel(v, path), kernel_args=v["kernel.cmdline"], shares=v["share"],
+        gdb=v["debug.gdb"],
         clone_mode=v["clone.mode"], apparmor_template=Path(v["apparmor.template"]),
         boot_timeout=v["timeouts.boot"], shutdown_timeout=v["timeouts.shutdown"],
     )

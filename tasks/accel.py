@@ -16,7 +16,7 @@ from dali.virt import Libvirt
 
 
 def decide(cluster: Cluster) -> dict:
-    return {"domain_type": accel.domain_type(cluster.accel, cluster.kernel)}
+    return {"domain_type": accel.domain_type(cluster.accel, cluster.image_kernel)}
 
 
 def gen_tasks(cluster: Cluster, virt: Libvirt):
@@ -24,7 +24,7 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "basename": "accel",
         "doc": "KVM or TCG: does a KVM guest really boot here?",
         "actions": [Step("decide between KVM and TCG", decide, cluster, changes=cluster)],
-        "file_dep": [cluster.kernel] if cluster.kernel else [],
+        "file_dep": [cluster.image_kernel] if cluster.image_kernel else [],
         "task_dep": ["image"],
         "uptodate": [config_changed({"accel": cluster.accel})],
     }

@@ -25,6 +25,8 @@ def write(cluster: Cluster, node: Node, domain_type: str) -> None:
 
 
 def define(cluster: Cluster, virt: Libvirt, node: Node) -> None:
+    if cluster.gdb:
+        domain.make_gdb_dir(cluster)
     before = virt.domain(node.name)  # raises ForeignObject for a stranger's domain
     old = before.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if before else None
     dom = virt.define_domain(cluster.domain_xml(node).read_text())
@@ -72,8 +74,10 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
             "basename": "define", "name": node.name,
             "doc": f"{node.name} defined in libvirt",
             "actions": [Step(f"define {node.name}", define, cluster, virt, node, changes=cluster)],
-            "file_dep": [xml_file],
-            "task_dep": ["preflight", "network", "fam", "apparmor", f"disk:{node.name}"],
+            # With your own kernel, its files too: a rebuilt kernel makes every definition stale.
+            "file_dep": [xml_file] + ([cluster.kernel, cluster.initrd, cluster.modules_disk]
+                                      if cluster.own_kernel else []),
+            "task_dep": ["preflight", "network", "fam", "apparmor", "kernel", f"disk:{node.name}"],
             "uptodate": [(uptodate(is_defined), [virt, node], {})],
             "clean": [CleanStep(f"shut down and undefine {node.name}", undefine, cluster, virt, node,
                                 changes=cluster)],

@@ -1,5 +1,6 @@
 """Commands on the running cluster, for every node or the ones named (`doit start b c`):
-`doit start`, `doit shutdown`, `doit destroy`, `doit status`, `doit pssh`, `doit pput`.
+`doit start`, `doit shutdown`, `doit destroy`, `doit restart`, `doit status`, `doit pssh`,
+`doit pput`.
 They run every time they are asked for."""
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "doc": "force every node (or those named) off at once, as pulling the plug",
         "actions": [Step("force nodes off", lifecycle.destroy, cluster, virt, changes=cluster)],
         "pos_arg": "names", "uptodate": [False],
+    }
+    yield {
+        "basename": "restart",
+        "doc": "shut the running nodes (or those named) down and start them on what their "
+               "definitions say now: a rebuilt kernel",
+        "actions": [Step("restart nodes", lifecycle.restart, cluster, virt, changes=cluster)],
+        "pos_arg": "names", "task_dep": ["clone"], "uptodate": [False],
     }
     yield {
         "basename": "status",

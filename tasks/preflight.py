@@ -6,6 +6,7 @@ import shutil
 
 from dali import disks, marks, preflight
 from dali.cluster import Cluster
+from dali.domain import gdb_socket
 from dali.errors import CleanStep, DaliError, Step, uptodate
 from dali.reporter import log
 from dali.virt import Libvirt
@@ -22,7 +23,8 @@ def sweep(cluster: Cluster, virt: Libvirt, dryrun: bool) -> None:
     """preflight is the root of the graph, so `doit clean` reaches it last: remove whatever
     this cluster's mark is still on in the data directory (a pruned node's disk, an image file),
     the directories dali made once they are empty, and the cluster's state/ folder."""
-    left = [p for d in (cluster.data_dir, cluster.image_dir) if d.is_dir() for p in d.iterdir()
+    folders = [cluster.image_dir, cluster.kernel_dir, gdb_socket(cluster, "x").parent, cluster.data_dir]
+    left = [p for d in folders if d.is_dir() for p in d.iterdir()
             if p.is_file() and marks.is_ours(p, cluster)]
     while left:  # a disk goes before the disk it is built on: repeat while one goes
         for path in left:
@@ -30,8 +32,8 @@ def sweep(cluster: Cluster, virt: Libvirt, dryrun: bool) -> None:
         if dryrun or all(p.exists() for p in left):
             break
         left = [p for p in left if p.exists()]
-    marks.remove_dir_if_ours(cluster.image_dir, cluster, log, dryrun)
-    marks.remove_dir_if_ours(cluster.data_dir, cluster, log, dryrun)
+    for folder in folders:
+        marks.remove_dir_if_ours(folder, cluster, log, dryrun)
     if cluster.state_dir.exists():
         if dryrun:
             log(f"would remove {cluster.state_dir}")

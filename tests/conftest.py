@@ -178,7 +178,7 @@ def assert_built(c: ClusterUnderTest, clones: list[str]) -> None:
         assert c.virt.conn.lookupByName(name).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF, name
     net = c.virt.network(c.cfg.network.name)
     assert net.isActive() and net.autostart()
-    expected = {"FAM", "image", "image/base.qcow2", "image/vmlinuz", "image/initrd.img",
+    expected = {"FAM", "FAM.golden", "image", "image/base.qcow2", "image/vmlinuz", "image/initrd.img",
                 *(f"{n}.qcow2" for n in names)} | ({"frozen.qcow2"} if clones else set())
     assert files_under(c.cfg.data_dir) == expected
     for rel in expected:
