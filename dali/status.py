@@ -18,6 +18,7 @@ import libvirt
 
 from dali import access, fam, guest, network
 from dali.cluster import Cluster, Node
+from dali.domain import gdb_socket
 from dali.errors import DaliError
 from dali.virt import Libvirt
 
@@ -74,6 +75,11 @@ def status(cluster: Cluster, virt: Libvirt) -> list[dict]:
         print("  ".join(r[c].ljust(widths[c]) for c in cols).rstrip())
     print(_network_line(cluster, virt))
     print(_fam_line(cluster))
+    if cluster.gdb:
+        for node in cluster.nodes:
+            sock = gdb_socket(cluster, node)
+            print(f"gdb {node.name}: gdb vmlinux -ex 'target remote {sock}'"
+                  + ("" if sock.exists() else "  (while it runs)"))
     return rows
 
 

@@ -211,6 +211,9 @@ class Libvirt:
         next_note = 15.0
         while not self.agent_answers(dom):
             waited = time.monotonic() - t0
+            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                raise DaliError(f"{dom.name()} is paused (a debugger attached to its gdb stub stops "
+                                f"it): detach, or virsh resume {dom.name()}")
             if not self.is_running(dom):
                 raise DaliError(f"{dom.name()} stopped while booting: see "
                                 f"/var/log/libvirt/qemu/{dom.name()}.log and {dom.name()}-console.log")

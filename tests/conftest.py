@@ -159,7 +159,13 @@ class ClusterUnderTest:
 
 
 def _toml(value) -> str:
-    return json.dumps(value)  # strings, numbers and lists of strings: JSON and TOML agree
+    """A TOML value: strings, numbers and booleans as JSON writes them (the two agree there),
+    lists of them, and inline tables ({ key = value, ... })."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def files_under(path: Path) -> set[str]:

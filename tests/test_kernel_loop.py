@@ -1,0 +1,126 @@
+"""The kernel developer's loop, on qemu:///system with real guests: every node on a kernel that
+is not the image's, with its own modules directory; a rebuilt kernel picked up by exactly the
+definitions and `doit restart`; a host directory shared read-write; a gdb stub per node; and
+`doit reset`. "Your kernel" is a Debian cloud kernel (NVDIMM drivers as modules, no 9p or
+OCFS2), unpacked with dpkg-deb -x as `make modules_install INSTALL_MOD_PATH=` would lay it out.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ClusterUnderTest, one_error_line
+from dali import fam, guest, reset
+from dali.domain import gdb_socket
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
+
+TAG = "dalikern"
+KERNELS = ("6.1.0-47-cloud-amd64", "6.1.0-50-cloud-amd64")
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory):
+    """X/lib/modules/<both versions> and X/boot/vmlinuz-<both>, from Debian's packages."""
+    where = Path(tempfile.mkdtemp(prefix="dali-kernels-", dir="/var/tmp"))
+    try:
+        for version in KERNELS:
+            subprocess.run(["apt-get", "download", "-q", f"linux-image-{version}-unsigned"], cwd=where,
+                           check=True, capture_output=True)
+        for deb in where.glob("*.deb"):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(where / "X")], check=True)
+        yield where / "X"
+    finally:
+        shutil.rmtree(where)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, own):
+    share = Path(tempfile.mkdtemp(prefix="dali-share-", dir="/var/tmp"))
+    bzimage = own / "bzImage"  # where the developer's build puts it, rebuilt in place
+    shutil.copyfile(own / f"boot/vmlinuz-{KERNELS[0]}", bzimage)
+    c = ClusterUnderTest(tmp_path_factory.mktemp(TAG) / "cluster.toml", TAG, clones=["b"],
+                         share=[{"source": str(share), "target": "/src"}],
+                         kernel={"path": str(bzimage), "modules": str(own)}, debug={"gdb": True})
+    c.share = share
+    yield c
+    c.teardown()
+    shutil.rmtree(share)
+
+
+def on_each(c, command: str) -> dict[str, str]:
+    """A command on every node (doit pssh); each node's output, by suffix."""
+    run = c.doit("pssh", command)
+    return {m.group(1)[-1]: m.group(2) for m in
+            re.finditer(rf"^--- ({TAG}\w) \(exit 0\)\n(.*?)(?=^--- |^{TAG}\w: )", run.stdout, re.M | re.S)}
+
+
+def test_every_node_boots_my_kernel_with_my_modules(cluster):
+    cluster.doit("start")
+    for suffix, release in on_each(cluster, "uname -r").items():
+        assert release.strip() == KERNELS[0], suffix
+    for suffix in "ab":
+        ns = guest.namespace(cluster.virt, cluster.dom(suffix))
+        assert ns["mode"] == "fsdax" and ns["uuid"] == fam.namespace(cluster.cfg.fam_path)["uuid"]
+    mounted = on_each(cluster, "findmnt -n -o SOURCE,OPTIONS /usr/lib/modules; modprobe -n -v nd_pmem")
+    assert all(out.startswith("/dev/vdb ro") for out in mounted.values()), mounted
+
+
+def test_a_shared_directory_both_ways(cluster):
+    (cluster.share / "from-host").write_text("written on the host\n")
+    for out in on_each(cluster, "cat /src/from-host").values():
+        assert out == "written on the host\n"
+    cluster.doit("pssh", "--on", "b", "echo written in b > /src/from-b")
+    assert (cluster.share / "from-b").read_text() == "written in b\n"
+
+
+def test_each_node_has_a_gdb_stub(cluster):
+    """The gdb remote protocol answers on the node's socket; detaching lets the node run on."""
+    path = gdb_socket(cluster.cfg, f"{TAG}a")
+    assert str(path) in cluster.doit("status").stdout
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(str(path))
+        s.sendall(b"$qSupported#37")
+        reply = b""
+        while not reply.endswith(b"#") and b"#" not in reply:
+            reply += s.recv(4096)
+        assert reply.lstrip(b"+").startswith(b"$PacketSize="), reply
+        s.sendall(b"+$D#44")
+        assert b"OK" in s.recv(4096) + s.recv(4096)
+    assert cluster.virt.agent_answers(cluster.dom("a")), "detached: the node runs on"
+
+
+def test_a_rebuilt_kernel_stales_exactly_the_definitions_and_restart_boots_it(cluster, own):
+    shutil.copyfile(own / f"boot/vmlinuz-{KERNELS[1]}", own / "bzImage")  # `make bzImage` again
+    run = cluster.doit()
+    done = sorted(re.findall(r"^\.  (\S+)", run.stdout, re.M))
+    assert done == sorted(["kernel", f"define:{TAG}a", f"define:{TAG}b"])
+    ids = {s: cluster.dom(s).ID() for s in "ab"}
+    cluster.doit("restart")
+    assert all(cluster.dom(s).ID() != ids[s] for s in "ab"), "both restarted"
+    for release in on_each(cluster, "uname -r").values():
+        assert release.strip() == KERNELS[1]
+
+
+def test_reset_puts_disks_and_fam_back(cluster):
+    cluster.doit("pssh", "--on", "b", "echo scratch > /root/scratch; sync")
+    guest.write_block(cluster.virt, cluster.dom("a"), 5, b"written on the device".ljust(4096, b"\0"))
+    refused = one_error_line(cluster.doit("reset", check=False))
+    assert "doit shutdown first" in refused
+    cluster.doit("shutdown")
+    run = cluster.doit("reset")
+    assert "discarded" in run.stderr
+    golden = reset.golden(cluster.cfg).read_bytes()
+    assert cluster.cfg.fam_path.read_bytes() == golden, "byte for byte the golden copy"
+    cluster.doit("start")
+    gone = cluster.doit("pssh", "--on", "b", "test ! -e /root/scratch")
+    assert f"{TAG}b: exit 0" in gone.stdout
+    cluster.doit("verify")
