@@ -59,7 +59,7 @@ def test_both_build_at_once(pair):
         out = run.communicate(timeout=3600)[0]
         print(out)
         assert run.returncode == 0, out
-        assert "waiting: another doit" not in out, "another cluster's lock is not ours"
+        assert "is changing cluster" not in out, "another cluster's lock is not ours to wait for"
     one, two = pair
     assert one.cfg.network.name == "dalione" and two.cfg.network.name == "dalitwo"
     assert not subnet(one).overlaps(subnet(two))
