@@ -16,8 +16,11 @@ domain is the tag, handed out by DHCP as the search domain: on any node `ping iv
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
+import os
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from dali.settings import dhcp_range
 from dali.virt import Libvirt
 
 TEMPLATE = "network.xml.j2"
+PICK_LOCK = "/run/lock/dali-network.lock"
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,24 @@ def is_live(cluster: Cluster, virt: Libvirt) -> bool:
     return bool(net and net.isActive() and net.autostart() and not _missing_hosts(cluster, net))
 
 
+@contextmanager
+def _picking():
+    """Host-wide, while a subnet is picked and taken: two clusters made at once must not pick the
+    same one. A lock file in /run/lock, where lock files live (gone at the next boot)."""
+    fd = os.open(PICK_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def ensure(cluster: Cluster, virt: Libvirt) -> None:
+    with _picking():
+        _ensure(cluster, virt)
+
+
+def _ensure(cluster: Cluster, virt: Libvirt) -> None:
     name = cluster.network.name
     existing = virt.network(name)  # raises if a foreign network has the name
     addresses = plan(cluster, virt)
