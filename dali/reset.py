@@ -62,8 +62,7 @@ def _copy_range(src: int, dst: int, start: int, end: int) -> None:
 
 
 def _everything_off(cluster: Cluster, virt: Libvirt, path: Path) -> None:
-    running = [name for name in virt.domains_using(path)
-               if virt.conn.lookupByName(name).isActive()]
+    running = [name for name in virt.domains_using(path) if virt.is_active(name)]
     if running:
         raise DaliError(f"{', '.join(running)} still running with {path}: doit shutdown first "
                         "(a reset rewrites what a running node has open)")

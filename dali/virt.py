@@ -94,8 +94,20 @@ class Libvirt:
 
     def our_domains(self) -> dict[str, libvirt.virDomain]:
         """Every domain carrying this cluster's mark, by name (to find nodes no longer configured)."""
-        return {dom.name(): dom for dom in self.conn.listAllDomains()
-                if self.is_ours(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))}
+        return {dom.name(): dom for dom, xml in self._all_domains(libvirt.VIR_DOMAIN_XML_INACTIVE)
+                if self.is_ours(xml)}
+
+    def _all_domains(self, *flags: int):
+        """(domain, its XML for each flag) of every domain on the host, but those that vanish
+        while we look (other people's domains come and go)."""
+        for dom in self.conn.listAllDomains():
+            try:
+                xmls = [dom.XMLDesc(f) for f in flags]
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue
+                raise
+            yield (dom, *xmls)
 
     def domains_using(self, path) -> list[str]:
         """Every domain, ours or not, whose definition names the file `path` (a disk, a
@@ -106,20 +118,23 @@ class Libvirt:
             return any(part.split("=", 1)[-1] == needle for part in value.split(","))
 
         users = []
-        for dom in self.conn.listAllDomains():
-            # The running definition too: a redefined node uses its old files until it restarts.
-            for flags in (libvirt.VIR_DOMAIN_XML_INACTIVE, 0):
-                root = ET.fromstring(dom.XMLDesc(flags))
-                if any(names_it(v) for e in root.iter() for v in [e.text or "", *e.attrib.values()]):
-                    users.append(dom.name())
-                    break
+        # The running definition too: a redefined node uses its old files until it restarts.
+        for dom, *xmls in self._all_domains(libvirt.VIR_DOMAIN_XML_INACTIVE, 0):
+            if any(names_it(v) for xml in xmls for e in ET.fromstring(xml).iter()
+                   for v in [e.text or "", *e.attrib.values()]):
+                users.append(dom.name())
         return users
 
     def network_subnets(self) -> dict[str, ipaddress.IPv4Network]:
         """Each libvirt network's IPv4 subnet, by network name (two networks cannot share one)."""
         subnets = {}
         for net in self.conn.listAllNetworks():
-            ip = ET.fromstring(net.XMLDesc(0)).find("ip")
+            try:
+                ip = ET.fromstring(net.XMLDesc(0)).find("ip")
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                    continue  # undefined while we looked
+                raise
             if ip is not None and ip.get("address") and ":" not in ip.get("address"):
                 prefix = ip.get("prefix") or ip.get("netmask") or "24"
                 subnets[net.name()] = ipaddress.IPv4Network(f"{ip.get('address')}/{prefix}", strict=False)
@@ -149,6 +164,15 @@ class Libvirt:
                             "to a free one, or leave it empty for dali to pick one") from None
 
     # --- domain life cycle --------------------------------------------------------------------
+
+    def is_active(self, name: str) -> bool:
+        """Whether the domain of that name (anyone's) runs now; False if it is gone."""
+        try:
+            return bool(self.conn.lookupByName(name).isActive())
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise
 
     @staticmethod
     def is_running(dom: libvirt.virDomain) -> bool:
