@@ -29,7 +29,7 @@ from dali.commands import exit_cleanly_on_signals
 from dali.errors import DaliError
 from dali.reporter import DaliReporter
 from dali.virt import Libvirt
-from tasks import (access, accel, apparmor, clone, disks, domain, fam, freeze, image, kernel,
+from tasks import (access, accel, apparmor, clone, disks, domain, fam, freeze, fs, image, kernel,
                    lifecycle, network, original, preflight, prune, reset, verify)
 
 exit_cleanly_on_signals()  # Ctrl-C: one line, exit 130, the programs dali started stopped
@@ -130,6 +130,11 @@ def task_access():
 def task_clone():
     """every clone defined (the default target)"""
     yield from tasks_of(clone)
+
+
+def task_fs():
+    """OCFS2 on the shared device (fs.type); doit mkfs --yes"""
+    yield from tasks_of(fs)
 
 
 def task_lifecycle():

@@ -242,6 +242,14 @@ def _customise(tree: Path) -> None:
     _chroot(tree, "systemctl", "disable", "systemd-networkd-wait-online.service",
             "apt-daily.timer", "apt-daily-upgrade.timer", "ndctl-monitor.service", "e2scrub_reap.service")
 
+    # OCFS2's SysV scripts cost seconds of every boot under TCG: masked, and unmasked by dali
+    # on the nodes of an fs.type = "ocfs2" cluster (o2cb only: systemd mounts from fstab, and
+    # the ocfs2 script would race it).
+    for unit in ("o2cb.service", "ocfs2.service"):
+        masked = tree / "etc/systemd/system" / unit
+        masked.unlink(missing_ok=True)
+        masked.symlink_to("/dev/null")
+
     # The machine-id comes from systemd.machine_id= on the kernel command line: systemd 252 then
     # ignores what the file holds and writes the command line's id into it, also on a clone of a
     # disk that was booted (and so committed an id) before. The file must be empty, not missing:

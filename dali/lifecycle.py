@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import libvirt
 
-from dali import access
+from dali import access, ocfs2
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError, one_line
 from dali.reporter import log
@@ -67,6 +67,8 @@ def start(cluster: Cluster, virt: Libvirt, names=()) -> None:
 
     each(doms, wait)
     access.learn_host_keys(cluster, virt, doms)
+    if cluster.fs.type == "ocfs2":
+        ocfs2.bring_up(cluster, virt, ocfs2.running_nodes(cluster, virt))
 
 
 def shutdown(cluster: Cluster, virt: Libvirt, names=()) -> None:

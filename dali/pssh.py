@@ -49,7 +49,7 @@ def _on_each(doms, work) -> dict[str, str]:
             try:
                 status, output = future.result()
             except (DaliError, libvirt.libvirtError) as e:
-                status, output = "no answer", one_line(e) + "\n"
+                status, output = "failed", one_line(e) + "\n"
             statuses[node.name] = status
             with _print_lock:
                 sys.stdout.write(f"--- {node.name} ({status})\n{output}")
@@ -70,10 +70,25 @@ def _report(statuses: dict[str, str], down: list[str], what: str) -> None:
         raise DaliError("no node is running: doit start first")
 
 
+def command_line(words: list[str], argv: list[str]) -> str:
+    """The command as typed after `pssh`. doit takes every word with a '=' in it (rc=$?,
+    FOO=bar make) for one of its own variables and leaves it out of the task's arguments, so the
+    words come from the command line itself: what follows `pssh` and its options, but a last
+    config=PATH, which is dali's."""
+    if "pssh" not in argv:
+        return " ".join(words)
+    rest = argv[argv.index("pssh") + 1:]
+    while rest and rest[0].startswith("--"):
+        rest = rest[1:] if "=" in rest[0] else rest[2:]  # --on b,c / --on=b,c / --timeout N
+    while rest and rest[-1].startswith("config="):
+        rest = rest[:-1]
+    return " ".join(rest)
+
+
 def pssh(cluster: Cluster, virt: Libvirt, command: list[str], on: str = "", timeout: int = 3600) -> None:
-    if not command:
+    line = command_line(command, sys.argv)
+    if not line:
         raise DaliError("doit pssh needs a command: doit pssh [--on b,c] CMD ...")
-    line = " ".join(command)
     doms, down = _running(cluster, virt, [n for n in on.split(",") if n])
 
     def run(node, dom):

@@ -74,7 +74,7 @@ def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
                         "(it makes one once the original has set the device up)")
     _everything_off(cluster, virt, cluster.fam_path)
     ns = fam.namespace(cluster.fam_path)
-    written = _data_mib(cluster.fam_path, ns["data_offset"])
+    written = data_mib(cluster.fam_path, ns["data_offset"])
     size = cluster.fam_path.stat().st_size
     with open(golden(cluster), "rb") as src, open(cluster.fam_path, "r+b") as dst:
         # In place: drop every block, copy the golden's data back, allocate the rest again.
@@ -87,7 +87,7 @@ def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
     log(f"{cluster.fam_path}: back to the golden copy; discarded {written} MiB of data on the device")
 
 
-def _data_mib(path: Path, start: int) -> int:
+def data_mib(path: Path, start: int) -> int:
     """How many MiB of the device hold anything but zeros (what a reset discards)."""
     count = 0
     with open(path, "rb") as f:

@@ -56,7 +56,10 @@ def verify(cluster: Cluster, virt: Libvirt) -> list[dict]:
             if r[key] == "-" or values.count(r[key]) > 1:
                 r["problems"].append(f"{key} {r[key]} not unique")
 
-    _shared_writes(cluster, virt, doms, rows, expected["data_offset"], device)
+    if cluster.fs.type == "ocfs2":
+        _shared_files(cluster, virt, doms, rows)  # the device is mounted: through the filesystem
+    else:
+        _shared_writes(cluster, virt, doms, rows, expected["data_offset"], device)
     _print_table(rows)
     failed = [r for r in rows if r["problems"]]
     if failed:
@@ -104,6 +107,34 @@ def _shared_writes(cluster: Cluster, virt: Libvirt, doms, rows, data_offset: int
             guest.write_block(virt, dom, block, saved, device)
             fam.forget_saved(cluster)
         by_name[node.name]["wrote"] = f"block {block} -> read by {','.join(seen_by) or 'nobody'}"
+
+
+def _shared_files(cluster: Cluster, virt: Libvirt, doms, rows) -> None:
+    """Each node writes a file through the mounted filesystem; every other node must read it.
+    The files are removed again: verify leaves nothing behind."""
+    where = cluster.fs.mountpoint
+    by_name = {r["node"]: r for r in rows}
+    unmounted = [n.name for n, d in doms if virt.run(d, ["mountpoint", "-q", where]).exitcode != 0]
+    for name in unmounted:
+        by_name[name]["problems"].append(f"{where} is not mounted")
+    if unmounted:
+        return
+    for node, dom in doms:
+        path = f"{where}/.dali-verify-{node.name}-{secrets.token_hex(8)}"
+        text = f"dali-verify {node.name} {secrets.token_hex(16)}\n"
+        guest.put_file(virt, dom, text.encode(), path, 0o644)
+        seen_by = []
+        try:
+            for other, odom in doms:
+                if other is node:
+                    continue
+                if virt.run(odom, ["cat", path]).stdout == text:
+                    seen_by.append(other.name)
+                else:
+                    by_name[other.name]["problems"].append(f"did not read {node.name}'s file")
+        finally:
+            virt.run(dom, ["rm", "-f", path])
+        by_name[node.name]["wrote"] = f"{path} -> read by {','.join(seen_by) or 'nobody'}"
 
 
 def _print_table(rows) -> None:

@@ -63,3 +63,11 @@ def test_preflight_stops_before_anything_is_made():
         shutil.rmtree(home)
         shutil.rmtree(REPO / "state" / "clitest", ignore_errors=True)
         (REPO / "state" / "clitest.doit.sqlite").unlink(missing_ok=True)
+
+
+def test_a_pssh_command_keeps_words_with_an_equals_sign():
+    """doit takes NAME=VALUE words for its own variables; pssh reads them back from the line."""
+    from dali.pssh import command_line
+    argv = ["doit", "pssh", "--on", "b", "echo", "rc=$?", "FOO=bar", "config=x.toml"]
+    assert command_line(["echo"], argv) == "echo rc=$? FOO=bar"
+    assert command_line(["uname", "-a"], ["doit", "config=x.toml", "pssh", "uname", "-a"]) == "uname -a"

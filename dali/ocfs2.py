@@ -1,0 +1,170 @@
+"""fs.type = "ocfs2": the shared device as one OCFS2 filesystem, mounted on every node.
+
+What the same author's OCFS2 guide does by hand on each node, done through the guest agent:
+/etc/ocfs2/cluster.conf (from templates/ocfs2/cluster.conf.j2: every node's name, fixed
+address, number and port), /etc/default/o2cb (enabled, booting this cluster), o2cb and ocfs2
+enabled at boot, an fstab line for the mount point; then the cluster registered and the device
+mounted. Everything but the registration is on the node's disk, so a node booted any way
+(`virsh start` too) comes up with the filesystem mounted.
+
+The device is formatted once, with fs.slots node slots, and only when it holds nothing: the
+host reads the device's whole data area in the FAM (all zeros) and a node's wipefs finds no
+signature. Anything else is never overwritten: `doit mkfs --yes` formats on purpose.
+
+A node number is its fixed address within the subnet: stable whatever the order of clones,
+unique, and the same on every node.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from dali import fam, guest, network, reset
+from dali.cluster import Cluster, Node
+from dali.errors import DaliError
+from dali.render import render
+from dali.reporter import log
+from dali.virt import Libvirt
+
+PORT = 7777
+DEVICE = "/dev/pmem0"
+
+
+def cluster_name(cluster: Cluster) -> str:
+    """o2cb wants 1-16 letters and digits: the tag without its dashes."""
+    return cluster.tag.replace("-", "")[:16]
+
+
+def node_numbers(cluster: Cluster, addresses: dict[str, str], prefix: int) -> dict[str, int]:
+    numbers = {}
+    for node in cluster.nodes:
+        ip = ipaddress.IPv4Address(addresses[node.name])
+        numbers[node.name] = int(ip) - int(ipaddress.IPv4Network(f"{ip}/{prefix}", strict=False).network_address)
+    return numbers
+
+
+def files(cluster: Cluster, virt: Libvirt) -> dict[str, str]:
+    """The files every node must hold, for the cluster as it is configured now."""
+    addresses = network.addresses_of(cluster, virt)
+    missing = [n.name for n in cluster.nodes if n.name not in addresses]
+    if missing:
+        raise DaliError(f"{', '.join(missing)} has no address yet: run doit first")
+    prefix = network.plan(cluster, virt).prefix
+    numbers = node_numbers(cluster, addresses, prefix)
+    nodes = [{"name": n.name, "ip": addresses[n.name], "number": numbers[n.name]} for n in cluster.nodes]
+    name = cluster_name(cluster)
+    return {
+        "/etc/ocfs2/cluster.conf": render("ocfs2/cluster.conf.j2", name=name, nodes=nodes, port=PORT),
+        "/etc/default/o2cb": render("ocfs2/o2cb.j2", name=name),
+    }
+
+
+def fstab_line(cluster: Cluster) -> str:
+    # systemd mounts it at boot after o2cb has registered the cluster (o2cb.service needs the
+    # node's address: its drop-in in templates/guest/ waits for network-online).
+    return f"{DEVICE} {cluster.fs.mountpoint} ocfs2 _netdev,x-systemd.requires=o2cb.service 0 0"
+
+
+def configure(cluster: Cluster, virt: Libvirt, dom, wanted: dict[str, str]) -> None:
+    """Put the files on a running node and register the cluster. On a node where o2cb already
+    runs, registering again adds the nodes new to cluster.conf, online: nobody unmounts."""
+    virt.run(dom, ["mkdir", "-p", "/etc/ocfs2"]).check("mkdir /etc/ocfs2")
+    for path, text in wanted.items():
+        guest.put_file(virt, dom, text.encode(), path, 0o644)
+    line = fstab_line(cluster)
+    script = (f"mkdir -p {cluster.fs.mountpoint} && "
+              f"{{ grep -qF '{line}' /etc/fstab || echo '{line}' >> /etc/fstab; }} && "
+              # the image masks o2cb (it costs every boot seconds); wait-online gives it the address
+              "systemctl unmask -q o2cb.service && "
+              "systemctl enable -q systemd-networkd-wait-online.service && systemctl daemon-reload && "
+              f"if systemctl is-active -q o2cb; then o2cb register-cluster {cluster_name(cluster)}; "
+              "else systemctl start o2cb; fi")
+    virt.run(dom, ["sh", "-c", script], timeout=600).check(f"setting up o2cb on {dom.name()}")
+
+
+def is_formatted(virt: Libvirt, dom) -> bool:
+    return "ocfs2" in guest.signatures(virt, dom, DEVICE)
+
+
+def format_if_blank(cluster: Cluster, virt: Libvirt, dom) -> None:
+    """mkfs.ocfs2, but only on a device that holds nothing at all."""
+    found = guest.signatures(virt, dom, DEVICE)
+    if "ocfs2" in found:
+        return
+    data_offset = fam.namespace(cluster.fam_path)["data_offset"]
+    if found or reset.data_mib(cluster.fam_path, data_offset):
+        raise DaliError(f"{DEVICE} holds {', '.join(found) or 'data'}: dali formats only a blank "
+                        "device. To format it anyway (its data is lost): doit mkfs --yes; or "
+                        "doit reset:fam (nodes shut off) to start from a blank device")
+    make_filesystem(cluster, virt, dom)
+
+
+def make_filesystem(cluster: Cluster, virt: Libvirt, dom) -> None:
+    log(f"{dom.name()}: mkfs.ocfs2 -N {cluster.fs.slots} {DEVICE}")
+    # 4 KiB blocks and clusters, the page size, as DAX wants (mkfs.ocfs2 picks 2 KiB blocks on
+    # pmem by itself); "y" answers its question when the device holds an OCFS2 already (mkfs --yes).
+    virt.run(dom, ["mkfs.ocfs2", "-q", "-b", "4K", "-C", "4K", "-L", cluster_name(cluster),
+                   "-N", str(cluster.fs.slots), DEVICE], stdin=b"y\n", timeout=600).check("mkfs.ocfs2")
+
+
+def mount(cluster: Cluster, virt: Libvirt, dom) -> None:
+    where = cluster.fs.mountpoint
+    result = virt.run(dom, ["sh", "-c", f"mountpoint -q {where} || mount {where}"], timeout=600)
+    if result.exitcode != 0:
+        slots = virt.run(dom, ["sh", "-c", "dmesg | grep -c 'no free slots'"]).stdout.strip()
+        if slots not in ("", "0"):
+            raise DaliError(f"{dom.name()}: the OCFS2 filesystem has no free node slot: unmount it "
+                            f"on every node (doit pssh umount {where}), then doit pssh --on "
+                            f"{cluster.original} tunefs.ocfs2 -N <more> {DEVICE}, and raise fs.slots")
+    result.check(f"mount {where}")
+
+
+def bring_up(cluster: Cluster, virt: Libvirt, running: list[tuple[Node, object]]) -> None:
+    """Every running node configured, the device formatted if it is blank, mounted everywhere."""
+    if not running:
+        return
+    wanted = files(cluster, virt)
+    for _node, dom in running:
+        configure(cluster, virt, dom, wanted)
+    format_if_blank(cluster, virt, running[0][1])
+    for node, dom in running:
+        mount(cluster, virt, dom)
+        log(f"{node.name}: {DEVICE} mounted on {cluster.fs.mountpoint} (ocfs2)")
+
+
+def running_nodes(cluster: Cluster, virt: Libvirt) -> list:
+    found = []
+    for node in cluster.nodes:
+        dom = virt.domain(node.name)
+        if dom is not None and virt.is_running(dom) and virt.agent_answers(dom):
+            found.append((node, dom))
+    return found
+
+
+def is_current(cluster: Cluster, virt: Libvirt) -> bool:
+    """Every running node holds the configuration for the cluster as it is now, and has the
+    filesystem mounted."""
+    wanted = files(cluster, virt)
+    for _node, dom in running_nodes(cluster, virt):
+        for path, text in wanted.items():
+            if virt.run(dom, ["cat", path]).stdout != text:
+                return False
+        if virt.run(dom, ["mountpoint", "-q", cluster.fs.mountpoint]).exitcode != 0:
+            return False
+    return True
+
+
+def mkfs(cluster: Cluster, virt: Libvirt, yes: bool = False) -> None:
+    """`doit mkfs --yes`: format the shared device whatever it holds (its contents are lost)."""
+    if not yes:
+        raise DaliError("doit mkfs formats the shared device and destroys what it holds: "
+                        "doit mkfs --yes to do it")
+    running = running_nodes(cluster, virt)
+    if not running:
+        raise DaliError("no node runs: doit start first (mkfs runs on a node)")
+    mounted = [n.name for n, d in running
+               if virt.run(d, ["mountpoint", "-q", cluster.fs.mountpoint]).exitcode == 0]
+    if mounted:
+        raise DaliError(f"{DEVICE} is mounted on {', '.join(mounted)}: unmount it everywhere first "
+                        f"(doit pssh umount {cluster.fs.mountpoint})")
+    make_filesystem(cluster, virt, running[0][1])
