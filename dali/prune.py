@@ -11,7 +11,7 @@ earlier config is found too.
 
 from __future__ import annotations
 
-from dali import disks, marks
+from dali import disks, marks, network
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.reporter import log
@@ -62,6 +62,7 @@ def remove(cluster: Cluster, virt: Libvirt, name: str, dryrun: bool = False) -> 
             log(f"{name}: undefined")
     disks.remove_file(cluster, virt, cluster.disk(name), dryrun)
     if not dryrun and not cluster.disk(name).exists():
+        network.forget_host(cluster, virt, name)  # its address is free again
         log(f"{name}: removed")
 
 

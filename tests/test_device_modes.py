@@ -1,0 +1,77 @@
+"""The shared device's other shapes, on qemu:///system with real guests: libvirt's own NVDIMM
+device (device.style = "native") with the host's AppArmor template left byte-identical, a
+refused mode change that leaves the FAM untouched, and devdax made on purpose on a new FAM."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from conftest import ClusterUnderTest, one_error_line
+from dali import fam, guest
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
+
+TAG = "dalidax"
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def template(c) -> bytes:
+    """The host's AppArmor template, without the lines other dali clusters (a user's, running
+    beside the tests) may add or remove meanwhile."""
+    lines = c.cfg.apparmor_template.read_bytes().splitlines(keepends=True)
+    return b"".join(line for line in lines if b"# dali cluster " not in line or f"# dali cluster {TAG}:".encode() in line)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = ClusterUnderTest(tmp_path_factory.mktemp(TAG) / "cluster.toml", TAG, clones=["b"],
+                         device={"style": "native", "mode": "fsdax"})
+    c.template_before = template(c)
+    yield c
+    c.teardown()
+
+
+def test_native_style_shares_the_namespace_and_leaves_the_template_alone(cluster):
+    cluster.doit("start")
+    xml = cluster.dom("a").XMLDesc(0)
+    assert "<memory model='nvdimm' access='shared'>" in xml and "qemu:commandline" not in xml
+    uuid = fam.namespace(cluster.cfg.fam_path)["uuid"]
+    for s in "ab":
+        ns = guest.namespace(cluster.virt, cluster.dom(s))
+        assert (ns["mode"], ns["size"], ns["uuid"]) == ("fsdax", 1054867456, uuid)
+    assert template(cluster) == cluster.template_before, "nothing of ours in the template, running"
+    cluster.doit("verify")
+
+
+def test_a_mode_change_on_a_fam_with_a_namespace_is_refused(cluster):
+    cluster.doit("shutdown")
+    before = digest(cluster.cfg.fam_path)
+    cluster.set(device={"style": "native", "mode": "devdax"})
+    line = one_error_line(cluster.doit(check=False))
+    assert "holds a fsdax namespace" in line and "move the FAM away" in line
+    assert digest(cluster.cfg.fam_path) == before, "the FAM is untouched, byte for byte"
+
+
+def test_devdax_on_a_new_fam_on_purpose(cluster):
+    os.rename(cluster.cfg.fam_path, cluster.cfg.fam_path.with_name("FAM.fsdax"))  # as the line says
+    cluster.doit()
+    ns = fam.namespace(cluster.cfg.fam_path)
+    assert ns["mode"] == "devdax"
+    cluster.doit("start")
+    for s in "ab":
+        seen = guest.namespace(cluster.virt, cluster.dom(s))
+        assert (seen["mode"], seen["uuid"]) == ("devdax", ns["uuid"])
+        assert cluster.virt.run(cluster.dom(s), ["test", "-c", "/dev/dax0.0"]).exitcode == 0
+    run = cluster.doit("verify")  # its write test goes through mmap of /dev/dax0.0
+    assert "devdax" in run.stdout
+
+
+def test_the_template_was_never_touched(cluster):
+    cluster.doit("clean")
+    assert template(cluster) == cluster.template_before

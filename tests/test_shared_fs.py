@@ -1,0 +1,99 @@
+"""The shared device ready for filesystem work, on qemu:///system with real guests: OCFS2 across
+the nodes, never formatting a device that holds anything, a node added while the others run.
+test_device_modes.py has devdax, libvirt's own NVDIMM device and the refused mode change."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from conftest import ClusterUnderTest, one_error_line
+from dali import fam
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
+
+TAG = "dalifs"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = ClusterUnderTest(tmp_path_factory.mktemp(TAG) / "cluster.toml", TAG, clones=["b", "c"],
+                         fs={"type": "ocfs2", "mountpoint": "/data", "slots": 8})
+    yield c
+    c.teardown()
+
+
+def fam_block(c, offset: int, data: bytes | None = None) -> bytes:
+    """Read (or write) 4 KiB of the device, on the host, through the FAM."""
+    at = fam.namespace(c.cfg.fam_path)["data_offset"] + offset
+    with open(c.cfg.fam_path, "r+b") as f:
+        if data is not None:
+            os.pwrite(f.fileno(), data, at)
+        return os.pread(f.fileno(), 4096, at)
+
+
+def mounted_on(c, suffixes="abc") -> dict[str, bool]:
+    run = c.doit("pssh", "--on", ",".join(suffixes), "mountpoint -q /data && echo yes || echo no",
+                 check=False)
+    return {s: f"--- {TAG}{s} (exit 0)\nyes" in run.stdout for s in suffixes}
+
+
+def test_a_device_with_data_is_never_formatted(cluster):
+    cluster.doit()  # the original makes the namespace fsdax; nothing formats yet
+    stray = os.urandom(4096)
+    fam_block(cluster, 300 * 2**20, stray)  # an arbitrary non-zero block, somewhere
+    line = one_error_line(cluster.doit("start", check=False))
+    assert "formats only a blank device" in line and "mkfs --yes" in line
+    assert fam_block(cluster, 300 * 2**20) == stray, "not a byte of it changed"
+    fam_block(cluster, 300 * 2**20, bytes(4096))  # put the device back to blank
+
+    cluster.doit("pssh", "--on", "a", "mkfs.ext4 -q -F /dev/pmem0")  # a filesystem, this time
+    before = cluster.cfg.fam_path.read_bytes()
+    line = one_error_line(cluster.doit("start", check=False))
+    assert "ext4" in line
+    assert cluster.cfg.fam_path.read_bytes() == before
+    cluster.doit("pssh", "--on", "a", "wipefs -a -q /dev/pmem0")
+    fam_block(cluster, 0, bytes(4096))
+
+
+def test_ocfs2_is_mounted_on_every_node_after_start(cluster):
+    # ext4's wipefs leaves zeros only where signatures were; make the device blank again.
+    with open(cluster.cfg.fam_path, "r+b") as f:
+        start = fam.namespace(cluster.cfg.fam_path)["data_offset"]
+        for at in range(start, start + 64 * 2**20, 2**20):
+            os.pwrite(f.fileno(), bytes(2**20), at)
+    cluster.doit("start")
+    assert mounted_on(cluster) == {"a": True, "b": True, "c": True}
+    for s in "abc":
+        cluster.doit("pssh", "--on", s, f"echo from {TAG}{s} > /data/from-{s}")
+    for s in "abc":
+        run = cluster.doit("pssh", "--on", s, "cat /data/from-a /data/from-b /data/from-c")
+        assert f"from {TAG}a\nfrom {TAG}b\nfrom {TAG}c\n" in run.stdout
+    run = cluster.doit("verify")
+    assert "/data/.dali-verify-" in run.stdout
+    assert "dali-verify" not in cluster.doit("pssh", "--on", "a", "ls -a /data").stdout, "nothing left"
+
+
+def test_the_filesystem_survives_doit_and_a_restart(cluster):
+    cluster.doit()
+    cluster.doit("shutdown")
+    cluster.doit("start")
+    assert mounted_on(cluster) == {"a": True, "b": True, "c": True}
+    run = cluster.doit("pssh", "--on", "b", "cat /data/from-a")
+    assert f"from {TAG}a" in run.stdout, "not reformatted"
+
+
+def test_a_fourth_node_joins_while_three_run_mounted(cluster):
+    mounts = cluster.doit("pssh", "--on", "a,b,c", "findmnt -n -o ID /data").stdout
+    ids = {m.group(1): m.group(2) for m in re.finditer(rf"--- {TAG}(\w) \(exit 0\)\n(\d+)", mounts)}
+    cluster.set(clones=["b", "c", "d"])
+    cluster.doit("clone")  # joins d to the cluster on the running nodes
+    cluster.doit("start", "d")
+    assert mounted_on(cluster, "abcd") == {"a": True, "b": True, "c": True, "d": True}
+    again = cluster.doit("pssh", "--on", "a,b,c", "findmnt -n -o ID /data").stdout
+    assert {m.group(1): m.group(2) for m in re.finditer(rf"--- {TAG}(\w) \(exit 0\)\n(\d+)", again)} == ids, \
+        "no running node unmounted"
+    run = cluster.doit("pssh", "--on", "d", "cat /data/from-c")
+    assert f"from {TAG}c" in run.stdout
