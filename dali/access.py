@@ -18,7 +18,10 @@ import os
 import shlex
 from pathlib import Path
 
+import libvirt
+
 from dali.cluster import Cluster
+from dali.errors import DaliError
 from dali.render import render, write_if_changed
 from dali.virt import Libvirt
 
@@ -89,7 +92,10 @@ def learn_host_keys(cluster: Cluster, virt: Libvirt, doms) -> None:
             name, _, key = line.partition(" ")
             known[name] = key
     for node, dom in doms:
-        result = virt.run(dom, ["cat", HOST_KEY])
+        try:
+            result = virt.run(dom, ["cat", HOST_KEY], timeout=30)
+        except (DaliError, libvirt.libvirtError):
+            continue  # a busy or stopping node: its key is learnt next time
         if result.exitcode == 0 and result.stdout.strip():
             known[node.name] = " ".join(result.stdout.split()[:2])
     write_if_changed(path, "".join(f"{name} {key}\n" for name, key in sorted(known.items())))

@@ -158,6 +158,3 @@ def put_file(virt: Libvirt, dom, data: bytes, dest: str, mode: int) -> None:
 def sha256(virt: Libvirt, dom, path: str) -> str:
     return virt.run(dom, ["sha256sum", path], timeout=300).check(f"sha256sum {path}").stdout.split()[0]
 
-
-def uptime(virt: Libvirt, dom) -> float:
-    return float(virt.run(dom, ["cat", "/proc/uptime"], timeout=5).stdout.split()[0])

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import time
 import stat
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import libvirt
 
@@ -47,16 +49,31 @@ def node_row(cluster: Cluster, virt: Libvirt, node: Node, addresses: dict[str, s
     if dom is None:
         return row
     row["state"] = STATES.get(dom.state()[0], "other")
-    if row["state"] == "running" and virt.agent_answers(dom):
-        try:
-            ns = guest.namespace(virt, dom, wait=0)
-            row["pmem"] = f"{ns.get('mode')} {ns.get('size')}"
-        except DaliError:
-            row["pmem"] = "none"
-        row["uptime"] = _duration(guest.uptime(virt, dom))
-    elif row["state"] == "running":
-        row["uptime"] = "(agent silent)"
+    if row["state"] != "running":
+        return row
+    started = _started(virt, node.name)
+    if started is not None:
+        row["uptime"] = _duration(time.time() - started)
+    if not virt.agent_answers(dom):
+        row["pmem"] = "(agent silent)"
+        return row
+    try:
+        ns = guest.namespace(virt, dom, wait=0)
+        row["pmem"] = f"{ns.get('mode')} {ns.get('size')}"
+    except (DaliError, libvirt.libvirtError):
+        row["pmem"] = "?"  # a busy node: status waits for nothing
     return row
+
+
+def _started(virt: Libvirt, name: str) -> float | None:
+    """When the node's qemu started (the host's clock), from its process: no agent needed."""
+    try:
+        pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def status(cluster: Cluster, virt: Libvirt) -> list[dict]:
@@ -64,7 +81,8 @@ def status(cluster: Cluster, virt: Libvirt) -> list[dict]:
     addresses = network.addresses_of(cluster, virt)
     with ThreadPoolExecutor(max_workers=len(cluster.nodes)) as pool:
         rows = list(pool.map(lambda n: node_row(cluster, virt, n, addresses), cluster.nodes))
-    running = [(n, virt.domain(n.name)) for n, r in zip(cluster.nodes, rows) if r["pmem"] != "-"]
+    running = [(n, virt.domain(n.name)) for n, r in zip(cluster.nodes, rows)
+               if r["pmem"] not in ("-", "(agent silent)", "?")]
     if running:
         access.learn_host_keys(cluster, virt, running)
 
