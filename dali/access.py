@@ -83,8 +83,10 @@ def write(cluster: Cluster, addresses: dict[str, str]) -> None:
         write_if_changed(path, text)
 
 
-def learn_host_keys(cluster: Cluster, virt: Libvirt, doms) -> None:
-    """Put the running nodes' ssh host keys in known_hosts, under their names (HostKeyAlias)."""
+def learn_host_keys(cluster: Cluster, virt: Libvirt, doms, wait: int = 0) -> None:
+    """Put the running nodes' ssh host keys in known_hosts, under their names (HostKeyAlias).
+    A node makes its keys early in its boot, but the agent can answer before: `wait` seconds
+    for them (doit start waits; doit status does not)."""
     known = {}
     path = known_hosts_file(cluster)
     if path.exists():
@@ -93,7 +95,8 @@ def learn_host_keys(cluster: Cluster, virt: Libvirt, doms) -> None:
             known[name] = key
     for node, dom in doms:
         try:
-            result = virt.run(dom, ["cat", HOST_KEY], timeout=30)
+            result = virt.run(dom, ["sh", "-c", f"for i in $(seq {wait}); do test -s {HOST_KEY} && "
+                                    f"break; sleep 1; done; cat {HOST_KEY}"], timeout=wait + 30)
         except (DaliError, libvirt.libvirtError):
             continue  # a busy or stopping node: its key is learnt next time
         if result.exitcode == 0 and result.stdout.strip():

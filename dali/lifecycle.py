@@ -66,7 +66,7 @@ def start(cluster: Cluster, virt: Libvirt, names=()) -> None:
         log(f"{node.name}: guest agent answered after {took:.0f} s")
 
     each(doms, wait)
-    access.learn_host_keys(cluster, virt, doms)
+    access.learn_host_keys(cluster, virt, doms, wait=120)
     if cluster.fs.type == "ocfs2":
         ocfs2.bring_up(cluster, virt, ocfs2.running_nodes(cluster, virt))
 
