@@ -93,7 +93,7 @@ def test_ssh_with_the_generated_config(cluster):
 
 
 def test_nodes_resolve_each_other_by_name(cluster):
-    run = cluster.doit("pssh", "--on", "a", f"getent hosts {TAG}b; ping -c 1 -W 5 {TAG}c")
+    run = cluster.doit("pssh", "--on", "a", f"getent ahostsv4 {TAG}b; ping -c 1 -W 5 {TAG}c")
     assert f"{guest_ipv4(cluster, 'b')}" in run.stdout and "1 received" in run.stdout
 
 
@@ -125,7 +125,7 @@ def test_a_node_added_while_others_run_gets_a_name_and_address(cluster):
     assert {s: (guest_ipv4(cluster, s), cluster.dom(s).ID()) for s in "abc"} == before
     d = guest_ipv4(cluster, "d")
     assert d not in [a for a, _ in before.values()]
-    run = cluster.doit("pssh", "--on", "b", f"getent hosts {TAG}d")
+    run = cluster.doit("pssh", "--on", "b", f"getent ahostsv4 {TAG}d")
     assert d in run.stdout
     assert f"{TAG}d {d}" in access.inventory_file(cluster.cfg).read_text()
 
