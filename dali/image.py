@@ -18,7 +18,7 @@ from dali.cluster import Cluster
 from dali.commands import run
 from dali.errors import DaliError
 from dali.guest_image import (NODE_IMAGE_FILES, build_node_image, remove_abandoned_work, remove_tree,
-                              work_dir)
+                              rootfs_recipe, rootfs_tarball_path, work_dir)
 from dali.reporter import log
 from dali.virt import Libvirt
 
@@ -71,16 +71,32 @@ def node_image_is_current(cluster: Cluster, tarball: Path) -> bool:
             and _stamp_of(cluster.image_dir / "base.qcow2") == _stamp(cluster, tarball))
 
 
-def ensure_node_image(cluster: Cluster, tarball: Path) -> None:
-    if node_image_is_current(cluster, tarball):
-        return
+def wanted_tarball(cluster: Cluster) -> Path:
+    """The debootstrap tarball the image settings ask for now."""
+    settings = cluster.image
+    return rootfs_tarball_path(rootfs_recipe(settings.suite, settings.mirror, settings.http_proxy,
+                                             list(settings.extra_packages)), cluster.cache_dir)
+
+
+def built_on_image(cluster: Cluster) -> list[Path]:
+    """The disks built on this cluster's base.qcow2 (the original's, or the frozen one)."""
     base = cluster.image_dir / "base.qcow2"
-    on_it = [d for d in (cluster.disk(cluster.original_node), cluster.frozen_disk)
-             if d.exists() and disks.backing_file(d) == str(base)]
-    if on_it:
-        raise DaliError(f"the image recipe (image.* settings) or the cluster's ssh key changed, but "
-                        f"{on_it[0]} is built on the old image: revert the change, or run doit clean "
-                        "(discarding the nodes' disks) and then doit")
+    return [d for d in (cluster.disk(cluster.original_node), cluster.frozen_disk)
+            if d.exists() and disks.backing_file(d) == str(base)]
+
+
+def node_image_is_kept(cluster: Cluster, tarball: Path) -> bool:
+    """The image was built from another recipe (or key), but nodes are built on it: replacing it
+    would corrupt their disks, so it stays as it is (a dali upgrade changes the recipe, and so
+    does image.extra_packages). `doit status` says so; `doit clean`, then `doit`, moves on."""
+    base = cluster.image_dir / "base.qcow2"
+    return (marks.is_ours(base, cluster) and _stamp_of(base) != _stamp(cluster, tarball)
+            and bool(built_on_image(cluster)))
+
+
+def ensure_node_image(cluster: Cluster, tarball: Path) -> None:
+    if node_image_is_current(cluster, tarball) or node_image_is_kept(cluster, tarball):
+        return
     for name in NODE_IMAGE_FILES:
         path = cluster.image_dir / name
         if os.path.lexists(path) and not marks.is_ours(path, cluster):

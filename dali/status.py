@@ -18,7 +18,7 @@ from pathlib import Path
 
 import libvirt
 
-from dali import access, fam, guest, network
+from dali import access, fam, guest, image, network
 from dali.cluster import Cluster, Node
 from dali.domain import gdb_socket
 from dali.errors import DaliError
@@ -93,6 +93,10 @@ def status(cluster: Cluster, virt: Libvirt) -> list[dict]:
         print("  ".join(r[c].ljust(widths[c]) for c in cols).rstrip())
     print(_network_line(cluster, virt))
     print(_fam_line(cluster))
+    if cluster.image_kernel and image.node_image_is_kept(cluster, image.wanted_tarball(cluster)):
+        print(f"image {cluster.image_dir / 'base.qcow2'}: built from an older recipe (a dali upgrade, "
+              "or image.* settings changed); kept, because the nodes' disks are built on it: doit "
+              "clean, then doit, moves to the new one")
     if cluster.gdb:
         for node in cluster.nodes:
             sock = gdb_socket(cluster, node)

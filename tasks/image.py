@@ -5,18 +5,17 @@ image:rootfs   the debootstrap tarball, cached in state/cache/ per recipe (minut
 image:base     base.qcow2, vmlinuz and initrd.img for this cluster (seconds)
 
 No tasks when image.path names the user's own qcow2. Whether image:base is current is a fact of
-the files (dali/guest_image.py stamps what they were built from), not doit's memory: a killed
-run that lost doit's records does not make dali think the image changed.
+the files (dali/image.py stamps what they were built from), not doit's memory: a killed run
+that lost doit's records does not make dali think the image changed. An image built from an
+older recipe stays while nodes are built on it (dali/image.py: node_image_is_kept).
 """
 
 from __future__ import annotations
 
-from doit.tools import config_changed
-
 from dali import guest_image, image
 from dali.cluster import Cluster
 from dali.errors import CleanStep, Step, uptodate
-from dali.guest_image import rootfs_recipe, rootfs_tarball_path
+from dali.guest_image import rootfs_recipe
 from dali.reporter import log
 from dali.virt import Libvirt
 
@@ -31,7 +30,7 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
     settings = cluster.image
     recipe = rootfs_recipe(settings.suite, settings.mirror, settings.http_proxy,
                            list(settings.extra_packages))
-    tarball = rootfs_tarball_path(recipe, cluster.cache_dir)
+    tarball = image.wanted_tarball(cluster)
     pub = cluster.ssh_key.with_suffix(".pub")
     yield {
         "basename": "image", "name": "sshkey",
@@ -43,7 +42,9 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "basename": "image", "name": "rootfs",
         "doc": "the debootstrap tarball, cached per recipe",
         "actions": [Step("debootstrap the guest tree", build_rootfs, recipe, cluster, changes=cluster)],
-        "targets": [tarball], "uptodate": [config_changed(recipe)], "task_dep": ["preflight"],
+        # Its name is the recipe's hash: it is there, or the image it would make is not wanted.
+        "uptodate": [uptodate(lambda: tarball.exists() or image.node_image_is_kept(cluster, tarball))],
+        "task_dep": ["preflight"],
     }
     yield {
         "basename": "image", "name": "base",
@@ -51,7 +52,8 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "actions": [Step("make base.qcow2, vmlinuz and initrd.img", image.ensure_node_image,
                          cluster, tarball, changes=cluster)],
         "targets": [cluster.image_dir / n for n in guest_image.NODE_IMAGE_FILES],
-        "uptodate": [(uptodate(image.node_image_is_current), [cluster, tarball], {})],
+        "uptodate": [uptodate(lambda: image.node_image_is_current(cluster, tarball)
+                              or image.node_image_is_kept(cluster, tarball))],
         "task_dep": ["preflight", "image:sshkey", "image:rootfs"],
         "clean": [CleanStep("remove the image if dali made it", image.remove_node_image, cluster, virt,
                        changes=cluster)],

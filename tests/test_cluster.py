@@ -111,6 +111,18 @@ def test_doit_clone_makes_linked_clones(cluster):
         assert cluster.cfg.fam_path.as_posix() in d.XMLDesc(0)
 
 
+def test_a_changed_recipe_keeps_the_image_the_nodes_are_built_on(cluster):
+    """A dali upgrade, or image.extra_packages, changes the recipe: replacing base.qcow2 would
+    corrupt the disks built on it, so it is kept (no debootstrap either), and status says so."""
+    base = cluster.cfg.base_disk.stat().st_ino
+    cluster.set(image={"extra_packages": ["less"]})
+    run = cluster.doit()
+    assert executed(run) == []
+    assert cluster.cfg.base_disk.stat().st_ino == base
+    assert "built from an older recipe" in cluster.doit("status").stdout
+    cluster.set(image={"extra_packages": []})
+
+
 def test_start_then_verify(cluster):
     run = cluster.doit("start")
     for s in "abc":
