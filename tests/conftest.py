@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
+import string
 import subprocess
 import tempfile
 from pathlib import Path
@@ -19,6 +21,15 @@ from dali.cluster import REPO
 from dali.virt import Libvirt
 
 DOIT = REPO / ".venv" / "bin" / "doit"
+
+# Appended to every real test cluster's tag: two test runs at once (two checkouts, or a run
+# beside the leftovers of a killed one) never meet on a domain or network name.
+RUN_SUFFIX = "".join(secrets.choice(string.ascii_lowercase) for _ in range(3))
+
+
+def unique_tag(base: str) -> str:
+    """A test cluster's tag: base plus this run's suffix (tags are at most 16 characters)."""
+    return base + RUN_SUFFIX
 
 
 def user_env(**extra: str) -> dict:

@@ -18,13 +18,13 @@ import subprocess
 import libvirt
 import pytest
 
-from conftest import ClusterUnderTest, one_error_line
+from conftest import ClusterUnderTest, one_error_line, unique_tag
 from dali import accel, disks, fam, guest
 from dali.marks import mark_of
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
-TAG = "dalitest"
+TAG = unique_tag("dalitest")
 FSDAX_SIZE_OF_1G = 1054867456  # measured by hand: the seed's "1006.00 MiB (1054.87 MB)"
 
 

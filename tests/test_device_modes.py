@@ -9,12 +9,12 @@ import os
 
 import pytest
 
-from conftest import ClusterUnderTest, one_error_line
+from conftest import ClusterUnderTest, one_error_line, unique_tag
 from dali import fam, guest
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
-TAG = "dalidax"
+TAG = unique_tag("dalidax")
 
 
 def digest(path) -> str:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ClusterUnderTest, one_error_line
+from conftest import ClusterUnderTest, one_error_line, unique_tag
 from dali import fam, guest, reset
 from dali.domain import gdb_socket
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
-TAG = "dalikern"
+TAG = unique_tag("dalikern")
 KERNELS = ("6.1.0-47-cloud-amd64", "6.1.0-50-cloud-amd64")
 
 

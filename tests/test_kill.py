@@ -19,12 +19,12 @@ import time
 
 import pytest
 
-from conftest import DOIT, ClusterUnderTest, assert_built, files_under, user_env
+from conftest import DOIT, ClusterUnderTest, assert_built, files_under, user_env, unique_tag
 from dali.cluster import REPO
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
-TAG = "dalikill"
+TAG = unique_tag("dalikill")
 KILL, INT = signal.SIGKILL, signal.SIGINT
 
 # (what doit prints, signal, seconds to wait after it): ".  TASK" is printed as TASK starts, so

@@ -12,12 +12,12 @@ import subprocess
 import libvirt
 import pytest
 
-from conftest import ClusterUnderTest, one_error_line
+from conftest import ClusterUnderTest, one_error_line, unique_tag
 from dali import access, guest
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
-TAG = "dalilive"
+TAG = unique_tag("dalilive")
 
 
 @pytest.fixture(scope="module")

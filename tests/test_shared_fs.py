@@ -9,12 +9,12 @@ import re
 
 import pytest
 
-from conftest import ClusterUnderTest, one_error_line
+from conftest import ClusterUnderTest, one_error_line, unique_tag
 from dali import fam
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
-TAG = "dalifs"
+TAG = unique_tag("dalifs")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,9 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from conftest import DOIT, ClusterUnderTest, one_error_line, run_doit, user_env
+from conftest import DOIT, ClusterUnderTest, one_error_line, run_doit, unique_tag, user_env
+
+ONE, TWO, THREE = unique_tag("dalione"), unique_tag("dalitwo"), unique_tag("dalithree")
 from dali import settings
 from dali.cluster import REPO
 
@@ -40,8 +42,8 @@ class ByEnvironment(ClusterUnderTest):
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    one = ByEnvironment(tmp_path_factory.mktemp("one") / "c.toml", "dalione")
-    two = ByEnvironment(tmp_path_factory.mktemp("two") / "c.toml", "dalitwo")
+    one = ByEnvironment(tmp_path_factory.mktemp("one") / "c.toml", ONE)
+    two = ByEnvironment(tmp_path_factory.mktemp("two") / "c.toml", TWO)
     yield one, two
     one.teardown()
     two.teardown()
@@ -61,7 +63,7 @@ def test_both_build_at_once(pair):
         assert run.returncode == 0, out
         assert "is changing cluster" not in out, "another cluster's lock is not ours to wait for"
     one, two = pair
-    assert one.cfg.network.name == "dalione" and two.cfg.network.name == "dalitwo"
+    assert one.cfg.network.name == ONE and two.cfg.network.name == TWO
     assert not subnet(one).overlaps(subnet(two))
 
 
@@ -88,11 +90,11 @@ def test_the_same_tag_in_another_dir_is_refused(pair):
 
 def test_a_second_tag_in_the_same_dir_is_refused(pair):
     one, _ = pair
-    run = run_doit(f"config={one.path}", env={"DALI_TAG": "dalithree", "DALI_DIR": str(one.data_dir)})
+    run = run_doit(f"config={one.path}", env={"DALI_TAG": THREE, "DALI_DIR": str(one.data_dir)})
     line = one_error_line(run)
     assert "belongs to dali cluster 'dalione'" in line and "its own dir" in line
-    assert "dalithreea" not in [d.name() for d in libvirt.open("qemu:///system").listAllDomains()]
-    cfg = settings.load(one.path, env={"DALI_TAG": "dalithree", "DALI_DIR": str(one.data_dir)})
+    assert THREE + "a" not in [d.name() for d in libvirt.open("qemu:///system").listAllDomains()]
+    cfg = settings.load(one.path, env={"DALI_TAG": THREE, "DALI_DIR": str(one.data_dir)})
     for leftover in (cfg.dep_file, cfg.lock_file):
         leftover.unlink(missing_ok=True)
     subprocess.run(["rm", "-rf", str(cfg.state_dir)])
