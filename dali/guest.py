@@ -27,16 +27,22 @@ def _json(text: str):
 
 
 def namespace(virt: Libvirt, dom, wait: int = 120) -> dict:
-    """namespace0.0 as `ndctl list` reports it. The agent can answer before udev has loaded
-    the NVDIMM modules, so an absent namespace is retried for `wait` seconds."""
+    """namespace0.0 as `ndctl list` reports it. The agent answers early in the boot, before
+    udev has loaded the NVDIMM modules, so an absent namespace, or one whose device (/dev/pmem0
+    from nd_pmem, or /dev/dax0.0 in devdax mode) is not there yet, is retried for `wait` seconds."""
     deadline = time.monotonic() + wait
+    seen = None
     while True:
         listed = _json(virt.run(dom, ["ndctl", "list"]).check("ndctl list").stdout)
         listed = [listed] if isinstance(listed, dict) else listed
         for ns in listed:
             if ns.get("dev") == NAMESPACE:
-                return ns
+                if "blockdev" in ns or "chardev" in ns:
+                    return ns
+                seen = ns
         if time.monotonic() > deadline:
+            if seen:
+                return seen
             raise DaliError(f"{dom.name()}: ndctl list shows no {NAMESPACE} after {wait} s: "
                             f"check the domain's qemu:commandline (-M nvdimm=on, -device nvdimm)")
         time.sleep(2)

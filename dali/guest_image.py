@@ -18,12 +18,15 @@ can be tested and reused on its own; tasks/image.py wires it into the graph.
 from __future__ import annotations
 
 import fcntl
+import gzip
 import hashlib
 import json
+import lzma
 import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -39,7 +42,7 @@ _WORK_PREFIX = ".dali-work."
 
 # Bump when the customisation code below changes what ends up in the tree, so cached tarballs
 # made by older code are not reused. (Changes to templates/guest/ are noticed by their hash.)
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 TEMPLATES_DIR = REPO / "templates" / "guest"
 
@@ -218,6 +221,25 @@ def _is_debootstrap_milestone(line: str) -> bool:
     return words[:1] == ["I:"] and len(words) >= 4 and line.rstrip().endswith(("...", "successfully."))
 
 
+# Units a node does not need at boot, each of them TCG time on every boot of every node.
+_BOOT_UNITS_DISABLED = (
+    "getty@tty1.service",                 # no display: the console is the serial one (ttyS0)
+    "systemd-network-generator.service",  # turns ip= on the kernel command line into units: unused
+    "systemd-pstore.service",             # saves EFI/ACPI crash records: qemu's pc machine keeps none
+    "e2scrub_all.timer", "fstrim.timer", "dpkg-db-backup.timer",  # housekeeping for long-lived disks
+)
+# Static units (pulled in by others, so disabling is not enough).
+_BOOT_UNITS_MASKED = (
+    "modprobe@drm.service",               # logind wants it; a node has no display
+    "dev-hugepages.mount",                # hugetlbfs: nothing on a node uses it
+)
+_GENERATORS_MASKED = (
+    "systemd-gpt-auto-generator", "systemd-hibernate-resume-generator",
+    "systemd-cryptsetup-generator", "systemd-integritysetup-generator",
+    "systemd-veritysetup-generator", "systemd-system-update-generator",
+)
+
+
 def _customise(tree: Path) -> None:
     """Make the debootstrap tree into an image that any number of nodes can boot as clones."""
     # Static files (fstab, hostname, network, the ssh host key unit) are kept as files, not code.
@@ -240,7 +262,20 @@ def _customise(tree: Path) -> None:
     # SMART data), which leaves every node "degraded". e2scrub_reap cleans LVM snapshots we never
     # make, at 6 s of TCG time per boot.
     _chroot(tree, "systemctl", "disable", "systemd-networkd-wait-online.service",
-            "apt-daily.timer", "apt-daily-upgrade.timer", "ndctl-monitor.service", "e2scrub_reap.service")
+            "apt-daily.timer", "apt-daily-upgrade.timer", "ndctl-monitor.service", "e2scrub_reap.service",
+            *_BOOT_UNITS_DISABLED)
+    _chroot(tree, "systemctl", "mask", *_BOOT_UNITS_MASKED)
+    # Generators run at every boot, before any unit starts; these look for things a node never
+    # has (GPT partitions, hibernation images, dm-crypt/integrity/verity tables, offline updates).
+    generators = tree / "etc/systemd/system-generators"
+    generators.mkdir(parents=True, exist_ok=True)
+    for name in _GENERATORS_MASKED:
+        (generators / name).unlink(missing_ok=True)
+        (generators / name).symlink_to("/dev/null")
+
+    # templates/guest/etc/initramfs-tools/ replaced MODULES=most with the few modules that mount
+    # the root disk: make the kernel's initrd again with them (also picking up the blacklist).
+    _chroot(tree, "update-initramfs", "-u", "-k", "all")
 
     # OCFS2's SysV scripts cost seconds of every boot under TCG: masked, and unmasked by dali
     # on the nodes of an fs.type = "ocfs2" cluster (o2cb only: systemd mounts from fstab, and
@@ -328,8 +363,9 @@ def build_node_image(tarball: Path, ssh_public_key: str, out_dir: Path, disk_siz
         (ssh_dir / "authorized_keys").chmod(0o600)
 
         kernel, initrd = _boot_files(tree)
-        for source, name in ((kernel, "vmlinuz"), (initrd, "initrd.img")):
-            shutil.copyfile(source, work / name)
+        (work / "vmlinuz").write_bytes(_bootable_kernel(kernel.read_bytes()))
+        (work / "initrd.img").write_bytes(_uncompressed_initrd(initrd.read_bytes()))
+        for name in ("vmlinuz", "initrd.img"):
             (work / name).chmod(0o644)
 
         raw = work / "disk.raw"
@@ -367,6 +403,61 @@ def _boot_files(tree: Path) -> tuple[Path, Path]:
         raise DaliError(f"the guest tree has {kernel.name} but no {initrd.name}: "
                         "delete state/cache/rootfs-*.tar to rebuild it")
     return kernel, initrd
+
+
+# Under TCG the guest decompresses its kernel and initrd with emulated instructions, before
+# anything else can run: the host does it once per image instead. qemu boots the uncompressed
+# kernel (an ELF vmlinux) through its PVH entry point, and the kernel takes an uncompressed
+# initrd as is. Anything not in the expected shape is booted as it came.
+_ELF_MAGIC = b"\x7fELF"
+_XEN_ELFNOTE_PHYS32_ENTRY = 18  # the PVH entry point; without it qemu cannot boot the ELF
+
+
+def _bootable_kernel(bzimage: bytes) -> bytes:
+    """The vmlinux inside a bzImage, if it is xz-compressed (Debian's) and has a PVH entry point."""
+    if len(bzimage) < 0x250 or bzimage[0x202:0x206] != b"HdrS":
+        return bzimage
+    setup_sects = bzimage[0x1f1] or 4
+    payload_offset, payload_length = struct.unpack_from("<II", bzimage, 0x248)
+    start = (setup_sects + 1) * 512 + payload_offset
+    payload = bzimage[start:start + payload_length]
+    try:
+        if payload.startswith(b"\xfd7zXZ\x00"):
+            vmlinux = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
+        elif payload.startswith(b"\x1f\x8b"):
+            vmlinux = gzip.decompress(payload)
+        else:
+            return bzimage  # zstd, lz4, ...: not in Python's standard library
+    except (lzma.LZMAError, OSError, EOFError):
+        return bzimage
+    return vmlinux if _has_pvh_entry(vmlinux) else bzimage
+
+
+def _has_pvh_entry(elf: bytes) -> bool:
+    """Does this 64-bit little-endian ELF carry the Xen PHYS32_ENTRY note (CONFIG_PVH)?"""
+    if not elf.startswith(_ELF_MAGIC) or elf[4] != 2 or elf[5] != 1:
+        return False
+    phoff, = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    for i in range(phnum):
+        p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", elf, phoff + i * phentsize)
+        if p_type != 4:  # PT_NOTE
+            continue
+        pos, end = p_offset, p_offset + p_filesz
+        while pos + 12 <= end:
+            namesz, descsz, note_type = struct.unpack_from("<III", elf, pos)
+            name = elf[pos + 12:pos + 12 + namesz].rstrip(b"\0")
+            if name == b"Xen" and note_type == _XEN_ELFNOTE_PHYS32_ENTRY:
+                return True
+            pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return False
+
+
+def _uncompressed_initrd(initrd: bytes) -> bytes:
+    """initramfs-tools writes a gzip'd cpio here (bookworm offers no uncompressed choice)."""
+    if initrd.startswith(b"\x1f\x8b"):
+        return gzip.decompress(initrd)
+    return initrd
 
 
 def _version_key(version: str) -> list:

@@ -97,8 +97,11 @@ def remove_dir_if_ours(path: Path, cluster, log, dryrun: bool = False) -> None:
     if not is_ours(path, cluster):
         log(f"left {path} in place: dali did not create it")
         return
-    if any(path.iterdir()):
+    held = list(path.iterdir())
+    if [p for p in held if not is_ours(p, cluster)]:
         log(f"left {path} in place: it holds files dali did not create for this cluster")
+    elif held:
+        pass  # ours, kept for now (a disk built on another goes first): clean's sweep takes them
     elif dryrun:
         log(f"would remove {path}")
     else:

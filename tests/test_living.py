@@ -90,6 +90,16 @@ def test_ssh_with_the_generated_config(cluster):
                               f"{TAG}{s}", "hostname"], capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr
         assert run.stdout.strip() == f"{TAG}{s}"
+    # Each node made its own host key at its first boot: one ed25519 key (no RSA key generated
+    # under TCG), a different one on every node, and it is the one ssh learnt.
+    keys = {}
+    for s in "abc":
+        listed = cluster.doit("pssh", "--on", s, "ls /etc/ssh/ | grep '^ssh_host_.*_key.pub$'; "
+                              "cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub").stdout.split("\n")
+        assert [k for k in listed if k.startswith("ssh_host_")] == ["ssh_host_ed25519_key.pub"], listed
+        keys[s] = listed[listed.index("ssh_host_ed25519_key.pub") + 1]
+        assert keys[s] in access.known_hosts_file(cluster.cfg).read_text()
+    assert len(set(keys.values())) == 3, keys
 
 
 def test_nodes_resolve_each_other_by_name(cluster):

@@ -1,0 +1,166 @@
+"""The scale curve: 1, 4, 8 and 16 nodes on this host, with a real libvirtd and TCG guests.
+
+    .venv/bin/python bench/scale.py        # about 30 minutes; prints markdown, writes bench/scale.md
+
+One cluster (tag "benchscale", isolated network, default node settings) grows from 1 to 16
+nodes. For each N:
+- `doit clone` (the clones added since the previous N; N = 1 is the cold `doit` of the original,
+  its image from the cached debootstrap tarball);
+- `doit start` until every node's guest agent answers, and `doit verify`;
+- host memory while all N run: the qemu processes' resident memory (anonymous: the guest's own
+  RAM; file: mostly the FAM, which every node maps shared) and how much of the FAM sits in the
+  page cache once (fincore), so that per-node and shared costs are told apart;
+- disk space in the data directory (blocks in use, not apparent sizes).
+Then, at 16 nodes:
+- `doit start` (all at once) beside starting the same 16 shut-off nodes in batches of 2 and 4
+  (one batch's agents answer before the next batch starts), alternating;
+- the no-op `doit` beside `python -c "import doit, libvirt, jinja2"`, 7 runs each, interleaved.
+The cluster is removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dali import settings
+from dali.cluster import REPO
+from dali.virt import Libvirt
+
+TAG = "benchscale"
+SIZES = (1, 4, 8, 16)
+WORK = Path(tempfile.mkdtemp(prefix="dali-bench-scale-", dir="/var/tmp"))
+CONFIG = WORK / "cluster.toml"
+results: list[str] = []
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+    results.append(line)
+
+
+def configure(n: int):
+    clones = list(string.ascii_lowercase[1:n])
+    CONFIG.write_text(f'tag = "{TAG}"\nclones = {clones!r}\ndir = "{WORK / "data"}"\n'.replace("'", '"')
+                      + '[network]\nforward = "none"\n[timeouts]\nboot = 1800\n')
+    return settings.load(CONFIG, env={})
+
+
+def doit(*args: str) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DALI_")}
+    t0 = time.monotonic()
+    run = subprocess.run([str(REPO / ".venv/bin/doit"), *args, f"config={CONFIG}"], cwd=REPO, env=env,
+                         capture_output=True, text=True)
+    if run.returncode:
+        sys.exit(f"doit {' '.join(args)} failed:\n{run.stdout}{run.stderr}")
+    return time.monotonic() - t0
+
+
+def qemu_memory(cluster) -> tuple[list[int], list[int]]:
+    """Each node's qemu: resident anonymous and resident file-backed memory, in KiB."""
+    anon, files = [], []
+    for pid_file in Path("/run/libvirt/qemu").glob(f"{TAG}*.pid"):
+        status = Path(f"/proc/{pid_file.read_text().strip()}/status").read_text()
+        fields = dict(re.findall(r"^(\w+):\s+(\d+) kB", status, re.M))
+        anon.append(int(fields["RssAnon"]))
+        files.append(int(fields["RssFile"]) + int(fields["RssShmem"]))
+    return anon, files
+
+
+def fam_in_page_cache(cluster) -> int:
+    """Bytes of the FAM resident in the host's page cache: counted once, however many map it."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(cluster.fam_path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+def disk_used(path: Path) -> int:
+    return sum(p.lstat().st_blocks * 512 for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def start_in_batches(cluster, virt: Libvirt, size: int) -> float:
+    doms = [virt.conn.lookupByName(node.name) for node in cluster.nodes]
+    t0 = time.monotonic()
+    for first in range(0, len(doms), size):
+        batch = doms[first:first + size]
+        for dom in batch:
+            dom.create()
+        while not all(virt.agent_answers(dom) for dom in batch):
+            time.sleep(0.2)
+    return time.monotonic() - t0
+
+
+def main() -> None:
+    WORK.chmod(0o755)
+    mib = 2 ** 20
+    say(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') // 2**30} GiB, TCG guests, "
+        "default node settings (1 vCPU, 1 GiB RAM, 1 GiB FAM).")
+    say()
+    say("| N | `doit clone` s | `doit start` s | `doit verify` s | qemu RSS per node, MiB (anon + file) "
+        "| FAM in page cache, MiB | host MemAvailable drop, MiB | disk used, MiB |")
+    say("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    try:
+        cluster = None
+        for n in SIZES:
+            cluster = configure(n)
+            clone = doit("clone") if n > 1 else doit()
+            before = _mem_available()
+            start = doit("start")
+            verify = doit("verify")
+            anon, files = qemu_memory(cluster)
+            dropped = before - _mem_available()
+            say(f"| {n} | {clone:.1f} | {start:.1f} | {verify:.1f} | "
+                f"{statistics.mean(anon) / 1024:.0f} + {statistics.mean(files) / 1024:.0f} | "
+                f"{fam_in_page_cache(cluster) / mib:.0f} | {dropped / 1024:.0f} | "
+                f"{disk_used(cluster.data_dir) / mib:.0f} |")
+            doit("shutdown")
+        say()
+
+        virt = Libvirt("qemu:///system", cluster.id)
+        timings: dict[str, list[float]] = {"`doit start` (all 16 at once)": [], "batches of 2": [],
+                                           "batches of 4": []}
+        for _ in range(2):
+            timings["`doit start` (all 16 at once)"].append(doit("start"))
+            doit("shutdown")
+            for size in (2, 4):
+                timings[f"batches of {size}"].append(start_in_batches(cluster, virt, size))
+                doit("shutdown")
+        say("Starting 16 shut-off nodes, 2 rounds each, alternating:")
+        say()
+        say("| how | seconds to all agents (each round) |")
+        say("|---|---:|")
+        for how, values in timings.items():
+            say(f"| {how} | {statistics.median(values):.1f} ({', '.join(f'{v:.1f}' for v in values)}) |")
+        say()
+
+        noop, imports = [], []
+        python = str(REPO / ".venv/bin/python")
+        for _ in range(7):
+            noop.append(doit())
+            t0 = time.monotonic()
+            subprocess.run([python, "-c", "import doit, libvirt, jinja2"], check=True)
+            imports.append(time.monotonic() - t0)
+        say(f"No-op `doit` at 16 nodes (shut off), 7 runs: median {statistics.median(noop):.2f} s; "
+            f"`python -c 'import doit, libvirt, jinja2'` in the same run: median "
+            f"{statistics.median(imports):.2f} s; ratio {statistics.median(noop) / statistics.median(imports):.2f}.")
+    finally:
+        doit("clean")
+        shutil.rmtree(WORK, ignore_errors=True)
+    (REPO / "bench" / "scale.md").write_text("\n".join(results) + "\n")
+
+
+def _mem_available() -> int:
+    return int(re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M).group(1))
+
+
+if __name__ == "__main__":
+    main()
