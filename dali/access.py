@@ -83,10 +83,20 @@ def write(cluster: Cluster, addresses: dict[str, str]) -> None:
         write_if_changed(path, text)
 
 
+# A clone boots with the key of the disk it was cloned from until dali-ssh-host-keys (in dali's
+# image) has made its own and stamped it with the node's machine-id: only then is it the node's.
+# dali's image starts its guest agent first thing in the boot, so this is also where doit start
+# waits for sshd to be up (ssh.service is Type=notify: active means listening). An image of the
+# user's own, without that script, keeps whatever keys it has and is not waited for.
+_KEY_IS_THIS_NODES = (f'test -s {HOST_KEY} && {{ test ! -e /usr/local/sbin/dali-ssh-host-keys || {{ '
+                      f'test "$(cat /etc/ssh/dali-host-keys.machine-id 2>/dev/null)" = "$(cat /etc/machine-id)" '
+                      f'&& systemctl is-active -q ssh.service; }}; }}')
+
+
 def learn_host_keys(cluster: Cluster, virt: Libvirt, doms, wait: int = 0) -> None:
     """Put the running nodes' ssh host keys in known_hosts, under their names (HostKeyAlias).
     A node makes its keys early in its boot, but the agent can answer before: `wait` seconds
-    for them (doit start waits; doit status does not)."""
+    for them (doit start waits; doit status does not, and learns a late key next time)."""
     known = {}
     path = known_hosts_file(cluster)
     if path.exists():
@@ -95,8 +105,9 @@ def learn_host_keys(cluster: Cluster, virt: Libvirt, doms, wait: int = 0) -> Non
             known[name] = key
     for node, dom in doms:
         try:
-            result = virt.run(dom, ["sh", "-c", f"for i in $(seq {wait}); do test -s {HOST_KEY} && "
-                                    f"break; sleep 1; done; cat {HOST_KEY}"], timeout=wait + 30)
+            result = virt.run(dom, ["sh", "-c", f"for i in $(seq {wait}); do {_KEY_IS_THIS_NODES} && "
+                                    f"break; sleep 1; done; {_KEY_IS_THIS_NODES} && cat {HOST_KEY}"],
+                              timeout=wait + 30)
         except (DaliError, libvirt.libvirtError):
             continue  # a busy or stopping node: its key is learnt next time
         if result.exitcode == 0 and result.stdout.strip():

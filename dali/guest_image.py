@@ -254,8 +254,9 @@ def _customise(tree: Path) -> None:
             target.chmod(0o755 if os.access(source, os.X_OK) else 0o644)
             os.chown(target, 0, 0)
 
+    # qemu-guest-agent.service is our own unit (templates/guest/): it starts with the system.
     _chroot(tree, "systemctl", "enable", "systemd-networkd.service", "systemd-resolved.service",
-            "dali-ssh-host-keys.service")
+            "dali-ssh-host-keys.service", "qemu-guest-agent.service")
     # Nodes have no route off the host: nothing should wait two minutes for "online" at boot,
     # and apt's daily timers would only burn emulated CPU failing to reach a mirror.
     # ndctl-monitor exits with an error on an emulated NVDIMM ("no dimms to monitor": it has no

@@ -66,7 +66,9 @@ def start(cluster: Cluster, virt: Libvirt, names=()) -> None:
         log(f"{node.name}: guest agent answered after {took:.0f} s")
 
     each(doms, wait)
-    access.learn_host_keys(cluster, virt, doms, wait=120)
+    # The agent answers early in a boot; a node is usable once its own ssh host key is made and
+    # sshd listens (learn_host_keys waits for both), which is also most of the rest of the boot.
+    access.learn_host_keys(cluster, virt, doms, wait=cluster.boot_timeout)
     if cluster.fs.type == "ocfs2":
         ocfs2.bring_up(cluster, virt, ocfs2.running_nodes(cluster, virt))
 
