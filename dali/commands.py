@@ -85,3 +85,7 @@ def _stopped(signum, _frame) -> None:
 def exit_cleanly_on_signals() -> None:
     for signum in _EXIT:
         signal.signal(signum, _stopped)
+    # `doit pssh ... | head`: when the reader goes away, end at once and quietly, as any Unix
+    # tool does, rather than with a BrokenPipeError traceback. Safe anywhere, like a SIGKILL:
+    # the programs dali started die with it (PR_SET_PDEATHSIG).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)

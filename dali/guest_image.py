@@ -62,7 +62,8 @@ IMAGE_PACKAGES: tuple[str, ...] = (
     "util-linux",         # lsblk, mount, wipefs
     "iputils-ping",       # ping NODE: the nodes resolve each other by name
     "ocfs2-tools",        # fs.type = "ocfs2": in every image, so switching it rebuilds nothing
-    "python3-minimal",    # mmap of /dev/dax0.0 (device-dax has no read/write) for verify; famfs
+    "python3",            # mmap of /dev/dax0.0 (device-dax has no read/write) for verify; famfs.
+                          # Not python3-minimal: its interpreter has no mmap module built in.
 )
 
 Log = Callable[[str], None]

@@ -204,7 +204,7 @@ def assert_built(c: ClusterUnderTest, clones: list[str]) -> None:
         assert disks.backing_file(c.disk("a")) == str(c.cfg.frozen_disk)
     assert fam.namespace(c.cfg.fam_path)["mode"] == "fsdax"
     assert files_under(c.cfg.state_dir) == {"network.xml", "ssh", "ssh/id_ed25519", "ssh/id_ed25519.pub",
-                                            "xml", *(f"xml/{n}.xml" for n in names)}
+                                            "ssh_config", "hosts", "xml", *(f"xml/{n}.xml" for n in names)}
     assert not [p for p in c.cfg.cache_dir.iterdir() if p.name.startswith(".")], "abandoned work"
     template = c.cfg.apparmor_template.read_text()
     assert template.count(apparmor.rule(c.cfg)) == 1
