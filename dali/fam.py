@@ -135,4 +135,4 @@ def restore_saved(cluster: Cluster) -> None:
         os.fsync(f.fileno())
     record.unlink()
     log(f"{cluster.fam_path}: put back {len(data)} bytes at offset {saved['offset']} that an "
-        "interrupted doit verify had overwritten")
+        "doit verify that did not finish had overwritten")
