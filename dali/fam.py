@@ -134,5 +134,5 @@ def restore_saved(cluster: Cluster) -> None:
         os.pwrite(f.fileno(), data, saved["offset"])
         os.fsync(f.fileno())
     record.unlink()
-    log(f"{cluster.fam_path}: put back {len(data)} bytes at offset {saved['offset']} that an "
+    log(f"{cluster.fam_path}: put back {len(data)} bytes at offset {saved['offset']} that a "
         "doit verify that did not finish had overwritten")
