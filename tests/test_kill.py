@@ -29,12 +29,13 @@ KILL, INT = signal.SIGKILL, signal.SIGINT
 
 # (what doit prints, signal, seconds to wait after it): ".  TASK" is printed as TASK starts, so
 # a kill there falls on the boundary between the task before and TASK.
-BUILD = [
+BUILD = [  # in the order a cold run starts them
     (r"^\.  network$", KILL, 0),
-    (r"^\.  fam$", INT, 0),
-    (r"^\.  apparmor$", KILL, 0),
     (r"^\.  image:sshkey$", INT, 0),
-    (r"^\.  image:rootfs$", KILL, 0),
+    (r"^\.  fam$", KILL, 0),
+    (r"^\.  apparmor$", INT, 0),
+    (r"^\.  access$", KILL, 0),
+    (r"^\.  image:rootfs$", INT, 0),
     (r"^I: Unpacking required packages", KILL, 0),        # debootstrap, halfway
     (r"^I: Configuring the base system", INT, 0),          # debootstrap, in its chroot
     (r"^customising the guest tree", KILL, 1),
@@ -46,14 +47,15 @@ BUILD = [
     (rf"^\.  define:{TAG}a$", KILL, 0),
     (r"^\.  original:boot$", INT, 0),
     (rf"^{TAG}a: started; waiting for its guest agent", KILL, 5),   # booting
-    (rf"^{TAG}a: started; waiting for its guest agent", INT, 10),   # booting, again
+    (rf"^{TAG}a: started; waiting for its guest agent", INT, 8),    # booting, again
     (r"^\.  original:reconfigure$", KILL, 0),
     (rf"^{TAG}a: ndctl create-namespace", INT, 0),         # reconfiguring
     (r"^\.  original:shutdown$", KILL, 1),                 # shutting down
-    (r"^\.  freeze$", INT, 0),
+    # freeze and golden both follow the shutdown, in either order: each point takes whichever starts
+    (r"^\.  (freeze|golden)$", INT, 0),
+    (r"^\.  (freeze|golden)$", KILL, 0),
     (rf"^\.  disk:{TAG}b$", KILL, 0.2),                    # a copy clone's disk, halfway
-    (rf"^\.  render:{TAG}b$", INT, 0),
-    (rf"^\.  define:{TAG}b$", KILL, 0),
+    (rf"^\.  define:{TAG}b$", INT, 0),
 ]
 CLEAN = [
     (rf"^define:{TAG}[ab] - executing", KILL, 1),          # shutting a running node down
