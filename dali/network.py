@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
+import re
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -192,6 +193,12 @@ def ensure(cluster: Cluster, virt: Libvirt) -> None:
         _ensure(cluster, virt)
 
 
+def _settings(xml: str) -> str:
+    """A network's definition without what libvirt makes up afresh at every define: the bridge's
+    MAC address (a DHCP host's is an attribute, <host mac=...>, and stays)."""
+    return re.sub(r"\s*<mac address='[^']*'/>", "", xml)
+
+
 def _ensure(cluster: Cluster, virt: Libvirt) -> None:
     name = cluster.network.name
     existing = virt.network(name)  # raises if a foreign network has the name
@@ -206,9 +213,9 @@ def _ensure(cluster: Cluster, virt: Libvirt) -> None:
         for host in hosts[len(hosts_of(existing)):]:
             _add_host(existing, host)
             log(f"{host.name}: address {host.ip}")
-        before = existing.XMLDesc(VIR_NETWORK_XML_INACTIVE)
+        before = _settings(existing.XMLDesc(VIR_NETWORK_XML_INACTIVE))
         net = virt.define_network(xml)
-        if net.isActive() and net.XMLDesc(VIR_NETWORK_XML_INACTIVE) != before:
+        if net.isActive() and _settings(net.XMLDesc(VIR_NETWORK_XML_INACTIVE)) != before:
             # A running network keeps its old settings until restarted, which cuts the nodes off.
             log(f"network {name}: new settings take effect once it is restarted "
                 f"(virsh net-destroy {name}; doit)")

@@ -81,7 +81,7 @@ def test_the_same_tag_in_another_dir_is_refused(pair):
     try:
         run = run_doit(f"config={one.path}", env={"DALI_TAG": one.tag, "DALI_DIR": str(elsewhere / "x")})
         line = one_error_line(run)
-        assert "belongs to dali cluster 'dalione'" in line and str(one.data_dir) in line
+        assert f"belongs to dali cluster '{ONE}'" in line and str(one.data_dir) in line
         assert not (elsewhere / "x").exists(), "refused before anything was made"
         assert one.dom("a").isActive(), "and the first cluster was not touched"
     finally:
@@ -92,7 +92,7 @@ def test_a_second_tag_in_the_same_dir_is_refused(pair):
     one, _ = pair
     run = run_doit(f"config={one.path}", env={"DALI_TAG": THREE, "DALI_DIR": str(one.data_dir)})
     line = one_error_line(run)
-    assert "belongs to dali cluster 'dalione'" in line and "its own dir" in line
+    assert f"belongs to dali cluster '{ONE}'" in line and "its own dir" in line
     assert THREE + "a" not in [d.name() for d in libvirt.open("qemu:///system").listAllDomains()]
     cfg = settings.load(one.path, env={"DALI_TAG": THREE, "DALI_DIR": str(one.data_dir)})
     for leftover in (cfg.dep_file, cfg.lock_file):
