@@ -41,8 +41,9 @@ BUILD = [  # in the order a cold run starts them
     (r"^customising the guest tree", KILL, 1),
     (r"^\.  image:base$", INT, 0),
     (r"^mkfs\.ext4 -d into", KILL, 1),                     # image:base, halfway
-    (r"^\.  accel$", INT, 0),
-    (rf"^\.  disk:{TAG}a$", KILL, 0),
+    # accel and the original's disk both follow the image, in either order
+    (rf"^\.  (accel|disk:{TAG}a)$", INT, 0),
+    (rf"^\.  (accel|disk:{TAG}a)$", KILL, 0),
     (rf"^\.  render:{TAG}a$", INT, 0),
     (rf"^\.  define:{TAG}a$", KILL, 0),
     (r"^\.  original:boot$", INT, 0),
