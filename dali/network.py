@@ -168,7 +168,13 @@ def forget_host(cluster: Cluster, virt: Libvirt, name: str) -> None:
 
 def network_xml(cluster: Cluster, addresses: Addresses, hosts: list[Host] = ()) -> str:
     return render(TEMPLATE, net=cluster.network, ip=addresses, hosts=hosts, uuid=cluster.network_uuid,
-                  mark=cluster.mark, mark_ns=MARK_NS, domain=cluster.tag)
+                  mark=cluster.mark, mark_ns=MARK_NS, domain=cluster.tag, bridge=bridge_name(cluster))
+
+
+def bridge_name(cluster: Cluster) -> str:
+    """The network's bridge: "dali" and 10 hex digits of the network's uuid (derived from the
+    cluster), within Linux's 15 characters, and the same for the same cluster every time."""
+    return "dali" + str(cluster.network_uuid).replace("-", "")[:10]
 
 
 def is_live(cluster: Cluster, virt: Libvirt) -> bool:
