@@ -71,7 +71,7 @@ def main() -> None:
         say("| step | seconds |")
         say("|---|---:|")
         say(f"| `doit`: initramfs, modules disk, 3 definitions | {rebuild:.1f} |")
-        say(f"| `doit restart` until every agent answers | {restart:.1f} |")
+        say(f"| `doit restart` until every node answers, sshd up | {restart:.1f} |")
         say(f"| **from the new bzImage to 3 nodes on it** | **{rebuild + restart:.1f}** |")
         say()
 
