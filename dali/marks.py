@@ -84,9 +84,21 @@ def make_dir(path: Path, cluster) -> None:
     if path.exists():
         return
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    path.mkdir(mode=0o750)
-    os.chown(path, -1, qemu_gid())
-    os.chmod(path, 0o750)  # mkdir's mode went through the umask
+    # Made under a temporary name and renamed once complete: a run killed halfway must not leave
+    # a directory without qemu's group, mode or mark (the next preflight would rightly refuse it).
+    partial = path.with_name(f".{path.name}.dali-new")
+    try:
+        partial.rmdir()  # left by a killed run; rmdir removes nothing but an empty directory
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise DaliError(f"{partial} is left from an interrupted run and is not empty "
+                        f"({e.strerror}): look inside, then remove it") from None
+    partial.mkdir(mode=0o750)
+    os.chown(partial, -1, qemu_gid())
+    os.chmod(partial, 0o750)  # mkdir's mode went through the umask
+    mark(partial, cluster, also=(path,))
+    os.rename(partial, path)
     mark(path, cluster)
 
 
