@@ -28,19 +28,14 @@ from pathlib import Path
 
 from dali import settings
 from dali.cluster import REPO
+
+import common
+from common import say
 from dali.virt import Libvirt
 
 BEFORE_REV = "14b7c74"  # main before the boot-speed work (issue 11)
 ONE_NODE_ROUNDS, THREE_NODE_ROUNDS = 3, 2
 WORK = Path(tempfile.mkdtemp(prefix="dali-bench-boot-", dir="/var/tmp"))
-results: list[str] = []
-
-
-def say(line: str = "") -> None:
-    print(line, flush=True)
-    results.append(line)
-
-
 class Variant:
     """One checkout of dali and the cluster it builds."""
 
@@ -53,14 +48,7 @@ class Variant:
         self.virt = Libvirt("qemu:///system", self.cluster.id)
 
     def doit(self, *args: str, check: bool = True) -> float:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DALI_")}
-        env["PYTHONPATH"] = str(self.tree)  # its own dali/ and tasks/, not this checkout's
-        t0 = time.monotonic()
-        run = subprocess.run([str(REPO / ".venv/bin/doit"), *args, f"config={self.config}"],
-                             cwd=self.tree, env=env, capture_output=True, text=True)
-        if check and run.returncode:
-            sys.exit(f"{self.label}: doit {' '.join(args)} failed:\n{run.stdout}{run.stderr}")
-        return time.monotonic() - t0
+        return common.doit(self.config, *args, tree=self.tree, check=check)
 
     def dom(self, suffix: str):
         return self.virt.conn.lookupByName(self.tag + suffix)
@@ -149,7 +137,7 @@ def main() -> None:
             v.doit("clean", check=False)
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)])
         shutil.rmtree(WORK, ignore_errors=True)
-    (REPO / "bench/boot.md").write_text("\n".join(results) + "\n")
+    common.write("boot.md")
 
 
 if __name__ == "__main__":

@@ -16,34 +16,21 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from dali import reset, settings
-from dali.cluster import REPO
+
+import common
+from common import say
 
 TAG = "benchloop"
 KERNELS = ("6.1.0-47-cloud-amd64", "6.1.0-50-cloud-amd64")
 WORK = Path(tempfile.mkdtemp(prefix="dali-bench-loop-", dir="/var/tmp"))
 CONFIG = WORK / "cluster.toml"
-results: list[str] = []
-
-
-def say(line: str = "") -> None:
-    print(line, flush=True)
-    results.append(line)
-
-
 def doit(*args: str) -> float:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DALI_")}
-    t0 = time.monotonic()
-    run = subprocess.run([str(REPO / ".venv/bin/doit"), *args, f"config={CONFIG}"], cwd=REPO, env=env,
-                         capture_output=True, text=True)
-    if run.returncode:
-        sys.exit(f"doit {' '.join(args)} failed:\n{run.stdout}{run.stderr}")
-    return time.monotonic() - t0
+    return common.doit(CONFIG, *args)
 
 
 def main() -> None:
@@ -98,7 +85,7 @@ def main() -> None:
     finally:
         doit("clean")
         shutil.rmtree(WORK, ignore_errors=True)
-    (REPO / "bench" / "loop.md").write_text("\n".join(results) + "\n")
+    common.write("loop.md")
 
 
 if __name__ == "__main__":

@@ -26,27 +26,21 @@ import shutil
 import statistics
 import string
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from dali import settings
 from dali.cluster import REPO
+
+import common
+from common import say
 from dali.virt import Libvirt
 
 TAG = "benchscale"
 SIZES = (1, 4, 8, 16)
 WORK = Path(tempfile.mkdtemp(prefix="dali-bench-scale-", dir="/var/tmp"))
 CONFIG = WORK / "cluster.toml"
-results: list[str] = []
-
-
-def say(line: str = "") -> None:
-    print(line, flush=True)
-    results.append(line)
-
-
 def configure(n: int):
     clones = list(string.ascii_lowercase[1:n])
     CONFIG.write_text(f'tag = "{TAG}"\nclones = {clones!r}\ndir = "{WORK / "data"}"\n'.replace("'", '"')
@@ -55,13 +49,7 @@ def configure(n: int):
 
 
 def doit(*args: str) -> float:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DALI_")}
-    t0 = time.monotonic()
-    run = subprocess.run([str(REPO / ".venv/bin/doit"), *args, f"config={CONFIG}"], cwd=REPO, env=env,
-                         capture_output=True, text=True)
-    if run.returncode:
-        sys.exit(f"doit {' '.join(args)} failed:\n{run.stdout}{run.stderr}")
-    return time.monotonic() - t0
+    return common.doit(CONFIG, *args)
 
 
 def qemu_memory(cluster) -> tuple[list[int], list[int]]:
@@ -155,7 +143,7 @@ def main() -> None:
     finally:
         doit("clean")
         shutil.rmtree(WORK, ignore_errors=True)
-    (REPO / "bench" / "scale.md").write_text("\n".join(results) + "\n")
+    common.write("scale.md")
 
 
 def _mem_available() -> int:

@@ -1,0 +1,37 @@
+"""What the benchmarks share: printing markdown as they go (and keeping it for their .md file),
+and running `doit` on a cluster file the way a user types it, timed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dali.cluster import REPO
+
+results: list[str] = []
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+    results.append(line)
+
+
+def write(name: str) -> None:
+    """Everything said so far, as bench/NAME."""
+    (REPO / "bench" / name).write_text("\n".join(results) + "\n")
+
+
+def doit(config: Path, *args: str, tree: Path = REPO, check: bool = True) -> float:
+    """`doit ARGS config=CONFIG` from the checkout `tree` (with its own dali/ and tasks/), without
+    this shell's DALI_* settings; the seconds it took. A failure ends the benchmark."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DALI_")}
+    env["PYTHONPATH"] = str(tree)
+    t0 = time.monotonic()
+    run = subprocess.run([str(REPO / ".venv/bin/doit"), *args, f"config={config}"], cwd=tree, env=env,
+                         capture_output=True, text=True)
+    if check and run.returncode:
+        sys.exit(f"doit {' '.join(args)} ({tree}) failed:\n{run.stdout}{run.stderr}")
+    return time.monotonic() - t0
