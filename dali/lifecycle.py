@@ -17,6 +17,10 @@ from dali.errors import DaliError, one_line
 from dali.reporter import log
 from dali.virt import Libvirt
 
+# How many nodes `doit start` boots together: 0 = all at once. Chosen by bench/scale.py (see the
+# README's Speed section).
+DEFAULT_BATCH = 0
+
 
 def select(cluster: Cluster, names: list[str] | tuple[str, ...] = ()) -> list[Node]:
     """The nodes named (by suffix or name, in any order), or every node if none is named."""
@@ -55,8 +59,20 @@ def each(doms, fn) -> list:
     return results
 
 
-def start(cluster: Cluster, virt: Libvirt, names=()) -> None:
+def start(cluster: Cluster, virt: Libvirt, names=(), batch: int = 0) -> None:
+    """Boot the nodes (all, or those named) and return once each is usable: its guest agent
+    answers, its own ssh host key is made and sshd listens. With batch=N they boot N at a time,
+    the next N once those are usable; 0 boots them all at once (see bench/scale.py for which is
+    faster on a host with fewer cores than nodes)."""
     doms = defined(cluster, virt, select(cluster, names))
+    size = batch if batch > 0 else len(doms)
+    for first in range(0, len(doms), size):
+        _boot_together(cluster, virt, doms[first:first + size])
+    if cluster.fs.type == "ocfs2":
+        ocfs2.bring_up(cluster, virt, ocfs2.running_nodes(cluster, virt))
+
+
+def _boot_together(cluster: Cluster, virt: Libvirt, doms) -> None:
     for _, dom in doms:
         virt.start(dom)
     log(f"started {', '.join(d.name() for _, d in doms)}; waiting for their guest agents")
@@ -69,8 +85,6 @@ def start(cluster: Cluster, virt: Libvirt, names=()) -> None:
     # The agent answers early in a boot; a node is usable once its own ssh host key is made and
     # sshd listens (learn_host_keys waits for both), which is also most of the rest of the boot.
     access.learn_host_keys(cluster, virt, doms, wait=cluster.boot_timeout)
-    if cluster.fs.type == "ocfs2":
-        ocfs2.bring_up(cluster, virt, ocfs2.running_nodes(cluster, virt))
 
 
 def shutdown(cluster: Cluster, virt: Libvirt, names=()) -> None:
@@ -87,7 +101,7 @@ def destroy(cluster: Cluster, virt: Libvirt, names=()) -> None:
             log(f"{node.name}: forced off")
 
 
-def restart(cluster: Cluster, virt: Libvirt, names=()) -> None:
+def restart(cluster: Cluster, virt: Libvirt, names=(), batch: int = 0) -> None:
     """Shut the running nodes down (all, or those named) and start them again: they boot what
     their definitions say now (a rebuilt kernel, say). Shut-off nodes stay off."""
     running = [n for n, d in defined(cluster, virt, select(cluster, names)) if virt.is_running(d)]
@@ -95,4 +109,4 @@ def restart(cluster: Cluster, virt: Libvirt, names=()) -> None:
         log("no node to restart: none of them runs (doit start boots them)")
         return
     shutdown(cluster, virt, [n.name for n in running])
-    start(cluster, virt, [n.name for n in running])
+    start(cluster, virt, [n.name for n in running], batch)

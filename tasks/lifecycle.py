@@ -10,6 +10,8 @@ from dali.cluster import Cluster
 from dali.errors import Step
 from dali.virt import Libvirt
 
+BATCH = {"name": "batch", "long": "batch", "type": int, "default": lifecycle.DEFAULT_BATCH,
+         "help": "boot this many nodes at a time, the next ones once those are up; 0: all at once"}
 ON = {"name": "on", "long": "on", "default": "", "help": "only these nodes: suffixes or names, comma-separated"}
 
 
@@ -20,9 +22,9 @@ def show_status(cluster: Cluster, virt: Libvirt) -> None:
 def gen_tasks(cluster: Cluster, virt: Libvirt):
     yield {
         "basename": "start",
-        "doc": "boot every node (or those named) at once; wait until each guest agent answers",
+        "doc": "boot every node (or those named); wait until each is up: guest agent, host key, sshd",
         "actions": [Step("start nodes", lifecycle.start, cluster, virt, changes=cluster)],
-        "pos_arg": "names", "task_dep": ["clone"], "uptodate": [False],
+        "pos_arg": "names", "params": [BATCH], "task_dep": ["clone"], "uptodate": [False],
     }
     yield {
         "basename": "shutdown",
@@ -41,7 +43,7 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "doc": "shut the running nodes (or those named) down and start them on what their "
                "definitions say now: a rebuilt kernel",
         "actions": [Step("restart nodes", lifecycle.restart, cluster, virt, changes=cluster)],
-        "pos_arg": "names", "task_dep": ["clone"], "uptodate": [False],
+        "pos_arg": "names", "params": [BATCH], "task_dep": ["clone"], "uptodate": [False],
     }
     yield {
         "basename": "status",

@@ -127,6 +127,22 @@ def test_destroy_forces_one_node_off(cluster):
     cluster.doit("start", "c")
 
 
+def test_start_in_batches_boots_the_next_batch_once_the_first_is_up(cluster):
+    """doit start --batch 1 b c: c is started only once b answers and has its host key."""
+    before_a = identity(cluster, "a")
+    cluster.doit("shutdown", "b", "c")
+    out = cluster.doit("start", "--batch", "1", "b", "c").stderr  # progress lines go to stderr
+    lines = out.splitlines()
+    started_b = next(i for i, line in enumerate(lines) if f"started {TAG}b;" in line)
+    b_answered = next(i for i, line in enumerate(lines) if f"{TAG}b: guest agent answered" in line)
+    started_c = next(i for i, line in enumerate(lines) if f"started {TAG}c;" in line)
+    assert started_b < b_answered < started_c, out
+    assert cluster.dom("b").isActive() and cluster.dom("c").isActive()
+    assert identity(cluster, "a") == before_a
+    run = cluster.doit("pssh", "--on", "b,c", "systemctl is-active ssh.service")
+    assert len(re.findall(r"\bactive$", run.stdout, re.M)) == 2, run.stdout
+
+
 def test_a_node_added_while_others_run_gets_a_name_and_address(cluster):
     before = {s: (guest_ipv4(cluster, s), cluster.dom(s).ID()) for s in "abc"}
     cluster.set(clones=["b", "c", "d"])
