@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -86,11 +85,15 @@ def median(values: list[float]) -> str:
 def main() -> None:
     WORK.chmod(0o755)
     before_rev = sys.argv[1] if len(sys.argv) > 1 else BEFORE_REV
-    old_tree = WORK / "before"
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old_tree), before_rev],
-                   check=True, capture_output=True)
-    (old_tree / "state").mkdir(exist_ok=True)
-    (old_tree / "state/cache").symlink_to(REPO / "state/cache")  # debootstrap tarballs, by recipe
+    try:
+        with common.checkout_of(before_rev, WORK / "before") as old_tree:
+            measure(before_rev, old_tree)
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
+    common.write("boot.md")
+
+
+def measure(before_rev: str, old_tree: Path) -> None:
     variants = [Variant(f"before ({before_rev})", old_tree, "benchold"), Variant("after", REPO, "benchnew")]
     say(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, TCG guests, "
         f"before = {before_rev}, after = this checkout; median (each round) in seconds.")
@@ -135,9 +138,6 @@ def main() -> None:
     finally:
         for v in variants:
             v.doit("clean", check=False)
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)])
-        shutil.rmtree(WORK, ignore_errors=True)
-    common.write("boot.md")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """What the benchmarks share: printing markdown as they go (and keeping it for their .md file),
-and running `doit` on a cluster file the way a user types it, timed."""
+running `doit` on a cluster file the way a user types it, timed, and an older commit of dali
+checked out beside this one for before/after comparisons."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from dali.cluster import REPO
@@ -35,3 +37,18 @@ def doit(config: Path, *args: str, tree: Path = REPO, check: bool = True) -> flo
     if check and run.returncode:
         sys.exit(f"doit {' '.join(args)} ({tree}) failed:\n{run.stdout}{run.stderr}")
     return time.monotonic() - t0
+
+
+@contextmanager
+def checkout_of(rev: str, where: Path):
+    """dali at `rev` in a temporary git worktree at `where`, sharing this checkout's debootstrap
+    cache (state/cache, by recipe); removed afterwards. Its clusters are its own: a cluster's
+    identity includes its checkout (dali/cluster.py)."""
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), rev],
+                   check=True, capture_output=True)
+    try:
+        (where / "state").mkdir(exist_ok=True)
+        (where / "state/cache").symlink_to(REPO / "state/cache")
+        yield where
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(where)])

@@ -102,13 +102,14 @@ def _saved(cluster: Cluster) -> Path:
     return cluster.state_dir / "fam-restore.json"
 
 
-def save_before_write(cluster: Cluster, offset: int, data: bytes) -> None:
-    """Record bytes of the FAM that are about to be overwritten, durably, before the write: if
-    the run dies before it puts them back, the next verify or doit does (restore_saved)."""
+def save_before_write(cluster: Cluster, pieces: dict[int, bytes]) -> None:
+    """Record bytes of the FAM that are about to be overwritten ({offset: bytes}), durably,
+    before the writes: if the run dies before it puts them back, the next verify or doit does
+    (restore_saved)."""
     record = _saved(cluster)
     tmp = record.with_name(record.name + ".new")
     with open(tmp, "w") as f:
-        json.dump({"offset": offset, "data": data.hex()}, f)
+        json.dump({"pieces": [[offset, data.hex()] for offset, data in pieces.items()]}, f)
         f.flush()
         os.fsync(f.fileno())
     tmp.rename(record)
@@ -129,10 +130,13 @@ def restore_saved(cluster: Cluster) -> None:
     if not record.exists():
         return
     saved = json.loads(record.read_text())
-    data = bytes.fromhex(saved["data"])
+    # {"offset", "data"}: one block, as dali wrote the record before verify wrote on all nodes at once.
+    pieces = saved["pieces"] if "pieces" in saved else [[saved["offset"], saved["data"]]]
     with open(cluster.fam_path, "r+b") as f:
-        os.pwrite(f.fileno(), data, saved["offset"])
+        for offset, data in pieces:
+            os.pwrite(f.fileno(), bytes.fromhex(data), offset)
         os.fsync(f.fileno())
     record.unlink()
-    log(f"{cluster.fam_path}: put back {len(data)} bytes at offset {saved['offset']} that a "
-        "doit verify that did not finish had overwritten")
+    log(f"{cluster.fam_path}: put back {len(pieces)} block(s) at offset(s) "
+        f"{', '.join(str(offset) for offset, _ in pieces)} that a doit verify that did not finish "
+        "had overwritten")

@@ -2,6 +2,7 @@
 no libvirtd, no guest)."""
 
 import grp
+import json
 import os
 import stat
 import struct
@@ -97,19 +98,35 @@ def test_preflight_passes_on_a_good_directory(config_in):
 
 
 def test_bytes_saved_before_a_write_are_put_back(config_in):
-    """What verify relies on when it is killed between its write and putting the block back."""
+    """What verify relies on when it is killed between its writes and putting the blocks back."""
     preflight.make_state_dir(config_in)
     fam.ensure(config_in)
     with open(config_in.fam_path, "r+b") as f:
         os.pwrite(f.fileno(), b"user data", 123 * 4096)
-    fam.save_before_write(config_in, 123 * 4096, b"user data")
+        os.pwrite(f.fileno(), b"more data", 200 * 4096)
+    fam.save_before_write(config_in, {123 * 4096: b"user data", 200 * 4096: b"more data"})
     with open(config_in.fam_path, "r+b") as f:
         os.pwrite(f.fileno(), b"verify!!!", 123 * 4096)  # ...and here the run is killed
+        os.pwrite(f.fileno(), b"verify!!!", 200 * 4096)
     assert not fam.is_ready(config_in)  # so the next doit's fam task puts the bytes back
     fam.ensure(config_in)
     with open(config_in.fam_path, "rb") as f:
         assert os.pread(f.fileno(), 9, 123 * 4096) == b"user data"
+        assert os.pread(f.fileno(), 9, 200 * 4096) == b"more data"
     assert fam.is_ready(config_in) and not fam.has_saved(config_in)
+
+
+def test_a_record_from_the_one_block_verify_is_still_put_back(config_in):
+    """A verify of the previous dali, killed mid-write, left {"offset", "data"}: an upgrade
+    must not lose those bytes."""
+    preflight.make_state_dir(config_in)
+    fam.ensure(config_in)
+    (config_in.state_dir / "fam-restore.json").write_text(
+        json.dumps({"offset": 77 * 4096, "data": b"old record".hex()}))
+    fam.ensure(config_in)
+    with open(config_in.fam_path, "rb") as f:
+        assert os.pread(f.fileno(), 10, 77 * 4096) == b"old record"
+    assert not fam.has_saved(config_in)
 
 
 def test_preflight_refuses_a_dir_others_can_write(config_in):
