@@ -78,15 +78,15 @@ def verify(cluster: Cluster, virt: Libvirt) -> list[dict]:
 
 def refuse_to_write(virt: Libvirt, doms, device: str) -> None:
     """Raise unless the device is free to write on every node: not mounted, no signature."""
-    def check(node, dom):
-        if guest.pmem_mounted(virt, dom, device):
-            raise DaliError(f"{node.name}: {device} is mounted; verify writes test blocks to it "
-                            "(and puts them back): unmount it on every node first")
-        found = guest.signatures(virt, dom, device)
-        if found:
-            raise DaliError(f"{node.name}: {device} holds {', '.join(found)}: verify writes "
-                            "nothing on a device with data on it")
-    each(doms, check)
+    found = each(doms, lambda n, d: (guest.pmem_mounted(virt, d, device), guest.signatures(virt, d, device)))
+    mounted = [n.name for (n, _), (is_mounted, _) in zip(doms, found) if is_mounted]
+    if mounted:
+        raise DaliError(f"{', '.join(mounted)}: {device} is mounted; verify writes test blocks to "
+                        "it (and puts them back): unmount it on every node first")
+    signatures = sorted({sig for _, sigs in found for sig in sigs})
+    if signatures:
+        raise DaliError(f"{device} holds {', '.join(signatures)}: verify writes nothing on a "
+                        "device with data on it")
 
 
 def _shared_writes(cluster: Cluster, virt: Libvirt, doms, rows, data_offset: int, device: str) -> None:
