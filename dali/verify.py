@@ -94,7 +94,6 @@ def _shared_writes(cluster: Cluster, virt: Libvirt, doms, rows, data_offset: int
     it back. The blocks' previous contents are recorded first and put back afterwards: the FAM
     may hold the user's data."""
     size = min(r["size"] for r in rows)
-    by_name = {r["node"]: r for r in rows}
     blocks = dict(zip((n.name for n, _ in doms),
                       random.SystemRandom().sample(range(size // guest.BLOCK), len(doms))))
     markers = {}
@@ -118,14 +117,7 @@ def _shared_writes(cluster: Cluster, virt: Libvirt, doms, rows, data_offset: int
     finally:
         each(doms, lambda n, d: guest.write_block(virt, d, blocks[n.name], saved[n.name], device))
         fam.forget_saved(cluster)  # not reached if a block could not be put back: doit does it
-    for writer, data in markers.items():
-        want = hashlib.sha256(data).hexdigest()
-        readers = [r for r in seen if r != writer]
-        for reader in readers:
-            if seen[reader].get(writer) != want:
-                by_name[reader]["problems"].append(f"did not read {writer}'s marker")
-        read_by = [r for r in readers if seen[r].get(writer) == want]
-        by_name[writer]["wrote"] = f"block {blocks[writer]} -> read by {','.join(read_by) or 'nobody'}"
+    _tally(rows, seen, {w: (data, f"block {blocks[w]}") for w, data in markers.items()}, "marker")
 
 
 def _shared_files(cluster: Cluster, virt: Libvirt, doms, rows) -> None:
@@ -133,7 +125,8 @@ def _shared_files(cluster: Cluster, virt: Libvirt, doms, rows) -> None:
     The files are removed again: verify leaves nothing behind."""
     where = cluster.fs.mountpoint
     by_name = {r["node"]: r for r in rows}
-    unmounted = [n.name for n, d in doms if virt.run(d, ["mountpoint", "-q", where]).exitcode != 0]
+    mounted = each(doms, lambda n, d: virt.run(d, ["mountpoint", "-q", where]).exitcode == 0)
+    unmounted = [n.name for (n, _), is_mounted in zip(doms, mounted) if not is_mounted]
     for name in unmounted:
         by_name[name]["problems"].append(f"{where} is not mounted")
     if unmounted:
@@ -154,14 +147,24 @@ def _shared_files(cluster: Cluster, virt: Libvirt, doms, rows) -> None:
         seen = dict(each(doms, read_the_others))
     finally:
         each(doms, lambda n, d: virt.run(d, ["rm", "-f", paths[n.name]]))
-    for writer, text in texts.items():
-        want = hashlib.sha256(text.encode()).hexdigest()
-        readers = [r for r in seen if r != writer]
-        for reader in readers:
-            if seen[reader].get(writer) != want:
-                by_name[reader]["problems"].append(f"did not read {writer}'s file")
-        read_by = [r for r in readers if seen[r].get(writer) == want]
-        by_name[writer]["wrote"] = f"{paths[writer]} -> read by {','.join(read_by) or 'nobody'}"
+    _tally(rows, seen, {w: (text.encode(), paths[w]) for w, text in texts.items()}, "file")
+
+
+def _tally(rows, seen: dict[str, dict[str, str]], wrote: dict[str, tuple[bytes, str]], what: str) -> None:
+    """Who read what each node wrote. seen[reader][writer] is the sha256 the reader got of what
+    the writer wrote; wrote[writer] is (the bytes, where they went)."""
+    by_name = {r["node"]: r for r in rows}
+    for writer, (data, where) in wrote.items():
+        want = hashlib.sha256(data).hexdigest()
+        read_by = []
+        for reader, digests in seen.items():
+            if reader == writer:
+                continue
+            if digests.get(writer) == want:
+                read_by.append(reader)
+            else:
+                by_name[reader]["problems"].append(f"did not read {writer}'s {what}")
+        by_name[writer]["wrote"] = f"{where} -> read by {','.join(read_by) or 'nobody'}"
 
 
 def _print_table(rows) -> None:
