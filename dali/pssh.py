@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import libvirt
@@ -42,6 +41,8 @@ def _on_each(doms, work) -> dict[str, str]:
     """work(node, dom) -> (status, output) on every node at once; print each node's output as
     it is done; return each node's status."""
     statuses = {}
+    from concurrent.futures import ThreadPoolExecutor, as_completed  # as in lifecycle.each
+
     with ThreadPoolExecutor(max_workers=max(1, len(doms))) as pool:
         futures = {pool.submit(work, node, dom): node for node, dom in doms}
         for future in as_completed(futures):

@@ -13,7 +13,6 @@ import os
 import time
 import stat
 import xml.etree.ElementTree as ET
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import libvirt
@@ -79,6 +78,8 @@ def _started(virt: Libvirt, name: str) -> float | None:
 def status(cluster: Cluster, virt: Libvirt) -> list[dict]:
     """Print the table; return the node rows."""
     addresses = network.addresses_of(cluster, virt)
+    from concurrent.futures import ThreadPoolExecutor  # as in lifecycle.each
+
     with ThreadPoolExecutor(max_workers=len(cluster.nodes)) as pool:
         rows = list(pool.map(lambda n: node_row(cluster, virt, n, addresses), cluster.nodes))
     running = [(n, virt.domain(n.name)) for n, r in zip(cluster.nodes, rows)

@@ -10,8 +10,9 @@ from dali.cluster import Cluster
 from dali.errors import Step
 from dali.virt import Libvirt
 
-BATCH = {"name": "batch", "long": "batch", "type": int, "default": lifecycle.DEFAULT_BATCH,
-         "help": "boot this many nodes at a time, the next ones once those are up; 0: all at once"}
+BATCH = {"name": "batch", "long": "batch", "type": str, "default": "auto",
+         "help": "boot this many nodes at a time, the next ones once those are up; 0: all at once; "
+                 "auto: one node per host core (per node.vcpus cores)"}
 ON = {"name": "on", "long": "on", "default": "", "help": "only these nodes: suffixes or names, comma-separated"}
 
 
