@@ -3,6 +3,7 @@
     doit                 build everything: network, FAM, AppArmor, image, original, clones
     doit clone           the same (the clones are the last stage)
     doit start | shutdown | destroy [NODE ...]     all nodes, or those named (b or ivpb)
+    doit start --batch N     N nodes at a time (default auto: one per host core; 0: all at once)
     doit status | verify
     doit pssh [--on b,c] CMD ...   doit pput [--on b,c] SRC DEST
     doit restart [NODE ...]   boot what the definitions say now (a rebuilt kernel)
