@@ -2,9 +2,9 @@
 
 StrictUndefined turns a misspelt variable into an error instead of an empty string in the
 XML; autoescape (for .xml templates) keeps a path with '&' or '<' from breaking the document.
-Compiled templates are cached (jinja2's per-user cache directory, checked against each template's
-source): even a doit that changes nothing renders a few files to compare, and compiling them each
-time was a tenth of a no-op doit.
+Compiled templates are cached in state/cache/templates/ (jinja2 checks each against its
+template's source): even a doit that changes nothing renders a few files to compare, and
+compiling them each time was a tenth of a no-op doit.
 """
 
 from __future__ import annotations
@@ -17,6 +17,16 @@ from dali.cluster import REPO
 
 TEMPLATES = REPO / "templates"
 
+
+def _compiled_templates() -> jinja2.BytecodeCache | None:
+    where = REPO / "state" / "cache" / "templates"
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # a checkout dali may not write to: compile every time
+    return jinja2.FileSystemBytecodeCache(str(where))
+
+
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES)),
     undefined=jinja2.StrictUndefined,
@@ -24,7 +34,7 @@ _env = jinja2.Environment(
     keep_trailing_newline=True,
     trim_blocks=True,
     lstrip_blocks=True,
-    bytecode_cache=jinja2.FileSystemBytecodeCache(),
+    bytecode_cache=_compiled_templates(),
 )
 
 
