@@ -86,7 +86,6 @@ def main() -> None:
         "| FAM in page cache, MiB | host MemAvailable drop, MiB | disk used, MiB |")
     say("|---:|---:|---:|---:|---:|---:|---:|---:|")
     try:
-        cluster = None
         for n in SIZES:
             cluster = configure(n)
             clone = doit("clone") if n > 1 else doit()
