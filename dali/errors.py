@@ -48,17 +48,33 @@ def action(fn):
     return run
 
 
+class Checking:
+    """Whether an uptodate check is running, and how many actions have started so far.
+
+    A doit that changes nothing asks libvirt the same questions many times: preflight looks up
+    every node, each define:<node> asks whether its node is defined, prune lists the domains
+    that are ours. Checks only look, so dali/virt.py lets them share one listing of the
+    domains, made by the first check after the last action started (an action may change what
+    the listing saw). Actions never use it: what an action changes or deletes is decided from
+    what libvirt says at that moment."""
+    active = False
+    actions_started = 0
+
+
 def uptodate(fn):
     """Wrap a doit uptodate check: doit does not catch what an uptodate callable raises, so a
     user's error means "not up to date" and the task's action runs and reports the problem.
     None passes through: doit then ignores the check."""
     @functools.wraps(fn)
     def check(*args, **kwargs):
+        outer, Checking.active = Checking.active, True
         try:
             result = fn(*args, **kwargs)
             return None if result is None else bool(result)
         except (DaliError, libvirt.libvirtError):
             return False
+        finally:
+            Checking.active = outer
     return check
 
 
@@ -72,6 +88,7 @@ class Step(PythonAction):
         self.lock = (changes.lock_file, changes.tag) if changes is not None else None
 
     def execute(self, out=None, err=None):
+        Checking.actions_started += 1
         if self.lock:
             lock.hold(*self.lock)
         return super().execute(out, err)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import libvirt
 import libvirt_qemu
 
-from dali.errors import DaliError
-from dali.marks import describe, mark_of
+from dali.errors import Checking, DaliError
+from dali.marks import MARK_NS, describe, mark_of
 from dali.reporter import log
 
 
@@ -47,6 +47,8 @@ class Libvirt:
         self.uri = uri
         self.owner = owner
         self._conn: libvirt.virConnect | None = None
+        # For uptodate checks: (actions started when made, {name: (domain, its mark)}).
+        self._listed: tuple[int, dict] | None = None
 
     @property
     def conn(self) -> libvirt.virConnect:
@@ -65,13 +67,15 @@ class Libvirt:
     # --- ownership ----------------------------------------------------------------------------
 
     def is_ours(self, xml: str) -> bool:
-        found = mark_of(xml)
+        return self._marked_ours(mark_of(xml))
+
+    def _marked_ours(self, found: dict | None) -> bool:
         return found is not None and found.get("id") == self.owner
 
-    def _check_ours(self, kind: str, name: str, xml: str) -> None:
-        if not self.is_ours(xml):
+    def _check_ours(self, kind: str, name: str, found: dict | None) -> None:
+        if not self._marked_ours(found):
             raise ForeignObject(f"libvirt {kind} '{name}' already exists and belongs to "
-                                f"{describe(mark_of(xml))}: rename or remove it, or pick another "
+                                f"{describe(found)}: rename or remove it, or pick another "
                                 "tag / network.name")
 
     def _lookup(self, kind: str, lookup, not_found: int, name: str):
@@ -83,19 +87,59 @@ class Libvirt:
                 return None
             raise
         # Flag 0: the test driver takes no INACTIVE flag for networks; the mark is in both.
-        self._check_ours(kind, name, obj.XMLDesc(0))
+        self._check_ours(kind, name, mark_of(obj.XMLDesc(0)))
         return obj
 
     def domain(self, name: str) -> libvirt.virDomain | None:
-        return self._lookup("domain", self.conn.lookupByName, libvirt.VIR_ERR_NO_DOMAIN, name)
+        listed = self._listed_for_checks()
+        if listed is None:
+            return self._lookup("domain", self.conn.lookupByName, libvirt.VIR_ERR_NO_DOMAIN, name)
+        if name not in listed:
+            return None
+        dom, found = listed[name]
+        self._check_ours("domain", name, found)
+        return dom
 
     def network(self, name: str) -> libvirt.virNetwork | None:
         return self._lookup("network", self.conn.networkLookupByName, libvirt.VIR_ERR_NO_NETWORK, name)
 
     def our_domains(self) -> dict[str, libvirt.virDomain]:
         """Every domain carrying this cluster's mark, by name (to find nodes no longer configured)."""
-        return {dom.name(): dom for dom, xml in self._all_domains(libvirt.VIR_DOMAIN_XML_INACTIVE)
-                if self.is_ours(xml)}
+        listed = self._listed_for_checks()
+        if listed is None:
+            listed = self._list_domains()
+        return {name: dom for name, (dom, found) in listed.items() if self._marked_ours(found)}
+
+    def _list_domains(self) -> dict[str, tuple[libvirt.virDomain, dict | None]]:
+        """Every domain on the host with its mark, but those that vanish while we look."""
+        listed = {}
+        for dom in self.conn.listAllDomains():
+            try:
+                listed[dom.name()] = (dom, self._domain_mark(dom))
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+        return listed
+
+    @staticmethod
+    def _domain_mark(dom: libvirt.virDomain) -> dict | None:
+        """A domain's mark, asked for alone: its element is a hundredth of the domain's XML."""
+        try:
+            element = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, MARK_NS, 0)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                return None
+            raise
+        return dict(ET.fromstring(element).attrib)
+
+    def _listed_for_checks(self) -> dict | None:
+        """While an uptodate check runs, every domain and its mark, listed once and shared by the
+        checks until the next action starts (dali/errors.py: Checking); None outside checks."""
+        if not Checking.active:
+            return None
+        if self._listed is None or self._listed[0] != Checking.actions_started:
+            self._listed = (Checking.actions_started, self._list_domains())
+        return self._listed[1]
 
     def _all_domains(self, *flags: int):
         """(domain, its XML for each flag) of every domain on the host, but those that vanish

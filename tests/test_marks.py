@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from dali import disks, domain, marks, network, settings
+from dali.errors import Step, uptodate
 from dali.network import Addresses
 from dali.virt import ForeignObject, Libvirt
 
@@ -144,3 +145,19 @@ def test_a_directory_the_user_made_stays(config_in, capfd):
     assert oct(made.stat().st_mode & 0o777) == "0o750"
     marks.remove_dir_if_ours(made, config_in, print)
     assert not made.exists()
+
+
+def test_checks_share_one_listing_until_an_action_starts(test_driver, config):
+    """Uptodate checks ask libvirt once per run (a no-op doit at 16 nodes asked 48 times);
+    an action, and every check after one, sees libvirt as it is now."""
+    is_defined = uptodate(lambda: test_driver.domain("ivpa") is not None)
+    assert not is_defined()  # the listing of this check: no ivpa
+    test_driver.conn.defineXML(for_test_driver(domain.domain_xml(config, config.original_node, "test")))
+    assert not is_defined()  # no action started since: the checks' listing stands
+    assert test_driver.domain("ivpa") is not None  # outside a check: asked now
+    seen = []
+    Step("look", lambda: seen.append(is_defined())).execute()
+    assert seen == [True]  # an action started: a check lists again
+    test_driver.conn.lookupByName("ivpa").undefine()
+    Step("look", lambda: seen.append(test_driver.domain("ivpa"))).execute()
+    assert seen == [True, None]  # an action's own look-up is never the checks' listing
