@@ -8,8 +8,8 @@ run and need no record that a killed run could lose.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_ROOT = Path("/var/lib/dali")  # traversable by libvirt-qemu on any host, unlike ~
@@ -18,8 +18,7 @@ DEFAULT_DATA_ROOT = Path("/var/lib/dali")  # traversable by libvirt-qemu on any 
 DALI_NAMESPACE = uuid.UUID("6f1d1c3e-8a52-4c55-9a55-2f0d1a7c0b11")
 
 
-@dataclass(frozen=True)
-class Network:
+class Network(NamedTuple):
     name: str
     forward: str  # "nat" or "none"
     address: str
@@ -28,8 +27,7 @@ class Network:
     dhcp_end: str
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(NamedTuple):
     path: Path | None  # a user's own qcow2; None means dali builds a Debian image
     suite: str
     mirror: str  # "" means the host's apt mirror
@@ -38,22 +36,19 @@ class Image:
     disk_size: int
 
 
-@dataclass(frozen=True)
-class Filesystem:
+class Filesystem(NamedTuple):
     type: str  # "none" or "ocfs2"
     mountpoint: str
     slots: int
 
 
-@dataclass(frozen=True)
-class Kernel:
+class Kernel(NamedTuple):
     """The user's own kernel: their bzImage and the INSTALL_MOD_PATH of its modules."""
     bzimage: Path
     modules: Path
 
 
-@dataclass(frozen=True)
-class Node:
+class Node(NamedTuple):
     """One VM of the cluster. Its identities are derived from the cluster tag and its name."""
 
     cluster_tag: str
@@ -87,8 +82,7 @@ class Node:
                 "machine_id": self.machine_id, "original": self.is_original}
 
 
-@dataclass(frozen=True)
-class Cluster:
+class Cluster(NamedTuple):
     tag: str
     original: str
     clones: tuple[str, ...]

@@ -22,8 +22,8 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import libvirt
 from libvirt import VIR_NETWORK_XML_INACTIVE
@@ -40,8 +40,7 @@ TEMPLATE = "network.xml.j2"
 PICK_LOCK = "/run/lock/dali-network.lock"
 
 
-@dataclass(frozen=True)
-class Addresses:
+class Addresses(NamedTuple):
     address: str  # the host's, on the bridge
     prefix: int
     dhcp_start: str
@@ -92,8 +91,7 @@ def host_routes(route_table: Path = Path("/proc/net/route")) -> list[ipaddress.I
 
 # --- fixed addresses ------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Host:
+class Host(NamedTuple):
     mac: str
     name: str
     ip: str

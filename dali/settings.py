@@ -16,9 +16,8 @@ import ipaddress
 import re
 import sys
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from dali.cluster import DEFAULT_DATA_ROOT, REPO, Cluster, Filesystem, Image, Kernel, Network
 from dali.errors import DaliError
@@ -38,8 +37,7 @@ class Invalid(ValueError):
     """Raised by a type: its message is what the setting accepts."""
 
 
-@dataclass(frozen=True)
-class Text:
+class Text(NamedTuple):
     pattern: str = r".*"
     wants: str = "text"
     max_len: int = 4096
@@ -50,8 +48,7 @@ class Text:
         return value
 
 
-@dataclass(frozen=True)
-class Whole:
+class Whole(NamedTuple):
     minimum: int
     maximum: int | None = None
 
@@ -83,8 +80,7 @@ def parse_size(value: Any) -> int:
     return int(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
-@dataclass(frozen=True)
-class Size:
+class Size(NamedTuple):
     minimum: int
     multiple_of: int = 1
 
@@ -96,8 +92,7 @@ class Size:
         return n
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):
     allowed: tuple[str, ...]
 
     def parse(self, value: Any) -> str:
@@ -106,8 +101,7 @@ class Choice:
         return value
 
 
-@dataclass(frozen=True)
-class Names:
+class Names(NamedTuple):
     """A list of short names (clone suffixes, package names), each matching `item`."""
     item: Text
 
@@ -122,8 +116,7 @@ class Names:
         return tuple(value)
 
 
-@dataclass(frozen=True)
-class FilePath:
+class FilePath(NamedTuple):
     absolute: bool = False
 
     def parse(self, value: Any) -> str:
@@ -134,7 +127,6 @@ class FilePath:
         return value
 
 
-@dataclass(frozen=True)
 class Flag:
     def parse(self, value: Any) -> bool:
         if isinstance(value, bool):
@@ -144,7 +136,6 @@ class Flag:
         raise Invalid("must be true or false")
 
 
-@dataclass(frozen=True)
 class Shares:
     """[[share]] tables: a host directory (source, absolute) mounted in every node (target)."""
 
@@ -171,7 +162,6 @@ class Shares:
         return tuple(shares)
 
 
-@dataclass(frozen=True)
 class IPv4:
     """An IPv4 address in quotes, or "" for "dali picks one"."""
 
@@ -194,15 +184,13 @@ def _human(n: int) -> str:
 
 # --- the declaration --------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Derived:
+class Derived(NamedTuple):
     """A default computed from other settings; `doc` is how the README shows it."""
     doc: str
     compute: Callable[[dict], Any]
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     key: str                 # "section.name", or "name" at the top of cluster.toml
     type: Any                # one of the types above: parse(value) -> checked value
     default: Any             # a value as cluster.toml would hold it, or Derived

@@ -13,7 +13,7 @@ import ipaddress
 import json
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import libvirt
 import libvirt_qemu
@@ -27,8 +27,7 @@ class ForeignObject(DaliError):
     """A libvirt object with one of our names that dali did not create."""
 
 
-@dataclass
-class ExecResult:
+class ExecResult(NamedTuple):
     """What a command run in the guest returned: exit code, stdout and stderr together."""
     exitcode: int
     stdout: str

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from doit.tools import config_changed
 
 from dali import network
@@ -23,7 +21,7 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "file_dep": [template_path(network.TEMPLATE)],
         "task_dep": ["preflight"],
         # Unset addresses stay None here: the subnet picked for them is kept by libvirt.
-        "uptodate": [config_changed(asdict(cluster.network)), (uptodate(network.is_live), [cluster, virt], {})],
+        "uptodate": [config_changed(cluster.network._asdict()), (uptodate(network.is_live), [cluster, virt], {})],
         "clean": [CleanStep(f"stop and undefine network {name}", network.remove, cluster, virt,
                             changes=cluster)],
     }

@@ -5,7 +5,6 @@ host's template (and so in the copy) is never mistaken for this test's."""
 
 import shutil
 import subprocess
-from dataclasses import replace
 
 import pytest
 
@@ -20,7 +19,7 @@ def config_copy(config_in, tmp_path):
     """The cluster, with libvirt's template copied to tmp_path."""
     template = tmp_path / "TEMPLATE.qemu"
     shutil.copy(LIBVIRT_TEMPLATE, template)
-    return replace(config_in, apparmor_template=template)
+    return config_in._replace(apparmor_template=template)
 
 
 def parses(path) -> bool:
@@ -57,7 +56,7 @@ def test_a_broken_template_is_left_untouched(config_copy):
 
 
 def test_absent_template_is_skipped(config_copy, tmp_path, capfd):
-    gone = replace(config_copy, apparmor_template=tmp_path / "nope")
+    gone = config_copy._replace(apparmor_template=tmp_path / "nope")
     apparmor.add_rule(gone)
     assert "skipped" in capfd.readouterr().err
     assert apparmor.has_rule(gone) is None

@@ -7,7 +7,6 @@ import os
 import stat
 import struct
 import uuid
-from dataclasses import replace
 
 import pytest
 from pathlib import Path
@@ -42,7 +41,7 @@ def test_existing_fam_is_never_truncated_or_recreated(config_in):
 
 def test_fam_of_another_size_stops_with_the_reason(config_in):
     fam.ensure(config_in)
-    bigger = replace(config_in, fam_size=2 << 30, max_memory=3 << 30)
+    bigger = config_in._replace(fam_size=2 << 30, max_memory=3 << 30)
     with pytest.raises(DaliError, match="fam.size") as e:
         fam.ensure(bigger)
     assert "never resizes" in str(e.value)

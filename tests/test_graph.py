@@ -5,7 +5,6 @@ dodo.py is loaded the way doit loads it, for a throwaway tag; nothing here talks
 
 import shutil
 import sys
-from dataclasses import replace
 
 import pytest
 from doit.cmd_clean import CleanDepTree
@@ -126,5 +125,5 @@ def test_what_makes_a_node_stale(config):
         for s in "abc":
             assert xml_inputs(config, s) != xml_inputs(changed, s), env
     # The clone mode is how a clone's disk is made, not part of its domain.
-    copy = replace(config, clone_mode="copy")
+    copy = config._replace(clone_mode="copy")
     assert xml_inputs(config, "b") == xml_inputs(copy, "b")

@@ -1,7 +1,6 @@
 """Which subnet a cluster's network gets: configured, kept, or picked free (test driver)."""
 
 import ipaddress
-from dataclasses import replace
 
 import pytest
 
@@ -45,7 +44,7 @@ def test_an_existing_network_keeps_its_subnet(test_driver, config):
 
 
 def test_a_configured_subnet_is_used_as_configured(test_driver, config):
-    configured = replace(config, network=replace(config.network, address="10.9.8.254", prefix=24))
+    configured = config._replace(network=config.network._replace(address="10.9.8.254", prefix=24))
     assert network.plan(configured, test_driver) == network.Addresses("10.9.8.254", 24, "10.9.8.1", "10.9.8.253")
 
 
