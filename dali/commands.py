@@ -12,7 +12,7 @@ next run (see guest_image.remove_abandoned_work()).
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -24,14 +24,23 @@ _PR_SET_PDEATHSIG = 1
 _children: set[subprocess.Popen] = set()
 
 
-def _die_with_parent() -> None:  # runs in the child, between fork and exec
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+@functools.cache
+def _prctl():
+    """libc's prctl(), loaded by the first spawn: importing ctypes with dali cost every doit
+    3 ms, and most (a no-op doit) start no program."""
+    import ctypes
+    return ctypes.CDLL(None, use_errno=True).prctl
 
 
 def spawn(command: list[str], **popen) -> subprocess.Popen:
     """Start a program in its own session, killed with dali if dali is killed."""
+    prctl = _prctl()  # here, in dali: between fork and exec the child must not import or load
+
+    def die_with_parent() -> None:  # runs in the child, between fork and exec
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
     try:
-        process = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent,
+        process = subprocess.Popen(command, start_new_session=True, preexec_fn=die_with_parent,
                                    **popen)
     except FileNotFoundError:
         raise DaliError(f"{command[0]} is not installed: run scripts/setup") from None

@@ -18,11 +18,10 @@ import json
 import os
 import stat
 import struct
-import uuid
 from pathlib import Path
 
 from dali import marks
-from dali.cluster import Cluster
+from dali.cluster import Cluster, uuid_text
 from dali.errors import DaliError
 from dali.reporter import log
 
@@ -90,7 +89,7 @@ def namespace(fam: Path) -> dict:
         return {"mode": "raw", "size": fam_size, "data_offset": 0}
     (signature, uid, _parent, _flags, _major, _minor, dataoff, _npfns, _mode, start_pad,
      end_trunc, align) = _PFN_SB.unpack(block)
-    return {"mode": _SIGNATURES[signature], "uuid": str(uuid.UUID(bytes=uid)),
+    return {"mode": _SIGNATURES[signature], "uuid": uuid_text(uid),
             "size": fam_size - dataoff - start_pad - end_trunc, "align": align,
             # Where the device's first byte lies in the FAM (dataoff counts from the padding).
             "data_offset": start_pad + dataoff}

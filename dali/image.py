@@ -71,11 +71,17 @@ def node_image_is_current(cluster: Cluster, tarball: Path) -> bool:
             and _stamp_of(cluster.image_dir / "base.qcow2") == _stamp(cluster, tarball))
 
 
-def wanted_tarball(cluster: Cluster) -> Path:
-    """The debootstrap tarball the image settings ask for now."""
+def wanted_recipe(cluster: Cluster) -> dict:
+    """The debootstrap recipe the image settings ask for now."""
     settings = cluster.image
-    return rootfs_tarball_path(rootfs_recipe(settings.suite, settings.mirror, settings.http_proxy,
-                                             list(settings.extra_packages)), cluster.cache_dir)
+    return rootfs_recipe(settings.suite, settings.mirror, settings.http_proxy,
+                         list(settings.extra_packages))
+
+
+def wanted_tarball(cluster: Cluster, recipe: dict | None = None) -> Path:
+    """The debootstrap tarball of that recipe (it reads the host's apt sources and hashes
+    templates/guest/: a caller that has it already passes it)."""
+    return rootfs_tarball_path(recipe or wanted_recipe(cluster), cluster.cache_dir)
 
 
 def built_on_image(cluster: Cluster) -> list[Path]:

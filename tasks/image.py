@@ -15,7 +15,6 @@ from __future__ import annotations
 from dali import guest_image, image
 from dali.cluster import Cluster
 from dali.errors import CleanStep, Step, uptodate
-from dali.guest_image import rootfs_recipe
 from dali.reporter import log
 from dali.virt import Libvirt
 
@@ -27,10 +26,8 @@ def build_rootfs(recipe: dict, cluster: Cluster) -> None:
 def gen_tasks(cluster: Cluster, virt: Libvirt):
     if cluster.image.path:
         return
-    settings = cluster.image
-    recipe = rootfs_recipe(settings.suite, settings.mirror, settings.http_proxy,
-                           list(settings.extra_packages))
-    tarball = image.wanted_tarball(cluster)
+    recipe = image.wanted_recipe(cluster)
+    tarball = image.wanted_tarball(cluster, recipe)
     pub = cluster.ssh_key.with_suffix(".pub")
     yield {
         "basename": "image", "name": "sshkey",

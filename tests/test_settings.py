@@ -3,6 +3,7 @@ README table and cluster.toml, both generated from the one declaration."""
 
 import re
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,19 @@ def test_identities_are_distinct_and_stable():
         assert len(set(values)) == len(values)
     assert all(n.mac.startswith("52:54:00:") for n in a)
     assert all(len(n.machine_id) == 32 for n in a)
+
+
+def test_identities_are_the_uuid5_they_always_were():
+    """dali derives its UUIDs without the uuid module (dali/cluster.py says why); an existing
+    cluster's domains, network and marks must keep their identities all the same."""
+    namespace = uuid.UUID("6f1d1c3e-8a52-4c55-9a55-2f0d1a7c0b11")
+    c = load(env={})
+    for node in c.nodes:
+        assert node.uuid == str(uuid.uuid5(namespace, f"domain:{node.name}"))
+        assert node.machine_id == uuid.uuid5(namespace, f"machine-id:{node.name}").hex
+        assert node.mac[9:] == uuid.uuid5(namespace, f"mac:{node.name}").bytes[:3].hex(":")
+    assert c.id == str(uuid.uuid5(namespace, f"cluster:{c.state_dir}\0{c.data_dir}"))
+    assert c.network_uuid == str(uuid.uuid5(namespace, f"network:{c.id}:{c.network.name}"))
 
 
 @pytest.mark.parametrize("toml, env, words", [
