@@ -6,7 +6,6 @@ gets half a cluster. They are cheap enough to repeat on every `doit`.
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import stat
@@ -62,7 +61,7 @@ def qemu_cannot_traverse(path: Path) -> Path | None:
         user = pwd.getpwnam(QEMU_USER)
     except KeyError:
         return None  # no such user: libvirt is not Debian's; nothing we can check
-    groups = {g.gr_gid for g in grp.getgrall() if QEMU_USER in g.gr_mem} | {user.pw_gid}
+    groups = set(os.getgrouplist(QEMU_USER, user.pw_gid))  # as the kernel will see them
     for d in [*reversed(path.parents), path]:
         if not d.exists():
             break

@@ -1,0 +1,104 @@
+"""The no-op `doit` at 16 nodes, before and after, beside the import floor, in one run.
+
+    .venv/bin/python bench/noop.py [N] [BEFORE_REV]   # N nodes per cluster (default 16); ~3 min
+
+The floor is what Python takes just to import doit, libvirt and jinja2
+(`python -c "import doit, libvirt, jinja2"`): no doit run can take less. The target (#11) is a
+no-op `doit` within 1.5x of it at 16 nodes.
+
+Each side builds its own cluster of N shut-off nodes (tags benchnold, benchnnew; isolated
+networks) from its own checkout (a cluster belongs to its checkout): BEFORE_REV (default, the
+last commit before the no-op work) and this checkout. Both trees' modules are byte-compiled
+first, as a user's are after their first run (this bench may run with PYTHONDONTWRITEBYTECODE
+set). Then the floor, the before and the after no-op alternate, ROUNDS times; medians are
+compared. Both clusters are removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from dali.cluster import REPO
+
+import common
+from common import say
+
+BEFORE_REV = "76e687c"  # before: 48 domain XMLs per no-op, dataclasses, uuid, ctypes
+ROUNDS = 25  # the machine is shared: one run's spread is ±20%
+WORK = Path(tempfile.mkdtemp(prefix="dali-bench-noop-", dir="/var/tmp"))
+PYTHON = str(REPO / ".venv/bin/python")
+
+
+def config(tag: str, nodes: int) -> Path:
+    path = WORK / f"{tag}.toml"
+    clones = ", ".join(f'"{c}"' for c in (string.ascii_lowercase + string.digits)[1:nodes])
+    path.write_text(f'tag = "{tag}"\nclones = [{clones}]\ndir = "{WORK / tag}"\n'
+                    '[network]\nforward = "none"\n[timeouts]\nboot = 1800\n')
+    return path
+
+
+def floor() -> float:
+    """The imports alone, started the way common.doit() starts the after side's doit: from this
+    checkout, with PYTHONPATH naming it (each import searches it first), output captured."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.monotonic()
+    subprocess.run([PYTHON, "-c", "import doit, libvirt, jinja2"], cwd=REPO, env=env, check=True,
+                   capture_output=True)
+    return time.monotonic() - t0
+
+
+def main() -> None:
+    WORK.chmod(0o755)
+    nodes = int(sys.argv[1]) if len(sys.argv) > 1 else 16
+    before_rev = sys.argv[2] if len(sys.argv) > 2 else BEFORE_REV
+    try:
+        with common.checkout_of(before_rev, WORK / "before") as old_tree:
+            measure(nodes, before_rev, old_tree)
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
+    common.write("noop.md")
+
+
+def measure(nodes: int, before_rev: str, old_tree: Path) -> None:
+    sides = {f"before ({before_rev})": (old_tree, config("benchnold", nodes)),
+             "after": (REPO, config("benchnnew", nodes))}
+    for tree in [old_tree, REPO]:
+        subprocess.run([PYTHON, "-m", "compileall", "-q", "dodo.py", "dali", "tasks"], cwd=tree,
+                       check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([PYTHON, "-m", "compileall", "-q", str(REPO / ".venv/lib")], stdout=subprocess.DEVNULL)
+    try:
+        with ThreadPoolExecutor() as pool:  # both clusters built at once: their originals boot once
+            list(pool.map(lambda side: common.doit(side[1], tree=side[0]), sides.values()))
+        timings = {"floor": [], **{name: [] for name in sides}}
+        for name, (tree, cfg) in sides.items():
+            common.doit(cfg, tree=tree)  # the first no-op may still write doit's records
+        for _ in range(ROUNDS):
+            timings["floor"].append(floor())
+            for name, (tree, cfg) in sides.items():
+                timings[name].append(common.doit(cfg, tree=tree))
+        base = statistics.median(timings["floor"])
+        say(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores: a no-op `doit` on "
+            f"{nodes} shut-off nodes, {ROUNDS} rounds alternating with the floor, "
+            "`python -c 'import doit, libvirt, jinja2'`.")
+        say()
+        say("| | median s | fastest s | median / floor |")
+        say("|---|---:|---:|---:|")
+        for name, values in timings.items():
+            say(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | "
+                f"{statistics.median(values) / base:.2f} |")
+    finally:
+        for tree, cfg in sides.values():
+            common.doit(cfg, "clean", tree=tree, check=False)
+
+
+if __name__ == "__main__":
+    main()
