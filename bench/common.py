@@ -39,6 +39,16 @@ def doit(config: Path, *args: str, tree: Path = REPO, check: bool = True) -> flo
     return time.monotonic() - t0
 
 
+def import_floor() -> float:
+    """Seconds for `python -c "import doit, libvirt, jinja2"`: what no doit run can beat. Started
+    the way doit() starts this checkout's doit (from it, PYTHONPATH naming it, output captured)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.monotonic()
+    subprocess.run([str(REPO / ".venv/bin/python"), "-c", "import doit, libvirt, jinja2"], cwd=REPO,
+                   env=env, check=True, capture_output=True)
+    return time.monotonic() - t0
+
+
 @contextmanager
 def checkout_of(rev: str, where: Path):
     """dali at `rev` in a temporary git worktree at `where`, sharing this checkout's debootstrap

@@ -46,16 +46,6 @@ def config(tag: str, nodes: int) -> Path:
     return path
 
 
-def floor() -> float:
-    """The imports alone, started the way common.doit() starts the after side's doit: from this
-    checkout, with PYTHONPATH naming it (each import searches it first), output captured."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    t0 = time.monotonic()
-    subprocess.run([PYTHON, "-c", "import doit, libvirt, jinja2"], cwd=REPO, env=env, check=True,
-                   capture_output=True)
-    return time.monotonic() - t0
-
-
 def main() -> None:
     WORK.chmod(0o755)
     nodes = int(sys.argv[1]) if len(sys.argv) > 1 else 16
@@ -82,7 +72,7 @@ def measure(nodes: int, before_rev: str, old_tree: Path) -> None:
         for name, (tree, cfg) in sides.items():
             common.doit(cfg, tree=tree)  # the first no-op may still write doit's records
         for _ in range(ROUNDS):
-            timings["floor"].append(floor())
+            timings["floor"].append(common.import_floor())
             for name, (tree, cfg) in sides.items():
                 timings[name].append(common.doit(cfg, tree=tree))
         base = statistics.median(timings["floor"])

@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 from dali import settings
-from dali.cluster import REPO
 
 import common
 from common import say
@@ -117,12 +116,9 @@ def main() -> None:
         say()
 
         noop, imports = [], []
-        python = str(REPO / ".venv/bin/python")
         for _ in range(7):
             noop.append(doit())
-            t0 = time.monotonic()
-            subprocess.run([python, "-c", "import doit, libvirt, jinja2"], check=True)
-            imports.append(time.monotonic() - t0)
+            imports.append(common.import_floor())
         say(f"No-op `doit` at 16 nodes (shut off), 7 runs: median {statistics.median(noop):.2f} s; "
             f"`python -c 'import doit, libvirt, jinja2'` in the same run: median "
             f"{statistics.median(imports):.2f} s; ratio {statistics.median(noop) / statistics.median(imports):.2f}.")
