@@ -5,8 +5,11 @@ checked out beside this one for before/after comparisons."""
 from __future__ import annotations
 
 import os
+import shutil
+import string
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,3 +65,29 @@ def checkout_of(rev: str, where: Path):
         yield where
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(where)])
+
+
+def cluster_file(work: Path, tag: str, nodes: int) -> Path:
+    """work/TAG.toml: a cluster of `nodes` default nodes (the original and clones b, c, ...) on
+    an isolated network, its data in work/TAG, with a boot timeout for a loaded machine."""
+    path = work / f"{tag}.toml"
+    clones = ", ".join(f'"{c}"' for c in (string.ascii_lowercase + string.digits)[1:nodes])
+    path.write_text(f'tag = "{tag}"\nclones = [{clones}]\ndir = "{work / tag}"\n'
+                    '[network]\nforward = "none"\n[timeouts]\nboot = 1800\n')
+    return path
+
+
+def before_and_after(name: str, default_nodes: int, default_rev: str, measure) -> None:
+    """The frame of a before/after bench, `bench/NAME.py [N] [BEFORE_REV]`: measure(work, nodes,
+    rev, old_tree) with BEFORE_REV checked out in a fresh directory under /var/tmp (work), which
+    is removed afterwards; then what was said is written to bench/NAME.md."""
+    work = Path(tempfile.mkdtemp(prefix=f"dali-bench-{name}-", dir="/var/tmp"))
+    work.chmod(0o755)  # qemu opens the disks and the FAM under it
+    nodes = int(sys.argv[1]) if len(sys.argv) > 1 else default_nodes
+    rev = sys.argv[2] if len(sys.argv) > 2 else default_rev
+    try:
+        with checkout_of(rev, work / "before") as old_tree:
+            measure(work, nodes, rev, old_tree)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write(f"{name}.md")

@@ -17,12 +17,8 @@ compared. Both clusters are removed at the end.
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
-import string
 import subprocess
-import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,33 +30,12 @@ from common import say
 
 BEFORE_REV = "76e687c"  # before: 48 domain XMLs per no-op, dataclasses, uuid, ctypes
 ROUNDS = 25  # the machine is shared: one run's spread is ±20%
-WORK = Path(tempfile.mkdtemp(prefix="dali-bench-noop-", dir="/var/tmp"))
 PYTHON = str(REPO / ".venv/bin/python")
 
 
-def config(tag: str, nodes: int) -> Path:
-    path = WORK / f"{tag}.toml"
-    clones = ", ".join(f'"{c}"' for c in (string.ascii_lowercase + string.digits)[1:nodes])
-    path.write_text(f'tag = "{tag}"\nclones = [{clones}]\ndir = "{WORK / tag}"\n'
-                    '[network]\nforward = "none"\n[timeouts]\nboot = 1800\n')
-    return path
-
-
-def main() -> None:
-    WORK.chmod(0o755)
-    nodes = int(sys.argv[1]) if len(sys.argv) > 1 else 16
-    before_rev = sys.argv[2] if len(sys.argv) > 2 else BEFORE_REV
-    try:
-        with common.checkout_of(before_rev, WORK / "before") as old_tree:
-            measure(nodes, before_rev, old_tree)
-    finally:
-        shutil.rmtree(WORK, ignore_errors=True)
-    common.write("noop.md")
-
-
-def measure(nodes: int, before_rev: str, old_tree: Path) -> None:
-    sides = {f"before ({before_rev})": (old_tree, config("benchnold", nodes)),
-             "after": (REPO, config("benchnnew", nodes))}
+def measure(work: Path, nodes: int, before_rev: str, old_tree: Path) -> None:
+    sides = {f"before ({before_rev})": (old_tree, common.cluster_file(work, "benchnold", nodes)),
+             "after": (REPO, common.cluster_file(work, "benchnnew", nodes))}
     for tree in [old_tree, REPO]:
         subprocess.run([PYTHON, "-m", "compileall", "-q", "dodo.py", "dali", "tasks"], cwd=tree,
                        check=True, stdout=subprocess.DEVNULL)
@@ -91,4 +66,4 @@ def measure(nodes: int, before_rev: str, old_tree: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.before_and_after("noop", 16, BEFORE_REV, measure)

@@ -16,11 +16,7 @@ clusters are removed at the end.
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
-import string
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,32 +27,12 @@ from common import say
 
 BEFORE_REV = "ccf93d5"  # verify writer by writer
 ROUNDS = 3
-WORK = Path(tempfile.mkdtemp(prefix="dali-bench-verify-", dir="/var/tmp"))
 
 
-def config(tag: str, nodes: int) -> Path:
-    path = WORK / f"{tag}.toml"
-    clones = ", ".join(f'"{c}"' for c in string.ascii_lowercase[1:nodes])
-    path.write_text(f'tag = "{tag}"\nclones = [{clones}]\ndir = "{WORK / tag}"\n'
-                    '[network]\nforward = "none"\n[timeouts]\nboot = 1800\n')
-    return path
-
-
-def main() -> None:
-    WORK.chmod(0o755)
-    nodes = int(sys.argv[1]) if len(sys.argv) > 1 else 8
-    before_rev = sys.argv[2] if len(sys.argv) > 2 else BEFORE_REV
-    try:
-        with common.checkout_of(before_rev, WORK / "before") as old_tree:
-            measure(nodes, before_rev, old_tree)
-    finally:
-        shutil.rmtree(WORK, ignore_errors=True)
-    common.write("verify.md")
-
-
-def measure(nodes: int, before_rev: str, old_tree: Path) -> None:
-    sides = [(f"before ({before_rev}, writer by writer)", old_tree, config("benchvold", nodes)),
-             ("after (all nodes at once)", REPO, config("benchvnew", nodes))]
+def measure(work: Path, nodes: int, before_rev: str, old_tree: Path) -> None:
+    sides = [(f"before ({before_rev}, writer by writer)", old_tree,
+              common.cluster_file(work, "benchvold", nodes)),
+             ("after (all nodes at once)", REPO, common.cluster_file(work, "benchvnew", nodes))]
     say(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, TCG guests, two clusters "
         f"of {nodes} nodes running at once; `doit verify` in seconds, median (each round).")
     say()
@@ -81,4 +57,4 @@ def measure(nodes: int, before_rev: str, old_tree: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.before_and_after("verify", 8, BEFORE_REV, measure)

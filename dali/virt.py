@@ -64,9 +64,6 @@ class Libvirt:
 
     # --- ownership ----------------------------------------------------------------------------
 
-    def is_ours(self, xml: str) -> bool:
-        return self._marked_ours(mark_of(xml))
-
     def _marked_ours(self, found: dict | None) -> bool:
         return found is not None and found.get("id") == self.owner
 
