@@ -5,6 +5,8 @@
     doit start | shutdown | destroy [NODE ...]     all nodes, or those named (b or ivpb)
     doit start --batch N     N nodes at a time (default auto: one per host core; 0: all at once)
     doit status | verify
+    doit torture [WORKLOAD ...] [--seconds N] [--crash c@10] [--partition c@10+20]   doit --list
+    doit dump [NODE ...] every node's memory at the same moment
     doit pssh [--on b,c] CMD ...   doit pput [--on b,c] SRC DEST
     doit restart [NODE ...]   boot what the definitions say now (a rebuilt kernel)
     doit reset           nodes shut off: disks back to the frozen state, the FAM to its golden copy
@@ -33,7 +35,7 @@ from dali.errors import DaliError
 from dali.reporter import DaliReporter
 from dali.virt import Libvirt
 from tasks import (access, accel, apparmor, clone, disks, domain, fam, freeze, fs, image, kernel,
-                   lifecycle, network, original, preflight, prune, reset, verify)
+                   lifecycle, network, original, preflight, prune, reset, torture, verify)
 
 exit_cleanly_on_signals()  # Ctrl-C: one line, exit 130, the programs dali started stopped
 try:
@@ -156,3 +158,8 @@ def task_lifecycle():
 def task_verify():
     """self-test of the shared device"""
     yield from tasks_of(verify)
+
+
+def task_torture():
+    """doit torture [WORKLOAD ...]: checked workloads on every node at once, faults; doit dump"""
+    yield from tasks_of(torture)

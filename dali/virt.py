@@ -290,12 +290,15 @@ class Libvirt:
             time.sleep(1)
         return time.monotonic() - t0
 
-    def run(self, dom: libvirt.virDomain, argv: list[str], timeout: int = 120,
-            stdin: bytes | None = None) -> ExecResult:
-        """Run argv in the guest through guest-exec; wait for it and return its result."""
+    def run(self, dom: libvirt.virDomain, argv: list[str], timeout: float = 120,
+            stdin: bytes | None = None, env: dict[str, str] | None = None) -> ExecResult:
+        """Run argv in the guest through guest-exec; wait for it and return its result. env
+        replaces the agent's environment (PATH included) for the command."""
         args = {"path": argv[0], "arg": argv[1:], "capture-output": True}
         if stdin is not None:
             args["input-data"] = base64.b64encode(stdin).decode()
+        if env is not None:
+            args["env"] = [f"{k}={v}" for k, v in env.items()]
         pid = self.agent(dom, "guest-exec", **args)["pid"]
         deadline = time.monotonic() + timeout
         while True:

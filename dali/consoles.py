@@ -1,0 +1,78 @@
+"""The nodes' serial consoles as evidence: what each printed during a window of time, and the
+kernel's own words for a crash in it.
+
+libvirt writes every node's serial console to /var/log/libvirt/qemu/<node>-console.log
+(templates/domain.xml.j2), anew each time the node's qemu starts. A window is the byte offset at
+its start; when the file is shorter at the end (qemu restarted) the window is the whole file.
+
+The patterns are the ones kdevops' fstests watchdog and the kernel's own test bots look for:
+panics, oopses, BUG and WARNING splats, soft and hard lockups, hung tasks, and OCFS2's fencing
+(the node restarts itself when it loses its cluster). Each report is counted once: a panic
+prints many lines, and a hung task repeats every two minutes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+LOG_DIR = Path("/var/log/libvirt/qemu")
+
+PATTERNS = [
+    ("panic", re.compile(r"Kernel panic - not syncing.*")),
+    ("oops", re.compile(r"(?:Oops|general protection fault)[: ].*")),
+    ("BUG", re.compile(r"BUG: .*")),
+    ("soft lockup", re.compile(r"watchdog: BUG: soft lockup.*|soft lockup - CPU#.*")),
+    ("hard lockup", re.compile(r"Watchdog detected hard LOCKUP.*|NMI watchdog: .*hard LOCKUP.*")),
+    ("hung task", re.compile(r"INFO: task \S+ blocked for more than \d+ seconds.*")),
+    ("RCU stall", re.compile(r"rcu: INFO: rcu_(?:sched|preempt) (?:self-)?detected stalls?.*")),
+    ("warning", re.compile(r"WARNING: CPU: \d+ PID: \d+ at .*")),
+    ("fenced", re.compile(r"\*\*\* ocfs2 is very sorry to be fencing this system.*")),
+]
+# What makes a node unusable until it restarts, as opposed to a warning it survives.
+FATAL = {"panic", "oops", "BUG", "soft lockup", "hard lockup", "fenced"}
+_TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s*")
+
+
+def log_path(name: str) -> Path:
+    return LOG_DIR / f"{name}-console.log"
+
+
+def mark(name: str) -> int:
+    """Where the node's console log ends now: the start of a window."""
+    try:
+        return log_path(name).stat().st_size
+    except OSError:
+        return 0
+
+
+def since(name: str, offset: int) -> bytes:
+    """What the node's console printed since `offset` (the whole log if qemu started anew)."""
+    try:
+        data = log_path(name).read_bytes()
+    except OSError:
+        return b""
+    return data[offset:] if len(data) >= offset else data
+
+
+def findings(text: bytes | str) -> list[tuple[str, str]]:
+    """(kind, the kernel's line) for each report in the text, each distinct one once, in order."""
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    found, seen = [], set()
+    for raw in text.splitlines():
+        line = _TIMESTAMP.sub("", raw.replace("\r", "")).strip()
+        for kind, pattern in PATTERNS:
+            m = pattern.search(line)
+            if m:
+                # A hung task's report names its seconds; the same task once is enough.
+                key = (kind, re.sub(r"\d+ seconds", "N seconds", m.group(0)))
+                if key not in seen:
+                    seen.add(key)
+                    found.append((kind, m.group(0)))
+                break
+    return found
+
+
+def fatal(found: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [f for f in found if f[0] in FATAL]

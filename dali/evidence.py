@@ -1,0 +1,157 @@
+"""A node's crash, kept before anything restarts it: its console log and its memory.
+
+A node whose kernel panics, oopses, hits a BUG, locks up or fences itself is found two ways:
+libvirt marks the domain crashed (the pvpanic device tells it, and on_crash=preserve keeps qemu
+and the guest's memory as they were: templates/domain.xml.j2), and its serial console shows
+the kernel's report (dali/consoles.py), which also catches what pvpanic does not (a soft
+lockup, a hung task, a BUG the kernel survives).
+
+Before `doit start` or `doit restart` boots such a node again, and when `doit torture` sees one,
+dali keeps state/<tag>/crash/<node>-<time>/:
+    console.log    the node's console since its qemu started
+    memory.elf     `virsh dump --memory-only`: an ELF core that `crash vmlinux memory.elf` reads
+    README         what happened, and the vmlinux to give crash (kernel.path's tree)
+Once per boot of the node: its libvirt domain id names the boot.
+
+`doit dump` takes the memory of every running node at the same moment: all paused, dumped one
+after the other, resumed together, for a distributed deadlock where no node panics.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import libvirt
+
+from dali import consoles
+from dali.cluster import Cluster
+from dali.errors import DaliError
+from dali.reporter import log
+from dali.virt import Libvirt
+
+
+def crash_dir(cluster: Cluster) -> Path:
+    return cluster.state_dir / "crash"
+
+
+def panicked(virt: Libvirt, dom: libvirt.virDomain) -> str | None:
+    """Why this node is down or unusable: libvirt's crashed state, or the first fatal report
+    on its console since its qemu started. None for a healthy node (or one that is off)."""
+    try:
+        state, reason = dom.state()
+    except libvirt.libvirtError:
+        return None
+    if state == libvirt.VIR_DOMAIN_SHUTOFF:
+        return None
+    fatal = consoles.fatal(consoles.findings(consoles.since(dom.name(), 0)))
+    if fatal:
+        return f"{fatal[0][0]}: {fatal[0][1]}"
+    if state == libvirt.VIR_DOMAIN_CRASHED or (
+            state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_CRASHED):
+        return "crashed (pvpanic): its console shows no report"
+    return None
+
+
+def _boot_id(dom: libvirt.virDomain) -> str:
+    return f"domain id {dom.ID()}"
+
+
+def _already_kept(cluster: Cluster, name: str, boot: str) -> Path | None:
+    for d in sorted(crash_dir(cluster).glob(f"{name}-*")):
+        readme = d / "README"
+        if readme.exists() and f"boot: {boot}\n" in readme.read_text():
+            return d
+    return None
+
+
+def _vmlinux_line(cluster: Cluster) -> str:
+    if cluster.own_kernel:
+        tree = cluster.own_kernel.bzimage.parents[3]  # arch/x86/boot/bzImage -> the source tree
+        return (f"vmlinux: {tree / 'vmlinux'} (kernel.path's tree, built with CONFIG_DEBUG_INFO "
+                "for crash to read it)")
+    return ("vmlinux: the image's Debian kernel: its debug symbols are in Debian's "
+            "linux-image-<version>-dbg package (/usr/lib/debug/boot/vmlinux-<version>)")
+
+
+def dump_memory(dom: libvirt.virDomain, path: Path) -> None:
+    """The guest's memory as an ELF core (what `virsh dump --memory-only` writes). libvirtd opens
+    the file and hands it to qemu; the domain is paused while it is written."""
+    partial = path.with_name(path.name + ".partial")
+    dom.coreDumpWithFormat(str(partial), libvirt.VIR_DOMAIN_CORE_DUMP_FORMAT_RAW,
+                           libvirt.VIR_DUMP_MEMORY_ONLY)
+    partial.rename(path)
+
+
+def keep(cluster: Cluster, name: str, reason: str, virt: Libvirt | None = None,
+         dom: libvirt.virDomain | None = None) -> Path | None:
+    """Keep the evidence of `name`'s crash, once per boot; the directory, or None when the node
+    is gone (nothing of its memory is left to keep, its console is in the run's report)."""
+    if dom is None:
+        virt = virt or Libvirt(cluster.uri, cluster.id)
+        dom = virt.domain(name)
+    if dom is None or not dom.isActive():
+        return None
+    boot = _boot_id(dom)
+    found = _already_kept(cluster, name, boot)
+    if found is not None:
+        return found
+    where = crash_dir(cluster) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    where.mkdir(parents=True, mode=0o700)
+    crash_dir(cluster).chmod(0o700)
+    (where / "console.log").write_bytes(consoles.since(name, 0))
+    lines = [f"node: {name}", f"boot: {boot}", f"found: {reason}",
+             f"kept: {time.strftime('%Y-%m-%d %H:%M:%S')}", _vmlinux_line(cluster)]
+    try:
+        log(f"{name}: {reason}; keeping its memory and console in {where}")
+        dump_memory(dom, where / "memory.elf")
+        lines.append("memory: memory.elf (read it with: crash vmlinux memory.elf)")
+    except libvirt.libvirtError as e:
+        lines.append(f"memory: not dumped: {e.get_error_message()}")
+    (where / "README").write_text("\n".join(lines) + "\n")
+    return where
+
+
+def keep_before_restart(cluster: Cluster, virt: Libvirt, dom: libvirt.virDomain) -> bool:
+    """Before a node is booted again: keep its evidence if it crashed, and power the crashed
+    domain off (libvirt keeps it, paused, for exactly this). True if it had crashed."""
+    why = panicked(virt, dom)
+    if why is None:
+        return False
+    keep(cluster, dom.name(), why, virt=virt, dom=dom)
+    if dom.isActive():
+        dom.destroy()
+    return True
+
+
+def dump_all(cluster: Cluster, virt: Libvirt, doms) -> Path:
+    """Every node's memory at the same moment: pause all, dump each, resume all."""
+    running = [(n, d) for n, d in doms if d.isActive()]
+    if not running:
+        raise DaliError("no node is running: doit start first")
+    where = cluster.state_dir / "dumps" / time.strftime("%Y%m%d-%H%M%S")
+    where.mkdir(parents=True, mode=0o700)
+    (cluster.state_dir / "dumps").chmod(0o700)
+    paused = []
+    try:
+        for _, dom in running:
+            if dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
+                dom.suspend()
+                paused.append(dom)
+        moment = time.strftime("%Y-%m-%d %H:%M:%S")
+        log(f"paused {', '.join(d.name() for d in paused)} at {moment}; dumping their memory")
+        for node, dom in running:
+            t = time.monotonic()
+            dump_memory(dom, where / f"{node.name}.elf")
+            log(f"{node.name}: {where / (node.name + '.elf')} in {time.monotonic() - t:.1f} s")
+    finally:
+        for dom in paused:
+            try:
+                dom.resume()
+            except libvirt.libvirtError:
+                pass
+    (where / "README").write_text(
+        f"nodes: {', '.join(n.name for n, _ in running)}\npaused together at: {moment}\n"
+        f"{_vmlinux_line(cluster)}\nread one with: crash vmlinux <node>.elf\n")
+    log(f"resumed {', '.join(d.name() for d in paused)}: the dumps are in {where}")
+    return where

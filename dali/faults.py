@@ -1,0 +1,128 @@
+"""Faults in the middle of a run, from the host: a node forced off (`--crash NODE@SECONDS`, as
+pulling the plug) or cut from the network (`--partition NODE@SECONDS+DURATION`: its link down,
+then up again).
+
+A partition cuts only the network. The shared device stays reachable from the cut-off node,
+which is the case a shared-memory filesystem must survive and a shared-disk one rarely meets.
+dali owns the network, so it cuts the link from outside the guest (libvirt's <link
+state='down'/> on the node's interface): the guest sees its carrier go, as with a pulled cable,
+and nothing in it has to cooperate. The victim is left as it is afterwards; `doit start NODE`
+brings a node that was forced off back.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import xml.etree.ElementTree as ET
+from typing import NamedTuple
+
+import libvirt
+
+from dali.errors import DaliError
+from dali.reporter import log
+
+
+class Fault(NamedTuple):
+    kind: str  # "crash" or "partition"
+    node: str  # the node's name
+    at: float  # seconds from the run's start
+    duration: float  # a partition's; 0 for a crash
+
+    def describe(self) -> str:
+        if self.kind == "crash":
+            return f"{self.node} forced off at {self.at:g} s"
+        return f"{self.node} cut from the network at {self.at:g} s for {self.duration:g} s"
+
+
+_SPEC = {"crash": re.compile(r"^([\w.-]+)@(\d+(?:\.\d+)?)$"),
+         "partition": re.compile(r"^([\w.-]+)@(\d+(?:\.\d+)?)\+(\d+(?:\.\d+)?)$")}
+_FORM = {"crash": "NODE@SECONDS (--crash c@10)", "partition": "NODE@SECONDS+DURATION (--partition c@10+20)"}
+
+
+def parse(kind: str, spec: str, resolve, seconds: float) -> Fault:
+    """One --crash or --partition; resolve(name) gives the node's name or raises DaliError."""
+    m = _SPEC[kind].match(spec)
+    if not m:
+        raise DaliError(f"--{kind} {spec}: give {_FORM[kind]}")
+    at = float(m.group(2))
+    duration = float(m.group(3)) if kind == "partition" else 0.0
+    if at >= seconds:
+        raise DaliError(f"--{kind} {spec}: {at:g} s is not within the run's {seconds:g} s: "
+                        "pick an earlier time or raise --seconds")
+    if kind == "partition" and duration <= 0:
+        raise DaliError(f"--partition {spec}: the duration must be more than 0 s")
+    return Fault(kind, resolve(m.group(1)), at, duration)
+
+
+def check_plan(faults: list[Fault]) -> None:
+    crashed = {}
+    for f in sorted(faults, key=lambda f: f.at):
+        if f.node in crashed and f.at >= crashed[f.node]:
+            raise DaliError(f"{f.describe()}: it is forced off at {crashed[f.node]:g} s already")
+        if f.kind == "crash":
+            crashed[f.node] = f.at
+
+
+def set_link(dom: libvirt.virDomain, up: bool) -> None:
+    """The node's network link up or down, on the running domain only."""
+    xml = ET.fromstring(dom.XMLDesc(0))
+    iface = xml.find("devices/interface")
+    if iface is None:
+        raise DaliError(f"{dom.name()} has no network interface to cut")
+    link = iface.find("link")
+    if link is None:
+        link = ET.SubElement(iface, "link")
+    link.set("state", "up" if up else "down")
+    dom.updateDeviceFlags(ET.tostring(iface, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+
+class Injector:
+    """Runs the faults on time from a thread, and records when each really happened."""
+
+    def __init__(self, faults: list[Fault], domains: dict[str, libvirt.virDomain]):
+        self.faults = faults
+        self.domains = domains
+        self.happened: list[tuple[float, str]] = []  # (seconds from start, what)
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, t0: float) -> None:
+        events = []
+        for f in self.faults:
+            if f.kind == "crash":
+                events.append((f.at, f, "crash"))
+            else:
+                events += [(f.at, f, "down"), (f.at + f.duration, f, "up")]
+        events.sort(key=lambda e: e[0])
+        self._thread = threading.Thread(target=self._run, args=(t0, events), daemon=True)
+        self._thread.start()
+
+    def _run(self, t0: float, events) -> None:
+        down = set()
+        for at, fault, what in events:
+            stopped = self._stop.wait(max(0.0, t0 + at - time.monotonic()))
+            if stopped and not (what == "up" and fault in down):
+                continue  # the run ended first; a link that went down still comes back up
+            down.add(fault)
+            dom = self.domains[fault.node]
+            try:
+                if what == "crash":
+                    dom.destroy()
+                    text = f"{fault.node} forced off"
+                else:
+                    set_link(dom, what == "up")
+                    text = f"{fault.node} link {what}"
+            except libvirt.libvirtError as e:
+                self.errors.append(f"{fault.node}: {what}: {e.get_error_message()}")
+                continue
+            self.happened.append((round(time.monotonic() - t0, 2), text))
+            log(f"torture: {text} at {time.monotonic() - t0:.1f} s")
+
+    def finish(self) -> None:
+        """Let pending link-ups happen (a partition never outlives the run), skip the rest."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

@@ -1,0 +1,406 @@
+"""`doit torture [WORKLOAD ...]`: workloads on every running node at once against the shared
+device, checked; faults injected in the middle; the evidence kept.
+
+A run, in order:
+1. The plan, checked whole before anything starts (one line and a non-zero exit otherwise):
+   the workloads and their parameters, the nodes (running, answering), the target (the mounted
+   filesystem when fs.type is set, else the raw device), the faults, the script.
+2. Each node gets the workloads (dali/workloads/, one zip file, run by the node's python3) and
+   the script. On a raw device the bytes the run may overwrite are saved first (dali/fam.py:
+   a run killed before it puts them back has them put back by the next run, verify or doit)
+   and zeroed.
+3. Every workload runs on every node at once, through the guest agent, for --seconds; the
+   faults happen on time from the host (dali/faults.py).
+4. Every node still up checks what it sees; each workload's judge compares that with what the
+   runs did. The consoles are scanned for panics, oopses and hangs (dali/consoles.py).
+5. The report (dali/torture_report.py) is printed and kept under state/<tag>/runs/<time>/.
+   The run fails (exit 1) on any violation or any node that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import libvirt
+
+from dali import consoles, fam, faults, guest, workloads
+from dali.cluster import Cluster, Node
+from dali.errors import DaliError, one_line
+from dali.lifecycle import each, select
+from dali.reporter import log
+from dali.torture_report import Report
+from dali.verify import refuse_to_write
+from dali.virt import Libvirt
+from dali.workloads.guest import RESULT
+
+DEFAULT_SECONDS = 30
+PROGRAM = "/run/dali-torture.pyz"  # on each node: the workloads; /run is a tmpfs, gone at reboot
+SCRIPT = "/run/dali-torture-script"
+DAX_ALIGN = 2 << 20  # device-dax maps whole 2 MiB pages: every area starts on one
+GRACE = 600  # seconds a node may take beyond --seconds: an OCFS2 recovery stalls for a minute
+
+
+class Job(NamedTuple):
+    """One workload of the run: a module of dali/workloads (None for --script) and its values."""
+    name: str
+    module: object | None
+    params: dict
+    area: tuple[int, int] | None  # the device bytes it works on (raw-device targets)
+
+
+class Plan(NamedTuple):
+    jobs: list[Job]
+    not_run: list[tuple[str, str]]  # (workload, why it does not run on this target)
+    nodes: list[tuple[Node, libvirt.virDomain]]
+    target: str
+    kind: str  # "dir", "block" or "dax"
+    seconds: float
+    faults: list[faults.Fault]
+    script: Path | None
+    seed: int
+
+
+def describe_workloads() -> str:
+    lines = [f"{name:10} {m.DOC}" for name, m in workloads.WORKLOADS.items()]
+    lines.append(f"{'--script':10} your own executable, run on every node with DALI_NODE, "
+                 "DALI_NODE_INDEX, DALI_NODES, DALI_TARGET, DALI_SECONDS; its exit status counts")
+    lines.append("parameters: WORKLOAD:key=value,... e.g. lock:kind=flock; defaults: " + "; ".join(
+        f"{name} {', '.join(f'{k}={v}' for k, v in m.PARAMS.items())}"
+        for name, m in workloads.WORKLOADS.items()))
+    return "\n".join(lines)
+
+
+# --- 1. the plan -----------------------------------------------------------------------------
+
+def _parse_workload(word: str) -> tuple[str, object, dict]:
+    name, _, rest = word.partition(":")
+    module = workloads.WORKLOADS.get(name)
+    if module is None:
+        raise DaliError(f"no workload '{name}': one of {', '.join(workloads.WORKLOADS)} "
+                        "(doit torture --list), or --script PATH for your own")
+    params = dict(module.PARAMS)
+    for pair in filter(None, rest.split(",")):
+        key, eq, value = pair.partition("=")
+        if not eq or key not in params:
+            raise DaliError(f"{word}: {name} takes {', '.join(f'{k}=' for k in params)} "
+                            f"(as {name}:{next(iter(params))}=...)")
+        if isinstance(params[key], int):
+            if not value.isdigit() or int(value) < 1:
+                raise DaliError(f"{word}: {key} must be a whole number of at least 1")
+            value = int(value)
+        elif name == "lock" and value not in module.KINDS:
+            raise DaliError(f"{word}: kind is one of {', '.join(module.KINDS)}")
+        params[key] = value
+    return name, module, params
+
+
+def _target(cluster: Cluster, target: str) -> tuple[str, str]:
+    if target:
+        if not target.startswith("/") or any(c.isspace() for c in target):
+            raise DaliError(f"--target {target}: give an absolute path on the nodes, without spaces")
+        return target, ("dax" if target.startswith("/dev/dax") else
+                        "block" if target.startswith("/dev/") else "dir")
+    if cluster.fs.type != "none":
+        return cluster.fs.mountpoint, "dir"
+    device = guest.device_path(cluster.device_mode)
+    return device, "dax" if device.startswith("/dev/dax") else "block"
+
+
+def plan(cluster: Cluster, virt: Libvirt, names: list[str], on: str, seconds: int, script: str,
+         target: str, crash: list[str], partition: list[str], seed: int) -> Plan:
+    if seconds < 1:
+        raise DaliError(f"--seconds {seconds}: a run lasts at least 1 second")
+    parsed = [_parse_workload(w) for w in names]
+    script_path = None
+    if script:
+        script_path = Path(script)
+        if not script_path.is_file():
+            raise DaliError(f"--script {script}: no such file")
+        if not os.access(script_path, os.X_OK):
+            raise DaliError(f"--script {script}: not executable: chmod +x {script}")
+    where, kind = _target(cluster, target)
+    if not parsed and script_path is None:  # every workload that runs here
+        parsed = [(n, m, dict(m.PARAMS)) for n, m in workloads.WORKLOADS.items() if kind in m.NEEDS]
+    runs, not_run = [], []
+    for name, module, params in parsed:
+        if kind in module.NEEDS:
+            runs.append((name, module, params))
+        else:
+            not_run.append((name, getattr(module, "WHY_NOT", {}).get(kind, f"it does not run on {where}")))
+    if len({n for n, _, _ in runs}) != len(runs):
+        raise DaliError("a workload is named twice: name each once (parameters after a colon)")
+
+    chosen = select(cluster, [n for n in on.split(",") if n])
+    nodes, down = [], []
+    for node in chosen:
+        dom = virt.domain(node.name)
+        if dom is not None and virt.is_running(dom) and virt.agent_answers(dom):
+            nodes.append((node, dom))
+        elif on:
+            down.append(node.name)
+    if down:
+        raise DaliError(f"{', '.join(down)} not running or not answering: doit start "
+                        f"{' '.join(down)} first, or leave it out of --on")
+    if not nodes:
+        raise DaliError("no node is running: doit start first")
+
+    names_by = {n.name: n.name for n, _ in nodes} | {n.suffix: n.name for n, _ in nodes}
+
+    def resolve(name: str) -> str:
+        if name not in names_by:
+            raise DaliError(f"{name}: not a running node of this run (one of "
+                            f"{', '.join(n.name for n, _ in nodes)}): doit start it, or add it to --on")
+        return names_by[name]
+
+    planned = [faults.parse("crash", s, resolve, seconds) for s in crash]
+    planned += [faults.parse("partition", s, resolve, seconds) for s in partition]
+    faults.check_plan(planned)
+
+    jobs, offset = [], 0
+    for name, module, params in runs:
+        area = None
+        if kind != "dir":
+            size = (module.area_size(len(nodes), params) if hasattr(module, "area_size")
+                    else DAX_ALIGN)
+            area = (offset, size)
+            offset += -(-size // DAX_ALIGN) * DAX_ALIGN
+        jobs.append(Job(name, module, params, area))
+    if script_path is not None:
+        jobs.append(Job(script_path.name, None, {}, None))
+    if not jobs:
+        raise DaliError(f"no workload runs on {where}: " + "; ".join(f"{n}: {why}" for n, why in not_run))
+    return Plan(jobs, not_run, nodes, where, kind, float(seconds), planned, script_path,
+                seed or secrets.randbelow(10**6))
+
+
+def _check_target(cluster: Cluster, virt: Libvirt, p: Plan) -> None:
+    """The target is there on every node, and a device holds nothing the run could destroy."""
+    test = "-d" if p.kind == "dir" else "-b" if p.kind == "block" else "-c"
+    missing = [n.name for (n, _), ok in zip(p.nodes, each(p.nodes, lambda n, d: virt.run(
+        d, ["test", test, p.target]).exitcode == 0)) if not ok]
+    if missing:
+        what = "directory" if p.kind == "dir" else "device"
+        raise DaliError(f"{', '.join(missing)}: no {what} {p.target}: " +
+                        ("is the filesystem mounted? doit start mounts it" if p.target ==
+                         cluster.fs.mountpoint else "check --target and device.mode"))
+    if p.kind == "dir" and p.target == cluster.fs.mountpoint:
+        unmounted = [n.name for (n, _), ok in zip(p.nodes, each(p.nodes, lambda n, d: virt.run(
+            d, ["mountpoint", "-q", p.target]).exitcode == 0)) if not ok]
+        if unmounted:
+            raise DaliError(f"{', '.join(unmounted)}: {p.target} is not mounted: doit start "
+                            f"{' '.join(unmounted)} mounts it")
+    if p.kind != "dir" and any(j.area for j in p.jobs):
+        if p.target != guest.device_path(cluster.device_mode):
+            raise DaliError(f"--target {p.target}: device workloads run on the shared device "
+                            f"{guest.device_path(cluster.device_mode)} only")
+        refuse_to_write(virt, p.nodes, p.target)
+        end = max(a[0] + a[1] for a in (j.area for j in p.jobs) if a)
+        size = fam.namespace(cluster.fam_path)["size"]
+        if end > size:
+            raise DaliError(f"the workloads need {end} bytes of the device, which has {size}: "
+                            "fewer nodes or smaller parameters")
+
+
+# --- 2.-4. the run ------------------------------------------------------------------------------
+
+def _args(p: Plan, job: Job, index: int, node: Node, run_id: str) -> dict:
+    return {"workload": job.name, "target": p.target, "kind": p.kind, "index": index,
+            "nodes": len(p.nodes), "name": node.name, "seconds": p.seconds, "seed": p.seed,
+            "run_id": run_id, "params": job.params, "area": job.area}
+
+
+def _parse_result(out: str) -> dict | None:
+    for line in reversed(out.splitlines()):
+        if line.startswith(RESULT):
+            return json.loads(line[len(RESULT):])
+    return None
+
+
+def _device_span(p: Plan) -> tuple[int, int] | None:
+    areas = [j.area for j in p.jobs if j.area]
+    if not areas:
+        return None
+    return 0, max(a[0] + -(-a[1] // DAX_ALIGN) * DAX_ALIGN for a in areas)
+
+
+def _save_and_zero(cluster: Cluster, span: tuple[int, int]) -> None:
+    """Record the bytes the run may overwrite (durably, before any write) and zero them: the
+    workloads start from a known state. The nodes map the FAM shared: this is what they see."""
+    base = fam.namespace(cluster.fam_path)["data_offset"]
+    with open(cluster.fam_path, "r+b") as f:
+        old = os.pread(f.fileno(), span[1], base + span[0])
+        fam.save_before_write(cluster, {base + span[0] + at: old[at:at + (1 << 20)]
+                                        for at in range(0, len(old), 1 << 20)})
+        os.pwrite(f.fileno(), bytes(span[1]), base + span[0])
+        os.fsync(f.fileno())
+
+
+def _put_back(cluster: Cluster) -> None:
+    saved = json.loads((cluster.state_dir / "fam-restore.json").read_text())["pieces"]
+    with open(cluster.fam_path, "r+b") as f:
+        for offset, data in saved:
+            os.pwrite(f.fileno(), bytes.fromhex(data), offset)
+        os.fsync(f.fileno())
+    fam.forget_saved(cluster)
+
+
+def _run_one(virt: Libvirt, p: Plan, job: Job, index: int, node: Node, dom, run_id: str,
+             t0: float) -> dict:
+    """One workload on one node; what it returned, as the report wants it."""
+    started = time.monotonic() - t0
+    out = {"node": node.name, "workload": job.name, "started": round(started, 2), "result": None}
+    try:
+        if job.module is None:
+            env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                   "HOME": "/root", "DALI_NODE": node.name, "DALI_NODE_INDEX": str(index),
+                   "DALI_NODES": str(len(p.nodes)), "DALI_TARGET": p.target,
+                   "DALI_SECONDS": f"{p.seconds:g}"}
+            r = virt.run(dom, [SCRIPT], timeout=p.seconds + GRACE, env=env)
+            out["output"] = r.stdout + r.stderr
+            took = time.monotonic() - t0 - started
+            out["result"] = {"ops": 1, "bytes": 0, "elapsed": round(took, 3), "max_latency": round(took, 3),
+                             "stalls": [], "notes": {}, "state": {},
+                             "violations": {} if r.exitcode == 0 else {f"exit {r.exitcode}": 1},
+                             "examples": [] if r.exitcode == 0 else [f"{SCRIPT} exited {r.exitcode}"]}
+            out["status"] = "ok" if r.exitcode == 0 else "violations"
+            return out
+        r = virt.run(dom, ["python3", PROGRAM, "run", json.dumps(_args(p, job, index, node, run_id))],
+                     timeout=p.seconds + GRACE)
+        out["output"] = r.stdout + r.stderr
+        out["result"] = _parse_result(r.stdout)
+        if r.exitcode != 0 or out["result"] is None:
+            last = (r.stderr.strip() or r.stdout.strip() or "no output").splitlines()[-1]
+            out["status"] = f"failed: exit {r.exitcode}: {last}"
+            out["result"] = None
+        else:
+            out["status"] = "violations" if out["result"]["violations"] else "ok"
+    except (DaliError, libvirt.libvirtError) as e:
+        out["status"] = f"failed: {one_line(e)}"
+        out.setdefault("output", "")
+    return out
+
+
+def _check_one(virt: Libvirt, p: Plan, job: Job, index: int, node: Node, dom, run_id: str) -> dict | None:
+    r = virt.run(dom, ["python3", PROGRAM, "check", json.dumps(_args(p, job, index, node, run_id))],
+                 timeout=GRACE)
+    result = _parse_result(r.stdout)
+    if r.exitcode != 0 or result is None:
+        last = (r.stderr.strip() or r.stdout.strip() or "no output").splitlines()[-1]
+        raise DaliError(f"{node.name}: checking {job.name} failed: {last}")
+    return result
+
+
+def _up(virt: Libvirt, dom) -> bool:
+    try:
+        return virt.is_running(dom) and virt.agent_answers(dom)
+    except libvirt.libvirtError:
+        return False
+
+
+def _run_dir(cluster: Cluster) -> tuple[str, Path]:
+    base = cluster.state_dir / "runs"
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(100):
+        run_id = stamp if n == 0 else f"{stamp}-{n}"
+        try:
+            (base / run_id).mkdir(mode=0o700)
+            return run_id, base / run_id
+        except FileExistsError:
+            continue
+    raise DaliError(f"{base}: cannot make a run directory")
+
+
+def torture(cluster: Cluster, virt: Libvirt, workloads_named=(), on: str = "", seconds: int = DEFAULT_SECONDS,
+            show_list: bool = False, script: str = "", target: str = "", crash=(), partition=(),
+            seed: int = 0, compare_disk: bool = False) -> None:
+    if show_list:
+        print(describe_workloads())
+        return
+    if compare_disk:
+        raise DaliError("--compare-disk is not built yet")
+    fam.restore_saved(cluster)  # what a run killed before it put the device back left behind
+    p = plan(cluster, virt, list(workloads_named), on, seconds, script, target, list(crash),
+             list(partition), seed)
+    _check_target(cluster, virt, p)
+    for name, why in p.not_run:
+        log(f"torture: {name} does not run here: {why}")
+
+    run_id, run_dir = _run_dir(cluster)
+    report = Report(cluster, virt, p, run_id, run_dir)
+    windows = {n.name: consoles.mark(n.name) for n in cluster.nodes}  # every node's console
+    program = workloads.zipapp()
+
+    def ship(node, dom):
+        guest.put_file(virt, dom, program, PROGRAM, 0o644)
+        if p.script is not None:
+            guest.put_file(virt, dom, p.script.read_bytes(), SCRIPT, 0o755)
+    each(p.nodes, ship)
+    span = None if p.kind == "dir" else _device_span(p)
+    if span:
+        _save_and_zero(cluster, span)
+    try:
+        results = _execute(virt, p, run_id, report)
+    finally:
+        if span:
+            _put_back(cluster)
+    report.finish(results, windows)
+    report.write_and_print()
+    if report.failed:
+        raise DaliError(report.failure_line())
+
+
+def _execute(virt: Libvirt, p: Plan, run_id: str, report: Report) -> dict:
+    """Every job on every node at once, the faults on time; then the checks and the judges."""
+    from concurrent.futures import ThreadPoolExecutor  # here: its import slows every doit
+
+    injector = faults.Injector(p.faults, {n.name: d for n, d in p.nodes})
+    log(f"torture: {', '.join(j.name for j in p.jobs)} on {', '.join(n.name for n, _ in p.nodes)} "
+        f"for {p.seconds:g} s against {p.target}" + "".join(f"; {f.describe()}" for f in p.faults))
+    t0 = time.monotonic()
+    injector.start(t0)
+    with ThreadPoolExecutor(max_workers=len(p.jobs) * len(p.nodes)) as pool:
+        futures = {(job.name, node.name): pool.submit(_run_one, virt, p, job, i, node, dom, run_id, t0)
+                   for job in p.jobs for i, (node, dom) in enumerate(p.nodes)}
+        runs = {key: f.result() for key, f in futures.items()}
+    injector.finish()
+    log(f"torture: the runs ended after {time.monotonic() - t0:.0f} s; checking what every node sees")
+
+    survivors = [(i, n, d) for i, (n, d) in enumerate(p.nodes) if _up(virt, d)]
+    verdicts, check_errors = {}, {}
+    for job in p.jobs:
+        if job.module is None:
+            continue
+        checks = {}
+        for i, node, dom in survivors:
+            try:
+                checks[node.name] = _check_one(virt, p, job, i, node, dom, run_id)
+            except (DaliError, libvirt.libvirtError) as e:
+                checks[node.name] = None
+                check_errors[(job.name, node.name)] = one_line(e)
+        states = {n.name: (runs[(job.name, n.name)]["result"] or {}).get("state")
+                  for n, _ in p.nodes}
+        ctx = workloads.common.Context({**_args(p, job, 0, p.nodes[0][0], run_id)})
+        verdicts[job.name] = job.module.judge(ctx, states, checks)
+    clean = p.kind == "dir" and survivors
+    if clean:
+        kept = [j.name for j in p.jobs if j.module and (verdicts[j.name].by_node or any(
+            runs[(j.name, n.name)]["status"] != "ok" for n, _ in p.nodes))]
+        _, node, dom = survivors[0]
+        workdir = f"{p.target}/.dali-torture-{run_id}"
+        if kept:
+            virt.run(dom, ["sh", "-c", " ; ".join(
+                f"rm -rf {shlex.quote(workdir + '/' + j.name)}" for j in p.jobs
+                if j.module and j.name not in kept)])
+            report.kept_workdir = f"{workdir} ({', '.join(kept)}: kept for a look, it showed violations)"
+        else:
+            virt.run(dom, ["rm", "-rf", workdir], timeout=GRACE)
+    return {"runs": runs, "verdicts": verdicts, "check_errors": check_errors,
+            "survivors": [n.name for _, n, _ in survivors], "faults": injector.happened,
+            "fault_errors": injector.errors, "elapsed": time.monotonic() - t0}

@@ -1,0 +1,246 @@
+"""What a `doit torture` run found, said three ways and kept under state/<tag>/runs/<time>/:
+
+    report.md         the tables: one row per workload, one per workload and node, the faults
+                      and each survivor's stall, the violations in words
+    junit.xml         one testcase per workload and node, for CI systems
+    run.json          everything the nodes returned, for your own scripts
+    nodes/<node>/<workload>.out   each node's output
+    console/<node>.log            every node's serial console during the run (a node that dies
+                                  puts the others into recovery: theirs matter too)
+
+A run fails on any violation, any node that failed or did not finish, and any node whose
+console shows a panic, an oops, a BUG, a lockup or OCFS2 fencing, unless that node is a
+fault's victim: what happens to the victim is reported, the survivors are judged.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from dali import consoles, evidence
+
+SHOWN = 12  # violations printed; report.md has them all
+
+
+def _rate(n: float, seconds: float) -> str:
+    return f"{n / seconds:.1f}" if seconds > 0 else "-"
+
+
+class Report:
+    def __init__(self, cluster, virt, plan, run_id: str, run_dir: Path):
+        self.cluster, self.virt, self.plan, self.run_id, self.dir = cluster, virt, plan, run_id, run_dir
+        self.kept_workdir = ""
+        self.rows: list[dict] = []  # one per workload and node
+        self.summary: list[dict] = []  # one per workload
+        self.faults: list[str] = []
+        self.problems: list[str] = []  # the failure's reasons, one phrase each
+        self.examples: list[str] = []
+        self.console_findings: dict[str, list[tuple[str, str]]] = {}
+        self.crash_dirs: dict[str, Path] = {}
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.problems)
+
+    def failure_line(self) -> str:
+        return f"torture: {'; '.join(self.problems)}: see {self.dir}/report.md"
+
+    # --- judging ------------------------------------------------------------------------------
+
+    def finish(self, results: dict, windows: dict[str, int]) -> None:
+        p = self.plan
+        victims = {f.node for f in p.faults}
+        crashed = {f.node for f in p.faults if f.kind == "crash"}
+        first_fault = min((f.at for f in p.faults), default=None)
+        self.results = results
+        for name, offset in windows.items():
+            text = consoles.since(name, offset)
+            if text:
+                (self.dir / "console").mkdir(exist_ok=True)
+                (self.dir / "console" / f"{name}.log").write_bytes(text)
+            found = consoles.findings(text)
+            if found:
+                self.console_findings[name] = found
+        run_nodes = [n.name for n, _ in p.nodes]
+        for name, found in self.console_findings.items():
+            fatal = consoles.fatal(found)
+            if fatal and name not in victims:
+                kept = evidence.keep(self.cluster, name, f"{fatal[0][0]}: {fatal[0][1]}", virt=self.virt)
+                if kept is not None:
+                    self.crash_dirs[name] = kept
+                where = f" (evidence in {kept})" if kept else ""
+                self.problems.append(f"{name}: {fatal[0][0]}: {fatal[0][1]}{where}"
+                                     if name in run_nodes else
+                                     f"{name} (not in the run): {fatal[0][0]}: {fatal[0][1]}{where}")
+
+        for job in p.jobs:
+            verdict = results["verdicts"].get(job.name)
+            total = {"workload": job.name, "nodes": 0, "ops": 0, "bytes": 0, "violations": 0,
+                     "worst": 0.0, "elapsed": 0.0}
+            for node, _ in p.nodes:
+                run = results["runs"][(job.name, node.name)]
+                result = run["result"] or {}
+                kinds = dict(result.get("violations", {}))
+                for kind, count in (verdict.by_node.get(node.name, {}) if verdict else {}).items():
+                    kinds[kind] = kinds.get(kind, 0) + count
+                status = run["status"]
+                if (job.name, node.name) in results["check_errors"]:
+                    status = f"failed: {results['check_errors'][(job.name, node.name)]}"
+                if node.name in crashed and status.startswith("failed"):
+                    status = "forced off (fault)"
+                elif node.name in victims and status.startswith("failed"):
+                    status = f"cut off (fault): {status[len('failed: '):]}"
+                elif status.startswith("failed"):
+                    self.problems.append(f"{node.name}: {job.name} {status}")
+                stall = self._stall(run, first_fault) if node.name not in victims else None
+                row = {"workload": job.name, "node": node.name, "status": status,
+                       "ops": result.get("ops", 0), "bytes": result.get("bytes", 0),
+                       "elapsed": result.get("elapsed", 0.0), "worst": result.get("max_latency", 0.0),
+                       "violations": kinds, "examples": result.get("examples", []),
+                       "notes": result.get("notes", {}), "stall": stall, "output": run.get("output", "")}
+                self.rows.append(row)
+                count = sum(kinds.values())
+                total["nodes"] += 1
+                total["ops"] += row["ops"]
+                total["bytes"] += row["bytes"]
+                total["violations"] += count
+                total["worst"] = max(total["worst"], row["worst"])
+                total["elapsed"] = max(total["elapsed"], row["elapsed"])
+                self.examples += [f"{job.name} {node.name}: {e}" for e in row["examples"]]
+            if verdict:
+                self.examples += [f"{job.name} {e}" for e in verdict.examples]
+            if total["violations"]:
+                self.problems.append(f"{job.name}: {total['violations']} violation(s)")
+            self.summary.append(total)
+        for at, what in results["faults"]:
+            self.faults.append(f"{what} at {at:g} s")
+        self.problems += [f"fault not injected: {e}" for e in results["fault_errors"]]
+
+    @staticmethod
+    def _stall(run: dict, first_fault: float | None) -> tuple[float, float] | None:
+        """The longest stall of this node's operations that ended after the first fault: when
+        (seconds from the run's start) and how long. None without faults or stalls."""
+        if first_fault is None or not run["result"]:
+            return None
+        best = None
+        for start, length in run["result"]["stalls"]:
+            at = run["started"] + start
+            if at + length >= first_fault and (best is None or length > best[1]):
+                best = (round(at, 1), length)
+        return best or (round(first_fault, 1), 0.0)
+
+    # --- saying it ----------------------------------------------------------------------------
+
+    def _tables(self) -> list[str]:
+        lines = ["| workload | nodes | ops | violations | ops/s | MiB/s | worst op (s) |",
+                 "|---|---:|---:|---:|---:|---:|---:|"]
+        for t in self.summary:
+            lines.append(f"| {t['workload']} | {t['nodes']} | {t['ops']} | {t['violations']} | "
+                         f"{_rate(t['ops'], t['elapsed'])} | {_rate(t['bytes'] / 2**20, t['elapsed'])} | "
+                         f"{t['worst']:.3f} |")
+        return lines
+
+    def _node_table(self) -> list[str]:
+        lines = ["| workload | node | status | ops | violations | worst op (s) | stall after the fault |",
+                 "|---|---|---|---:|---|---:|---|"]
+        for r in self.rows:
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["violations"].items())) or "0"
+            stall = f"{r['stall'][1]:.1f} s from {r['stall'][0]:g} s" if r["stall"] else "-"
+            lines.append(f"| {r['workload']} | {r['node']} | {r['status']} | {r['ops']} | {kinds} | "
+                         f"{r['worst']:.3f} | {stall} |")
+        return lines
+
+    def _survivors_lines(self) -> list[str]:
+        if not self.plan.faults:
+            return []
+        stalls = {}
+        for r in self.rows:
+            if r["stall"]:
+                stalls[r["node"]] = max(stalls.get(r["node"], 0.0), r["stall"][1])
+        held = "hold" if not any(t["violations"] for t in self.summary) else "do NOT hold"
+        return [f"faults: {'; '.join(self.faults) or 'none happened'}",
+                "survivors stalled: " + (", ".join(f"{n} {s:.1f} s" for n, s in sorted(stalls.items()))
+                                         or "-"),
+                f"the workloads' checks {held} afterwards (checked on "
+                f"{', '.join(self.results['survivors']) or 'no node'})"]
+
+    def text(self) -> str:
+        p = self.plan
+        head = (f"torture run {self.run_id}: {', '.join(j.name for j in p.jobs)} on "
+                f"{len(p.nodes)} node(s) for {p.seconds:g} s against {p.target} (seed {p.seed})")
+        cells = [[c.strip() for c in line.strip("|").split("|")] for line in self._tables()
+                 if not line.startswith("|---")]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+        lines = [head, ""] + ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                        for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+        for r in self.rows:
+            if r["status"] not in ("ok", "violations"):
+                lines.append(f"{r['node']} {r['workload']}: {r['status']}")
+        lines += self._survivors_lines()
+        for name, found in self.console_findings.items():
+            lines.append(f"{name} console: " + "; ".join(f"{k}: {line}" for k, line in found[:3]))
+        if self.examples:
+            lines.append("violations:")
+            lines += [f"  {e}" for e in self.examples[:SHOWN]]
+            if len(self.examples) > SHOWN:
+                lines.append(f"  ... {len(self.examples) - SHOWN} more in report.md")
+        if self.kept_workdir:
+            lines.append(f"work directory {self.kept_workdir}")
+        lines.append(f"kept in {self.dir}")
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        p = self.plan
+        out = [f"# torture run {self.run_id}", "",
+               f"Cluster {self.cluster.tag}; nodes {', '.join(n.name for n, _ in p.nodes)}; "
+               f"target {p.target}; {p.seconds:g} s; seed {p.seed}; "
+               f"result **{'FAILED' if self.failed else 'passed'}**.", ""]
+        out += self._tables() + [""] + self._node_table() + [""]
+        out += [f"- {line}" for line in self._survivors_lines()]
+        for name, why in p.not_run:
+            out.append(f"- {name} did not run: {why}")
+        for name, found in self.console_findings.items():
+            out += [f"- {name} console: {k}: `{line}`" for k, line in found]
+        for name, path in self.crash_dirs.items():
+            out.append(f"- {name}: evidence kept in {path}")
+        if self.problems:
+            out += ["", "## Why it failed", ""] + [f"- {x}" for x in self.problems]
+        if self.examples:
+            out += ["", "## Violations", ""] + [f"- {e}" for e in self.examples]
+        return "\n".join(out) + "\n"
+
+    def junit(self) -> str:
+        suite = ET.Element("testsuite", name=f"dali torture {self.run_id}", tests=str(len(self.rows)))
+        failures = 0
+        for r in self.rows:
+            case = ET.SubElement(suite, "testcase", classname=f"torture.{r['workload']}",
+                                 name=r["node"], time=f"{r['elapsed']:.3f}")
+            bad = sum(r["violations"].values())
+            if bad or r["status"].startswith("failed"):
+                failures += 1
+                message = (f"{bad} violation(s): " + ", ".join(f"{k} {v}" for k, v in r["violations"].items())
+                           if bad else r["status"])
+                failure = ET.SubElement(case, "failure", message=message)
+                failure.text = "\n".join(r["examples"])
+            elif r["status"] != "ok":
+                ET.SubElement(case, "skipped", message=r["status"])
+            ET.SubElement(case, "system-out").text = r["output"][-20000:]
+        suite.set("failures", str(failures))
+        return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+
+    def write_and_print(self) -> None:
+        for r in self.rows:
+            out = self.dir / "nodes" / r["node"]
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{r['workload']}.out").write_text(r["output"])
+        (self.dir / "report.md").write_text(self.markdown())
+        (self.dir / "junit.xml").write_text(self.junit())
+        raw = {f"{w} {n}": {k: v for k, v in run.items() if k != "output"}
+               for (w, n), run in self.results["runs"].items()}
+        (self.dir / "run.json").write_text(json.dumps(
+            {"runs": raw, "faults": self.results["faults"], "survivors": self.results["survivors"],
+             "verdicts": {w: {"by_node": v.by_node, "examples": v.examples}
+                          for w, v in self.results["verdicts"].items()}}, indent=1))
+        print(self.text())
