@@ -45,6 +45,8 @@ def panicked(virt: Libvirt, dom: libvirt.virDomain) -> str | None:
     if state == libvirt.VIR_DOMAIN_SHUTOFF:
         return None
     fatal = consoles.fatal(consoles.findings(consoles.since(dom.name(), 0)))
+    if fatal and {kind for kind, _ in fatal} == {"fenced"} and virt.agent_answers(dom):
+        fatal = []  # OCFS2 restarted it on purpose, and it is back: a fact for the run's report
     if fatal:
         return f"{fatal[0][0]}: {fatal[0][1]}"
     if state == libvirt.VIR_DOMAIN_CRASHED or (

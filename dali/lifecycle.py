@@ -11,7 +11,7 @@ import os
 
 import libvirt
 
-from dali import access, ocfs2
+from dali import access, evidence, ocfs2
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError, one_line
 from dali.reporter import log
@@ -88,6 +88,7 @@ def start(cluster: Cluster, virt: Libvirt, names=(), batch: str = "auto") -> Non
 
 def _boot_together(cluster: Cluster, virt: Libvirt, doms) -> None:
     for _, dom in doms:
+        _keep_a_crash(cluster, virt, dom)
         virt.start(dom)
     log(f"started {', '.join(d.name() for _, d in doms)}; waiting for their guest agents")
 
@@ -101,6 +102,18 @@ def _boot_together(cluster: Cluster, virt: Libvirt, doms) -> None:
     access.learn_host_keys(cluster, virt, doms, wait=cluster.boot_timeout)
 
 
+def _keep_a_crash(cluster: Cluster, virt: Libvirt, dom) -> None:
+    """A node that crashed (libvirt keeps it, stopped, with its memory) or that hangs in a panic
+    with a silent agent: its console and memory are kept, then it is powered off, so that it
+    can boot again. A node that runs and answers is left alone, whatever its console said."""
+    if not dom.isActive():
+        return
+    crashed = not virt.is_running(dom)
+    if crashed or not virt.agent_answers(dom):
+        if evidence.keep_before_restart(cluster, virt, dom):
+            log(f"{dom.name()}: had crashed; its evidence is kept in {evidence.crash_dir(cluster)}")
+
+
 def shutdown(cluster: Cluster, virt: Libvirt, names=()) -> None:
     doms = [(n, d) for n, d in ((n, virt.domain(n.name)) for n in select(cluster, names)) if d]
     each(doms, lambda node, dom: log(f"{node.name}: {virt.shutdown(dom, cluster.shutdown_timeout, log)}"))
@@ -110,7 +123,9 @@ def destroy(cluster: Cluster, virt: Libvirt, names=()) -> None:
     """Forced off at once, like pulling the plug (`virsh destroy`): what a crash test wants."""
     for node in select(cluster, names):
         dom = virt.domain(node.name)
-        if dom is not None and virt.is_running(dom):
+        if dom is not None and dom.isActive():  # a crashed node too (it keeps its memory)
+            if evidence.panicked(virt, dom):
+                evidence.keep(cluster, node.name, evidence.panicked(virt, dom), virt=virt, dom=dom)
             dom.destroy()
             log(f"{node.name}: forced off")
 
@@ -119,7 +134,12 @@ def restart(cluster: Cluster, virt: Libvirt, names=(), batch: str = "auto") -> N
     """Shut the running nodes down (all, or those named) and start them again: they boot what
     their definitions say now (a rebuilt kernel, say). Shut-off nodes stay off."""
     batch_size(cluster, str(batch))  # a bad --batch is refused before anything is shut down
-    running = [n for n, d in defined(cluster, virt, select(cluster, names)) if virt.is_running(d)]
+    doms = defined(cluster, virt, select(cluster, names))
+    for node, dom in doms:
+        why = evidence.panicked(virt, dom)
+        if why:
+            evidence.keep(cluster, node.name, why, virt=virt, dom=dom)
+    running = [n for n, d in doms if virt.is_running(d)]
     if not running:
         log("no node to restart: none of them runs (doit start boots them)")
         return

@@ -71,18 +71,26 @@ def _report(statuses: dict[str, str], down: list[str], what: str) -> None:
         raise DaliError("no node is running: doit start first")
 
 
-def command_line(words: list[str], argv: list[str]) -> str:
-    """The command as typed after `pssh`. doit takes every word with a '=' in it (rc=$?,
-    FOO=bar make) for one of its own variables and leaves it out of the task's arguments, so the
-    words come from the command line itself: what follows `pssh` and its options, but a last
-    config=PATH, which is dali's."""
-    if "pssh" not in argv:
-        return " ".join(words)
-    rest = argv[argv.index("pssh") + 1:]
-    while rest and rest[0].startswith("--"):
-        rest = rest[1:] if "=" in rest[0] else rest[2:]  # --on b,c / --on=b,c / --timeout N
+def typed_after(task: str, words: list[str], argv: list[str]) -> list[str]:
+    """The words as typed after `task` on the command line. doit takes every word with a '=' in
+    it (rc=$?, FOO=bar, lock:kind=flock) for one of its own variables and leaves it out of the
+    task's arguments, so they come from the command line itself: what follows the task's name,
+    but a last config=PATH, which is dali's."""
+    if task not in argv:
+        return list(words)
+    rest = argv[argv.index(task) + 1:]
     while rest and rest[-1].startswith("config="):
         rest = rest[:-1]
+    return rest
+
+
+def command_line(words: list[str], argv: list[str]) -> str:
+    """The command as typed after `pssh` and its options (see typed_after)."""
+    if "pssh" not in argv:
+        return " ".join(words)
+    rest = typed_after("pssh", words, argv)
+    while rest and rest[0].startswith("--"):
+        rest = rest[1:] if "=" in rest[0] else rest[2:]  # --on b,c / --on=b,c / --timeout N
     return " ".join(rest)
 
 

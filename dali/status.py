@@ -17,7 +17,7 @@ from pathlib import Path
 
 import libvirt
 
-from dali import access, fam, guest, image, network
+from dali import access, evidence, fam, guest, image, network
 from dali.cluster import Cluster, Node
 from dali.domain import gdb_socket
 from dali.errors import DaliError
@@ -48,6 +48,10 @@ def node_row(cluster: Cluster, virt: Libvirt, node: Node, addresses: dict[str, s
     if dom is None:
         return row
     row["state"] = STATES.get(dom.state()[0], "other")
+    why = evidence.panicked(virt, dom)
+    if why:
+        row["state"], row["why"] = "panicked", why
+        return row
     if row["state"] != "running":
         return row
     started = _started(virt, node.name)
@@ -92,6 +96,10 @@ def status(cluster: Cluster, virt: Libvirt) -> list[dict]:
     print("  ".join(c.ljust(widths[c]) for c in cols).rstrip())
     for r in rows:
         print("  ".join(r[c].ljust(widths[c]) for c in cols).rstrip())
+    for r in rows:
+        if "why" in r:
+            print(f"{r['node']}: panicked: {r['why']}: doit start {r['node']} keeps its console "
+                  f"and memory in {evidence.crash_dir(cluster)}/ and boots it again")
     print(_network_line(cluster, virt))
     print(_fam_line(cluster))
     if cluster.image_kernel and image.node_image_is_kept(cluster, image.wanted_tarball(cluster)):

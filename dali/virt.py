@@ -231,6 +231,9 @@ class Libvirt:
         The button is pressed again every few seconds: a guest still booting has no logind
         to act on it yet, and a press it missed is simply lost."""
         if not self.is_running(dom):
+            if dom.isActive():  # crashed, kept stopped by on_crash=preserve: nothing to ask
+                dom.destroy()
+                return "crashed; forced off"
             return "already off"
         deadline = time.monotonic() + timeout
         next_press = 0.0

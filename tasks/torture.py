@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import sys
+
 from dali import evidence, torture
 from dali.cluster import Cluster
 from dali.errors import Step
 from dali.lifecycle import defined, select
+from dali.pssh import typed_after
 from dali.virt import Libvirt
 
 PARAMS = [
@@ -30,6 +33,16 @@ PARAMS = [
 ]
 
 
+def run(cluster: Cluster, virt: Libvirt, workloads_named=(), **options) -> None:
+    # doit parsed the options it saw before the first workload into `options`; those after it,
+    # and words with a '=' (lock:kind=flock), are read from the command line as typed.
+    if "torture" in sys.argv:
+        options = {p["name"]: p["default"] for p in PARAMS}
+    typed = typed_after("torture", list(workloads_named), sys.argv)
+    words, options = torture.options_among(typed, PARAMS, options)
+    torture.torture(cluster, virt, words, **options)
+
+
 def dump(cluster: Cluster, virt: Libvirt, names=()) -> None:
     evidence.dump_all(cluster, virt, defined(cluster, virt, select(cluster, names)))
 
@@ -39,7 +52,7 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "basename": "torture",
         "doc": "workloads on every running node at once, checked; faults in the middle "
                "(doit torture --list)",
-        "actions": [Step("torture the cluster", torture.torture, cluster, virt, changes=cluster)],
+        "actions": [Step("torture the cluster", run, cluster, virt, changes=cluster)],
         "pos_arg": "workloads_named", "params": PARAMS, "uptodate": [False],
     }
     yield {
