@@ -9,7 +9,9 @@ lockup, a hung task, a BUG the kernel survives).
 Before `doit start` or `doit restart` boots such a node again, and when `doit torture` sees one,
 dali keeps state/<tag>/crash/<node>-<time>/:
     console.log    the node's console since its qemu started
-    memory.elf     `virsh dump --memory-only`: an ELF core that `crash vmlinux memory.elf` reads
+    memory.kdump   `virsh dump --memory-only --format kdump-zlib`: what `crash vmlinux memory.kdump`
+                   reads. Zero pages are left out, so the NVDIMM's empty gigabyte costs nothing:
+                   76 MB and 3 s here, where the ELF format wrote 2 GiB in 10 s
     README         what happened, and the vmlinux to give crash (kernel.path's tree)
 Once per boot of the node: its libvirt domain id names the boot.
 
@@ -77,10 +79,11 @@ def _vmlinux_line(cluster: Cluster) -> str:
 
 
 def dump_memory(dom: libvirt.virDomain, path: Path) -> None:
-    """The guest's memory as an ELF core (what `virsh dump --memory-only` writes). libvirtd opens
-    the file and hands it to qemu; the domain is paused while it is written."""
+    """The guest's memory, compressed kdump format (crash and makedumpfile read it). libvirtd
+    opens the file and hands it to qemu; the domain is paused while it is written. The node's
+    vmcoreinfo device (templates/domain.xml.j2) tells crash where the kernel lies."""
     partial = path.with_name(path.name + ".partial")
-    dom.coreDumpWithFormat(str(partial), libvirt.VIR_DOMAIN_CORE_DUMP_FORMAT_RAW,
+    dom.coreDumpWithFormat(str(partial), libvirt.VIR_DOMAIN_CORE_DUMP_FORMAT_KDUMP_ZLIB,
                            libvirt.VIR_DUMP_MEMORY_ONLY)
     partial.rename(path)
 
@@ -106,8 +109,8 @@ def keep(cluster: Cluster, name: str, reason: str, virt: Libvirt | None = None,
              f"kept: {time.strftime('%Y-%m-%d %H:%M:%S')}", _vmlinux_line(cluster)]
     try:
         log(f"{name}: {reason}; keeping its memory and console in {where}")
-        dump_memory(dom, where / "memory.elf")
-        lines.append("memory: memory.elf (read it with: crash vmlinux memory.elf)")
+        dump_memory(dom, where / "memory.kdump")
+        lines.append("memory: memory.kdump (read it with: crash vmlinux memory.kdump)")
     except libvirt.libvirtError as e:
         lines.append(f"memory: not dumped: {e.get_error_message()}")
     (where / "README").write_text("\n".join(lines) + "\n")
@@ -144,8 +147,8 @@ def dump_all(cluster: Cluster, virt: Libvirt, doms) -> Path:
         log(f"paused {', '.join(d.name() for d in paused)} at {moment}; dumping their memory")
         for node, dom in running:
             t = time.monotonic()
-            dump_memory(dom, where / f"{node.name}.elf")
-            log(f"{node.name}: {where / (node.name + '.elf')} in {time.monotonic() - t:.1f} s")
+            dump_memory(dom, where / f"{node.name}.kdump")
+            log(f"{node.name}: {where / (node.name + '.kdump')} in {time.monotonic() - t:.1f} s")
     finally:
         for dom in paused:
             try:
@@ -154,6 +157,6 @@ def dump_all(cluster: Cluster, virt: Libvirt, doms) -> Path:
                 pass
     (where / "README").write_text(
         f"nodes: {', '.join(n.name for n, _ in running)}\npaused together at: {moment}\n"
-        f"{_vmlinux_line(cluster)}\nread one with: crash vmlinux <node>.elf\n")
+        f"{_vmlinux_line(cluster)}\nread one with: crash vmlinux <node>.kdump\n")
     log(f"resumed {', '.join(d.name() for d in paused)}: the dumps are in {where}")
     return where

@@ -98,8 +98,8 @@ def status(cluster: Cluster, virt: Libvirt) -> list[dict]:
         print("  ".join(r[c].ljust(widths[c]) for c in cols).rstrip())
     for r in rows:
         if "why" in r:
-            print(f"{r['node']}: panicked: {r['why']}: doit start {r['node']} keeps its console "
-                  f"and memory in {evidence.crash_dir(cluster)}/ and boots it again")
+            print(f"{r['node']}: panicked: {r['why']}: doit start {r['node']} boots it again, its "
+                  f"console and memory kept first in {evidence.crash_dir(cluster)}/")
     print(_network_line(cluster, virt))
     print(_fam_line(cluster))
     if cluster.image_kernel and image.node_image_is_kept(cluster, image.wanted_tarball(cluster)):

@@ -41,7 +41,7 @@ from dali.workloads.guest import RESULT
 
 DEFAULT_SECONDS = 30
 PROGRAM = "/run/dali-torture.pyz"  # on each node: the workloads; /run is a tmpfs, gone at reboot
-SCRIPT = "/run/dali-torture-script"
+SCRIPT = "/var/lib/dali-torture/script"  # not in /run: Debian mounts it noexec
 DAX_ALIGN = 2 << 20  # device-dax maps whole 2 MiB pages: every area starts on one
 GRACE = 600  # seconds a node may take beyond --seconds: an OCFS2 recovery stalls for a minute
 
@@ -377,6 +377,7 @@ def torture(cluster: Cluster, virt: Libvirt, workloads_named=(), on: str = "", s
     def ship(node, dom):
         guest.put_file(virt, dom, program, PROGRAM, 0o644)
         if p.script is not None:
+            virt.run(dom, ["mkdir", "-p", os.path.dirname(SCRIPT)]).check(f"mkdir {os.path.dirname(SCRIPT)}")
             guest.put_file(virt, dom, p.script.read_bytes(), SCRIPT, 0o755)
     each(p.nodes, ship)
     span = None if p.kind == "dir" else _device_span(p)

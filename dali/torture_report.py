@@ -45,7 +45,7 @@ class Report:
         return bool(self.problems)
 
     def failure_line(self) -> str:
-        return f"torture: {'; '.join(self.problems)}: see {self.dir}/report.md"
+        return f"{'; '.join(self.problems)}: see {self.dir}/report.md"
 
     # --- judging ------------------------------------------------------------------------------
 
@@ -57,9 +57,8 @@ class Report:
         self.results = results
         for name, offset in windows.items():
             text = consoles.since(name, offset)
-            if text:
-                (self.dir / "console").mkdir(exist_ok=True)
-                (self.dir / "console" / f"{name}.log").write_bytes(text)
+            (self.dir / "console").mkdir(exist_ok=True)
+            (self.dir / "console" / f"{name}.log").write_bytes(text)
             found = consoles.findings(text)
             if found:
                 self.console_findings[name] = found
@@ -77,6 +76,7 @@ class Report:
 
         for job in p.jobs:
             verdict = results["verdicts"].get(job.name)
+            failed_on = []
             total = {"workload": job.name, "nodes": 0, "ops": 0, "bytes": 0, "violations": 0,
                      "worst": 0.0, "elapsed": 0.0}
             for node, _ in p.nodes:
@@ -93,7 +93,7 @@ class Report:
                 elif node.name in victims and status.startswith("failed"):
                     status = f"cut off (fault): {status[len('failed: '):]}"
                 elif status.startswith("failed"):
-                    self.problems.append(f"{node.name}: {job.name} {status}")
+                    failed_on.append(node.name)
                 stall = self._stall(run, first_fault) if node.name not in victims else None
                 row = {"workload": job.name, "node": node.name, "status": status,
                        "ops": result.get("ops", 0), "bytes": result.get("bytes", 0),
@@ -113,6 +113,8 @@ class Report:
                 self.examples += [f"{job.name} {e}" for e in verdict.examples]
             if total["violations"]:
                 self.problems.append(f"{job.name}: {total['violations']} violation(s)")
+            if failed_on:
+                self.problems.append(f"{job.name} failed on {', '.join(failed_on)}")
             self.summary.append(total)
         for at, what in results["faults"]:
             self.faults.append(f"{what} at {at:g} s")

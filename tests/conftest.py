@@ -169,6 +169,18 @@ class ClusterUnderTest:
             return False
 
 
+@pytest.fixture(scope="session")
+def ocfs2_cluster(tmp_path_factory):
+    """Three nodes with OCFS2 on the shared device, shared by test_shared_fs.py (which builds it
+    step by step, and adds a fourth node) and test_torture.py (which needs it running): one
+    cluster booted once for both. Each module starts what it needs."""
+    tag = unique_tag("dalifs")
+    c = ClusterUnderTest(tmp_path_factory.mktemp(tag) / "cluster.toml", tag, clones=["b", "c"],
+                         fs={"type": "ocfs2", "mountpoint": "/data", "slots": 8})
+    yield c
+    c.teardown()
+
+
 def _toml(value) -> str:
     """A TOML value: strings, numbers and booleans as JSON writes them (the two agree there),
     lists of them, and inline tables ({ key = value, ... })."""
@@ -177,6 +189,22 @@ def _toml(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return json.dumps(value)
+
+
+def torture_runs(c: ClusterUnderTest) -> list[Path]:
+    """The cluster's kept torture runs, oldest first."""
+    base = c.cfg.state_dir / "runs"
+    return sorted(base.iterdir()) if base.exists() else []
+
+
+def torture_table(run: subprocess.CompletedProcess) -> dict[str, list[str]]:
+    """doit torture's summary rows by workload: nodes, ops, violations, ops/s, MiB/s, worst op."""
+    rows = {}
+    for line in run.stdout.splitlines():
+        words = line.split()
+        if len(words) == 7 and words[1].isdigit() and words[2].isdigit():
+            rows[words[0]] = words[1:]
+    return rows
 
 
 def files_under(path: Path) -> set[str]:

@@ -8,12 +8,13 @@ import hashlib
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import libvirt
 import pytest
 
-from conftest import ClusterUnderTest, one_error_line, unique_tag
-from dali import access, guest
+from conftest import ClusterUnderTest, one_error_line, torture_table, unique_tag
+from dali import access, evidence, fam, guest
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
@@ -167,3 +168,58 @@ def test_the_serial_console_is_a_root_shell(cluster):
 def test_unknown_node_is_one_line(cluster):
     line = one_error_line(cluster.doit("start", "zz", check=False))
     assert "no node zz" in line and f"{TAG}a" in line
+
+
+def fam_digest(c, size: int = 8 << 20) -> str:
+    """The first `size` bytes of the shared device, read on the host through the FAM."""
+    start = fam.namespace(c.cfg.fam_path)["data_offset"]
+    with open(c.cfg.fam_path, "rb") as f:
+        return hashlib.sha256(os.pread(f.fileno(), size, start)).hexdigest()
+
+
+def test_torture_on_the_raw_device_puts_every_byte_back(cluster):
+    before = fam_digest(cluster)
+    run = cluster.doit("torture", "--seconds", "10")
+    assert "mmap does not run here: a bare block device is cached by each node on its own" in run.stderr
+    rows = torture_table(run)
+    assert set(rows) == {"block"}, run.stdout  # the one workload for a raw block device
+    assert int(rows["block"][1]) > 0 and rows["block"][2] == "0"
+    assert fam_digest(cluster) == before, "the bytes the run overwrote are back"
+    assert not (cluster.cfg.state_dir / "fam-restore.json").exists()
+
+
+def test_a_panic_mid_run_is_caught_and_its_evidence_kept(cluster, tmp_path):
+    script = tmp_path / "panic.sh"
+    script.write_text('#!/bin/sh\nif [ "$DALI_NODE_INDEX" = 2 ]; then sleep 2; echo c > /proc/sysrq-trigger; fi\n'
+                      "sleep 6\n")
+    script.chmod(0o755)
+    line = one_error_line(cluster.doit("torture", "--script", str(script), "--seconds", "8",
+                                       "--on", "a,b,c", check=False))
+    assert f"{TAG}c: panic: Kernel panic - not syncing: sysrq triggered crash" in line
+    kept = Path(re.search(r"evidence in (\S+)\)", line).group(1))
+    assert kept.parent == evidence.crash_dir(cluster.cfg)
+    assert (kept / "memory.kdump").read_bytes()[:8] == b"KDUMP   ", "a kdump-compressed memory dump"
+    assert b"sysrq triggered crash" in (kept / "console.log").read_bytes()
+    assert "vmlinux" in (kept / "README").read_text()
+
+    run = cluster.doit("status")
+    assert rows(run)[f"{TAG}c"][1] == "panicked"
+    assert f"{TAG}c: panicked: panic: Kernel panic - not syncing: sysrq triggered crash" in run.stdout
+    assert cluster.dom("c").state()[0] == libvirt.VIR_DOMAIN_CRASHED, "pvpanic told libvirt, which kept it"
+
+    cluster.doit("start", "c")
+    assert rows(cluster.doit("status"))[f"{TAG}c"][1] == "running"
+    assert [p.name for p in evidence.crash_dir(cluster.cfg).iterdir()] == [kept.name], "kept once"
+
+
+def test_dump_takes_the_nodes_named_at_the_same_moment(cluster):
+    before = identity(cluster, "abc")
+    run = cluster.doit("dump", "a", "b")
+    where = Path(re.search(r"the dumps are in (\S+)", run.stderr).group(1))
+    for s in "ab":
+        assert (where / f"{TAG}{s}.kdump").read_bytes()[:8] == b"KDUMP   "
+        assert cluster.dom(s).state()[0] == libvirt.VIR_DOMAIN_RUNNING, "resumed"
+    assert not (where / f"{TAG}c.kdump").exists()
+    assert "paused together at" in (where / "README").read_text()
+    assert identity(cluster, "abc") == before, "nobody rebooted"
+    assert cluster.doit("pssh", "--on", "a,b", "true").returncode == 0

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import ClusterUnderTest, one_error_line, unique_tag
+from conftest import one_error_line, unique_tag
 from dali import fam
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
@@ -18,11 +18,9 @@ TAG = unique_tag("dalifs")
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = ClusterUnderTest(tmp_path_factory.mktemp(TAG) / "cluster.toml", TAG, clones=["b", "c"],
-                         fs={"type": "ocfs2", "mountpoint": "/data", "slots": 8})
-    yield c
-    c.teardown()
+def cluster(ocfs2_cluster):
+    """conftest.ocfs2_cluster, which test_torture.py uses after this module."""
+    return ocfs2_cluster
 
 
 def fam_block(c, offset: int, data: bytes | None = None) -> bytes:

@@ -1,0 +1,148 @@
+"""doit torture on qemu:///system with real guests and OCFS2 on the shared device: each checker
+passes a healthy cluster and finds what it is built to find in a broken case; your own script;
+a node forced off and a node cut from the network in the middle of a run; bad input refused
+before anything starts. test_living.py has the raw device (block), panics and doit dump."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from conftest import one_error_line, torture_runs as runs, torture_table as table, unique_tag
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
+
+TAG = unique_tag("dalifs")
+
+
+@pytest.fixture(scope="module")
+def cluster(ocfs2_cluster):
+    """conftest.ocfs2_cluster, running (test_shared_fs.py may have built it, with a node d)."""
+    ocfs2_cluster.doit()
+    ocfs2_cluster.doit("start")
+    yield ocfs2_cluster
+    ocfs2_cluster.doit("destroy", check=False)  # idle OCFS2 nodes would slow every later module
+
+
+def nodes(c) -> list[str]:
+    return [n.name for n in c.cfg.nodes]
+
+
+def junit(run_dir: Path) -> list[tuple[str, str, bool]]:
+    """(workload, node, failed) for every testcase of the run's JUnit file."""
+    suite = ET.parse(run_dir / "junit.xml").getroot()
+    return [(case.get("classname").removeprefix("torture."), case.get("name"),
+             case.find("failure") is not None) for case in suite.iter("testcase")]
+
+
+def test_bad_input_is_one_line_and_starts_nothing(cluster, tmp_path):
+    script = tmp_path / "not-executable.sh"
+    script.write_text("#!/bin/sh\n")
+    before = runs(cluster)
+    cases = [
+        (["nosuch"], "no workload 'nosuch'"),
+        (["lock:kind=maybe"], "kind is one of"),
+        (["namespace", "--seconds", "0"], "--seconds 0"),
+        (["--script", str(script)], "not executable"),
+        (["namespace", "--crash", "zz@3"], "zz: not a running node"),
+        (["namespace", "--on", "a,b", "--partition", "c@3+5"], "c: not a running node of this run"),
+        (["namespace", "--crash", "c@99", "--seconds", "10"], "not within the run's 10 s"),
+    ]
+    for args, expected in cases:
+        line = one_error_line(cluster.doit("torture", *args, check=False))
+        assert expected in line, (args, line)
+    assert runs(cluster) == before, "no run was started or recorded"
+    for name in nodes(cluster):
+        assert cluster.virt.run(cluster.virt.domain(name), ["test", "-e", "/run/dali-torture.pyz"]).exitcode == 1
+
+
+def test_list_names_every_workload(cluster):
+    out = cluster.doit("torture", "--list").stdout
+    for name in ("namespace", "append", "lock", "mmap", "block", "--script"):
+        assert re.search(rf"^{re.escape(name)} +\S", out, re.M), out
+
+
+def test_a_healthy_filesystem_passes(cluster):
+    run = cluster.doit("torture", "namespace", "lock:kind=flock", "mmap", "--seconds", "15")
+    rows = table(run)
+    assert set(rows) == {"namespace", "lock", "mmap"}, run.stdout
+    for workload, (count, ops, violations, *_rest) in rows.items():
+        assert int(count) == len(nodes(cluster)) and int(ops) > 0 and violations == "0", (workload, rows)
+    run_dir = runs(cluster)[-1]
+    assert "result **passed**" in (run_dir / "report.md").read_text()
+    cases = junit(run_dir)
+    assert sorted((w, n) for w, n, _ in cases) == sorted(
+        (w, n) for w in ("namespace", "lock", "mmap") for n in nodes(cluster))
+    assert not any(failed for *_, failed in cases)
+    for name in nodes(cluster):
+        assert (run_dir / "console" / f"{name}.log").exists()
+        assert '"ops"' in (run_dir / "nodes" / name / "namespace.out").read_text()
+    listing = cluster.doit("pssh", "ls -a /data").stdout
+    assert ".dali-torture" not in listing, "a run that passed leaves nothing on the filesystem"
+
+
+def test_lock_without_the_lock_loses_updates(cluster):
+    run = cluster.doit("torture", "lock:kind=none", "--seconds", "10", check=False)
+    assert run.returncode != 0
+    assert int(table(run)["lock"][2]) > 0
+    assert "increments were lost" in run.stdout
+    run_dir = runs(cluster)[-1]
+    assert any(failed for *_, failed in junit(run_dir))
+    assert "result **FAILED**" in (run_dir / "report.md").read_text()
+
+
+def test_namespace_on_node_local_directories_disagrees(cluster):
+    cluster.doit("pssh", "mkdir -p /var/tmp/dali-local")
+    run = cluster.doit("torture", "namespace", "--target", "/var/tmp/dali-local", "--seconds", "10",
+                       check=False)
+    assert run.returncode != 0
+    assert int(table(run)["namespace"][2]) > 0
+    report = (runs(cluster)[-1] / "report.md").read_text()
+    assert "disagree" in report and "on most nodes" in report
+
+
+def test_your_own_script_runs_everywhere_and_its_exit_counts(cluster, tmp_path):
+    script = tmp_path / "probe.sh"
+    script.write_text('#!/bin/sh\necho "node=$DALI_NODE index=$DALI_NODE_INDEX of=$DALI_NODES '
+                      'target=$DALI_TARGET seconds=$DALI_SECONDS"\n'
+                      '[ "$DALI_NODE_INDEX" != 1 ] || exit 3\n')
+    script.chmod(0o755)
+    run = cluster.doit("torture", "--script", str(script), "--seconds", "5", check=False)
+    line = one_error_line(run)
+    assert "probe.sh: 1 violation" in line
+    run_dir = runs(cluster)[-1]
+    count = len(nodes(cluster))
+    for index, name in enumerate(nodes(cluster)):
+        out = (run_dir / "nodes" / name / "probe.sh.out").read_text()
+        assert f"node={name} index={index} of={count} target=/data seconds=5" in out
+    assert [(n, failed) for _, n, failed in junit(run_dir)] == [(n, n == nodes(cluster)[1])
+                                                               for n in nodes(cluster)]
+
+
+def test_a_node_forced_off_mid_run_stalls_the_others_and_the_checks_hold(cluster):
+    a, b, c = nodes(cluster)[:3]
+    run = cluster.doit("torture", "namespace", "lock:kind=flock", "--seconds", "20",
+                       "--crash", "c@5", "--on", "a,b,c")
+    assert re.search(rf"faults: {c} forced off at \d", run.stdout), run.stdout
+    stalls = dict(re.findall(r"(\S+) (\d+\.\d) s", run.stdout.split("survivors stalled: ")[1].split("\n")[0]))
+    assert set(stalls) == {a, b}
+    assert all(float(s) >= 5 for s in stalls.values()), "OCFS2 holds the survivors until it recovers"
+    assert "checks hold afterwards" in run.stdout
+    assert not cluster.dom("c").isActive(), "the victim is left as it is"
+    cluster.doit("start", "c")
+    assert cluster.virt.run(cluster.dom("c"), ["mountpoint", "-q", "/data"]).exitcode == 0
+
+
+def test_a_node_cut_from_the_network_mid_run_comes_back(cluster):
+    a, b, c = nodes(cluster)[:3]
+    run = cluster.doit("torture", "namespace", "lock:kind=flock", "--seconds", "20",
+                       "--partition", "c@4+8", "--on", "a,b,c")
+    assert re.search(rf"{c} link down at 4(\.\d+)? s; {c} link up at 12(\.\d+)? s", run.stdout), run.stdout
+    assert f"checked on {a}, {b}, {c}" in run.stdout, "the cut-off node still checks what it sees"
+    link = ET.fromstring(cluster.dom("c").XMLDesc(0)).find("devices/interface/link")
+    assert link is None or link.get("state") == "up"
+    ping = cluster.doit("pssh", "--on", "c", f"ping -c 1 -W 5 {a}")
+    assert "1 received" in ping.stdout
