@@ -63,7 +63,7 @@ def findings(text: bytes | str) -> list[tuple[str, str]]:
     for raw in text.splitlines():
         line = _TIMESTAMP.sub("", raw.replace("\r", "")).strip()
         for kind, pattern in PATTERNS:
-            m = pattern.search(line)
+            m = pattern.match(line)  # the kernel starts its lines: not a shell's echo of them
             if m:
                 # A hung task's report names its seconds; the same task once is enough.
                 key = (kind, re.sub(r"\d+ seconds", "N seconds", m.group(0)))

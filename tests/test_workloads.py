@@ -1,0 +1,212 @@
+"""The workloads of doit torture, without guests: each runs as the nodes run it (the zip file,
+python3, one process per "node") on this host, where a directory or a file is trivially
+coherent between processes. A healthy run finds nothing; each broken case (no lock, node-local
+directories, a line or a block changed behind the checkers' backs, a node that died) is found.
+The same programs on real guests: test_torture.py and test_living.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dali import consoles, faults, torture, workloads
+from dali.errors import DaliError
+from dali.workloads.common import Context
+from dali.workloads.guest import RESULT
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pyz") / "torture.pyz"
+    path.write_bytes(workloads.zipapp())
+    return path
+
+
+def args(name, target, index, nodes, params=None, kind="dir", area=None, seconds=1.0):
+    module = workloads.WORKLOADS[name]
+    return {"workload": name, "target": str(target), "kind": kind, "index": index, "nodes": nodes,
+            "name": f"n{index}", "seconds": seconds, "seed": 7, "run_id": "test",
+            "params": {**module.PARAMS, **(params or {})}, "area": area}
+
+
+def run_all(program, name, targets, **kw) -> dict:
+    """Every "node" at once; {node: result}."""
+    procs = {f"n{i}": subprocess.Popen([sys.executable, str(program), "run",
+                                        json.dumps(args(name, t, i, len(targets), **kw))],
+                                       stdout=subprocess.PIPE, text=True)
+             for i, t in enumerate(targets)}
+    out = {}
+    for node, p in procs.items():
+        text = p.communicate(timeout=60)[0]
+        assert p.returncode == 0, text
+        out[node] = json.loads(text.split(RESULT)[1])
+    return out
+
+
+def check_all(program, name, targets, **kw) -> dict:
+    out = {}
+    for i, t in enumerate(targets):
+        r = subprocess.run([sys.executable, str(program), "check", json.dumps(args(name, t, i, len(targets), **kw))],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        out[f"n{i}"] = json.loads(r.stdout.split(RESULT)[1])
+    return out
+
+
+def judge(name, targets, runs, checks, **kw):
+    ctx = Context(args(name, targets[0], 0, len(targets), **kw))
+    return workloads.WORKLOADS[name].judge(ctx, {n: r["state"] if r else None for n, r in runs.items()}, checks)
+
+
+def violations(runs, verdict) -> dict:
+    found = {}
+    for r in runs.values():
+        for kind, n in (r or {}).get("violations", {}).items():
+            found[kind] = found.get(kind, 0) + n
+    for kinds in verdict.by_node.values():
+        for kind, n in kinds.items():
+            found[kind] = found.get(kind, 0) + n
+    return found
+
+
+@pytest.mark.parametrize("name,params", [("namespace", {}), ("append", {}), ("lock", {}), ("mmap", {})])
+def test_a_healthy_directory_shows_no_violation(program, tmp_path, name, params):
+    targets = [tmp_path] * 3
+    runs = run_all(program, name, targets, params=params)
+    assert all(r["ops"] > 0 for r in runs.values())
+    verdict = judge(name, targets, runs, check_all(program, name, targets, params=params), params=params)
+    assert violations(runs, verdict) == {}, verdict.examples
+
+
+def test_lock_without_a_lock_loses_updates(program, tmp_path):
+    params = {"kind": "none"}
+    runs = run_all(program, "lock", [tmp_path] * 3, params=params)
+    verdict = judge("lock", [tmp_path] * 3, runs, check_all(program, "lock", [tmp_path] * 3, params=params),
+                    params=params)
+    assert violations(runs, verdict).get("lost update", 0) > 0
+
+
+def test_namespace_on_node_local_directories_disagrees(program, tmp_path):
+    targets = [tmp_path / f"local{i}" for i in range(3)]  # what each node sees is only its own
+    for t in targets:
+        t.mkdir()
+    runs = run_all(program, "namespace", targets)
+    verdict = judge("namespace", targets, runs, check_all(program, "namespace", targets))
+    assert violations(runs, verdict).get("disagree", 0) > 0
+
+
+def test_append_finds_a_lost_and_a_torn_line(program, tmp_path):
+    targets = [tmp_path] * 2
+    runs = run_all(program, "append", targets)
+    path = tmp_path / ".dali-torture-test" / "append" / "file"
+    data = bytearray(path.read_bytes())
+    data[64:128] = b""  # one line gone
+    data[0:10] = b"garbage!!!"  # one line torn
+    path.write_bytes(bytes(data))
+    found = violations(runs, judge("append", targets, runs, check_all(program, "append", targets)))
+    assert found.get("lost") == 2 and found.get("torn") == 2, found  # one of each, seen by 2 nodes
+
+
+def test_namespace_finds_a_lost_file_and_one_that_came_back(program, tmp_path):
+    targets = [tmp_path] * 2
+    runs = run_all(program, "namespace", targets)
+    workdir = tmp_path / ".dali-torture-test" / "namespace"
+    own = sorted(runs["n0"]["state"]["own"])
+    os.unlink(workdir / own[0])
+    (workdir / "o1-999").write_bytes(b"dali o1-999.v1 0\n")
+    found = violations(runs, judge("namespace", targets, runs, check_all(program, "namespace", targets)))
+    assert found.get("lost") == 2 and found.get("resurrected") == 1, found
+
+
+def test_a_dead_node_is_judged_by_what_the_others_agree_on(program, tmp_path):
+    targets = [tmp_path] * 3
+    runs = run_all(program, "lock", targets)
+    checks = check_all(program, "lock", targets)
+    runs["n2"] = None  # it died: its own tally is lost with it
+    del checks["n2"]
+    assert violations({}, judge("lock", targets, runs, checks)) == {}
+
+
+def test_block_on_a_file_finds_a_changed_block(program, tmp_path):
+    device = tmp_path / "device"
+    area = (0, workloads.block.area_size(2, workloads.block.PARAMS))
+    device.write_bytes(bytes(area[1]))
+    targets = [device] * 2
+    runs = run_all(program, "block", targets, kind="block", area=area)
+    assert all(r["ops"] > 0 for r in runs.values())
+    checks = check_all(program, "block", targets, kind="block", area=area)
+    verdict = judge("block", targets, runs, checks, kind="block", area=area)
+    assert violations(runs, verdict) == {}
+    with open(device, "r+b") as f:
+        os.pwrite(f.fileno(), b"X" * 4096, 2 * 4096)  # a data block of the first region
+    checks = check_all(program, "block", targets, kind="block", area=area)
+    found = violations(runs, judge("block", targets, runs, checks, kind="block", area=area))
+    assert found.get("torn") == 2, found
+
+
+def test_mmap_finds_a_mapping_that_shows_an_old_round(program, tmp_path):
+    targets = [tmp_path] * 2
+    runs = run_all(program, "mmap", targets)
+    mapped = tmp_path / ".dali-torture-test" / "mmap" / "mapped"
+    with open(mapped, "r+b") as f:
+        os.pwrite(f.fileno(), (2).to_bytes(8, "little"), 0)  # round 1: the writer did many more
+    found = violations(runs, judge("mmap", targets, runs, check_all(program, "mmap", targets)))
+    assert found.get("stale") == 2, found
+
+
+def test_consoles_name_each_report_once():
+    text = ("[  1.0] BUG: kernel NULL pointer dereference, address: 0000000000000008\n"
+            "[  1.1] Oops: 0002 [#1] PREEMPT SMP NOPTI\n"
+            "[ 120.0] INFO: task kworker/0:1:33 blocked for more than 120 seconds.\n"
+            "[ 240.0] INFO: task kworker/0:1:33 blocked for more than 241 seconds.\n"
+            "[ 300.0] Kernel panic - not syncing: Fatal exception\n"
+            "root@ivpa:~# echo BUG: is just a word in a shell\n")
+    found = consoles.findings(text)
+    assert [k for k, _ in found] == ["BUG", "oops", "hung task", "panic"], found  # not the shell's echo
+    assert [k for k, _ in consoles.fatal(found)] == ["BUG", "oops", "panic"]
+    assert found[0][1] == "BUG: kernel NULL pointer dereference, address: 0000000000000008"
+
+
+@pytest.mark.parametrize("kind,spec,error", [
+    ("crash", "c", "give NODE@SECONDS"),
+    ("crash", "c@40", "not within the run's 30 s"),
+    ("partition", "c@5", r"give NODE@SECONDS\+DURATION"),
+    ("partition", "c@5+0", "more than 0 s"),
+])
+def test_a_bad_fault_is_one_line(kind, spec, error):
+    with pytest.raises(DaliError, match=error):
+        faults.parse(kind, spec, lambda n: n, 30)
+
+
+def test_fault_times_and_nodes():
+    assert faults.parse("partition", "b@2.5+10", lambda n: "ivp" + n, 30) == \
+        faults.Fault("partition", "ivpb", 2.5, 10.0)
+    with pytest.raises(DaliError, match="forced off at 3 s already"):
+        faults.check_plan([faults.Fault("crash", "ivpb", 3, 0), faults.Fault("partition", "ivpb", 5, 2)])
+
+
+def test_options_typed_after_the_workloads():
+    from tasks.torture import PARAMS
+    defaults = {p["name"]: p["default"] for p in PARAMS}
+    words, values = torture.options_among(["append", "--seconds", "60", "lock:kind=none", "--crash=c@5",
+                                           "--crash", "b@9", "--compare-disk"], PARAMS, defaults)
+    assert words == ["append", "lock:kind=none"]
+    assert values["seconds"] == 60 and values["crash"] == ["c@5", "b@9"] and values["compare_disk"]
+    with pytest.raises(DaliError, match="--nosuch: no such option"):
+        torture.options_among(["--nosuch"], PARAMS, defaults)
+    with pytest.raises(DaliError, match="whole number"):
+        torture.options_among(["--seconds", "ten"], PARAMS, defaults)
+
+
+def test_workload_parameters_are_checked():
+    assert torture._parse_workload("lock:kind=flock")[2] == {"kind": "flock"}
+    assert torture._parse_workload("namespace:files=4,racers=2")[2] == {"files": 4, "racers": 2}
+    for bad, error in [("nosuch", "no workload 'nosuch'"), ("lock:kind=maybe", "kind is one of"),
+                       ("append:line=0", "at least 1"), ("append:size=9", "append takes line=")]:
+        with pytest.raises(DaliError, match=error):
+            torture._parse_workload(bad)
