@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import libvirt
 
-from dali import consoles, fam, faults, guest, workloads
+from dali import consoles, fam, faults, guest, shared_disk, workloads
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError, one_line
 from dali.lifecycle import each, select
@@ -360,18 +360,18 @@ def torture(cluster: Cluster, virt: Libvirt, workloads_named=(), on: str = "", s
     if show_list:
         print(describe_workloads())
         return
-    if compare_disk:
-        raise DaliError("--compare-disk is not built yet")
     fam.restore_saved(cluster)  # what a run killed before it put the device back left behind
     p = plan(cluster, virt, list(workloads_named), on, seconds, script, target, list(crash),
              list(partition), seed)
+    if compare_disk and (p.faults or target):
+        raise DaliError("--compare-disk runs the same workloads on the NVDIMM, then on the disk: "
+                        "without --crash, --partition or --target (a fault's victim would miss the "
+                        "second half); run those on their own")
     _check_target(cluster, virt, p)
     for name, why in p.not_run:
         log(f"torture: {name} does not run here: {why}")
 
     run_id, run_dir = _run_dir(cluster)
-    report = Report(cluster, virt, p, run_id, run_dir)
-    windows = {n.name: consoles.mark(n.name) for n in cluster.nodes}  # every node's console
     program = workloads.zipapp()
 
     def ship(node, dom):
@@ -380,7 +380,47 @@ def torture(cluster: Cluster, virt: Libvirt, workloads_named=(), on: str = "", s
             virt.run(dom, ["mkdir", "-p", os.path.dirname(SCRIPT)]).check(f"mkdir {os.path.dirname(SCRIPT)}")
             guest.put_file(virt, dom, p.script.read_bytes(), SCRIPT, 0o755)
     each(p.nodes, ship)
-    span = None if p.kind == "dir" else _device_span(p)
+    if not compare_disk:
+        report = _one_pass(cluster, virt, p, run_id, run_dir, save_device=True)
+        if report.failed:
+            raise DaliError(report.failure_line())
+        return
+    nvdimm = _one_pass(cluster, virt, p, run_id, run_dir / "nvdimm", save_device=True)
+    where, kind = shared_disk.prepare(cluster, virt, p.nodes)
+    on_disk = _retarget(p, where, kind)
+    for name, why in on_disk.not_run:
+        log(f"torture: {name} does not run on the shared disk: {why}")
+    disk = _one_pass(cluster, virt, on_disk, run_id, run_dir / "disk", save_device=False)
+    side_by_side = Report.side_by_side(nvdimm, disk)
+    (run_dir / "compare.md").write_text(side_by_side + "\n")
+    print(side_by_side)
+    failed = [f"{what}: {r.failure_line()}" for what, r in (("NVDIMM", nvdimm), ("disk", disk)) if r.failed]
+    if failed:
+        raise DaliError("; ".join(failed))
+
+
+def _retarget(p: Plan, where: str, kind: str) -> Plan:
+    """The same run against another device (the shared disk): the jobs that run there."""
+    jobs, not_run, offset = [], [], 0
+    for job in p.jobs:
+        if job.module is not None and kind not in job.module.NEEDS:
+            not_run.append((job.name, getattr(job.module, "WHY_NOT", {}).get(kind, f"not on {where}")))
+            continue
+        area = None
+        if job.module is not None and kind != "dir":
+            size = job.module.area_size(len(p.nodes), job.params) if hasattr(job.module, "area_size") else DAX_ALIGN
+            area, offset = (offset, size), offset + -(-size // DAX_ALIGN) * DAX_ALIGN
+        jobs.append(job._replace(area=area))
+    return p._replace(jobs=jobs, not_run=not_run, target=where, kind=kind)
+
+
+def _one_pass(cluster: Cluster, virt: Libvirt, p: Plan, run_id: str, run_dir: Path,
+              save_device: bool) -> Report:
+    """The jobs on every node against one device, judged, reported and kept in run_dir."""
+    run_dir.mkdir(mode=0o700, exist_ok=True)
+    report = Report(cluster, virt, p, run_id, run_dir)
+    windows = {n.name: consoles.mark(n.name) for n in cluster.nodes}  # every node's console
+    span = _device_span(p) if save_device and p.kind != "dir" else None
     if span:
         _save_and_zero(cluster, span)
     try:
@@ -390,8 +430,7 @@ def torture(cluster: Cluster, virt: Libvirt, workloads_named=(), on: str = "", s
             _put_back(cluster)
     report.finish(results, windows)
     report.write_and_print()
-    if report.failed:
-        raise DaliError(report.failure_line())
+    return report
 
 
 def _execute(virt: Libvirt, p: Plan, run_id: str, report: Report) -> dict:

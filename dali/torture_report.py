@@ -232,6 +232,25 @@ class Report:
         suite.set("failures", str(failures))
         return ET.tostring(suite, encoding="unicode", xml_declaration=True)
 
+    @staticmethod
+    def side_by_side(nvdimm: "Report", disk: "Report") -> str:
+        """The same workloads on the NVDIMM and on the shared disk: is it the device or the
+        filesystem? One row per workload, the two devices next to each other."""
+        on_disk = {t["workload"]: t for t in disk.summary}
+        rows = [["workload", "NVDIMM ops/s", "disk ops/s", "NVDIMM violations", "disk violations",
+                 "NVDIMM worst op (s)", "disk worst op (s)"]]
+        for t in nvdimm.summary:
+            d = on_disk.get(t["workload"])
+            rows.append([t["workload"], _rate(t["ops"], t["elapsed"]),
+                         _rate(d["ops"], d["elapsed"]) if d else "not run",
+                         str(t["violations"]), str(d["violations"]) if d else "-",
+                         f"{t['worst']:.3f}", f"{d['worst']:.3f}" if d else "-"])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        text = [f"side by side: {nvdimm.plan.target} (NVDIMM) and {disk.plan.target} (shared disk)"]
+        text += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                 for r in rows]
+        return "\n".join(text)
+
     def write_and_print(self) -> None:
         for r in self.rows:
             out = self.dir / "nodes" / r["node"]
