@@ -210,3 +210,16 @@ def test_workload_parameters_are_checked():
                        ("append:line=0", "at least 1"), ("append:size=9", "append takes line=")]:
         with pytest.raises(DaliError, match=error):
             torture._parse_workload(bad)
+
+
+def test_a_file_half_written_by_a_node_that_died_is_no_violation(program, tmp_path):
+    targets = [tmp_path] * 3
+    runs = run_all(program, "namespace", targets)
+    workdir = tmp_path / ".dali-torture-test" / "namespace"
+    (workdir / ".t2-999").write_bytes(b"dali h2-999 5000\nonly the start")  # n2 died writing it
+    checks = check_all(program, "namespace", targets)
+    assert violations(runs, judge("namespace", targets, runs, checks)).get("torn") == 3, \
+        "while n2 lives, a half-written file is torn, on every node"
+    runs["n2"] = None
+    del checks["n2"]
+    assert "torn" not in violations(runs, judge("namespace", targets, runs, checks))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 
 from .common import Context, Recorder, Verdict, is_labelled, labelled, read_file, sha
 
@@ -43,6 +44,7 @@ def run(ctx: Context, rec: Recorder) -> dict:
     own: dict[int, tuple[str, str]] = {}  # k -> (current name, label of its contents)
     versions: dict[int, int] = {}
     made = 0  # hand-offs h<i>-0 .. h<i>-<made-1> made
+    raced = 0
     taken: list[str] = []  # hand-offs of the previous node that this node unlinked
 
     def path(name):
@@ -116,7 +118,8 @@ def run(ctx: Context, rec: Recorder) -> dict:
                 what = rnd.random()
                 try:
                     if what < 0.4:
-                        write_new(a, a, _size(rnd), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                        raced += 1  # the label names the writer: a dead node's racer may be half-written
+                        write_new(a, f"r{i}-{raced}", _size(rnd), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
                     elif what < 0.7:
                         with rec.op():  # the contents name a; once renamed to b, still whole
                             os.rename(path(a), path(b))
@@ -145,6 +148,19 @@ def check(ctx: Context) -> dict:
     return {"seen": seen}
 
 
+def _writer(text: str) -> int | None:
+    """The node that wrote a name or a label: o<i>-, .t<i>-, h<i>-, r<i>- (racers' labels)."""
+    m = re.match(r"^(?:\.t|[ohr])(\d+)-", text)
+    return int(m.group(1)) if m else None
+
+
+def _half_written_by_the_dead(name: str, label: str, dead: set[int]) -> bool:
+    if not dead:
+        return False
+    writer = _writer(name) if _writer(name) is not None else _writer(label)
+    return writer is None or writer in dead
+
+
 def judge(ctx: Context, runs: dict, checks: dict) -> Verdict:
     """runs: {node: run state, or None for a node that did not finish}; checks likewise;
     node names in index order."""
@@ -162,8 +178,11 @@ def judge(ctx: Context, runs: dict, checks: dict) -> Verdict:
                 v.add(node, "disagree", f"{name}: {'absent' if got == ('absent',) else 'other contents'} "
                       f"here, {'absent' if common == ('absent',) else 'present'} on most nodes")
     reference = next(iter(views.values()))
+    dead = {index for index, node in enumerate(order) if runs[node] is None}
     for name in names:
         where = [node for node, view in views.items() if name in view and not view[name][1]]
+        if where and _half_written_by_the_dead(name, views[where[0]][name][2], dead):
+            continue  # a node that died mid-write leaves what it had written: no fsync, no promise
         for node in where:
             v.add(node, "torn", f"{name}: contents are not what any node wrote (torn or mixed)")
     for index, node in enumerate(order):
