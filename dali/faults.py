@@ -108,6 +108,7 @@ class Injector:
                 continue  # the run ended first; a link that went down still comes back up
             down.add(fault)
             dom = self.domains[fault.node]
+            when = round(time.monotonic() - t0, 2)  # as it is asked for: a destroy takes a second
             try:
                 if what == "crash":
                     dom.destroy()
@@ -118,8 +119,8 @@ class Injector:
             except libvirt.libvirtError as e:
                 self.errors.append(f"{fault.node}: {what}: {e.get_error_message()}")
                 continue
-            self.happened.append((round(time.monotonic() - t0, 2), text))
-            log(f"torture: {text} at {time.monotonic() - t0:.1f} s")
+            self.happened.append((when, text))
+            log(f"torture: {text} at {when:.1f} s")
 
     def finish(self) -> None:
         """Let pending link-ups happen (a partition never outlives the run), skip the rest."""

@@ -99,7 +99,8 @@ class Report:
                        "ops": result.get("ops", 0), "bytes": result.get("bytes", 0),
                        "elapsed": result.get("elapsed", 0.0), "worst": result.get("max_latency", 0.0),
                        "violations": kinds, "examples": result.get("examples", []),
-                       "notes": result.get("notes", {}), "stall": stall, "output": run.get("output", "")}
+                       "notes": result.get("notes", {}), "stall": stall, "output": run.get("output", ""),
+                       "late": result.get("late", 0.0)}
                 self.rows.append(row)
                 count = sum(kinds.values())
                 total["nodes"] += 1
@@ -180,6 +181,9 @@ class Report:
         for r in self.rows:
             if r["status"] not in ("ok", "violations"):
                 lines.append(f"{r['node']} {r['workload']}: {r['status']}")
+            elif r["late"] >= 1:
+                lines.append(f"{r['node']} {r['workload']}: began {r['late']:.1f} s after the others "
+                             "(its setup outlasted the common start)")
         lines += self._survivors_lines()
         for name, found in self.console_findings.items():
             lines.append(f"{name} console: " + "; ".join(f"{k}: {line}" for k, line in found[:3]))

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from conftest import ClusterUnderTest, one_error_line, unique_tag
+from conftest import torture_table, ClusterUnderTest, one_error_line, unique_tag
 from dali import fam, guest
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
@@ -70,6 +70,10 @@ def test_devdax_on_a_new_fam_on_purpose(cluster):
         assert cluster.virt.run(cluster.dom(s), ["test", "-c", "/dev/dax0.0"]).exitcode == 0
     run = cluster.doit("verify")  # its write test goes through mmap of /dev/dax0.0
     assert "devdax" in run.stdout
+    torture = cluster.doit("torture", "--seconds", "8")  # mmap and block, through mappings
+    rows = torture_table(torture)
+    assert set(rows) == {"mmap", "block"}, torture.stdout
+    assert all(int(r[1]) > 0 and r[2] == "0" for r in rows.values()), rows
 
 
 def test_the_template_was_never_touched(cluster):

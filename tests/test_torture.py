@@ -146,3 +146,28 @@ def test_a_node_cut_from_the_network_mid_run_comes_back(cluster):
     assert link is None or link.get("state") == "up"
     ping = cluster.doit("pssh", "--on", "c", f"ping -c 1 -W 5 {a}")
     assert "1 received" in ping.stdout
+
+
+def test_the_nvdimm_beside_a_shared_disk(cluster):
+    from dali import marks, shared_disk
+    run = cluster.doit("torture", "--compare-disk", "namespace", "lock:kind=flock", "--seconds", "8",
+                       "--on", "a,b,c")
+    assert "side by side: /data (NVDIMM) and /data-disk (shared disk)" in run.stdout
+    run_dir = runs(cluster)[-1]
+    compare = (run_dir / "compare.md").read_text()
+    for workload in ("namespace", "lock"):
+        row = next(line.split() for line in compare.splitlines() if line.startswith(workload))
+        assert float(row[1]) > 0 and float(row[2]) > 0 and row[3:5] == ["0", "0"], compare
+    assert (run_dir / "nvdimm" / "report.md").exists() and (run_dir / "disk" / "junit.xml").exists()
+    disk = shared_disk.path(cluster.cfg)
+    assert disk.stat().st_size == cluster.cfg.fam_size and marks.is_ours(disk, cluster.cfg)
+    xml = cluster.dom("a").XMLDesc(0)
+    assert f"<source file='{disk}'" in xml and "<shareable/>" in xml and "cache='none'" in xml
+    mounted = cluster.doit("pssh", "--on", "a,b,c", "findmnt -n -o FSTYPE /data-disk").stdout
+    assert mounted.count("ocfs2") == 3, "prepared as the NVDIMM is: the same filesystem, on every node"
+
+
+def test_clean_removes_the_shared_disk_too(cluster):
+    from dali import shared_disk
+    cluster.doit("clean")
+    assert not shared_disk.path(cluster.cfg).exists()

@@ -33,6 +33,7 @@ def run(ctx: Context, rec: Recorder) -> dict:
     size = int(ctx.params["line"])
     fd = os.open(os.path.join(ctx.workdir, "file"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     seq = 0
+    rec.begin()
     while rec.running():
         data = line(ctx.index, seq, size)
         with rec.op(len(data)):

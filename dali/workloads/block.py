@@ -71,6 +71,7 @@ def run(ctx: Context, rec: Recorder) -> dict:
     me, rnd, turn = ctx.index, 0, 0
     last = {}
     size = regions.blocks * BLOCK
+    rec.begin()
     while rec.running():
         rnd += 1
         with rec.op(size + 2 * BLOCK):

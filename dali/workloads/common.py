@@ -39,7 +39,9 @@ class Context:
         self.run_id = args["run_id"]
         self.params = dict(args.get("params") or {})
         self.area = tuple(args["area"]) if args.get("area") else None
-        self.final = args.get("final") or {}  # for checks: what every node's run reported
+        # When every node begins, on this node's clock: the host measured each node's clock
+        # against its own, so the nodes begin together, after their setup, within ~0.1 s.
+        self.start_at = args.get("start_at")
 
     @property
     def workdir(self) -> str:
@@ -54,10 +56,11 @@ class Recorder:
     or the network splits, the survivors' stalls say how long the filesystem kept them waiting
     and when (seconds from this node's start)."""
 
-    def __init__(self, seconds: float):
-        self.t0 = time.monotonic()
-        self.deadline = self.t0 + seconds
-        self.last = self.t0
+    def __init__(self, seconds: float, start_at: float | None = None):
+        self.seconds = seconds
+        self.start_at = start_at
+        self.late = 0.0
+        self.begin_now()
         self.ops = 0
         self.bytes = 0
         self.max_latency = 0.0
@@ -65,6 +68,22 @@ class Recorder:
         self.violations: dict[str, int] = {}
         self.examples: list[str] = []
         self.notes: dict[str, int] = {}
+
+    def begin_now(self) -> None:
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + self.seconds
+        self.last = self.t0
+
+    def begin(self) -> None:
+        """After the workload's setup: wait for the common start, then start the clock. Faults
+        are timed from it, so setup (a first mkdir on a cluster filesystem can take seconds)
+        is never mistaken for a stall."""
+        if self.start_at is not None:
+            wait = self.start_at - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            self.late = round(max(0.0, -wait), 2)
+        self.begin_now()
 
     def running(self) -> bool:
         return time.monotonic() < self.deadline
@@ -91,8 +110,11 @@ class Recorder:
         self.notes[kind] = self.notes.get(kind, 0) + n
 
     def result(self, state: dict) -> dict:
-        elapsed = time.monotonic() - self.t0
-        return {"ops": self.ops, "bytes": self.bytes, "elapsed": round(elapsed, 3),
+        now = time.monotonic()
+        elapsed = now - self.t0
+        if now - self.last >= 1.0:  # blocked until the end: no operation completed since
+            self.stalls.append((round(self.last - self.t0, 2), round(now - self.last, 2)))
+        return {"ops": self.ops, "late": self.late, "bytes": self.bytes, "elapsed": round(elapsed, 3),
                 "max_latency": round(self.max_latency, 4),
                 "stalls": sorted(self.stalls, key=lambda s: -s[1])[:5],
                 "violations": self.violations, "examples": self.examples, "notes": self.notes,

@@ -21,7 +21,7 @@ def main() -> None:
     ctx = Context(args)
     workload = WORKLOADS[ctx.workload]
     if what == "run":
-        result = workload.run(ctx, Recorder(ctx.seconds))
+        result = workload.run(ctx, Recorder(ctx.seconds, ctx.start_at))
     else:
         result = workload.check(ctx)
     sys.stdout.write(RESULT + json.dumps(result) + "\n")

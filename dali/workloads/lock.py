@@ -63,6 +63,7 @@ def run(ctx: Context, rec: Recorder) -> dict:
         fds[kind] = os.open(path, os.O_RDWR)
     made = {kind: 0 for kind in paths}
     turn = 0
+    rec.begin()
     while rec.running():
         kind = list(paths)[turn % len(paths)]
         turn += 1

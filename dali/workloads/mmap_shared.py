@@ -85,6 +85,7 @@ def run(ctx: Context, rec: Recorder) -> dict:
     shared = Shared(ctx)
     writer = ctx.index == 0
     k, last, clean = 0, 0, 0
+    rec.begin()
     while rec.running():
         if writer:
             k += 1

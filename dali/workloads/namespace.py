@@ -50,6 +50,7 @@ def run(ctx: Context, rec: Recorder) -> dict:
     def path(name):
         return os.path.join(d, name)
 
+    rec.begin()
     def write_new(name, label, size, flags):
         data = labelled(label, size)
         with rec.op(len(data)):
