@@ -58,7 +58,13 @@ def panicked(virt: Libvirt, dom: libvirt.virDomain) -> str | None:
 
 
 def _boot_id(dom: libvirt.virDomain) -> str:
-    return f"domain id {dom.ID()}"
+    """This run of the node's qemu: libvirt's domain id, and qemu's pid (ids start again when
+    libvirtd does)."""
+    try:
+        pid = Path(f"/run/libvirt/qemu/{dom.name()}.pid").read_text().strip()
+    except OSError:
+        pid = "?"
+    return f"domain id {dom.ID()}, qemu pid {pid}"
 
 
 def _already_kept(cluster: Cluster, name: str, boot: str) -> Path | None:

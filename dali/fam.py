@@ -61,21 +61,27 @@ def ensure(cluster: Cluster) -> None:
         os.chown(fam, -1, marks.qemu_gid())
         os.chmod(fam, MODE)
         return
-    # Allocate under a temporary name: an interrupted run leaves no half-made FAM behind.
-    tmp = fam.with_name(".FAM.new")
+    allocate(cluster, fam, MODE, "fam.size / dir")
+    log(f"created {fam}: {cluster.fam_size} bytes, group {GROUP}, mode {MODE:o}")
+
+
+def allocate(cluster: Cluster, path: Path, mode: int, fix: str) -> None:
+    """A file of fam.size bytes, allocated (fallocate: qemu never meets a full disk halfway),
+    group libvirt-qemu and `mode`, marked ours. Made under a temporary name and renamed: an
+    interrupted run leaves nothing half-made behind. The FAM, and --compare-disk's shared disk."""
+    tmp = path.with_name(f".{path.name}.new")
     with open(tmp, "wb") as f:
         try:
             os.posix_fallocate(f.fileno(), 0, cluster.fam_size)
         except OSError as e:
             tmp.unlink()
-            raise DaliError(f"fallocate of {cluster.fam_size} bytes for {fam} failed "
-                            f"({e.strerror}): free space or set fam.size / dir") from None
-    marks.mark(tmp, cluster, also=(fam,))
+            raise DaliError(f"fallocate of {cluster.fam_size} bytes for {path} failed "
+                            f"({e.strerror}): free space or set {fix}") from None
+    marks.mark(tmp, cluster, also=(path,))
     os.chown(tmp, -1, marks.qemu_gid())
-    os.chmod(tmp, MODE)
-    os.rename(tmp, fam)  # never replaces: we only get here if FAM does not exist
-    marks.mark(fam, cluster)
-    log(f"created {fam}: {cluster.fam_size} bytes, group {GROUP}, mode {MODE:o}")
+    os.chmod(tmp, mode)
+    os.rename(tmp, path)  # never replaces: the callers get here only if path does not exist
+    marks.mark(path, cluster)
 
 
 def namespace(fam: Path) -> dict:

@@ -15,14 +15,13 @@ a node booted again gets it back at the next --compare-disk run.
 
 from __future__ import annotations
 
-import os
 import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import libvirt
 
-from dali import marks, ocfs2
+from dali import fam, marks, ocfs2
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.lifecycle import each
@@ -52,19 +51,7 @@ def ensure_file(cluster: Cluster) -> Path:
             raise DaliError(f"{disk} is {disk.stat().st_size} bytes, the FAM {cluster.fam_size}: "
                             "dali never resizes it; doit clean removes it (with the cluster)")
         return disk
-    tmp = disk.with_name(".shared-disk.raw.new")
-    with open(tmp, "wb") as f:
-        try:
-            os.posix_fallocate(f.fileno(), 0, cluster.fam_size)  # allocated, as the FAM is
-        except OSError as e:
-            tmp.unlink()
-            raise DaliError(f"fallocate of {cluster.fam_size} bytes for {disk} failed "
-                            f"({e.strerror}): free some space") from None
-    marks.mark(tmp, cluster, also=(disk,))
-    os.chown(tmp, -1, marks.qemu_gid())
-    os.chmod(tmp, 0o660)
-    os.rename(tmp, disk)
-    marks.mark(disk, cluster)
+    fam.allocate(cluster, disk, 0o660, "free some space")  # allocated, as the FAM is
     log(f"created {disk}: {cluster.fam_size} bytes, the shared disk for --compare-disk")
     return disk
 

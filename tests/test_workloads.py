@@ -27,7 +27,7 @@ def program(tmp_path_factory) -> Path:
     return path
 
 
-def args(name, target, index, nodes, params=None, kind="dir", area=None, seconds=1.0):
+def args(name, target, index, nodes, params=None, kind="dir", area=None, seconds=0.5):
     module = workloads.WORKLOADS[name]
     return {"workload": name, "target": str(target), "kind": kind, "index": index, "nodes": nodes,
             "name": f"n{index}", "seconds": seconds, "seed": 7, "run_id": "test",
