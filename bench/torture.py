@@ -1,16 +1,16 @@
 """`doit torture` measured: each workload on the NVDIMM and on a shared disk side by side, and
 how long the survivors stall when a node is forced off and when one is cut from the network.
 
-    .venv/bin/python bench/torture.py [ROUNDS]   # default 3 rounds of each; ~30 min
+    .venv/bin/python bench/torture.py [ROUNDS]   # default 2 rounds of each; ~20 min
 
 One cluster of three nodes with OCFS2 on the shared device (tag benchtort, isolated network,
 under /var/tmp), built and started first, removed at the end. Then, ROUNDS times each:
-- `doit torture --compare-disk namespace append lock:kind=flock mmap --seconds 30`: the same
+- `doit torture --compare-disk namespace append lock:kind=flock mmap --seconds 20`: the same
   workloads on the NVDIMM (/data) and on a shared virtio disk (<shareable/>, cache='none',
   the same mkfs.ocfs2, /data-disk), one after the other in the same run; ops/s and violations
   per workload and device. append's violations are OCFS2's own cross-node O_APPEND losses (it
   loses lines on both devices), not the emulation's: the side-by-side shows it.
-- `--crash c@5` (forced off, as pulling the plug) during namespace + lock:kind=flock for 30 s:
+- `--crash c@5` (forced off, as pulling the plug) during namespace + lock:kind=flock for 20 s:
   how long a and b stalled, and whether the checks held; then `doit start c`.
 - `--partition c@5+10` (its link down for 10 s, shorter than o2net's 30 s idle timeout) the
   same way.
@@ -32,7 +32,7 @@ import common
 from common import say
 
 TAG = "benchtort"
-SECONDS = "30"
+SECONDS = "20"
 
 
 def newest_run(state: Path) -> Path:
@@ -55,7 +55,7 @@ def stalls_of(report_md: str) -> tuple[dict[str, float], bool]:
 
 
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     work = Path(tempfile.mkdtemp(prefix="dali-bench-torture-", dir="/var/tmp"))
     work.chmod(0o755)
     config = work / f"{TAG}.toml"

@@ -78,6 +78,21 @@ def set_link(dom: libvirt.virDomain, up: bool) -> None:
     dom.updateDeviceFlags(ET.tostring(iface, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
 
+def link_is_down(dom: libvirt.virDomain) -> bool:
+    link = ET.fromstring(dom.XMLDesc(0)).find("devices/interface/link")
+    return link is not None and link.get("state") == "down"
+
+
+def heal(doms) -> list[str]:
+    """Links a run killed in the middle of a partition left down, brought up: the names."""
+    healed = []
+    for _, dom in doms:
+        if dom.isActive() and link_is_down(dom):
+            set_link(dom, True)
+            healed.append(dom.name())
+    return healed
+
+
 class Injector:
     """Runs the faults on time from a thread, and records when each really happened."""
 

@@ -389,6 +389,8 @@ def torture(cluster: Cluster, virt: Libvirt, workloads_named=(), on: str = "", s
         raise DaliError("--compare-disk runs the same workloads on the NVDIMM, then on the disk: "
                         "without --crash, --partition or --target (a fault's victim would miss the "
                         "second half); run those on their own")
+    for name in faults.heal(p.nodes):
+        log(f"torture: {name}'s network link was down (a run stopped during a partition); it is up again")
     _check_target(cluster, virt, p)
     for name, why in p.not_run:
         log(f"torture: {name} does not run here: {why}")
