@@ -18,15 +18,17 @@ from pathlib import Path
 
 LOG_DIR = Path("/var/log/libvirt/qemu")
 
-PATTERNS = [
+PATTERNS = [  # kdevops' CRASH_PATTERNS (scripts/workflows/lib/crash.py), at the line's start
     ("panic", re.compile(r"Kernel panic - not syncing.*")),
-    ("oops", re.compile(r"(?:Oops|general protection fault)[: ].*")),
-    ("BUG", re.compile(r"BUG: .*")),
+    ("oops", re.compile(r"(?:Oops|general protection fault|Unable to handle kernel|divide error|"
+                        r"kernel stack overflow)[: ].*")),
+    ("BUG", re.compile(r"(?:kernel )?BUG(?::| at) .*")),
     ("soft lockup", re.compile(r"watchdog: BUG: soft lockup.*|soft lockup - CPU#.*")),
     ("hard lockup", re.compile(r"Watchdog detected hard LOCKUP.*|NMI watchdog: .*hard LOCKUP.*")),
-    ("hung task", re.compile(r"INFO: task \S+ blocked for more than \d+ seconds.*")),
-    ("RCU stall", re.compile(r"rcu: INFO: rcu_(?:sched|preempt) (?:self-)?detected stalls?.*")),
-    ("warning", re.compile(r"WARNING: CPU: \d+ PID: \d+ at .*")),
+    ("hung task", re.compile(r"INFO: task \S+ blocked for more than \d+ seconds.*|hung_task: blocked tasks.*")),
+    ("RCU stall", re.compile(r"rcu: INFO: rcu_(?:sched|preempt) (?:self-)?detected stalls?.*|"
+                             r"rcu: .*detected stall on CPU.*")),
+    ("warning", re.compile(r"WARNING: CPU: \d+ PID: \d+ at .*|UBSAN: .*")),
     ("fenced", re.compile(r"\*\*\* ocfs2 is very sorry to be fencing this system.*")),
 ]
 # What makes a node unusable until it restarts, as opposed to a warning it survives.

@@ -165,10 +165,11 @@ def test_consoles_name_each_report_once():
             "[ 120.0] INFO: task kworker/0:1:33 blocked for more than 120 seconds.\n"
             "[ 240.0] INFO: task kworker/0:1:33 blocked for more than 241 seconds.\n"
             "[ 300.0] Kernel panic - not syncing: Fatal exception\n"
+            "[ 301.0] kernel BUG at fs/ocfs2/dlmglue.c:3361!\n"
             "root@ivpa:~# echo BUG: is just a word in a shell\n")
     found = consoles.findings(text)
-    assert [k for k, _ in found] == ["BUG", "oops", "hung task", "panic"], found  # not the shell's echo
-    assert [k for k, _ in consoles.fatal(found)] == ["BUG", "oops", "panic"]
+    assert [k for k, _ in found] == ["BUG", "oops", "hung task", "panic", "BUG"], found  # not the echo
+    assert [k for k, _ in consoles.fatal(found)] == ["BUG", "oops", "panic", "BUG"]
     assert found[0][1] == "BUG: kernel NULL pointer dereference, address: 0000000000000008"
 
 
