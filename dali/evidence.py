@@ -10,7 +10,8 @@ Before `doit start` or `doit restart` boots such a node again, and when `doit to
 dali keeps state/<tag>/crash/<node>-<time>/:
     console.log    the node's console since its qemu started
     memory.kdump   `virsh dump --memory-only --format kdump-zlib`: what `crash vmlinux memory.kdump`
-                   reads. Zero pages are left out, so the NVDIMM's empty gigabyte costs nothing:
+                   reads (qemu 7.2 writes makedumpfile's flattened form, which crash takes as
+                   it is; `crash --osrelease memory.kdump` names the kernel). Zero pages are left out, so the NVDIMM's empty gigabyte costs nothing:
                    76 MB and 3 s here, where the ELF format wrote 2 GiB in 10 s
     README         what happened, and the vmlinux to give crash (kernel.path's tree)
 Once per boot of the node: its libvirt domain id names the boot.

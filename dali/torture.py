@@ -129,8 +129,8 @@ def plan(cluster: Cluster, virt: Libvirt, names: list[str], on: str, seconds: in
         if not os.access(script_path, os.X_OK):
             raise DaliError(f"--script {script}: not executable: chmod +x {script}")
     where, kind = _target(cluster, target)
-    if not parsed and script_path is None:  # every workload that runs here
-        parsed = [(n, m, dict(m.PARAMS)) for n, m in workloads.WORKLOADS.items() if kind in m.NEEDS]
+    if not parsed and script_path is None:  # every workload; those that cannot run here say why
+        parsed = [(n, m, dict(m.PARAMS)) for n, m in workloads.WORKLOADS.items()]
     runs, not_run = [], []
     for name, module, params in parsed:
         if kind in module.NEEDS:
