@@ -18,6 +18,7 @@ NAME = "append"
 DOC = ("every node appends numbered lines to one file with O_APPEND; lost, duplicated, torn "
        "and reordered lines counted, and every node must read the same file")
 NEEDS = ("dir",)
+WHY_NOT = {kind: "it works on files: it needs a filesystem (fs.type = \"ocfs2\")" for kind in ("block", "dax")}
 PARAMS = {"line": 64}
 
 

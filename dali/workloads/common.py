@@ -17,6 +17,7 @@ import struct
 import time
 
 BLOCK = 4096
+DAX_ALIGN = 2 << 20  # device-dax's alignment: its mappings start and end on one (the host aligns areas)
 EXAMPLES = 12  # violations described in full per node; the rest are counted
 
 
@@ -200,7 +201,8 @@ class Device:
         self.kind = kind
         if kind == "dax":
             self.fd = os.open(path, os.O_RDWR)
-            self.map = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED,
+            length = -(-self.size // DAX_ALIGN) * DAX_ALIGN  # device-dax maps whole 2 MiB pages
+            self.map = mmap.mmap(self.fd, length, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE, offset=self.base)
         else:
             self.fd = os.open(path, os.O_RDWR | os.O_DIRECT)

@@ -21,6 +21,7 @@ NAME = "lock"
 DOC = ("a shared counter in a file, incremented by every node under an exclusive fcntl lock "
        "and under flock; it must end equal to the increments made")
 NEEDS = ("dir",)
+WHY_NOT = {kind: "it works on files: it needs a filesystem (fs.type = \"ocfs2\")" for kind in ("block", "dax")}
 PARAMS = {"kind": "both"}  # both, fcntl, flock, or none (no lock: the broken control)
 KINDS = {"both": ("fcntl", "flock"), "fcntl": ("fcntl",), "flock": ("flock",), "none": ("none",)}
 

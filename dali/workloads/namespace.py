@@ -27,6 +27,7 @@ NAME = "namespace"
 DOC = ("create, write, rename, unlink (own files, hand-offs to the next node, racers) from "
        "every node; all must end seeing the same names and contents, the ones implied")
 NEEDS = ("dir",)
+WHY_NOT = {kind: "it works on files: it needs a filesystem (fs.type = \"ocfs2\")" for kind in ("block", "dax")}
 PARAMS = {"files": 32, "racers": 8}
 
 
