@@ -114,8 +114,18 @@ def _keep_a_crash(cluster: Cluster, virt: Libvirt, dom) -> None:
             log(f"{dom.name()}: had crashed; its evidence is kept in {evidence.crash_dir(cluster)}")
 
 
+def _keep_if_panicked(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:
+    """Before a node is powered off: the evidence of a panic, kept (dali/evidence.py)."""
+    why = evidence.panicked(virt, dom)
+    if why:
+        evidence.keep(cluster, node.name, why, virt=virt, dom=dom)
+
+
 def shutdown(cluster: Cluster, virt: Libvirt, names=()) -> None:
     doms = [(n, d) for n, d in ((n, virt.domain(n.name)) for n in select(cluster, names)) if d]
+    for node, dom in doms:
+        if dom.isActive():
+            _keep_if_panicked(cluster, virt, node, dom)
     each(doms, lambda node, dom: log(f"{node.name}: {virt.shutdown(dom, cluster.shutdown_timeout, log)}"))
 
 
@@ -124,8 +134,7 @@ def destroy(cluster: Cluster, virt: Libvirt, names=()) -> None:
     for node in select(cluster, names):
         dom = virt.domain(node.name)
         if dom is not None and dom.isActive():  # a crashed node too (it keeps its memory)
-            if evidence.panicked(virt, dom):
-                evidence.keep(cluster, node.name, evidence.panicked(virt, dom), virt=virt, dom=dom)
+            _keep_if_panicked(cluster, virt, node, dom)
             dom.destroy()
             log(f"{node.name}: forced off")
 
@@ -136,9 +145,7 @@ def restart(cluster: Cluster, virt: Libvirt, names=(), batch: str = "auto") -> N
     batch_size(cluster, str(batch))  # a bad --batch is refused before anything is shut down
     doms = defined(cluster, virt, select(cluster, names))
     for node, dom in doms:
-        why = evidence.panicked(virt, dom)
-        if why:
-            evidence.keep(cluster, node.name, why, virt=virt, dom=dom)
+        _keep_if_panicked(cluster, virt, node, dom)
     running = [n for n, d in doms if virt.is_running(d)]
     if not running:
         log("no node to restart: none of them runs (doit start boots them)")

@@ -166,15 +166,8 @@ def plan(cluster: Cluster, virt: Libvirt, names: list[str], on: str, seconds: in
     planned += [faults.parse("partition", s, resolve, seconds) for s in partition]
     faults.check_plan(planned)
 
-    jobs, offset = [], 0
-    for name, module, params in runs:
-        area = None
-        if kind != "dir":
-            size = (module.area_size(len(nodes), params) if hasattr(module, "area_size")
-                    else DAX_ALIGN)
-            area = (offset, size)
-            offset += -(-size // DAX_ALIGN) * DAX_ALIGN
-        jobs.append(Job(name, module, params, area))
+    jobs = _with_areas([Job(name, module, params, None) for name, module, params in runs],
+                       len(nodes), kind)
     if script_path is not None:
         jobs.append(Job(script_path.name, None, {}, None))
     if not jobs:
@@ -423,19 +416,26 @@ def torture(cluster: Cluster, virt: Libvirt, workloads_named=(), on: str = "", s
         raise DaliError("; ".join(failed))
 
 
-def _retarget(p: Plan, where: str, kind: str) -> Plan:
-    """The same run against another device (the shared disk): the jobs that run there."""
-    jobs, not_run, offset = [], [], 0
-    for job in p.jobs:
-        if job.module is not None and kind not in job.module.NEEDS:
-            not_run.append((job.name, getattr(job.module, "WHY_NOT", {}).get(kind, f"not on {where}")))
-            continue
+def _with_areas(jobs: list[Job], nodes: int, kind: str) -> list[Job]:
+    """On a device, each workload's own bytes of it, one after the other, each starting on a
+    2 MiB boundary (device-dax maps no less); none on a filesystem, nor for a script."""
+    placed, offset = [], 0
+    for job in jobs:
         area = None
         if job.module is not None and kind != "dir":
-            size = job.module.area_size(len(p.nodes), job.params) if hasattr(job.module, "area_size") else DAX_ALIGN
+            size = (job.module.area_size(nodes, job.params) if hasattr(job.module, "area_size")
+                    else DAX_ALIGN)
             area, offset = (offset, size), offset + -(-size // DAX_ALIGN) * DAX_ALIGN
-        jobs.append(job._replace(area=area))
-    return p._replace(jobs=jobs, not_run=not_run, target=where, kind=kind)
+        placed.append(job._replace(area=area))
+    return placed
+
+
+def _retarget(p: Plan, where: str, kind: str) -> Plan:
+    """The same run against another device (the shared disk): the jobs that run there."""
+    runs = [j for j in p.jobs if j.module is None or kind in j.module.NEEDS]
+    not_run = [(j.name, getattr(j.module, "WHY_NOT", {}).get(kind, f"not on {where}"))
+               for j in p.jobs if j not in runs]
+    return p._replace(jobs=_with_areas(runs, len(p.nodes), kind), not_run=not_run, target=where, kind=kind)
 
 
 def _one_pass(cluster: Cluster, virt: Libvirt, p: Plan, run_id: str, run_dir: Path,
