@@ -11,7 +11,7 @@ import os
 
 import libvirt
 
-from dali import access, evidence, ocfs2
+from dali import access, ocfs2
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError, one_line
 from dali.reporter import log
@@ -106,6 +106,7 @@ def _keep_a_crash(cluster: Cluster, virt: Libvirt, dom) -> None:
     """A node that crashed (libvirt keeps it, stopped, with its memory) or that hangs in a panic
     with a silent agent: its console and memory are kept, then it is powered off, so that it
     can boot again. A node that runs and answers is left alone, whatever its console said."""
+    from dali import evidence  # here: a no-op doit loads lifecycle, and need not load this
     if not dom.isActive():
         return
     crashed = not virt.is_running(dom)
@@ -116,6 +117,7 @@ def _keep_a_crash(cluster: Cluster, virt: Libvirt, dom) -> None:
 
 def _keep_if_panicked(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:
     """Before a node is powered off: the evidence of a panic, kept (dali/evidence.py)."""
+    from dali import evidence
     why = evidence.panicked(virt, dom)
     if why:
         evidence.keep(cluster, node.name, why, virt=virt, dom=dom)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import libvirt
 
-from dali import access, evidence, fam, guest, image, network
+from dali import access, fam, guest, image, network
 from dali.cluster import Cluster, Node
 from dali.domain import gdb_socket
 from dali.errors import DaliError
@@ -48,6 +48,7 @@ def node_row(cluster: Cluster, virt: Libvirt, node: Node, addresses: dict[str, s
     if dom is None:
         return row
     row["state"] = STATES.get(dom.state()[0], "other")
+    from dali import evidence  # here: a no-op doit loads status, and need not load this
     why = evidence.panicked(virt, dom)
     if why:
         row["state"], row["why"] = "panicked", why
@@ -98,6 +99,7 @@ def status(cluster: Cluster, virt: Libvirt) -> list[dict]:
         print("  ".join(r[c].ljust(widths[c]) for c in cols).rstrip())
     for r in rows:
         if "why" in r:
+            from dali import evidence
             print(f"{r['node']}: panicked: {r['why']}: doit start {r['node']} boots it again, its "
                   f"console and memory kept first in {evidence.crash_dir(cluster)}/")
     print(_network_line(cluster, virt))

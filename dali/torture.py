@@ -369,13 +369,14 @@ def options_among(words: list[str], params: list[dict], given: dict) -> tuple[li
     return rest, values
 
 
-def torture(cluster: Cluster, virt: Libvirt, workloads_named=(), on: str = "", seconds: int = DEFAULT_SECONDS,
+def torture(cluster: Cluster, virt: Libvirt, workloads_named=(), on: str = "", seconds: int | None = None,
             show_list: bool = False, script: str = "", target: str = "", crash=(), partition=(),
             seed: int = 0, compare_disk: bool = False) -> None:
     if show_list:
         print(describe_workloads())
         return
     fam.restore_saved(cluster)  # what a run killed before it put the device back left behind
+    seconds = DEFAULT_SECONDS if seconds is None else seconds
     p = plan(cluster, virt, list(workloads_named), on, seconds, script, target, list(crash),
              list(partition), seed)
     if compare_disk and (p.faults or target):

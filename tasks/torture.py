@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import sys
 
-from dali import evidence, torture
 from dali.cluster import Cluster
 from dali.errors import Step
-from dali.lifecycle import defined, select
-from dali.pssh import typed_after
 from dali.virt import Libvirt
+
+# dali.torture, its workloads and dali.evidence are imported by the actions, not here: every
+# doit loads this module, and they cost a no-op doit 40 ms (python -X importtime).
 
 PARAMS = [
     {"name": "on", "long": "on", "default": "", "help": "only these nodes: suffixes or names, comma-separated"},
-    {"name": "seconds", "long": "seconds", "type": int, "default": torture.DEFAULT_SECONDS,
-     "help": "how long every workload runs"},
+    {"name": "seconds", "long": "seconds", "type": int, "default": None,
+     "help": "how long every workload runs (default 30)"},
     {"name": "show_list", "long": "list", "type": bool, "default": False,
      "help": "list the workloads, one line each"},
     {"name": "script", "long": "script", "default": "",
@@ -34,6 +34,9 @@ PARAMS = [
 
 
 def run(cluster: Cluster, virt: Libvirt, workloads_named=(), **options) -> None:
+    from dali import torture
+    from dali.pssh import typed_after
+
     # doit parsed the options it saw before the first workload into `options`; those after it,
     # and words with a '=' (lock:kind=flock), are read from the command line as typed.
     if "torture" in sys.argv:
@@ -44,6 +47,8 @@ def run(cluster: Cluster, virt: Libvirt, workloads_named=(), **options) -> None:
 
 
 def dump(cluster: Cluster, virt: Libvirt, names=()) -> None:
+    from dali import evidence
+    from dali.lifecycle import defined, select
     evidence.dump_all(cluster, virt, defined(cluster, virt, select(cluster, names)))
 
 
