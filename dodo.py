@@ -34,8 +34,8 @@ from dali.commands import exit_cleanly_on_signals
 from dali.errors import DaliError
 from dali.reporter import DaliReporter
 from dali.virt import Libvirt
-from tasks import (access, accel, apparmor, clone, disks, domain, fam, freeze, fs, image, kernel,
-                   lifecycle, network, original, preflight, prune, reset, torture, verify)
+from tasks import (access, accel, apparmor, clone, disks, domain, fam, freeze, fs, identity_disk, image,
+                   kernel, lifecycle, network, original, preflight, prune, reset, torture, verify)
 
 exit_cleanly_on_signals()  # Ctrl-C: one line, exit 130, the programs dali started stopped
 try:
@@ -108,6 +108,11 @@ def task_kernel():
 def task_disk():
     """each node's disk"""
     yield from tasks_of(disks)
+
+
+def task_identity():
+    """each node's identity disk: its ssh host key, address and resolver"""
+    yield from tasks_of(identity_disk)
 
 
 def task_domain():

@@ -7,9 +7,10 @@ So ssh_config reaches them through a ProxyCommand that runs `nc` in libvirtd's n
 `ssh -F state/<tag>/ssh_config ivpb` works from the host as it is. Without a namespace it is
 plain ssh.
 
-Host keys are made on each node at its first boot (no two clones share one), so dali reads them
-from the running nodes through the guest agent and keeps known_hosts current: ssh checks them
-strictly and never asks.
+Each node's host key is made on the host with the node's identity disk (dali/identity_disk.py),
+so known_hosts is written from it before the node first boots: ssh checks keys strictly and
+never asks. A user's own image (image.path) keeps the keys it has; dali reads them from the
+running nodes through the guest agent instead.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import libvirt
 
+from dali import identity_disk
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.render import render, write_if_changed
@@ -75,16 +77,22 @@ def inventory_file(cluster: Cluster) -> Path:
 
 
 def files(cluster: Cluster, addresses: dict[str, str]) -> dict[Path, str]:
-    """The text ssh_config and hosts must have, for the nodes' current addresses."""
+    """The text ssh_config and hosts must have, for the nodes' current addresses, and
+    known_hosts, from the nodes' identity disks."""
     nodes = [(n.name, addresses[n.name]) for n in cluster.nodes if n.name in addresses]
     namespace = libvirtd_namespace()
     proxy = " ".join([*map(shlex.quote, namespace), "nc", "%h", "%p"]) if namespace else None
-    return {
+    wanted = {
         ssh_config_file(cluster): render("ssh_config.j2", nodes=nodes, key=cluster.ssh_key,
                                          known_hosts=known_hosts_file(cluster), proxy=proxy,
                                          tag=cluster.tag, path=ssh_config_file(cluster)),
         inventory_file(cluster): render("hosts.j2", nodes=nodes, tag=cluster.tag),
     }
+    if identity_disk.used(cluster):
+        keys = {n.name: identity_disk.public_key(cluster, n) for n in cluster.nodes}
+        wanted[known_hosts_file(cluster)] = "".join(f"{name} {key}\n" for name, key in sorted(keys.items())
+                                                    if key)
+    return wanted
 
 
 def are_current(cluster: Cluster, addresses: dict[str, str]) -> bool:
@@ -96,20 +104,41 @@ def write(cluster: Cluster, addresses: dict[str, str]) -> None:
         write_if_changed(path, text)
 
 
-# A clone boots with the key of the disk it was cloned from until dali-ssh-host-keys (in dali's
-# image) has made its own and stamped it with the node's machine-id: only then is it the node's.
-# dali's image starts its guest agent first thing in the boot, so this is also where doit start
-# waits for sshd to be up (ssh.service is Type=notify: active means listening). An image of the
-# user's own, without that script, keeps whatever keys it has and is not waited for.
-_KEY_IS_THIS_NODES = (f'test -s {HOST_KEY} && {{ test ! -e /usr/local/sbin/dali-ssh-host-keys || {{ '
-                      f'test "$(cat /etc/ssh/dali-host-keys.machine-id 2>/dev/null)" = "$(cat /etc/machine-id)" '
-                      f'&& systemctl is-active -q ssh.service; }}; }}')
+# In dali's image, ssh works once dali-identity has put the node's key and address in place
+# and ssh.socket listens (sshd itself starts per connection). Both are early in a boot but can
+# come after the guest agent answers, which is where doit start waits for them.
+SSH_WORKS = "systemctl is-active -q dali-identity.service ssh.socket"
+
+
+def wait_until_ssh_works(cluster: Cluster, virt: Libvirt, doms, wait: int) -> None:
+    """Return once every node of `doms` (booting, its agent answering) accepts ssh with the key
+    known_hosts has for it. A user's own image: its keys are learnt, once sshd runs."""
+    if not identity_disk.used(cluster):
+        learn_host_keys(cluster, virt, doms, wait)
+        return
+    late = []
+    for node, dom in doms:
+        result = virt.run(dom, ["sh", "-c", f"for i in $(seq {wait * 5}); do {SSH_WORKS} && exit 0; "
+                                "sleep 0.2; done; exit 1"], timeout=wait + 30)
+        if result.exitcode != 0:
+            late.append(node.name)
+    if late:
+        raise DaliError(f"{', '.join(late)}: no ssh after {wait} s (dali-identity.service or "
+                        "ssh.socket not active): see doit console NODE, or raise timeouts.boot")
+
+
+# A user's own image: sshd (ssh.service, Type=notify: active means listening) with whatever key
+# the image has or makes.
+_KEY_IS_THIS_NODES = f"test -s {HOST_KEY} && systemctl is-active -q ssh.service"
 
 
 def learn_host_keys(cluster: Cluster, virt: Libvirt, doms, wait: int = 0) -> None:
-    """Put the running nodes' ssh host keys in known_hosts, under their names (HostKeyAlias).
-    A node makes its keys early in its boot, but the agent can answer before: `wait` seconds
-    for them (doit start waits; doit status does not, and learns a late key next time)."""
+    """A user's own image (image.path): put the running nodes' ssh host keys in known_hosts,
+    under their names (HostKeyAlias), read through the guest agent. The agent can answer before
+    sshd runs: `wait` seconds for it (doit start waits; doit status does not, and learns a late
+    key next time)."""
+    if identity_disk.used(cluster):
+        return  # known_hosts is written from the identity disks
     known = {}
     path = known_hosts_file(cluster)
     if path.exists():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dali.cluster import Cluster, Node
 from dali.kernel_boot import MODULES_DISK_SERIAL
-from dali import marks
+from dali import identity_disk, marks
 from dali.marks import MARK_NS
 from dali.render import render
 
@@ -47,6 +47,8 @@ def template_values(cluster: Cluster, node: Node) -> dict:
                    for i, (src, dst) in enumerate(cluster.shares)],
         "gdb_socket": str(gdb_socket(cluster, node)) if cluster.gdb else None,
         "disk": str(cluster.disk(node)),
+        "identity_disk": str(identity_disk.path(cluster, node)) if identity_disk.used(cluster) else None,
+        "identity_serial": identity_disk.SERIAL, "identity_target": identity_disk.TARGET,
         "network": cluster.network.name,
         "fam": str(cluster.fam_path), "fam_size": fam_size_text(cluster.fam_size),
         "fam_kib": cluster.fam_size // KiB, "style": cluster.device_style,

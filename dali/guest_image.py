@@ -42,7 +42,7 @@ _WORK_PREFIX = ".dali-work."
 
 # Bump when the customisation code below changes what ends up in the tree, so cached tarballs
 # made by older code are not reused. (Changes to templates/guest/ are noticed by their hash.)
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 TEMPLATES_DIR = REPO / "templates" / "guest"
 
@@ -51,7 +51,6 @@ IMAGE_PACKAGES: tuple[str, ...] = (
     "systemd-sysv",       # systemd as PID 1: machine-id and hostname from the kernel command line
     "udev",               # loads nfit/nd_pmem for the NVDIMM, starts the guest agent on its port
     "dbus",               # without it there is no logind, and ACPI power-off is ignored
-    "systemd-resolved",   # DNS from DHCP (libvirt's dnsmasq knows every node's name)
     "ndctl",              # inspect/configure the NVDIMM namespace
     "qemu-guest-agent",   # dali runs guest commands through it; no network needed
     "openssh-server",
@@ -232,6 +231,8 @@ _BOOT_UNITS_DISABLED = (
 # Static units (pulled in by others, so disabling is not enough).
 _BOOT_UNITS_MASKED = (
     "modprobe@drm.service",               # logind wants it; a node has no display
+    "modprobe@dm_mod.service",            # device-mapper: a node's disks are plain
+    "systemd-random-seed.service",        # the kernel seeds itself (6.1); 1-2 s of a TCG boot
     "dev-hugepages.mount",                # hugetlbfs: nothing on a node uses it
 )
 _GENERATORS_MASKED = (
@@ -256,8 +257,13 @@ def _customise(tree: Path) -> None:
             os.chown(target, 0, 0)
 
     # qemu-guest-agent.service is our own unit (templates/guest/): it starts with the system.
-    _chroot(tree, "systemctl", "enable", "systemd-networkd.service", "systemd-resolved.service",
-            "dali-ssh-host-keys.service", "qemu-guest-agent.service")
+    # dali-identity sets the node's host key, address and resolver from its identity disk
+    # (dali/identity_disk.py), so neither systemd-networkd nor a resolver daemon runs; sshd
+    # starts per connection from ssh.socket (ours too), not as a daemon started at every boot.
+    _chroot(tree, "systemctl", "enable", "dali-identity.service", "qemu-guest-agent.service",
+            "ssh.socket")
+    _chroot(tree, "systemctl", "disable", "ssh.service", "systemd-networkd.service",
+            "systemd-networkd.socket")
     # Nodes have no route off the host: nothing should wait two minutes for "online" at boot,
     # and apt's daily timers would only burn emulated CPU failing to reach a mirror.
     # ndctl-monitor exits with an error on an emulated NVDIMM ("no dimms to monitor": it has no
@@ -300,8 +306,8 @@ def _customise(tree: Path) -> None:
     dbus_id.parent.mkdir(parents=True, exist_ok=True)
     dbus_id.symlink_to("/etc/machine-id")  # D-Bus must follow the node's id, not keep the build's
 
-    # Host keys made by openssh-server's postinst would be shared by every node: each node makes
-    # its own at boot (dali-ssh-host-keys.service).
+    # Host keys made by openssh-server's postinst would be shared by every node: each node gets
+    # its own from its identity disk (dali-identity.service).
     for key in (tree / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
 
@@ -316,7 +322,7 @@ def _customise(tree: Path) -> None:
                 path.unlink()
     resolv = tree / "etc/resolv.conf"
     if resolv.is_file() and not resolv.is_symlink():
-        resolv.write_text("")  # debootstrap copied the build host's; systemd-resolved normally replaces it
+        resolv.write_text("")  # debootstrap copied the build host's; dali-identity writes the node's
 
 
 def _chroot(tree: Path, *command: str) -> None:

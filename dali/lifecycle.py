@@ -28,10 +28,12 @@ def batch_size(cluster: Cluster, batch: str) -> int | None:
 
 
 def auto_batch(cluster: Cluster) -> int:
-    """As many nodes as the host has cores for their vCPUs. Booting is CPU-bound (under TCG every
-    vCPU is a host thread), and more nodes than cores only slow each other down: 16 nodes on 2
-    cores took 626 s all at once, 469 s four at a time and 372 s two at a time (bench/scale.py)."""
-    return max(1, len(os.sched_getaffinity(0)) // cluster.vcpus)
+    """One node more than the host has cores for their vCPUs. Booting is CPU-bound (under TCG
+    every vCPU is a host thread), so many more nodes than cores only slow each other down (16
+    nodes on 2 cores: 626 s all at once, 372 s two at a time, bench/scale.py); but with only
+    as many as the cores, the last node of three booted alone on a half-idle host (32 s for
+    three where all at once took 18 s). One more than fits keeps every core busy to the end."""
+    return max(1, len(os.sched_getaffinity(0)) // cluster.vcpus) + 1
 
 
 def select(cluster: Cluster, names: list[str] | tuple[str, ...] = ()) -> list[Node]:
@@ -55,12 +57,13 @@ def defined(cluster: Cluster, virt: Libvirt, nodes: list[Node] | None = None) ->
     return doms
 
 
-def each(doms, fn) -> list:
-    """fn(node, dom) on every node at once; the errors, one line each, are raised together
-    after all have ended."""
+def each(doms, fn, at_once: int | None = None) -> list:
+    """fn(node, dom) on every node, at_once of them at a time (default: all at once), the next
+    one started as soon as one ends; the errors, one line each, are raised together after all
+    have ended."""
     from concurrent.futures import ThreadPoolExecutor  # here: its import (logging) slows every doit
 
-    with ThreadPoolExecutor(max_workers=max(1, len(doms))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, at_once or len(doms))) as pool:
         futures = [pool.submit(fn, n, d) for n, d in doms]
     results, failures = [], []
     for f in futures:
@@ -75,31 +78,24 @@ def each(doms, fn) -> list:
 
 def start(cluster: Cluster, virt: Libvirt, names=(), batch: str = "auto") -> None:
     """Boot the nodes (all, or those named) and return once each is usable: its guest agent
-    answers, its own ssh host key is made and sshd listens. They boot `batch` at a time, the
-    next ones once those are usable: "auto" is one node per free core (auto_batch), 0 all at once."""
+    answers and ssh works. At most `batch` nodes boot at a time, the next one starting as soon
+    as one is usable: "auto" is one more than the host has cores for (auto_batch), 0 all at once."""
     size = batch_size(cluster, str(batch))
     doms = defined(cluster, virt, select(cluster, names))
-    size = size or len(doms)
-    for first in range(0, len(doms), size):
-        _boot_together(cluster, virt, doms[first:first + size])
+    each(doms, lambda node, dom: _boot(cluster, virt, node, dom), at_once=size)
     if cluster.fs.type == "ocfs2":
         ocfs2.bring_up(cluster, virt, ocfs2.running_nodes(cluster, virt))
 
 
-def _boot_together(cluster: Cluster, virt: Libvirt, doms) -> None:
-    for _, dom in doms:
-        _keep_a_crash(cluster, virt, dom)
-        virt.start(dom)
-    log(f"started {', '.join(d.name() for _, d in doms)}; waiting for their guest agents")
-
-    def wait(node, dom):
-        took = virt.wait_for_agent(dom, cluster.boot_timeout, log)
-        log(f"{node.name}: guest agent answered after {took:.0f} s")
-
-    each(doms, wait)
-    # The agent answers early in a boot; a node is usable once its own ssh host key is made and
-    # sshd listens (learn_host_keys waits for both), which is also most of the rest of the boot.
-    access.learn_host_keys(cluster, virt, doms, wait=cluster.boot_timeout)
+def _boot(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:
+    _keep_a_crash(cluster, virt, dom)
+    virt.start(dom)
+    log(f"started {node.name}; waiting for its guest agent")
+    took = virt.wait_for_agent(dom, cluster.boot_timeout, log)
+    log(f"{node.name}: guest agent answered after {took:.0f} s")
+    # The agent answers early in a boot; a node is usable once ssh works (its identity disk
+    # unpacked, ssh.socket listening), a moment later.
+    access.wait_until_ssh_works(cluster, virt, [(node, dom)], wait=cluster.boot_timeout)
 
 
 def _keep_a_crash(cluster: Cluster, virt: Libvirt, dom) -> None:

@@ -75,9 +75,9 @@ def configure(cluster: Cluster, virt: Libvirt, dom, wanted: dict[str, str]) -> N
     address = network.addresses_of(cluster, virt).get(dom.name(), "")
     script = (f"mkdir -p {cluster.fs.mountpoint} && "
               f"{{ grep -qF '{line}' /etc/fstab || echo '{line}' >> /etc/fstab; }} && "
-              # the image masks o2cb (it costs every boot seconds); wait-online gives it the address
-              "systemctl unmask -q o2cb.service && "
-              "systemctl enable -q systemd-networkd-wait-online.service && systemctl daemon-reload && "
+              # the image masks o2cb (it costs every boot seconds); it starts once dali-identity
+              # has set the address (network-online.target)
+              "systemctl unmask -q o2cb.service && systemctl daemon-reload && "
               # o2cb registers this node by its address: on a loaded host DHCP can still be at it
               f"for i in $(seq 300); do ip -4 -o addr show | grep -qF ' {address}/' && break; sleep 1; done; "
               f"if systemctl is-active -q o2cb; then o2cb register-cluster {cluster_name(cluster)}; "

@@ -11,7 +11,7 @@ earlier config is found too.
 
 from __future__ import annotations
 
-from dali import disks, marks, network
+from dali import disks, identity_disk, marks, network
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.reporter import log
@@ -61,6 +61,7 @@ def remove(cluster: Cluster, virt: Libvirt, name: str, dryrun: bool = False) -> 
             dom.undefine()
             log(f"{name}: undefined")
     disks.remove_file(cluster, virt, cluster.disk(name), dryrun)
+    disks.remove_file(cluster, virt, identity_disk.path(cluster, name), dryrun)  # its host key
     if not dryrun and not cluster.disk(name).exists():
         network.forget_host(cluster, virt, name)  # its address is free again
         log(f"{name}: removed")

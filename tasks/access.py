@@ -1,5 +1,6 @@
 """Stage: how to reach the nodes: state/<tag>/ssh_config and state/<tag>/hosts, kept current
-with the nodes' fixed addresses (dali/access.py)."""
+with the nodes' fixed addresses, and known_hosts with their identity disks' keys
+(dali/access.py)."""
 
 from __future__ import annotations
 
@@ -19,5 +20,5 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "doc": "state/<tag>/ssh_config and state/<tag>/hosts: every node by name and address",
         "actions": [Step("write ssh_config and hosts", write, cluster, virt, changes=cluster)],
         "uptodate": [uptodate(lambda: access.are_current(cluster, network.addresses_of(cluster, virt)))],
-        "task_dep": ["network", "image:sshkey"] if not cluster.image.path else ["network"],
+        "task_dep": ["network", "image:sshkey", "identity"] if not cluster.image.path else ["network"],
     }

@@ -12,7 +12,7 @@ from __future__ import annotations
 import libvirt
 from doit.tools import config_changed
 
-from dali import domain
+from dali import domain, identity_disk
 from dali.cluster import Cluster, Node
 from dali.errors import CleanStep, Step, uptodate
 from dali.render import template_path, write_if_changed
@@ -77,7 +77,8 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
             # With your own kernel, its files too: a rebuilt kernel makes every definition stale.
             "file_dep": [xml_file] + ([cluster.kernel, cluster.initrd, cluster.modules_disk]
                                       if cluster.own_kernel else []),
-            "task_dep": ["preflight", "network", "fam", "apparmor", "kernel", f"disk:{node.name}"],
+            "task_dep": ["preflight", "network", "fam", "apparmor", "kernel", f"disk:{node.name}"]
+                        + ([f"identity:{node.name}"] if identity_disk.used(cluster) else []),
             "uptodate": [(uptodate(is_defined), [virt, node], {})],
             "clean": [CleanStep(f"shut down and undefine {node.name}", undefine, cluster, virt, node,
                                 changes=cluster)],

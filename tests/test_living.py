@@ -91,8 +91,8 @@ def test_ssh_with_the_generated_config(cluster):
                               f"{TAG}{s}", "hostname"], capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr
         assert run.stdout.strip() == f"{TAG}{s}"
-    # Each node made its own host key at its first boot: one ed25519 key (no RSA key generated
-    # under TCG), a different one on every node, and it is the one ssh learnt.
+    # Each node has its own host key, made on the host and handed over on its identity disk:
+    # one ed25519 key, a different one on every node, and the one known_hosts holds.
     keys = {}
     for s in "abc":
         listed = cluster.doit("pssh", "--on", s, "ls /etc/ssh/ | grep '^ssh_host_.*_key.pub$'; "
@@ -140,7 +140,7 @@ def test_start_in_batches_boots_the_next_batch_once_the_first_is_up(cluster):
     assert started_b < b_answered < started_c, out
     assert cluster.dom("b").isActive() and cluster.dom("c").isActive()
     assert identity(cluster, "a") == before_a
-    run = cluster.doit("pssh", "--on", "b,c", "systemctl is-active ssh.service")
+    run = cluster.doit("pssh", "--on", "b,c", "systemctl is-active ssh.socket")
     assert len(re.findall(r"\bactive$", run.stdout, re.M)) == 2, run.stdout
 
 

@@ -1,0 +1,151 @@
+"""Each node's identity disk: what makes a node itself, decided on the host before it boots.
+
+A node used to make its own ssh host key at its first boot, take its address from DHCP through
+systemd-networkd and its resolver from systemd-resolved: under TCG that was about a third of a
+boot (ssh-keygen alone took seconds of emulated CPU). All of it is known on the host first:
+
+- its ssh host key (ed25519): made here with ssh-keygen, in milliseconds, once per node and
+  never shared; known_hosts is written from it, so ssh trusts the node from its first boot;
+- its address: the one its DHCP host entry in the network gives its MAC (dali/network.py), so
+  DHCP and the node always agree, and nothing else changes for a node or for dnsmasq;
+- its resolver: the network's dnsmasq (the host's address on the bridge), which knows every
+  node by name, with the cluster's domain to search.
+
+They reach the node on a small read-only virtio disk (<serial>dali-identity</serial>), a plain
+tar archive that the image's dali-identity unit unpacks early in the boot
+(templates/guest/usr/local/sbin/dali-identity). A disk, not the kernel command line, because the
+private key must not be readable by every process of the node (/proc/cmdline is), nor by
+every user of the host who may read a domain's XML. The file is readable by root and qemu's
+group only, like a node's disk, and carries dali's mark: `doit clean` and `doit remove:NODE`
+delete it with the node.
+
+The archive is the only copy of the private key: rewriting it (a changed address) keeps the key
+that is in it, so a node keeps its identity for as long as the file exists.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from dali import marks, network
+from dali.cluster import Cluster, Node
+from dali.errors import DaliError
+from dali.virt import Libvirt
+
+SERIAL = "dali-identity"
+TARGET = "vdy"  # a name for libvirt; the node finds the disk by its serial
+KEY = "ssh_host_ed25519_key"
+FACTS = "network"
+
+
+def path(cluster: Cluster, node: Node | str) -> Path:
+    return cluster.data_dir / f"{getattr(node, 'name', node)}.identity"
+
+
+def used(cluster: Cluster) -> bool:
+    """Only dali's image knows the disk; a user's own image (image.path) keeps what it has."""
+    return not cluster.image.path
+
+
+# --- what the archive holds -------------------------------------------------------------------
+
+def facts(cluster: Cluster, virt: Libvirt, node: Node) -> str:
+    """The node's address, MAC, resolver and search domain, as the shell lines dali-identity
+    reads; GATEWAY only where the network routes anywhere (forward = "nat")."""
+    addresses = network.plan(cluster, virt)
+    ip = network.addresses_of(cluster, virt).get(node.name)
+    if ip is None:
+        raise DaliError(f"{node.name} has no address in network {cluster.network.name} yet: "
+                        "run doit (the network task gives it one)")
+    gateway = addresses.address if cluster.network.forward == "nat" else ""
+    return (f"ADDRESS={ip}/{addresses.prefix}\nMAC={node.mac}\nDNS={addresses.address}\n"
+            f"DOMAIN={cluster.tag}\nGATEWAY={gateway}\n")
+
+
+def archive(key: bytes, public: bytes, network_facts: str) -> bytes:
+    """A tar archive with fixed owners, modes and times: the same content gives the same bytes,
+    so "is the file current" is a comparison of bytes."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data, mode in ((KEY, key, 0o600), (KEY + ".pub", public, 0o644),
+                                 (FACTS, network_facts.encode(), 0o644)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, 0
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()  # a whole number of 10 KiB records: a valid raw disk size
+
+
+def read(disk: Path) -> dict[str, bytes]:
+    with tarfile.open(disk, mode="r:") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def new_key(node: Node) -> tuple[bytes, bytes]:
+    """A fresh ed25519 key pair, made in a private temporary directory and read back."""
+    with tempfile.TemporaryDirectory(prefix="dali-hostkey-") as tmp:
+        key = Path(tmp) / KEY
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{node.name}",
+                        "-f", str(key)], check=True, capture_output=True)
+        return key.read_bytes(), Path(f"{key}.pub").read_bytes()
+
+
+def _current_key(cluster: Cluster, node: Node | str) -> tuple[bytes, bytes] | None:
+    disk = path(cluster, node)
+    if not disk.exists() or not marks.is_ours(disk, cluster):
+        return None
+    try:
+        held = read(disk)
+        return held[KEY], held[KEY + ".pub"]
+    except (OSError, tarfile.TarError, KeyError):
+        return None  # torn or not an archive: the node gets a new identity
+
+
+def wanted(cluster: Cluster, virt: Libvirt, node: Node) -> bytes | None:
+    """The archive the node's disk should hold, keeping its key; None if it has no key yet."""
+    key = _current_key(cluster, node)
+    return None if key is None else archive(*key, facts(cluster, virt, node))
+
+
+def is_current(cluster: Cluster, virt: Libvirt, node: Node) -> bool:
+    disk = path(cluster, node)
+    want = wanted(cluster, virt, node)
+    return want is not None and disk.read_bytes() == want
+
+
+def ensure(cluster: Cluster, virt: Libvirt, node: Node) -> None:
+    """Write the node's identity disk: its key kept if it has one, made if not."""
+    disk = path(cluster, node)
+    if os.path.lexists(disk) and not marks.is_ours(disk, cluster):
+        raise DaliError(f"{disk} exists but dali did not make it for this cluster: move it "
+                        "away, then run doit again")
+    key = _current_key(cluster, node) or new_key(node)
+    data = archive(*key, facts(cluster, virt, node))
+    if disk.exists() and disk.read_bytes() == data:
+        return
+    # Written under a fixed temporary name, private before a byte of the key is in it, marked,
+    # then renamed over the old one: a run killed at any point leaves the old disk or the new.
+    marks.make_dir(cluster.data_dir, cluster)
+    tmp = disk.with_name(f".{disk.name}.new")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    marks.make_file_private(tmp, 0o640)
+    marks.mark(tmp, cluster, also=(disk,))
+    tmp.rename(disk)
+    marks.mark(disk, cluster)
+
+
+def public_key(cluster: Cluster, node: Node | str) -> str | None:
+    """The node's host key as known_hosts takes it ("ssh-ed25519 AAAA..."), if it has one."""
+    key = _current_key(cluster, node)
+    if key is None:
+        return None
+    return " ".join(key[1].decode().split()[:2])

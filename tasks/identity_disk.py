@@ -1,0 +1,28 @@
+"""Stage: each node's identity disk (its ssh host key, address and resolver), written before the
+node is defined and rewritten when its address or resolver changes; the key is kept
+(dali/identity_disk.py). Not made for a user's own image (image.path), which keeps its own."""
+
+from __future__ import annotations
+
+from dali import disks, identity_disk
+from dali.cluster import Cluster
+from dali.errors import CleanStep, Step, uptodate
+from dali.virt import Libvirt
+
+
+def gen_tasks(cluster: Cluster, virt: Libvirt):
+    if not identity_disk.used(cluster):
+        return
+    yield {"basename": "identity", "name": None,
+           "doc": "each node's identity disk: its ssh host key, address and resolver"}
+    for node in cluster.nodes:
+        disk = identity_disk.path(cluster, node)
+        yield {
+            "basename": "identity", "name": node.name,
+            "doc": f"{node.name}'s identity disk",
+            "actions": [Step(f"write {disk}", identity_disk.ensure, cluster, virt, node, changes=cluster)],
+            "uptodate": [(uptodate(identity_disk.is_current), [cluster, virt, node], {})],
+            "task_dep": ["preflight", "network"],
+            "clean": [CleanStep(f"remove {disk} if dali made it and no domain uses it",
+                                disks.remove_file, cluster, virt, disk, changes=cluster)],
+        }
