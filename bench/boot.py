@@ -1,18 +1,23 @@
-"""Boot speed, before and after, side by side in one run, with a real libvirtd and TCG guests.
+"""Boot speed as a user waits for it: `doit start` until it returns with ssh working, before and
+after, side by side in one run, with a real libvirtd and TCG guests.
 
-    .venv/bin/python bench/boot.py [BEFORE_REV]   # about 20 minutes; prints markdown, writes bench/boot.md
+    .venv/bin/python bench/boot.py [BEFORE_REV]   # about 25 minutes; prints markdown, writes bench/boot.md
 
-"Before" is this project at BEFORE_REV (default: the last commit before the boot-speed work),
-checked out into a temporary git worktree and run with this checkout's venv; "after" is this
-checkout. Each builds its own cluster of three nodes (doit clone: its image from its own recipe,
-the original, two clones), then, alternating between the two so that both see the same load:
+"Before" is this project at BEFORE_REV (default: main before the work of issue 17), checked out
+into a temporary git worktree and run with this checkout's venv; "after" is this checkout. Each
+builds its own cluster of three nodes (doit clone: its image, the original, two clones), then,
+alternating between the two so that both see the same load, each round:
 
-1. one node started, timed to its guest agent's first answer and to `systemctl
-   is-system-running --wait` (the boot finished), then shut down; three rounds;
-2. three nodes started at once, timed until all three agents answer; two rounds;
-3. for one boot of each: `systemd-analyze` (kernel/initrd/userspace) and its `blame` top 8.
+1. `doit reset:disks` (every node's disk as right after cloning: never booted), then
+   `doit start b`: a clone's first boot; then one `ssh b true` with the generated ssh_config,
+   timed on its own: ssh works when doit start returns, and this is what the first command
+   waits for while the rest of the boot goes on;
+2. `doit shutdown b`, `doit start b`: its next boot;
+3. `doit shutdown`, `doit reset:disks`, `doit start`: three fresh clones, as the user types it
+   (each variant's own default batching).
 
-Both clusters (tags benchold, benchnew; isolated networks) are removed at the end.
+Then, for one next boot of each: `systemd-analyze` and its `blame` top 8. Both clusters (tags
+benchold, benchnew; isolated networks) are removed at the end.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,9 +38,11 @@ import common
 from common import say
 from dali.virt import Libvirt
 
-BEFORE_REV = "14b7c74"  # main before the boot-speed work (issue 11)
-ONE_NODE_ROUNDS, THREE_NODE_ROUNDS = 3, 2
+BEFORE_REV = "2ce5aca"  # main before issue 17 (identity disk, socket-activated sshd, ...)
+ROUNDS = 3
 WORK = Path(tempfile.mkdtemp(prefix="dali-bench-boot-", dir="/var/tmp"))
+
+
 class Variant:
     """One checkout of dali and the cluster it builds."""
 
@@ -45,36 +53,41 @@ class Variant:
                                '[network]\nforward = "none"\n[timeouts]\nboot = 900\n')
         self.cluster = settings.load(self.config, env={}, repo=tree)
         self.virt = Libvirt("qemu:///system", self.cluster.id)
+        self.times: dict[str, list[float]] = {"first": [], "ssh": [], "next": [], "three": []}
 
     def doit(self, *args: str, check: bool = True) -> float:
         return common.doit(self.config, *args, tree=self.tree, check=check)
 
-    def dom(self, suffix: str):
-        return self.virt.conn.lookupByName(self.tag + suffix)
-
-    def boot(self, suffixes: str) -> tuple[float, float]:
-        """Start these nodes at once: seconds until every agent answers, and until every boot
-        has finished (is-system-running --wait returns)."""
-        doms = [self.dom(s) for s in suffixes]
+    def ssh(self, suffix: str) -> float:
+        """Seconds for `ssh NODE true` through the cluster's ssh_config; a failure ends the bench."""
+        config = self.tree / "state" / self.tag / "ssh_config"
         t0 = time.monotonic()
-        for dom in doms:
-            dom.create()
-        waiting = set(range(len(doms)))
-        while waiting:
-            waiting = {i for i in waiting if not self.virt.agent_answers(doms[i])}
-            time.sleep(0.1)
-        agents = time.monotonic() - t0
-        for dom in doms:
-            self.virt.run(dom, ["systemctl", "is-system-running", "--wait"], timeout=900)
-        return agents, time.monotonic() - t0
+        run = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", self.tag + suffix, "true"],
+                             capture_output=True, text=True, timeout=300)
+        if run.returncode:
+            sys.exit(f"{self.label}: ssh {self.tag + suffix} failed right after doit start: {run.stderr}")
+        return time.monotonic() - t0
 
-    def shut_down(self) -> None:
+    def round(self) -> None:
+        self.doit("reset:disks")
+        self.times["first"].append(self.doit("start", "b"))
+        self.times["ssh"].append(self.ssh("b"))
+        self.doit("shutdown", "b")
+        self.times["next"].append(self.doit("start", "b"))
+        self.doit("shutdown")
+        self.doit("reset:disks")
+        self.times["three"].append(self.doit("start"))
+        for suffix in "abc":
+            self.ssh(suffix)
         self.doit("shutdown")
 
-    def analyze(self, suffix: str) -> tuple[str, str]:
-        dom = self.dom(suffix)
+    def analyze(self) -> tuple[str, str]:
+        self.doit("start", "b")
+        dom = self.virt.conn.lookupByName(self.tag + "b")
+        self.virt.run(dom, ["systemctl", "is-system-running", "--wait"], timeout=900)
         summary = self.virt.run(dom, ["systemd-analyze"]).stdout.splitlines()[0]
         blame = self.virt.run(dom, ["sh", "-c", "systemd-analyze blame | head -8"]).stdout
+        self.doit("shutdown")
         return summary, blame
 
 
@@ -96,40 +109,31 @@ def main() -> None:
 def measure(before_rev: str, old_tree: Path) -> None:
     variants = [Variant(f"before ({before_rev})", old_tree, "benchold"), Variant("after", REPO, "benchnew")]
     say(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, TCG guests, "
-        f"before = {before_rev}, after = this checkout; median (each round) in seconds.")
+        f"before = {before_rev}, after = this checkout. Seconds until `doit start` returned with "
+        "ssh working: the median, each round in brackets.")
     say()
     try:
         for v in variants:
             v.doit("clone")  # image, original, clones: the boots below measure nothing else
-            v.shut_down()
-        one = {v.label: ([], []) for v in variants}
-        analysis = {}
-        for round_ in range(ONE_NODE_ROUNDS):
+            v.doit("shutdown")
+        for _ in range(ROUNDS):
             for v in variants:
-                agent, done = v.boot("a")
-                one[v.label][0].append(agent)
-                one[v.label][1].append(done)
-                if round_ == ONE_NODE_ROUNDS - 1:
-                    analysis[v.label] = v.analyze("a")
-                v.shut_down()
-        three = {v.label: [] for v in variants}
-        for _ in range(THREE_NODE_ROUNDS):
-            for v in variants:
-                three[v.label].append(v.boot("abc")[0])
-                v.shut_down()
+                v.round()
+        analysis = {v.label: v.analyze() for v in variants}
 
-        say("| | one node: to agent | one node: boot finished | three nodes: to all agents |")
-        say("|---|---:|---:|---:|")
+        say("| | a clone's first boot, `doit start b` | then `ssh b true` | its next boot | "
+            "three fresh clones, `doit start` |")
+        say("|---|---:|---:|---:|---:|")
         for v in variants:
-            say(f"| {v.label} | {median(one[v.label][0])} | {median(one[v.label][1])} | "
-                f"{median(three[v.label])} |")
-        old, new = (variants[0].label, variants[1].label)
-        say(f"| **speed-up** | **{statistics.median(one[old][0]) / statistics.median(one[new][0]):.1f}×** | "
-            f"**{statistics.median(one[old][1]) / statistics.median(one[new][1]):.1f}×** | "
-            f"**{statistics.median(three[old]) / statistics.median(three[new]):.1f}×** |")
+            say(f"| {v.label} | {median(v.times['first'])} | {median(v.times['ssh'])} | "
+                f"{median(v.times['next'])} | {median(v.times['three'])} |")
+        old, new = variants
+        say("| **speed-up** | " + " | ".join(
+            f"**{statistics.median(old.times[k]) / statistics.median(new.times[k]):.1f}×**"
+            for k in ("first", "ssh", "next", "three")) + " |")
         say()
         for label, (summary, blame) in analysis.items():
-            say(f"{label}, one node alone: `{summary}`")
+            say(f"{label}, node b's next boot: `{summary}`")
             say()
             say("```")
             say(blame.rstrip())

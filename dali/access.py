@@ -104,29 +104,6 @@ def write(cluster: Cluster, addresses: dict[str, str]) -> None:
         write_if_changed(path, text)
 
 
-# In dali's image, ssh works once dali-identity has put the node's key and address in place
-# and ssh.socket listens (sshd itself starts per connection). Both are early in a boot but can
-# come after the guest agent answers, which is where doit start waits for them.
-SSH_WORKS = "systemctl is-active -q dali-identity.service ssh.socket"
-
-
-def wait_until_ssh_works(cluster: Cluster, virt: Libvirt, doms, wait: int) -> None:
-    """Return once every node of `doms` (booting, its agent answering) accepts ssh with the key
-    known_hosts has for it. A user's own image: its keys are learnt, once sshd runs."""
-    if not identity_disk.used(cluster):
-        learn_host_keys(cluster, virt, doms, wait)
-        return
-    late = []
-    for node, dom in doms:
-        result = virt.run(dom, ["sh", "-c", f"for i in $(seq {wait * 5}); do {SSH_WORKS} && exit 0; "
-                                "sleep 0.2; done; exit 1"], timeout=wait + 30)
-        if result.exitcode != 0:
-            late.append(node.name)
-    if late:
-        raise DaliError(f"{', '.join(late)}: no ssh after {wait} s (dali-identity.service or "
-                        "ssh.socket not active): see doit console NODE, or raise timeouts.boot")
-
-
 # A user's own image: sshd (ssh.service, Type=notify: active means listening) with whatever key
 # the image has or makes.
 _KEY_IS_THIS_NODES = f"test -s {HOST_KEY} && systemctl is-active -q ssh.service"

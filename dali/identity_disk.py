@@ -32,7 +32,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from dali import marks, network
+from dali import image, marks, network
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError
 from dali.virt import Libvirt
@@ -48,8 +48,10 @@ def path(cluster: Cluster, node: Node | str) -> Path:
 
 
 def used(cluster: Cluster) -> bool:
-    """Only dali's image knows the disk; a user's own image (image.path) keeps what it has."""
-    return not cluster.image.path
+    """Only dali's image knows the disk: a user's own image (image.path) keeps what it has, and
+    so does an image kept from before dali made identity disks (its nodes make their own keys
+    and ask DHCP, as they were built to)."""
+    return not cluster.image.path and image.has_feature(cluster, "identity-disk")
 
 
 # --- what the archive holds -------------------------------------------------------------------

@@ -23,6 +23,21 @@ from dali.reporter import log
 from dali.virt import Libvirt
 
 STAMP = "user.dali.image"
+# What the image's guest side can do, as words in an extended attribute of base.qcow2, for the
+# host side to know which way to talk to it: an image kept from an older dali (nodes are built
+# on it) lacks the newer words, and its nodes are run the way they were built to be.
+FEATURES = "user.dali.image.features"
+IMAGE_FEATURES = ("identity-disk",)  # dali/identity_disk.py
+
+
+def has_feature(cluster: Cluster, feature: str) -> bool:
+    """Whether the cluster's image can `feature`; an image not built yet will."""
+    try:
+        return feature in os.getxattr(cluster.image_dir / "base.qcow2", FEATURES).decode().split()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # built before its features were written down
 
 
 # --- the ssh key --------------------------------------------------------------------------------
@@ -120,6 +135,7 @@ def ensure_node_image(cluster: Cluster, tarball: Path) -> None:
             marks.make_file_private(staging / name)
             marks.mark(staging / name, cluster, also=(cluster.image_dir / name,))
         os.setxattr(staging / "base.qcow2", STAMP, _stamp(cluster, tarball).encode())
+        os.setxattr(staging / "base.qcow2", FEATURES, " ".join(IMAGE_FEATURES).encode())
         for name in NODE_IMAGE_FILES:
             os.replace(staging / name, cluster.image_dir / name)
             marks.mark(cluster.image_dir / name, cluster)

@@ -11,7 +11,7 @@ import os
 
 import libvirt
 
-from dali import access, ocfs2
+from dali import access, identity_disk, ocfs2
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError, one_line
 from dali.reporter import log
@@ -93,9 +93,28 @@ def _boot(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:
     log(f"started {node.name}; waiting for its guest agent")
     took = virt.wait_for_agent(dom, cluster.boot_timeout, log)
     log(f"{node.name}: guest agent answered after {took:.0f} s")
-    # The agent answers early in a boot; a node is usable once ssh works (its identity disk
-    # unpacked, ssh.socket listening), a moment later.
-    access.wait_until_ssh_works(cluster, virt, [(node, dom)], wait=cluster.boot_timeout)
+    _wait_until_usable(cluster, virt, node, dom)
+
+
+# The agent answers early in a boot. A node of dali's image is usable once ssh works
+# (dali-identity has put its key and address in place, ssh.socket listens) and its shared device
+# is there (/dev/pmem0, or /dev/dax0.0 in devdax mode). The loop runs in the node, in the shell:
+# the tests of files cost nothing, and systemctl, a program to start under TCG, runs only once
+# they pass (dali-identity leaves /run/dali-identity/done when it has finished).
+USABLE = ("[ -e /run/dali-identity/done ] && { [ -e /dev/pmem0 ] || [ -e /dev/dax0.0 ]; } && "
+          "systemctl is-active -q dali-identity.service ssh.socket")
+
+
+def _wait_until_usable(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:
+    if not identity_disk.used(cluster):  # a user's own image: its keys are learnt once sshd runs
+        access.learn_host_keys(cluster, virt, [(node, dom)], wait=cluster.boot_timeout)
+        return
+    wait = cluster.boot_timeout
+    result = virt.run(dom, ["sh", "-c", f"for i in $(seq {wait * 5}); do {USABLE} && exit 0; "
+                            "sleep 0.2; done; exit 1"], timeout=wait + 30)
+    if result.exitcode != 0:
+        raise DaliError(f"{node.name}: not usable after {wait} s (no ssh, or no /dev/pmem0 or "
+                        f"/dev/dax0.0): see its console, /var/log/libvirt/qemu/{node.name}-console.log")
 
 
 def _keep_a_crash(cluster: Cluster, virt: Libvirt, dom) -> None:
