@@ -140,6 +140,10 @@ class ClusterUnderTest:
         return self.cfg.disk(self.tag + suffix)
 
     def teardown(self) -> None:
+        # Forced off first, then clean: clean alone shuts running nodes down gracefully (ACPI,
+        # up to timeouts.shutdown per node), and that path has tests of its own (test_cluster's
+        # shutdown and clean, test_kill's killed clean). Here it would only cost minutes.
+        self.doit("destroy", check=False)
         self.doit("clean", check=False)
         # Whatever a failed test left: only objects and files carrying this cluster's mark.
         for dom in self.virt.our_domains().values():

@@ -74,11 +74,12 @@ def test_a_pssh_command_keeps_words_with_an_equals_sign():
 
 
 def test_start_batch_sizes(config_in, monkeypatch):
-    """doit start --batch: a number, 0 for all at once, or auto (one node per host core)."""
+    """doit start --batch: a number, 0 for all at once, or auto (one node more than the host's
+    cores hold: every core stays busy to the end of a boot)."""
     from dali import lifecycle
     monkeypatch.setattr(lifecycle.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert lifecycle.batch_size(config_in, "3") == 3
     assert lifecycle.batch_size(config_in, "0") is None
-    assert lifecycle.batch_size(config_in, "auto") == 4 // config_in.vcpus
+    assert lifecycle.batch_size(config_in, "auto") == 4 // config_in.vcpus + 1
     with pytest.raises(DaliError, match="--batch two: give a number of nodes"):
         lifecycle.batch_size(config_in, "two")
