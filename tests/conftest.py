@@ -101,12 +101,30 @@ def test_driver(config):
 
 # --- a real cluster on qemu:///system, for the tests that boot guests ----------------------------
 
+# The test being set up or run: a real cluster made for a test without the guest mark would
+# slip into the quick loop (`pytest -m "not guest"`), which must boot nothing.
+_current: list = [None]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _current[0] = item
+
+
+def _must_be_marked_guest() -> None:
+    item = _current[0]
+    if item is not None and item.get_closest_marker("guest") is None:
+        raise AssertionError(f"{item.nodeid} makes a real cluster: mark it pytest.mark.guest "
+                             "(pytest -m 'not guest' is the quick loop, which boots nothing)")
+
+
 class ClusterUnderTest:
     """A test cluster: its own cluster file, tag and data directory, an isolated network with a
     subnet dali picks (so it never collides with a user's cluster), and doit run on it the way a
     user would. teardown() leaves the host as it was, also after a failed test."""
 
     def __init__(self, path: Path, tag: str, **overrides):
+        _must_be_marked_guest()
         self.path, self.tag = path, tag
         self.data_dir = Path(tempfile.mkdtemp(prefix=f"dali-{tag}-", dir="/var/tmp")) / tag
         self.data_dir.parent.chmod(0o755)
@@ -140,6 +158,10 @@ class ClusterUnderTest:
         return self.cfg.disk(self.tag + suffix)
 
     def teardown(self) -> None:
+        # Forced off first, then clean: clean alone shuts running nodes down gracefully (ACPI,
+        # up to timeouts.shutdown per node), and that path has tests of its own (test_cluster's
+        # shutdown and clean, test_kill's killed clean). Here it would only cost minutes.
+        self.doit("destroy", check=False)
         self.doit("clean", check=False)
         # Whatever a failed test left: only objects and files carrying this cluster's mark.
         for dom in self.virt.our_domains().values():
@@ -224,7 +246,8 @@ def assert_built(c: ClusterUnderTest, clones: list[str]) -> None:
     net = c.virt.network(c.cfg.network.name)
     assert net.isActive() and net.autostart()
     expected = {"FAM", "FAM.golden", "image", "image/base.qcow2", "image/vmlinuz", "image/initrd.img",
-                *(f"{n}.qcow2" for n in names)} | ({"frozen.qcow2"} if clones else set())
+                *(f"{n}.qcow2" for n in names), *(f"{n}.identity" for n in names)} | \
+        ({"frozen.qcow2"} if clones else set())
     assert files_under(c.cfg.data_dir) == expected
     for rel in expected:
         assert marks.is_ours(c.cfg.data_dir / rel, c.cfg), rel
@@ -232,7 +255,8 @@ def assert_built(c: ClusterUnderTest, clones: list[str]) -> None:
         assert disks.backing_file(c.disk("a")) == str(c.cfg.frozen_disk)
     assert fam.namespace(c.cfg.fam_path)["mode"] == "fsdax"
     assert files_under(c.cfg.state_dir) == {"network.xml", "ssh", "ssh/id_ed25519", "ssh/id_ed25519.pub",
-                                            "ssh_config", "hosts", "xml", *(f"xml/{n}.xml" for n in names)}
+                                            "ssh/known_hosts", "ssh_config", "hosts", "xml",
+                                            *(f"xml/{n}.xml" for n in names)}
     assert not [p for p in c.cfg.cache_dir.iterdir() if p.name.startswith(".")], "abandoned work"
     template = c.cfg.apparmor_template.read_text()
     assert template.count(apparmor.rule(c.cfg)) == 1

@@ -75,7 +75,7 @@ def test_a_pssh_command_keeps_words_with_an_equals_sign():
 
 def test_start_batch_sizes(config_in, monkeypatch):
     """doit start --batch: a number, 0 for all at once, or auto (one node more than the host's
-    cores hold)."""
+    cores hold: every core stays busy to the end of a boot)."""
     from dali import lifecycle
     monkeypatch.setattr(lifecycle.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert lifecycle.batch_size(config_in, "3") == 3

@@ -2,9 +2,12 @@
 
 One cluster, built once for this module and torn down at the end (also when a test fails), is
 taken through what a user does: doit, doit again, virsh undefine, doit clone, doit start,
-doit verify, adding and removing a clone, doit shutdown, doit clean. The tests run in file
-order and each builds on the state the previous one left. The network is isolated
-(forward none), inside the network namespace scripts/setup runs libvirtd in.
+doit verify, adding and removing a clone, doit shutdown, doit clean. In file order each test
+finds the cluster as the one before left it, so nothing is built or booted twice; but every
+test asks for the state it starts from (built, three nodes, running, ...) through a fixture
+that makes it when it is not there, so any test also runs alone
+(`pytest tests/test_cluster.py::test_shutdown`). The network is isolated (forward none),
+inside the network namespace scripts/setup runs libvirtd in.
 """
 
 from __future__ import annotations
@@ -44,6 +47,77 @@ def cluster(tmp_path_factory):
     c.teardown()
 
 
+# The states tests start from. Each is cheap when the cluster is in it already (a doit that has
+# nothing to do), which it is when the module runs in file order.
+
+def defined(c: ClusterUnderTest, suffix: str) -> bool:
+    try:
+        c.dom(suffix)
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+@pytest.fixture
+def built(cluster):
+    """Built as its file says (`doit`): at first the original alone, shut off."""
+    cluster.doit()
+    return cluster
+
+
+@pytest.fixture
+def three_nodes(cluster):
+    """The original and its linked clones b and c, defined."""
+    if cluster.settings["clones"] != ["b", "c"] or cluster.settings.get("clone", {}).get("mode", "linked") != "linked":
+        cluster.set(clones=["b", "c"], clone={"mode": "linked"})
+    cluster.doit()
+    return cluster
+
+
+@pytest.fixture
+def running(three_nodes):
+    """a, b and c booted (`doit start`)."""
+    if not all(three_nodes.dom(s).isActive() for s in "abc"):
+        three_nodes.doit("start")
+    return three_nodes
+
+
+@pytest.fixture
+def three_nodes_off(three_nodes):
+    """a, b and c defined and shut off (forced: the graceful way is test_shutdown's)."""
+    if any(three_nodes.dom(s).isActive() for s in "abc"):
+        three_nodes.doit("destroy")
+    return three_nodes
+
+
+def add_d_and_e(c: ClusterUnderTest) -> None:
+    """What test_adding_a_clone_touches_no_other_node does: d linked, then e a copy."""
+    c.set(clones=["b", "c", "d"], clone={"mode": "linked"})
+    c.doit("clone")
+    c.set(clones=["b", "c", "d", "e"], clone={"mode": "copy"})
+    c.doit("clone")
+
+
+@pytest.fixture
+def with_d_and_e(running):
+    """Clones d and e defined beside the running a, b and c."""
+    if not (defined(running, "d") and defined(running, "e")):
+        add_d_and_e(running)
+    return running
+
+
+@pytest.fixture
+def d_and_e_removed(running):
+    """d and e left the config: undefined, their disks kept (as test_a_removed_clone_... leaves it)."""
+    c = running
+    if defined(c, "d") or defined(c, "e") or not (c.disk("d").exists() and c.disk("e").exists()):
+        if not (defined(c, "d") and defined(c, "e")):
+            add_d_and_e(c)
+        c.set(clones=["b", "c"], clone={"mode": "linked"})
+        c.doit()
+    return c
+
+
 def test_doit_prepares_the_original(cluster):
     cluster.doit()
     dom = cluster.dom("a")
@@ -75,7 +149,8 @@ def test_doit_prepares_the_original(cluster):
     assert stat.S_IMODE(cluster.cfg.state_dir.stat().st_mode) == 0o700
 
 
-def test_the_kvm_probe_tells_a_booting_kernel_from_a_hanging_one(cluster):
+def test_the_kvm_probe_tells_a_booting_kernel_from_a_hanging_one(built):
+    cluster = built
     kernel = cluster.cfg.kernel
     # A generous limit for the positive control: TCG on a busy host is slow to print the banner.
     assert accel.guest_boots(kernel, "tcg", seconds=120), "the image's kernel starts under TCG"
@@ -83,19 +158,22 @@ def test_the_kvm_probe_tells_a_booting_kernel_from_a_hanging_one(cluster):
         assert not accel.guest_boots(kernel, "kvm"), "this host's KVM must be found unusable"
 
 
-def test_second_doit_executes_nothing(cluster):
+def test_second_doit_executes_nothing(built):
+    cluster = built
     run = cluster.doit()
     assert executed(run) == []
 
 
-def test_undefined_domain_is_defined_again(cluster):
+def test_undefined_domain_is_defined_again(built):
+    cluster = built
     cluster.dom("a").undefine()  # as `virsh undefine dalitesta`
     run = cluster.doit()
     assert executed(run) == [f"define:{TAG}a"]
     assert is_off(cluster.dom("a"))
 
 
-def test_doit_clone_makes_linked_clones(cluster):
+def test_doit_clone_makes_linked_clones(built):
+    cluster = built
     cluster.set(clones=["b", "c"])
     run = cluster.doit("clone")
     assert {f"define:{TAG}b", f"define:{TAG}c", "freeze"} <= set(executed(run))
@@ -111,19 +189,23 @@ def test_doit_clone_makes_linked_clones(cluster):
         assert cluster.cfg.fam_path.as_posix() in d.XMLDesc(0)
 
 
-def test_a_changed_recipe_keeps_the_image_the_nodes_are_built_on(cluster):
+def test_a_changed_recipe_keeps_the_image_the_nodes_are_built_on(built):
     """A dali upgrade, or image.extra_packages, changes the recipe: replacing base.qcow2 would
     corrupt the disks built on it, so it is kept (no debootstrap either), and status says so."""
+    cluster = built
     base = cluster.cfg.base_disk.stat().st_ino
     cluster.set(image={"extra_packages": ["less"]})
-    run = cluster.doit()
-    assert executed(run) == []
-    assert cluster.cfg.base_disk.stat().st_ino == base
-    assert "built from an older recipe" in cluster.doit("status").stdout
-    cluster.set(image={"extra_packages": []})
+    try:
+        run = cluster.doit()
+        assert executed(run) == []
+        assert cluster.cfg.base_disk.stat().st_ino == base
+        assert "built from an older recipe" in cluster.doit("status").stdout
+    finally:
+        cluster.set(image={"extra_packages": []})
 
 
-def test_start_then_verify(cluster):
+def test_start_then_verify(three_nodes):
+    cluster = three_nodes
     run = cluster.doit("start")
     for s in "abc":
         assert f"{TAG}{s}: guest agent answered" in run.stderr + run.stdout
@@ -140,7 +222,8 @@ def test_start_then_verify(cluster):
         assert "fsdax" in row and str(FSDAX_SIZE_OF_1G) in row
 
 
-def test_write_on_a_clone_is_read_on_the_original_and_in_the_fam(cluster):
+def test_write_on_a_clone_is_read_on_the_original_and_in_the_fam(running):
+    cluster = running
     virt = cluster.virt
     b, a = cluster.dom("b"), cluster.dom("a")
     marker = b"written on the clone " + os.urandom(8).hex().encode()
@@ -154,8 +237,9 @@ def test_write_on_a_clone_is_read_on_the_original_and_in_the_fam(cluster):
         assert os.pread(f.fileno(), 4096, offset) == block
 
 
-def test_a_killed_verify_has_its_bytes_put_back(cluster):
+def test_a_killed_verify_has_its_bytes_put_back(running):
     """verify records what it overwrites before writing; the next verify (or doit) puts it back."""
+    cluster = running
     a = cluster.dom("a")
     original = guest.read_block(cluster.virt, a, 999)
     offset = fam.namespace(cluster.cfg.fam_path)["data_offset"] + 999 * 4096
@@ -166,7 +250,8 @@ def test_a_killed_verify_has_its_bytes_put_back(cluster):
     assert not fam.has_saved(cluster.cfg)
 
 
-def test_verify_writes_nothing_on_a_device_with_a_filesystem(cluster):
+def test_verify_writes_nothing_on_a_device_with_a_filesystem(running):
+    cluster = running
     a = cluster.dom("a")
     cluster.virt.run(a, ["mkfs.ext4", "-q", "-F", "/dev/pmem0"]).check("mkfs.ext4")
     try:
@@ -187,27 +272,29 @@ def snapshot(cluster, suffixes):
     return out
 
 
-def test_adding_a_clone_touches_no_other_node(cluster):
+def test_adding_a_clone_touches_no_other_node(running):
+    cluster = running
     before = snapshot(cluster, "abc")
     cluster.set(clones=["b", "c", "d"])
     run = cluster.doit("clone")
-    # Its own three tasks, plus its address: a host entry added to the running network in
-    # place, and its line in ssh_config and the inventory.
-    assert sorted(executed(run)) == sorted([f"disk:{TAG}d", f"render:{TAG}d", f"define:{TAG}d",
-                                            "network", "access"])
+    # Its own four tasks (disk, identity disk, definition), plus its address: a host entry added
+    # to the running network in place, and its line in ssh_config and the inventory.
+    assert sorted(executed(run)) == sorted([f"disk:{TAG}d", f"identity:{TAG}d", f"render:{TAG}d",
+                                            f"define:{TAG}d", "network", "access"])
     assert snapshot(cluster, "abc") == before
     assert disks.backing_file(cluster.disk("d")) == str(cluster.cfg.frozen_disk)
 
     # A copy clone is a whole, independent disk, made from the same frozen state.
     cluster.set(clones=["b", "c", "d", "e"], clone={"mode": "copy"})
     run = cluster.doit("clone")
-    assert sorted(executed(run)) == sorted([f"disk:{TAG}e", f"render:{TAG}e", f"define:{TAG}e",
-                                            "network", "access"])
+    assert sorted(executed(run)) == sorted([f"disk:{TAG}e", f"identity:{TAG}e", f"render:{TAG}e",
+                                            f"define:{TAG}e", "network", "access"])
     assert disks.backing_file(cluster.disk("e")) is None
     assert snapshot(cluster, "abc") == before
 
 
-def test_a_removed_clone_is_undefined_and_its_disk_kept(cluster):
+def test_a_removed_clone_is_undefined_and_its_disk_kept(with_d_and_e):
+    cluster = with_d_and_e
     before = snapshot(cluster, "abc")
     cluster.set(clones=["b", "c"], clone={"mode": "linked"})
     run = cluster.doit()
@@ -220,7 +307,8 @@ def test_a_removed_clone_is_undefined_and_its_disk_kept(cluster):
     assert snapshot(cluster, "abc") == before
 
 
-def test_remove_deletes_a_removed_nodes_disk_on_request(cluster):
+def test_remove_deletes_a_removed_nodes_disk_on_request(d_and_e_removed):
+    cluster = d_and_e_removed
     listed = cluster.doit("list", "--all").stdout
     assert f"remove:{TAG}d" in listed and f"remove:{TAG}e" in listed
     cluster.doit(f"remove:{TAG}d")
@@ -230,21 +318,26 @@ def test_remove_deletes_a_removed_nodes_disk_on_request(cluster):
     assert f"remove:{TAG}" not in cluster.doit("list", "--all").stdout
 
 
-def test_a_running_removed_clone_is_left_alone(cluster):
+def test_a_running_removed_clone_is_left_alone(running):
+    cluster = running
     cluster.set(clones=["b"])
-    run = cluster.doit()
-    assert "running; left alone" in run.stderr + run.stdout
-    assert not is_off(cluster.dom("c"))
-    cluster.set(clones=["b", "c"])
+    try:
+        run = cluster.doit()
+        assert "running; left alone" in run.stderr + run.stdout
+        assert not is_off(cluster.dom("c"))
+    finally:
+        cluster.set(clones=["b", "c"])
 
 
-def test_shutdown(cluster):
+def test_shutdown(running):
+    cluster = running
     cluster.doit("shutdown")
     for s in "abc":
         assert is_off(cluster.dom(s))
 
 
-def test_clean_dry_run_says_what_it_would_remove_and_removes_nothing(cluster):
+def test_clean_dry_run_says_what_it_would_remove_and_removes_nothing(three_nodes):
+    cluster = three_nodes
     run = cluster.doit("clean", "-n")
     said = run.stdout + run.stderr
     for s in "abc":
@@ -257,9 +350,10 @@ def test_clean_dry_run_says_what_it_would_remove_and_removes_nothing(cluster):
     assert cluster.cfg.fam_path.exists() and cluster.cfg.state_dir.exists()
 
 
-def test_clean_stops_when_a_domain_cannot_go(cluster):
+def test_clean_stops_when_a_domain_cannot_go(three_nodes_off):
     """An undefine that fails (a domain with a snapshot) stops clean before any disk or the FAM
     goes, with one line and a non-zero exit."""
+    cluster = three_nodes_off
     c = cluster.dom("c")
     c.snapshotCreateXML("<domainsnapshot><name>keep</name></domainsnapshot>", 0)
     try:
@@ -272,7 +366,8 @@ def test_clean_stops_when_a_domain_cannot_go(cluster):
             snap.delete()
 
 
-def test_clean_leaves_nothing(cluster):
+def test_clean_leaves_nothing(three_nodes_off):
+    cluster = three_nodes_off
     run = cluster.doit("clean", "--forget")
     # Clean actions read as sentences, and what they did reaches the user.
     assert f"executing 'shut down and undefine {TAG}a'" in run.stdout

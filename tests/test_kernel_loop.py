@@ -18,23 +18,82 @@ import pytest
 
 from conftest import ClusterUnderTest, one_error_line, unique_tag
 from dali import fam, guest, reset
+from dali.cluster import REPO
 from dali.domain import gdb_socket
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
 TAG = unique_tag("dalikern")
-KERNELS = ("6.1.0-47-cloud-amd64", "6.1.0-50-cloud-amd64")
+# Two Debian cloud kernels stand for "your kernel" and "your kernel, rebuilt": whichever two
+# the mirror has (it drops old ABIs), cached under state/cache/ so a second run downloads nothing.
+KERNEL_CACHE = REPO / "state" / "cache" / "test-kernels"
+PACKAGE = re.compile(r"^linux-image-(6\.1\.0-(\d+)-cloud-amd64)-unsigned_[^_]+_amd64\.deb$")
+
+
+def _abi(version: str) -> int:
+    return int(version.split("-")[1])
+
+
+def _cached() -> dict[str, Path]:
+    """The kernel packages already in the cache, by version (6.1.0-N-cloud-amd64)."""
+    found = {}
+    for deb in KERNEL_CACHE.glob("*.deb") if KERNEL_CACHE.exists() else ():
+        m = PACKAGE.match(deb.name)
+        if m:
+            found[m.group(1)] = deb
+    return found
+
+
+def _on_the_mirror() -> list[str]:
+    """The cloud kernels apt knows (newest first), as `apt-cache search` lists them."""
+    listed = subprocess.run(["apt-cache", "search", "--names-only",
+                             r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$"],
+                            capture_output=True, text=True, check=True).stdout
+    versions = re.findall(r"^linux-image-(6\.1\.0-\d+-cloud-amd64)-unsigned ", listed, re.M)
+    return sorted(set(versions), key=_abi, reverse=True)
+
+
+def two_kernel_packages() -> dict[str, Path]:
+    """Two distinct kernel packages, oldest first: from the cache, or else the newest the mirror
+    has, downloaded (apt-get download) into the cache. A version apt lists but the mirror no
+    longer serves (an index older than the mirror) is passed over for the next."""
+    cached = _cached()
+    if len(cached) < 2:
+        KERNEL_CACHE.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".download-", dir=KERNEL_CACHE))
+        try:
+            for version in _on_the_mirror():
+                if len(cached) >= 2:
+                    break
+                if version in cached:
+                    continue
+                got = subprocess.run(["apt-get", "download", "-q", f"linux-image-{version}-unsigned"],
+                                     cwd=work, capture_output=True, text=True)
+                print(f"$ apt-get download linux-image-{version}-unsigned  (exit {got.returncode})\n"
+                      f"{got.stdout}{got.stderr}")
+                for deb in work.glob("*.deb"):  # whole, or not at all: renamed into the cache
+                    deb.rename(KERNEL_CACHE / deb.name)
+                cached = _cached()
+        finally:
+            shutil.rmtree(work)
+    assert len(cached) >= 2, (f"two linux-image-6.1.0-N-cloud-amd64-unsigned packages are needed, "
+                              f"found {sorted(cached)} in {KERNEL_CACHE} and on the mirror: apt-get update?")
+    versions = sorted(cached, key=_abi)[-2:]
+    return {v: cached[v] for v in versions}
 
 
 @pytest.fixture(scope="module")
-def own(tmp_path_factory):
+def kernels() -> tuple[str, str]:
+    """The two kernel versions: (what the nodes boot first, what `make bzImage` rebuilds)."""
+    return tuple(two_kernel_packages())
+
+
+@pytest.fixture(scope="module")
+def own(kernels):
     """X/lib/modules/<both versions> and X/boot/vmlinuz-<both>, from Debian's packages."""
     where = Path(tempfile.mkdtemp(prefix="dali-kernels-", dir="/var/tmp"))
     try:
-        for version in KERNELS:
-            subprocess.run(["apt-get", "download", "-q", f"linux-image-{version}-unsigned"], cwd=where,
-                           check=True, capture_output=True)
-        for deb in where.glob("*.deb"):
+        for deb in two_kernel_packages().values():
             subprocess.run(["dpkg-deb", "-x", str(deb), str(where / "X")], check=True)
         yield where / "X"
     finally:
@@ -42,10 +101,10 @@ def own(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, own):
+def cluster(tmp_path_factory, own, kernels):
     share = Path(tempfile.mkdtemp(prefix="dali-share-", dir="/var/tmp"))
     bzimage = own / "bzImage"  # where the developer's build puts it, rebuilt in place
-    shutil.copyfile(own / f"boot/vmlinuz-{KERNELS[0]}", bzimage)
+    shutil.copyfile(own / f"boot/vmlinuz-{kernels[0]}", bzimage)
     c = ClusterUnderTest(tmp_path_factory.mktemp(TAG) / "cluster.toml", TAG, clones=["b"],
                          share=[{"source": str(share), "target": "/src"}],
                          kernel={"path": str(bzimage), "modules": str(own)}, debug={"gdb": True})
@@ -62,10 +121,10 @@ def on_each(c, command: str) -> dict[str, str]:
             re.finditer(rf"^--- ({TAG}\w) \(exit 0\)\n(.*?)(?=^--- |^{TAG}\w: )", run.stdout, re.M | re.S)}
 
 
-def test_every_node_boots_my_kernel_with_my_modules(cluster):
+def test_every_node_boots_my_kernel_with_my_modules(cluster, kernels):
     cluster.doit("start")
     for suffix, release in on_each(cluster, "uname -r").items():
-        assert release.strip() == KERNELS[0], suffix
+        assert release.strip() == kernels[0], suffix
     for suffix in "ab":
         ns = guest.namespace(cluster.virt, cluster.dom(suffix))
         assert ns["mode"] == "fsdax" and ns["uuid"] == fam.namespace(cluster.cfg.fam_path)["uuid"]
@@ -109,8 +168,8 @@ def test_each_node_has_a_gdb_stub(cluster):
     assert cluster.virt.agent_answers(cluster.dom("a")), "detached: the node runs on"
 
 
-def test_a_rebuilt_kernel_stales_exactly_the_definitions_and_restart_boots_it(cluster, own):
-    shutil.copyfile(own / f"boot/vmlinuz-{KERNELS[1]}", own / "bzImage")  # `make bzImage` again
+def test_a_rebuilt_kernel_stales_exactly_the_definitions_and_restart_boots_it(cluster, own, kernels):
+    shutil.copyfile(own / f"boot/vmlinuz-{kernels[1]}", own / "bzImage")  # `make bzImage` again
     run = cluster.doit()
     done = sorted(re.findall(r"^\.  (\S+)", run.stdout, re.M))
     assert done == sorted(["kernel", f"define:{TAG}a", f"define:{TAG}b"])
@@ -118,7 +177,7 @@ def test_a_rebuilt_kernel_stales_exactly_the_definitions_and_restart_boots_it(cl
     cluster.doit("restart")
     assert all(cluster.dom(s).ID() != ids[s] for s in "ab"), "both restarted"
     for release in on_each(cluster, "uname -r").values():
-        assert release.strip() == KERNELS[1]
+        assert release.strip() == kernels[1]
 
 
 def test_reset_puts_disks_and_fam_back(cluster):

@@ -5,8 +5,11 @@ for `doit clean`. The end is held to exactly what an uninterrupted run leaves
 (conftest.assert_built), and to nothing at all after the clean.
 
 The kills are chained: the run after a kill is the one that meets the next kill point, so every
-run has to pick up what the previous one left. The cluster's recipe adds one small package, so
-its debootstrap is its own (and can be killed halfway) and its tarball is removed afterwards.
+run has to pick up what the previous one left. The cold run builds on the debootstrap tarball
+every cluster of the checkout shares (state/cache/), as a user's second cluster does: the
+tarball step (`image:rootfs`, minutes of debootstrap) is killed in a test of its own, on a
+recipe that adds one small package, so its debootstrap is its own and its tarball is removed
+afterwards.
 """
 
 from __future__ import annotations
@@ -35,10 +38,6 @@ BUILD = [  # in the order a cold run starts them
     (r"^\.  fam$", KILL, 0),
     (r"^\.  apparmor$", INT, 0),
     (r"^\.  access$", KILL, 0),
-    (r"^\.  image:rootfs$", INT, 0),
-    (r"^I: Unpacking required packages", KILL, 0),        # debootstrap, halfway
-    (r"^I: Configuring the base system", INT, 0),          # debootstrap, in its chroot
-    (r"^customising the guest tree", KILL, 1),
     (r"^\.  image:base$", INT, 0),
     (r"^mkfs\.ext4 -d into", KILL, 1),                     # image:base, halfway
     # accel and the original's disk both follow the image, in either order
@@ -57,6 +56,12 @@ BUILD = [  # in the order a cold run starts them
     (r"^\.  (freeze|golden)$", KILL, 0),
     (rf"^\.  disk:{TAG}b$", KILL, 0.2),                    # a copy clone's disk, halfway
     (rf"^\.  define:{TAG}b$", INT, 0),
+]
+TARBALL = [  # doit image:rootfs: the debootstrap tarball, on a recipe no other cluster uses
+    (r"^\.  image:rootfs$", INT, 0),
+    (r"^I: Unpacking required packages", KILL, 0),        # debootstrap, halfway
+    (r"^I: Configuring the base system", INT, 0),          # debootstrap, in its chroot
+    (r"^customising the guest tree", KILL, 1),
 ]
 CLEAN = [
     (rf"^define:{TAG}[ab] - executing", KILL, 1),          # shutting a running node down
@@ -96,14 +101,23 @@ def run_until(c: ClusterUnderTest, pattern: str, sig: int, delay: float, *args: 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     c = ClusterUnderTest(tmp_path_factory.mktemp(TAG) / "cluster.toml", TAG, clones=["b"],
-                         clone={"mode": "copy"}, image={"extra_packages": ["less"]})
-    tarball = c.cfg.cache_dir / f"rootfs-{_recipe_hash(c)}.tar"
-    cached_before = tarball.exists()
+                         clone={"mode": "copy"})
     yield c
     c.teardown()
-    if not cached_before:  # this test's own recipe: its tarball and log go with it
-        for made in c.cfg.cache_dir.glob(f"rootfs-{_recipe_hash(c)}.*"):
-            made.unlink()
+
+
+@pytest.fixture
+def own_recipe(tmp_path_factory):
+    """A cluster whose recipe adds one small package: a tarball of its own to kill the
+    debootstrap of, removed afterwards with its log (unless it was there before)."""
+    tag = unique_tag("dalideb")
+    c = ClusterUnderTest(tmp_path_factory.mktemp(tag) / "cluster.toml", tag,
+                         image={"extra_packages": ["less"]})
+    made_before = set(c.cfg.cache_dir.glob(f"rootfs-{_recipe_hash(c)}.*"))
+    yield c
+    c.teardown()
+    for made in set(c.cfg.cache_dir.glob(f"rootfs-{_recipe_hash(c)}.*")) - made_before:
+        made.unlink()
 
 
 def _recipe_hash(c: ClusterUnderTest) -> str:
@@ -114,9 +128,29 @@ def _recipe_hash(c: ClusterUnderTest) -> str:
     return path.stem.split("-", 1)[1]
 
 
-def test_a_cold_run_killed_at_every_step_converges(cluster):
-    tarball = cluster.cfg.cache_dir / f"rootfs-{_recipe_hash(cluster)}.tar"
+def test_a_killed_debootstrap_converges(own_recipe):
+    """doit image:rootfs killed as it starts, halfway through debootstrap, in its chroot and
+    while the tree is customised: the next run removes what the killed one left (its tree, its
+    processes) and makes the tarball; nothing half-made remains."""
+    c = own_recipe
+    tarball = c.cfg.cache_dir / f"rootfs-{_recipe_hash(c)}.tar"
     tarball.unlink(missing_ok=True)
+    for pattern, sig, delay in TARBALL:
+        reached, _ = run_until(c, pattern, sig, delay, "image:rootfs")
+        assert reached, f"kill point never reached: {pattern}"
+        assert not tarball.exists(), "no tarball that looks done"
+    c.doit("image:rootfs")
+    assert tarball.exists() and tarball.with_suffix(".log").exists()
+    assert not [p for p in c.cfg.cache_dir.iterdir() if p.name.startswith(".")], "abandoned work"
+    leftovers = subprocess.run(["pgrep", "-af", f"debootstrap.*{c.cfg.cache_dir}"], capture_output=True,
+                               text=True).stdout.strip()
+    assert not leftovers, leftovers
+    listed = subprocess.run(["tar", "-tf", str(tarball)], capture_output=True, text=True, check=True).stdout
+    assert "./usr/bin/less\n" in listed, "the recipe's own package is in it"
+    assert re.findall(r"^\.  (\S+)", c.doit("image:rootfs").stdout, re.M) == [], "and nothing left to do"
+
+
+def test_a_cold_run_killed_at_every_step_converges(cluster):
     missed = []
     for pattern, sig, delay in BUILD:
         reached, _ = run_until(cluster, pattern, sig, delay)
