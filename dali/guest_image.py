@@ -160,7 +160,7 @@ def _build_rootfs_tarball(recipe: dict, cache_dir: Path, tarball: Path, log: Log
     work = work_dir(cache_dir)
     try:
         tree = work / "tree"
-        _debootstrap(recipe, tree, cache_dir / f"{name}.log", log)
+        _debootstrap(recipe, tree, cache_dir / f"{name}.log", cache_dir / "debs", log)
         log("customising the guest tree")
         _customise(tree)
         log(f"writing {tarball}")
@@ -177,15 +177,20 @@ def _build_rootfs_tarball(recipe: dict, cache_dir: Path, tarball: Path, log: Log
     log(f"guest root filesystem ready: {tarball} ({tarball.stat().st_size // 2**20} MiB)")
 
 
-def _debootstrap(recipe: dict, tree: Path, log_file: Path, log: Log) -> None:
+def _debootstrap(recipe: dict, tree: Path, log_file: Path, debs: Path, log: Log) -> None:
     """Run debootstrap into tree, its whole output into log_file, its main steps to log()."""
     env = dict(os.environ)
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         env.pop(var, None)  # only the configured proxy (image.http_proxy) is used, never an inherited one
     if recipe["http_proxy"]:
         env["http_proxy"] = env["https_proxy"] = recipe["http_proxy"]
+    # Downloaded packages are kept beside the tarballs (state/cache/debs/), for every recipe: a
+    # recipe that changes (a file of templates/guest/, one more package) or a debootstrap killed
+    # halfway downloads only what it lacks. debootstrap checks each kept package against the
+    # mirror's signed index before it uses it, and fetches it again if it does not match.
+    debs.mkdir(exist_ok=True)
     command = ["debootstrap", "--variant=minbase", "--include=" + ",".join(recipe["packages"]),
-               recipe["suite"], str(tree), recipe["mirror"]]
+               f"--cache-dir={debs}", recipe["suite"], str(tree), recipe["mirror"]]
     log(f"debootstrap {recipe['suite']} from {recipe['mirror']} (about 2 minutes; log: {log_file})")
     with open(log_file, "w") as out:
         out.write("$ " + " ".join(command) + "\n")
