@@ -1,7 +1,7 @@
 """Boot speed as a user waits for it: `doit start` until it returns with ssh working, before and
 after, side by side in one run, with a real libvirtd and TCG guests.
 
-    .venv/bin/python bench/boot.py [BEFORE_REV]   # about 25 minutes; prints markdown, writes bench/boot.md
+    .venv/bin/python bench/boot.py [BEFORE_REV [ROUNDS]]   # about 25 minutes for 3 rounds; writes bench/boot.md
 
 "Before" is this project at BEFORE_REV (default: main before the work of issue 17), checked out
 into a temporary git worktree and run with this checkout's venv; "after" is this checkout. Each
@@ -39,7 +39,7 @@ from common import say
 from dali.virt import Libvirt
 
 BEFORE_REV = "2ce5aca"  # main before issue 17 (identity disk, socket-activated sshd, ...)
-ROUNDS = 3
+ROUNDS = 3  # bench/boot.py [BEFORE_REV [ROUNDS]]
 WORK = Path(tempfile.mkdtemp(prefix="dali-bench-boot-", dir="/var/tmp"))
 
 
@@ -98,6 +98,8 @@ def median(values: list[float]) -> str:
 def main() -> None:
     WORK.chmod(0o755)
     before_rev = sys.argv[1] if len(sys.argv) > 1 else BEFORE_REV
+    global ROUNDS
+    ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else ROUNDS
     try:
         with common.checkout_of(before_rev, WORK / "before") as old_tree:
             measure(before_rev, old_tree)

@@ -104,9 +104,14 @@ def write(cluster: Cluster, addresses: dict[str, str]) -> None:
         write_if_changed(path, text)
 
 
-# A user's own image: sshd (ssh.service, Type=notify: active means listening) with whatever key
-# the image has or makes.
-_KEY_IS_THIS_NODES = f"test -s {HOST_KEY} && systemctl is-active -q ssh.service"
+# Without an identity disk (a user's own image, or an image kept from an older dali) the node
+# makes or keeps its own key. An older dali image's clone boots with the key of the disk it was
+# cloned from until its dali-ssh-host-keys has made its own and stamped it with the node's
+# machine-id: only then is it the node's. ssh.service is Type=notify: active means listening.
+# An image of the user's own, without that script, keeps whatever keys it has.
+_KEY_IS_THIS_NODES = (f'test -s {HOST_KEY} && {{ test ! -e /usr/local/sbin/dali-ssh-host-keys || {{ '
+                      f'test "$(cat /etc/ssh/dali-host-keys.machine-id 2>/dev/null)" = "$(cat /etc/machine-id)" '
+                      f'&& systemctl is-active -q ssh.service; }}; }}')
 
 
 def learn_host_keys(cluster: Cluster, virt: Libvirt, doms, wait: int = 0) -> None:
