@@ -59,13 +59,13 @@ def used(cluster: Cluster) -> bool:
 def facts(cluster: Cluster, virt: Libvirt, node: Node) -> str:
     """The node's address, MAC, resolver and search domain, as the shell lines dali-identity
     reads; GATEWAY only where the network routes anywhere (forward = "nat")."""
-    addresses = network.plan(cluster, virt)
-    ip = network.addresses_of(cluster, virt).get(node.name)
-    if ip is None:
+    found = network.node_address(cluster, virt, node.name)  # one look-up: every doit checks this
+    if found is None:
         raise DaliError(f"{node.name} has no address in network {cluster.network.name} yet: "
                         "run doit (the network task gives it one)")
-    gateway = addresses.address if cluster.network.forward == "nat" else ""
-    return (f"ADDRESS={ip}/{addresses.prefix}\nMAC={node.mac}\nDNS={addresses.address}\n"
+    ip, prefix, host = found
+    gateway = host if cluster.network.forward == "nat" else ""
+    return (f"ADDRESS={ip}/{prefix}\nMAC={node.mac}\nDNS={host}\n"
             f"DOMAIN={cluster.tag}\nGATEWAY={gateway}\n")
 
 

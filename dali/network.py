@@ -131,6 +131,18 @@ def addresses_of(cluster: Cluster, virt: Libvirt) -> dict[str, str]:
     return {} if net is None else {h.name: h.ip for h in hosts_of(net)}
 
 
+def node_address(cluster: Cluster, virt: Libvirt, name: str) -> tuple[str, int, str] | None:
+    """A node's fixed address, the subnet's prefix and the host's address on the bridge, from
+    one reading of the network's definition; None without a network or an entry for the node."""
+    net = virt.network(cluster.network.name)
+    if net is None:
+        return None
+    root = ET.fromstring(net.XMLDesc(0))
+    ip = root.find("ip")
+    found = next((h.get("ip") for h in root.findall("ip/dhcp/host") if h.get("name") == name), None)
+    return None if found is None else (found, int(ip.get("prefix")), ip.get("address"))
+
+
 def _missing_hosts(cluster: Cluster, net) -> bool:
     known = {h.mac for h in hosts_of(net)}
     return any(node.mac not in known for node in cluster.nodes)
