@@ -7,7 +7,7 @@ the programs it started, says so in one line and exits (130 for Ctrl-C). Nothing
 cleaning than that: every action builds under a temporary name and renames at the end, so the
 next run simply carries on. A SIGKILL gives dali no chance to do anything: the kernel then
 kills each program with it (PR_SET_PDEATHSIG), and what they left half-made is removed by the
-next run (see guest_image.remove_abandoned_work()).
+next run (see scratch.remove_abandoned_work()).
 """
 
 from __future__ import annotations

@@ -25,10 +25,8 @@ import lzma
 import os
 import re
 import shutil
-import signal
 import struct
 import subprocess
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -37,8 +35,8 @@ from dali.apt_sources import host_apt_mirror
 from dali.commands import finished, run, spawn
 from dali.cluster import REPO
 from dali.errors import DaliError
-
-_WORK_PREFIX = ".dali-work."
+from dali.kernel_boot import build_initramfs
+from dali.scratch import remove_abandoned_work, remove_tree, work_dir
 
 # Bump when the customisation code below changes what ends up in the tree, so cached tarballs
 # made by older code are not reused. (Changes to templates/guest/ are noticed by their hash.)
@@ -193,9 +191,9 @@ def _debootstrap(recipe: dict, tree: Path, log_file: Path, debs: Path, log: Log)
     # - dpkg's fsync of every file it unpacks: a tree that is thrown away if the run dies needs
     #   none of them. dpkg reads dpkg.cfg.d/ in the chroot, and debootstrap installs into a
     #   directory that already holds files; _customise() removes the file again.
-    # - three initramfs builds (the kernel's postinst, then initramfs-tools' trigger, then ours
-    #   with our module list): INITRD=No skips the kernel hook (the trigger then finds no initrd
-    #   to update), and _customise() builds the one the image boots.
+    # - two initramfs builds (the kernel's postinst, then initramfs-tools' trigger) of an initrd
+    #   no node boots: INITRD=No skips the kernel hook, and the trigger then finds no initrd to
+    #   update. Nodes boot dali's own initramfs (build_node_image).
     # 119 s -> 61 s on the 2-core test machine (docs/speed.md, "The image builder").
     unsafe_io = tree / _DPKG_UNSAFE_IO
     unsafe_io.parent.mkdir(parents=True)
@@ -302,11 +300,10 @@ def _customise(tree: Path) -> None:
         (generators / name).unlink(missing_ok=True)
         (generators / name).symlink_to("/dev/null")
 
-    # The kernel's initrd, made once (debootstrap made none): templates/guest/etc/initramfs-tools/
-    # replaced MODULES=most with the few modules that mount the root disk (and adds a blacklist).
-    # A node that installs packages later gets dpkg's safe default back.
+    # No initrd from initramfs-tools: nodes boot dali's own initramfs (build_node_image), and
+    # debootstrap made none (INITRD=No). A node that installs packages later gets dpkg's safe
+    # default back.
     (tree / _DPKG_UNSAFE_IO).unlink(missing_ok=True)
-    _chroot(tree, "update-initramfs", "-c", "-k", "all")
 
     # OCFS2's SysV scripts cost seconds of every boot under TCG: masked, and unmasked by dali
     # on the nodes of an fs.type = "ocfs2" cluster (o2cb only: systemd mounts from fstab, and
@@ -358,8 +355,14 @@ def _chroot(tree: Path, *command: str) -> None:
 NODE_IMAGE_FILES = ("base.qcow2", "vmlinuz", "initrd.img")
 
 
-def build_node_image(tarball: Path, ssh_public_key: str, out_dir: Path, disk_size_bytes: int, log: Log) -> None:
+def build_node_image(tarball: Path, ssh_public_key: str, out_dir: Path, disk_size_bytes: int,
+                     init_binary: Path, log: Log) -> None:
     """Turn the rootfs tarball into out_dir/base.qcow2 + vmlinuz + initrd.img for direct kernel boot.
+
+    initrd.img is dali's own initramfs (dali/kernel_boot.py: a static /init and the modules that
+    mount the root disk, uncompressed), as for your own kernel. initramfs-tools' (even cut down
+    to the root disk's modules and no udev) runs its shell scripts first: 1.4 s more of every TCG
+    boot until the real init starts (docs/speed.md).
 
     Why separate from the tarball: the ssh key and disk size are per cluster, and this takes
     seconds. No loop mount (needs privileges and devices a container may not have):
@@ -393,9 +396,9 @@ def build_node_image(tarball: Path, ssh_public_key: str, out_dir: Path, disk_siz
         (ssh_dir / "authorized_keys").write_text(key + "\n")
         (ssh_dir / "authorized_keys").chmod(0o600)
 
-        kernel, initrd = _boot_files(tree)
+        kernel, modules = _boot_files(tree)
         (work / "vmlinuz").write_bytes(_bootable_kernel(kernel.read_bytes()))
-        (work / "initrd.img").write_bytes(_uncompressed_initrd(initrd.read_bytes()))
+        build_initramfs(modules, work / "initrd.img", init_binary)
         for name in ("vmlinuz", "initrd.img"):
             (work / name).chmod(0o644)
 
@@ -423,23 +426,22 @@ def build_node_image(tarball: Path, ssh_public_key: str, out_dir: Path, disk_siz
 
 
 def _boot_files(tree: Path) -> tuple[Path, Path]:
-    """The newest kernel in the tree's /boot and its initrd."""
+    """The newest kernel in the tree's /boot and its modules directory."""
     kernels = sorted((tree / "boot").glob("vmlinuz-*"), key=lambda p: _version_key(p.name[len("vmlinuz-"):]))
     if not kernels:
         raise DaliError("the guest tree has no /boot/vmlinuz-*: keep linux-image-amd64 in the image "
                         "(delete state/cache/rootfs-*.tar to rebuild it)")
     kernel = kernels[-1]
-    initrd = tree / "boot" / ("initrd.img-" + kernel.name[len("vmlinuz-"):])
-    if not initrd.is_file():
-        raise DaliError(f"the guest tree has {kernel.name} but no {initrd.name}: "
+    modules = tree / "lib/modules" / kernel.name[len("vmlinuz-"):]
+    if not modules.is_dir():
+        raise DaliError(f"the guest tree has {kernel.name} but no /{modules.relative_to(tree)}: "
                         "delete state/cache/rootfs-*.tar to rebuild it")
-    return kernel, initrd
+    return kernel, modules
 
 
-# Under TCG the guest decompresses its kernel and initrd with emulated instructions, before
-# anything else can run: the host does it once per image instead. qemu boots the uncompressed
-# kernel (an ELF vmlinux) through its PVH entry point, and the kernel takes an uncompressed
-# initrd as is. Anything not in the expected shape is booted as it came.
+# Under TCG the guest decompresses its kernel with emulated instructions, before anything else
+# can run: the host does it once per image instead. qemu boots the uncompressed kernel (an ELF
+# vmlinux) through its PVH entry point. Anything not in the expected shape is booted as it came.
 _ELF_MAGIC = b"\x7fELF"
 _XEN_ELFNOTE_PHYS32_ENTRY = 18  # the PVH entry point; without it qemu cannot boot the ELF
 
@@ -484,56 +486,5 @@ def _has_pvh_entry(elf: bytes) -> bool:
     return False
 
 
-def _uncompressed_initrd(initrd: bytes) -> bytes:
-    """initramfs-tools writes a gzip'd cpio here (bookworm offers no uncompressed choice)."""
-    if initrd.startswith(b"\x1f\x8b"):
-        return gzip.decompress(initrd)
-    return initrd
-
-
 def _version_key(version: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", version)]
-
-
-# --- helpers --------------------------------------------------------------------------------
-
-def remove_tree(path: Path) -> None:
-    """rm -rf path, after unmounting anything debootstrap left mounted inside it.
-
-    Why: a debootstrap that is killed can leave /proc, /sys or a bind mount of the host's /dev
-    mounted in the tree; deleting through those would hit the host.
-    """
-    if not path.exists():
-        return
-    prefix = str(path.resolve()) + "/"
-    mounts = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4].replace("\\040", " ")
-            if point.startswith(prefix):
-                mounts.append(point)
-    for point in sorted(mounts, key=len, reverse=True):
-        subprocess.run(["umount", "--lazy", point], check=False)
-    with open("/proc/self/mountinfo") as f:
-        if any(line.split()[4].startswith(prefix) for line in f):
-            raise DaliError(f"{path} still has filesystems mounted inside: unmount them, then delete it")
-    shutil.rmtree(path)
-
-
-def work_dir(parent: Path) -> Path:
-    """A fresh work directory named after this process: .dali-work.<pid>.<random>."""
-    return Path(tempfile.mkdtemp(prefix=f"{_WORK_PREFIX}{os.getpid()}.", dir=parent))
-
-
-def remove_abandoned_work(parent: Path) -> None:
-    """Delete work directories of earlier builds whose process is gone (killed, power cut),
-    after killing what is left of the programs they ran."""
-    for work in parent.glob(f"{_WORK_PREFIX}*"):
-        pid = work.name[len(_WORK_PREFIX):].split(".")[0]
-        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
-            continue
-        try:
-            os.killpg(int((work / "pgid").read_text()), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass  # no record, or that group is gone already
-        remove_tree(work)

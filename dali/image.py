@@ -17,9 +17,10 @@ from dali import disks, marks
 from dali.cluster import Cluster
 from dali.commands import run
 from dali.errors import DaliError
-from dali.guest_image import (NODE_IMAGE_FILES, build_node_image, remove_abandoned_work, remove_tree,
-                              rootfs_recipe, rootfs_tarball_path, work_dir)
+from dali.guest_image import NODE_IMAGE_FILES, build_node_image, rootfs_recipe, rootfs_tarball_path
+from dali.kernel_boot import build_init
 from dali.reporter import log
+from dali.scratch import remove_abandoned_work, remove_tree, work_dir
 from dali.virt import Libvirt
 
 STAMP = "user.dali.image"
@@ -128,7 +129,7 @@ def ensure_node_image(cluster: Cluster, tarball: Path) -> None:
     staging = work_dir(cluster.image_dir)
     try:
         build_node_image(tarball, cluster.ssh_key.with_suffix(".pub").read_text(), staging,
-                         cluster.image.disk_size, log)
+                         cluster.image.disk_size, build_init(cluster.cache_dir), log)
         # Marked (and stamped) before they move into place, disk last: a run killed between two
         # renames leaves files that are ours and an image that is not current, never a stranger.
         for name in NODE_IMAGE_FILES:

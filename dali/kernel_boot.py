@@ -31,7 +31,7 @@ from pathlib import Path
 
 from dali.commands import run
 from dali.errors import DaliError
-from dali.guest_image import work_dir
+from dali.scratch import work_dir
 
 INIT_SOURCE = Path(__file__).with_name("initramfs_init.c")
 

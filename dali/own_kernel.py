@@ -15,7 +15,7 @@ from pathlib import Path
 from dali import disks, marks
 from dali.cluster import Cluster
 from dali.errors import DaliError
-from dali.guest_image import remove_abandoned_work
+from dali.scratch import remove_abandoned_work
 from dali.kernel_boot import (MODULES_DISK_SERIAL, build_init, build_initramfs, build_modules_disk,
                               kernel_release, modules_dir)
 from dali.reporter import log
