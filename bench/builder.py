@@ -1,12 +1,20 @@
-"""The image builder: debootstrap + tar beside mmdebstrap, on dali's own recipe, in one run.
+"""The image builder's debootstrap, as it ran before and as dali runs it now, in one run.
 
-    .venv/bin/python bench/builder.py      # about 5 minutes; prints markdown, writes bench/builder.md
+    .venv/bin/python bench/builder.py [ROUNDS]    # about 6 minutes for 2 rounds; writes bench/builder.md
 
-Both build the recipe's tree (suite, mirror, --variant=minbase, the image's package list) as a
-tarball, twice each, alternating; neither customises it (that step is the same whichever builds
-the tree). Then the two tarballs are compared member by member: path, type, mode, owner, size,
-and the contents of regular files; paths whose contents are expected to differ between any two
-builds (logs, caches, the apt lists' timestamps) are counted apart.
+before: plain `debootstrap --variant=minbase --include=<the image's packages>`, as dali ran it
+        until 2026-11-29: dpkg fsyncs every file it unpacks, and the kernel's postinst and then
+        initramfs-tools' trigger each build an initrd.
+after:  dali's own call (guest_image._debootstrap): dpkg with force-unsafe-io and INITRD=No.
+
+Both keep their packages in the checkout's state/cache/debs/ (as dali does), so neither
+downloads more than the other; the rounds alternate. Neither customises the tree (that step is
+the same either way). Then the two trees are compared path by path (type, mode, owner, size,
+contents): what differs beyond logs and caches is listed, and should be the initrd and the
+dpkg setting that dali's customisation removes.
+
+An earlier version of this bench set debootstrap beside mmdebstrap (docs/speed.md): mmdebstrap
+was no faster here within the noise, and built a tree that differs in over 2,000 paths.
 """
 
 from __future__ import annotations
@@ -16,20 +24,21 @@ import os
 import shutil
 import statistics
 import subprocess
-import tarfile
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from dali import guest_image, settings
 from dali.cluster import REPO
+from dali.scratch import remove_tree
 
 WORK = Path(tempfile.mkdtemp(prefix="dali-bench-builder-", dir="/var/tmp"))
-ROUNDS = 2
 # Different in any two builds of the same recipe, whoever builds it.
 VOLATILE = ("var/log/", "var/cache/", "var/lib/apt/lists/", "var/lib/dpkg/available",
             "etc/machine-id", "var/lib/dbus/machine-id", "etc/ld.so.cache", "var/cache/ldconfig/",
-            "etc/hostname", "etc/resolv.conf", "etc/apt/sources.list", "debootstrap/")
+            "etc/hostname", "etc/resolv.conf", "etc/apt/sources.list", "debootstrap/",
+            "etc/ssh/ssh_host_")  # made by openssh-server's postinst: per build (customise removes them)
 results: list[str] = []
 
 
@@ -38,66 +47,69 @@ def say(line: str = "") -> None:
     results.append(line)
 
 
-def debootstrap(recipe: dict, out: Path) -> float:
-    tree = WORK / "tree"
-    t0 = time.monotonic()
+def before(recipe: dict, tree: Path, debs: Path) -> None:
     subprocess.run(["debootstrap", "--variant=minbase", "--include=" + ",".join(recipe["packages"]),
-                    recipe["suite"], str(tree), recipe["mirror"]], check=True, capture_output=True)
-    subprocess.run(["tar", "--create", "--file", str(out), "--numeric-owner", "--xattrs",
-                    "--xattrs-include=*", "--sparse", "-C", str(tree), "."], check=True)
-    elapsed = time.monotonic() - t0
-    shutil.rmtree(tree)
-    return elapsed
+                    f"--cache-dir={debs}", recipe["suite"], str(tree), recipe["mirror"]],
+                   check=True, capture_output=True)
 
 
-def mmdebstrap(recipe: dict, out: Path) -> float:
-    t0 = time.monotonic()
-    subprocess.run(["mmdebstrap", "--quiet", "--variant=minbase", "--include=" + ",".join(recipe["packages"]),
-                    recipe["suite"], str(out), recipe["mirror"]], check=True, capture_output=True)
-    return time.monotonic() - t0
+def after(recipe: dict, tree: Path, debs: Path) -> None:
+    guest_image._debootstrap(recipe, tree, WORK / "after.log", debs, lambda line: None)
 
 
-def members(tarball: Path) -> dict[str, tuple]:
+def snapshot(tree: Path) -> dict[str, tuple]:
     found = {}
-    with tarfile.open(tarball) as tar:
-        for m in tar:
-            name = m.name.removeprefix("./")
-            digest = hashlib.sha256(tar.extractfile(m).read()).hexdigest() if m.isreg() else m.linkname
-            found[name] = (m.type, m.mode, m.uid, m.gid, m.size, digest)
+    for path in tree.rglob("*"):
+        st = path.lstat()
+        if path.is_symlink():
+            what = os.readlink(path)
+        elif path.is_file():
+            what = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            what = ""
+        found[str(path.relative_to(tree))] = (st.st_mode, st.st_uid, st.st_gid,
+                                              st.st_size if path.is_file() else 0, what)
     return found
 
 
 def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     cluster = settings.load(env={})
     recipe = guest_image.rootfs_recipe(cluster.image.suite, cluster.image.mirror, cluster.image.http_proxy,
-                                       cluster.image.extra_packages)
+                                       list(cluster.image.extra_packages))
+    debs = cluster.cache_dir / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
     say(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores; suite {recipe['suite']}, "
-        f"mirror {recipe['mirror']}, {len(recipe['packages'])} packages on top of minbase.")
+        f"mirror {recipe['mirror']}, {len(recipe['packages'])} packages on top of minbase, their "
+        "packages already in state/cache/debs/. Seconds of debootstrap:")
     say()
-    times: dict[str, list[float]] = {"debootstrap + tar": [], "mmdebstrap": []}
+    variants = {"before (plain debootstrap)": before, "after (no fsync, no initramfs)": after}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    trees: dict[str, dict] = {}
     try:
-        for round_ in range(ROUNDS):
-            times["debootstrap + tar"].append(debootstrap(recipe, WORK / f"debootstrap-{round_}.tar"))
-            times["mmdebstrap"].append(mmdebstrap(recipe, WORK / f"mmdebstrap-{round_}.tar"))
-        say("| builder | seconds (median; each round) | tarball MiB |")
-        say("|---|---:|---:|")
+        for _round in range(rounds):
+            for name, build in variants.items():
+                tree = WORK / "tree"
+                t0 = time.monotonic()
+                build(recipe, tree, debs)
+                times[name].append(time.monotonic() - t0)
+                trees.setdefault(name, snapshot(tree))
+                remove_tree(tree)
+        say("| debootstrap | median s | each round |")
+        say("|---|---:|---|")
         for name, values in times.items():
-            size = (WORK / f"{name.split()[0]}-0.tar").stat().st_size / 2**20
-            say(f"| {name} | {statistics.median(values):.1f} ({', '.join(f'{v:.1f}' for v in values)}) "
-                f"| {size:.0f} |")
+            say(f"| {name} | {statistics.median(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} |")
+        first, second = trees.values()
+        say(f"| **speed-up** | **{statistics.median(times[next(iter(times))]) / statistics.median(list(times.values())[1]):.1f}x** | |")
         say()
-        a, b = members(WORK / "debootstrap-0.tar"), members(WORK / "mmdebstrap-0.tar")
-        same_builder = members(WORK / "debootstrap-1.tar")
-        for label, other in (("debootstrap twice", same_builder), ("debootstrap vs mmdebstrap", b)):
-            only_a = sorted(set(a) - set(other))
-            only_b = sorted(set(other) - set(a))
-            differ = sorted(p for p in set(a) & set(other) if a[p] != other[p])
-            stable = [p for p in differ if not p.startswith(VOLATILE)]
-            say(f"- {label}: {len(only_a)} paths only in the first, {len(only_b)} only in the second, "
-                f"{len(differ)} differing ({len(stable)} outside logs and caches)"
-                + (f"; e.g. {', '.join((only_a + only_b + stable)[:8])}" if only_a or only_b or stable else ""))
+        only_before = sorted(p for p in set(first) - set(second) if not p.startswith(VOLATILE))
+        only_after = sorted(p for p in set(second) - set(first) if not p.startswith(VOLATILE))
+        differ = sorted(p for p in set(first) & set(second) if first[p] != second[p] and not p.startswith(VOLATILE))
+        say(f"Trees compared, logs, caches and per-build host keys aside: only before: "
+            f"{', '.join(only_before) or 'nothing'}; only after: {', '.join(only_after) or 'nothing'}; "
+            f"differing: {', '.join(differ) or 'nothing'}.")
     finally:
-        shutil.rmtree(WORK, ignore_errors=True)
+        remove_tree(WORK)
     (REPO / "bench" / "builder.md").write_text("\n".join(results) + "\n")
 
 

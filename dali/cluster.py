@@ -56,6 +56,7 @@ class Filesystem(NamedTuple):
     type: str  # "none" or "ocfs2"
     mountpoint: str
     slots: int
+    heartbeat_threshold: int = 31  # o2cb's default: dead after 60 s without a heartbeat
 
 
 class Kernel(NamedTuple):

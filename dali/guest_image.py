@@ -2,7 +2,7 @@
 
 Two steps, because they change for different reasons:
 
-1. build_rootfs_tarball(): debootstrap + our customisation (templates/guest/), slow (~2 min),
+1. build_rootfs_tarball(): debootstrap + our customisation (templates/guest/), slow (~1.5 min),
    cached under state/cache/ by a hash of everything that decides its content (rootfs_recipe()).
 2. build_node_image(): tarball + the cluster's ssh key -> base.qcow2, vmlinuz, initrd.img,
    quick (seconds), with no loop mount: `mkfs.ext4 -d` fills the filesystem from a directory.
@@ -118,6 +118,8 @@ def build_rootfs_tarball(recipe: dict, cache_dir: Path, log: Log) -> Path:
 
     The tree is built in a temporary directory under cache_dir and the tarball is written under
     a temporary name, then renamed: a run that is interrupted leaves no tarball that looks done.
+    A tree that debootstrap finished is kept until its tarball is written (_DEBOOTSTRAPPED), so
+    a run stopped while customising or writing it carries on from there.
     debootstrap's output goes to cache_dir/rootfs-<hash>.log, which is kept (it is what a user
     needs when the mirror or proxy is wrong). The cache is shared by the checkout's clusters, so
     a build holds a lock on the cache directory: a second cluster wanting the same tarball waits
@@ -152,13 +154,26 @@ def _locked(directory: Path, log: Log):
         os.close(fd)
 
 
+# A debootstrap tree that is complete, kept while it is customised and written out: a run
+# stopped after debootstrap (Ctrl-C while customising, a killed tar) carries on from it instead
+# of debootstrapping again. Everything _customise() does can be done twice.
+_DEBOOTSTRAPPED = ".dali-debootstrapped-"
+
+
 def _build_rootfs_tarball(recipe: dict, cache_dir: Path, tarball: Path, log: Log) -> None:
     name = tarball.stem
     remove_abandoned_work(cache_dir)
+    tree = cache_dir / f"{_DEBOOTSTRAPPED}{name}"
+    for other in cache_dir.glob(f"{_DEBOOTSTRAPPED}*"):
+        if other != tree:  # left by a stopped build of a recipe no longer wanted
+            remove_tree(other)
     work = work_dir(cache_dir)
     try:
-        tree = work / "tree"
-        _debootstrap(recipe, tree, cache_dir / f"{name}.log", cache_dir / "debs", log)
+        if tree.is_dir():
+            log(f"carrying on from the debootstrap tree a stopped run finished ({tree.name})")
+        else:
+            _debootstrap(recipe, work / "tree", cache_dir / f"{name}.log", cache_dir / "debs", log)
+            os.rename(work / "tree", tree)  # complete: from here on it is worth keeping
         log("customising the guest tree")
         _customise(tree)
         log(f"writing {tarball}")
@@ -169,6 +184,9 @@ def _build_rootfs_tarball(recipe: dict, cache_dir: Path, tarball: Path, log: Log
               "--xattrs", "--xattrs-include=*", "--sparse", "-C", str(tree), "."],
              what="tar of the guest tree")
         partial.chmod(0o644)
+        # The tree goes back into the work directory (deleted below, or by the next run if this
+        # one dies) just before the tarball takes its place: never both, never a stray tree.
+        os.rename(tree, work / "done")
         os.replace(partial, tarball)
     finally:
         remove_tree(work)
@@ -201,7 +219,7 @@ def _debootstrap(recipe: dict, tree: Path, log_file: Path, debs: Path, log: Log)
     env["INITRD"] = "No"
     command = ["debootstrap", "--variant=minbase", "--include=" + ",".join(recipe["packages"]),
                f"--cache-dir={debs}", recipe["suite"], str(tree), recipe["mirror"]]
-    log(f"debootstrap {recipe['suite']} from {recipe['mirror']} (about 2 minutes; log: {log_file})")
+    log(f"debootstrap {recipe['suite']} from {recipe['mirror']} (about a minute; log: {log_file})")
     with open(log_file, "w") as out:
         out.write("$ " + " ".join(command) + "\n")
         out.flush()
@@ -216,6 +234,8 @@ def _debootstrap(recipe: dict, tree: Path, log_file: Path, debs: Path, log: Log)
                 log(line.rstrip())
         status = process.wait()
         finished(process)
+        # Its group is gone: a later run must not kill whatever group gets that number next.
+        (tree.parent / "pgid").unlink()
         # debootstrap keeps the details of a failed dpkg run inside the tree; the tree is deleted, so copy them.
         inner_log = tree / "debootstrap" / "debootstrap.log"
         if status != 0 and inner_log.exists():

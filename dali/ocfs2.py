@@ -55,7 +55,8 @@ def files(cluster: Cluster, virt: Libvirt) -> dict[str, str]:
     name = cluster_name(cluster)
     return {
         "/etc/ocfs2/cluster.conf": render("ocfs2/cluster.conf.j2", name=name, nodes=nodes, port=PORT),
-        "/etc/default/o2cb": render("ocfs2/o2cb.j2", name=name),
+        "/etc/default/o2cb": render("ocfs2/o2cb.j2", name=name,
+                                    heartbeat_threshold=cluster.fs.heartbeat_threshold),
     }
 
 
@@ -133,6 +134,17 @@ def bring_up(cluster: Cluster, virt: Libvirt, running: list[tuple[Node, object]]
     for node, dom in running:
         mount(cluster, virt, dom)
         log(f"{node.name}: {DEVICE} mounted on {cluster.fs.mountpoint} (ocfs2)")
+        _say_if_threshold_waits_for_a_boot(cluster, virt, node, dom)
+
+
+def _say_if_threshold_waits_for_a_boot(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:
+    """The kernel takes a new heartbeat threshold only while no region is active, so a changed
+    fs.heartbeat_threshold waits in /etc/default/o2cb for the node's next boot."""
+    live = virt.run(dom, ["cat", f"/sys/kernel/config/cluster/{cluster_name(cluster)}/heartbeat/dead_threshold"])
+    if live.exitcode == 0 and live.stdout.strip() not in ("", str(cluster.fs.heartbeat_threshold)):
+        log(f"{node.name}: heartbeat threshold {live.stdout.strip()} until it boots again; "
+            f"fs.heartbeat_threshold = {cluster.fs.heartbeat_threshold} then: doit restart (every node: "
+            "nodes with different thresholds refuse each other)")
 
 
 def running_nodes(cluster: Cluster, virt: Libvirt) -> list:

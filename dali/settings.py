@@ -271,6 +271,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fs.slots", Whole(2, 255), Derived("8, or the node count if larger",
                                               lambda v: max(8, 1 + len(v["clones"]))),
             "OCFS2 node slots (mkfs.ocfs2 -N): nodes that can mount at once"),
+    Setting("fs.heartbeat_threshold", Whole(7, 301), 31,
+            "o2cb's O2CB_HEARTBEAT_THRESHOLD: a node that stops writing its disk heartbeat is dead "
+            "after (N-1)*2 s (31: 60 s) and the others recover its journal; lower for quicker crash "
+            "tests. Applies as nodes boot: doit restart"),
     Setting("kernel.path", FilePath(), "",
             "boot every node on this bzImage (arch/x86/boot/bzImage); empty: the image's kernel"),
     Setting("kernel.modules", FilePath(), "",
@@ -481,7 +485,7 @@ def _cluster(v: dict, origin: dict, path: Path, repo: Path) -> Cluster:
         image=Image(image_path, v["image.suite"], v["image.mirror"], v["image.http_proxy"],
                     v["image.extra_packages"], v["image.disk_size"]),
         device_mode=v["device.mode"], device_style=v["device.style"],
-        fs=Filesystem(v["fs.type"], v["fs.mountpoint"], v["fs.slots"]),
+        fs=Filesystem(v["fs.type"], v["fs.mountpoint"], v["fs.slots"], v["fs.heartbeat_threshold"]),
         own_kernel=_own_kernel(v, path), kernel_args=v["kernel.cmdline"], shares=v["share"],
         gdb=v["debug.gdb"],
         clone_mode=v["clone.mode"], apparmor_template=Path(v["apparmor.template"]),

@@ -9,7 +9,7 @@ run has to pick up what the previous one left. The cold run builds on the deboot
 every cluster of the checkout shares (state/cache/), as a user's second cluster does: the
 tarball step (`image:rootfs`, minutes of debootstrap) is killed in a test of its own, on a
 recipe that adds one small package, so its debootstrap is its own and its tarball is removed
-afterwards.
+afterwards; a run stopped once debootstrap has finished carries on from its tree.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ TARBALL = [  # doit image:rootfs: the debootstrap tarball, on a recipe no other 
     (r"^I: Unpacking required packages", KILL, 0),        # debootstrap, halfway
     (r"^I: Configuring the base system", INT, 0),          # debootstrap, in its chroot
     (r"^customising the guest tree", KILL, 1),
+    (r"^writing .*/rootfs-", INT, 1),                      # tar, on the tree kept from the run before
 ]
 CLEAN = [
     (rf"^define:{TAG}[ab] - executing", KILL, 1),          # shutting a running node down
@@ -136,11 +137,16 @@ def test_a_killed_debootstrap_converges(own_recipe):
     c = own_recipe
     tarball = c.cfg.cache_dir / f"rootfs-{_recipe_hash(c)}.tar"
     tarball.unlink(missing_ok=True)
+    outputs = []
     for pattern, sig, delay in TARBALL:
-        reached, _ = run_until(c, pattern, sig, delay, "image:rootfs")
+        reached, output = run_until(c, pattern, sig, delay, "image:rootfs")
         assert reached, f"kill point never reached: {pattern}"
         assert not tarball.exists(), "no tarball that looks done"
-    c.doit("image:rootfs")
+        outputs.append(output)
+    last = c.doit("image:rootfs").stdout
+    for after_debootstrap in (outputs[-1], last):  # stopped while customising, then in its tar
+        assert "carrying on from the debootstrap tree" in after_debootstrap, after_debootstrap
+        assert "debootstrap bookworm" not in after_debootstrap, "a finished debootstrap is not run again"
     assert tarball.exists() and tarball.with_suffix(".log").exists()
     assert not [p for p in c.cfg.cache_dir.iterdir() if p.name.startswith(".")], "abandoned work"
     leftovers = subprocess.run(["pgrep", "-af", f"debootstrap.*{c.cfg.cache_dir}"], capture_output=True,

@@ -67,6 +67,8 @@ def test_ocfs2_is_mounted_on_every_node_after_start(cluster):
                 os.pwrite(f.fileno(), zeros, at)
     cluster.doit("start")
     assert mounted_on(cluster) == {"a": True, "b": True, "c": True}
+    threshold = cluster.doit("pssh", f"cat /sys/kernel/config/cluster/{TAG}/heartbeat/dead_threshold").stdout
+    assert threshold.count("(exit 0)\n11\n") == 3, "fs.heartbeat_threshold, live on every node"
     for s in "abc":
         cluster.doit("pssh", "--on", s, f"echo from {TAG}{s} > /data/from-{s}")
     for s in "abc":
