@@ -13,7 +13,8 @@ import libvirt
 
 from dali import access, identity_disk, ocfs2
 from dali.cluster import Cluster, Node
-from dali.errors import DaliError, one_line
+from dali.errors import DaliError
+from dali.fanout import each
 from dali.reporter import log
 from dali.virt import Libvirt
 
@@ -55,25 +56,6 @@ def defined(cluster: Cluster, virt: Libvirt, nodes: list[Node] | None = None) ->
     if missing:
         raise DaliError(f"{', '.join(missing)} not defined: run doit clone first")
     return doms
-
-
-def each(doms, fn, at_once: int | None = None) -> list:
-    """fn(node, dom) on every node, at_once of them at a time (default: all at once), the next
-    one started as soon as one ends; the errors, one line each, are raised together after all
-    have ended."""
-    from concurrent.futures import ThreadPoolExecutor  # here: its import (logging) slows every doit
-
-    with ThreadPoolExecutor(max_workers=max(1, at_once or len(doms))) as pool:
-        futures = [pool.submit(fn, n, d) for n, d in doms]
-    results, failures = [], []
-    for f in futures:
-        try:
-            results.append(f.result())
-        except (DaliError, libvirt.libvirtError) as e:
-            failures.append(one_line(e))
-    if failures:
-        raise DaliError("; ".join(failures))
-    return results
 
 
 def start(cluster: Cluster, virt: Libvirt, names=(), batch: str = "auto") -> None:

@@ -22,6 +22,7 @@ import ipaddress
 from dali import fam, guest, network, reset
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError
+from dali.fanout import each
 from dali.render import render
 from dali.reporter import log
 from dali.virt import Libvirt
@@ -128,13 +129,17 @@ def bring_up(cluster: Cluster, virt: Libvirt, running: list[tuple[Node, object]]
     if not running:
         return
     wanted = files(cluster, virt)
-    for _node, dom in running:
-        configure(cluster, virt, dom, wanted)
+    # Node by node, each step waits on systemd and o2cb under TCG, and each mount on the
+    # heartbeat: side by side instead. Nodes mount at once at every boot anyway (fstab), which
+    # is what OCFS2's superblock lock and slot map are for.
+    each(running, lambda node, dom: configure(cluster, virt, dom, wanted))
     format_if_blank(cluster, virt, running[0][1])
-    for node, dom in running:
+
+    def mount_here(node, dom):
         mount(cluster, virt, dom)
         log(f"{node.name}: {DEVICE} mounted on {cluster.fs.mountpoint} (ocfs2)")
         _say_if_threshold_waits_for_a_boot(cluster, virt, node, dom)
+    each(running, mount_here)
 
 
 def _say_if_threshold_waits_for_a_boot(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:

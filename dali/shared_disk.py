@@ -24,7 +24,7 @@ import libvirt
 from dali import fam, marks, ocfs2
 from dali.cluster import Cluster
 from dali.errors import DaliError
-from dali.lifecycle import each
+from dali.fanout import each
 from dali.reporter import log
 from dali.virt import Libvirt
 

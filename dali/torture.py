@@ -32,7 +32,8 @@ import libvirt
 from dali import consoles, fam, faults, guest, shared_disk, workloads
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError, one_line
-from dali.lifecycle import each, select
+from dali.fanout import each
+from dali.lifecycle import select
 from dali.reporter import log
 from dali.torture_report import Report
 from dali.verify import refuse_to_write
@@ -479,16 +480,25 @@ def _execute(virt: Libvirt, p: Plan, run_id: str, report: Report) -> dict:
 
     survivors = [(i, n, d) for i, (n, d) in enumerate(p.nodes) if _up(virt, d)]
     verdicts, check_errors = {}, {}
-    for job in p.jobs:
-        if job.module is None:
-            continue
-        checks = {}
-        for i, node, dom in survivors:
-            try:
-                checks[node.name] = _check_one(virt, p, job, i, node, dom, run_id)
-            except (DaliError, libvirt.libvirtError) as e:
-                checks[node.name] = None
-                check_errors[(job.name, node.name)] = one_line(e)
+    judged = [job for job in p.jobs if job.module is not None]
+
+    def check(job, i, node, dom):
+        try:
+            return _check_one(virt, p, job, i, node, dom, run_id)
+        except (DaliError, libvirt.libvirtError) as e:
+            check_errors[(job.name, node.name)] = one_line(e)
+            return None
+    # Every check at once, as the runs were: each starts python3 on a node, seconds of TCG
+    # time, and one after the other a run waited for jobs x nodes of them.
+    checking = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, len(judged) * len(survivors))) as pool:
+        futures = {(job.name, node.name): pool.submit(check, job, i, node, dom)
+                   for job in judged for i, node, dom in survivors}
+        checked = {key: f.result() for key, f in futures.items()}
+    check_errors = {key: check_errors[key] for key in futures if key in check_errors}  # in run order
+    log(f"torture: checked in {time.monotonic() - checking:.0f} s")
+    for job in judged:
+        checks = {node.name: checked[(job.name, node.name)] for _, node, _ in survivors}
         states = {n.name: (runs[(job.name, n.name)]["result"] or {}).get("state")
                   for n, _ in p.nodes}
         ctx = workloads.common.Context({**_args(p, job, 0, p.nodes[0][0], run_id)})

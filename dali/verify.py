@@ -25,7 +25,8 @@ import secrets
 from dali import fam, guest
 from dali.cluster import Cluster
 from dali.errors import DaliError
-from dali.lifecycle import defined, each
+from dali.fanout import each
+from dali.lifecycle import defined
 from dali.virt import Libvirt
 
 
