@@ -169,5 +169,6 @@ def test_the_nvdimm_beside_a_shared_disk(cluster):
 
 def test_clean_removes_the_shared_disk_too(cluster):
     from dali import shared_disk
+    cluster.doit("destroy")  # clean's graceful shutdown has tests of its own (test_cluster, test_kill)
     cluster.doit("clean")
     assert not shared_disk.path(cluster.cfg).exists()
