@@ -290,7 +290,9 @@ class Libvirt:
             if waited >= next_note:
                 log(f"{dom.name()}: booting, waiting for the guest agent ({waited:.0f} s of {timeout} s)")
                 next_note += 15
-            time.sleep(1)
+            # A silent agent fails at once (libvirt: "not connected"): asking 4 times a second
+            # costs the host nothing, and a boot that is done is noticed 0.4 s sooner on average.
+            time.sleep(0.25)
         return time.monotonic() - t0
 
     def run(self, dom: libvirt.virDomain, argv: list[str], timeout: float = 120,
