@@ -165,13 +165,12 @@ def is_current(cluster: Cluster, virt: Libvirt) -> bool:
     """Every running node holds the configuration for the cluster as it is now, and has the
     filesystem mounted."""
     wanted = files(cluster, virt)
-    for _node, dom in running_nodes(cluster, virt):
-        for path, text in wanted.items():
-            if virt.run(dom, ["cat", path]).stdout != text:
-                return False
-        if virt.run(dom, ["mountpoint", "-q", cluster.fs.mountpoint]).exitcode != 0:
-            return False
-    return True
+
+    def current(_node, dom) -> bool:
+        return (all(virt.run(dom, ["cat", path]).stdout == text for path, text in wanted.items())
+                and virt.run(dom, ["mountpoint", "-q", cluster.fs.mountpoint]).exitcode == 0)
+    # Every `doit` and `doit start` asks this of a running cluster: the nodes answer side by side.
+    return all(each(running_nodes(cluster, virt), current))
 
 
 def mkfs(cluster: Cluster, virt: Libvirt, yes: bool = False) -> None:
