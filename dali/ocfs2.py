@@ -18,6 +18,7 @@ unique, and the same on every node.
 from __future__ import annotations
 
 import ipaddress
+import shlex
 
 from dali import fam, guest, network, reset
 from dali.cluster import Cluster, Node
@@ -113,8 +114,13 @@ def make_filesystem(cluster: Cluster, virt: Libvirt, dom) -> None:
 
 
 def mount(cluster: Cluster, virt: Libvirt, dom) -> None:
-    where = cluster.fs.mountpoint
-    result = virt.run(dom, ["sh", "-c", f"mountpoint -q {where} || mount {where}"], timeout=600)
+    where = shlex.quote(cluster.fs.mountpoint)
+    # systemd mounts it from fstab at every boot, maybe at this very moment: a mount of our own
+    # beside that one fails with EBUSY. `systemctl start` of its mount unit joins a mount under
+    # way; only if that fails does our own mount run, for the error it prints.
+    unit = f'"$(systemd-escape -p --suffix=mount {where})"'
+    result = virt.run(dom, ["sh", "-c", f"mountpoint -q {where} || systemctl start -q {unit} 2>/dev/null || "
+                                        f"mountpoint -q {where} || mount {where}"], timeout=600)
     if result.exitcode != 0:
         slots = virt.run(dom, ["sh", "-c", "dmesg | grep -c 'no free slots'"]).stdout.strip()
         if slots not in ("", "0"):
