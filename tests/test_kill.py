@@ -146,7 +146,8 @@ def test_a_killed_debootstrap_converges(own_recipe):
         assert reached, f"kill point never reached: {pattern}"
         assert not tarball.exists(), "no tarball that looks done"
         outputs.append(output)
-    last = c.doit("image:rootfs").stdout
+    run = c.doit("image:rootfs")
+    last = run.stdout + run.stderr  # dali's lines go to stderr, doit's to stdout
     for after_debootstrap in (outputs[-1], last):  # stopped while customising, then in its tar
         assert "carrying on from the debootstrap tree" in after_debootstrap, after_debootstrap
         assert "debootstrap bookworm" not in after_debootstrap, "a finished debootstrap is not run again"
