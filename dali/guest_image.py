@@ -160,15 +160,22 @@ def _locked(directory: Path, log: Log):
 _DEBOOTSTRAPPED = ".dali-debootstrapped-"
 
 
+def kept_tree(tarball: Path) -> Path:
+    """Where the finished debootstrap tree for this tarball is kept until it is written."""
+    return tarball.with_name(_DEBOOTSTRAPPED + tarball.stem)
+
+
 def _build_rootfs_tarball(recipe: dict, cache_dir: Path, tarball: Path, log: Log) -> None:
     name = tarball.stem
     remove_abandoned_work(cache_dir)
-    tree = cache_dir / f"{_DEBOOTSTRAPPED}{name}"
-    for other in cache_dir.glob(f"{_DEBOOTSTRAPPED}*"):
-        if other != tree:  # left by a stopped build of a recipe no longer wanted
-            remove_tree(other)
+    tree = kept_tree(tarball)
     work = work_dir(cache_dir)
     try:
+        for other in cache_dir.glob(f"{_DEBOOTSTRAPPED}*"):
+            if other != tree:  # left by a stopped build of a recipe no longer wanted
+                # Into the work directory first, in one rename: a removal stopped halfway must
+                # never leave a partial tree under a name that says "finished".
+                os.rename(other, work / other.name)
         if tree.is_dir():
             log(f"carrying on from the debootstrap tree a stopped run finished ({tree.name})")
         else:

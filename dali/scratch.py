@@ -48,13 +48,20 @@ def work_dir(parent: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{_WORK_PREFIX}{os.getpid()}.", dir=parent))
 
 
-def remove_abandoned_work(parent: Path) -> None:
-    """Delete work directories of earlier builds whose process is gone (killed, power cut),
-    after killing what is left of the programs they ran."""
+def abandoned_work(parent: Path) -> list[Path]:
+    """The work directories under parent whose process is gone (killed, power cut)."""
+    found = []
     for work in parent.glob(f"{_WORK_PREFIX}*"):
         pid = work.name[len(_WORK_PREFIX):].split(".")[0]
-        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
-            continue
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            found.append(work)
+    return found
+
+
+def remove_abandoned_work(parent: Path) -> None:
+    """Delete work directories of earlier builds whose process is gone, after killing what is
+    left of the programs they ran."""
+    for work in abandoned_work(parent):
         try:
             os.killpg(int((work / "pgid").read_text()), signal.SIGKILL)
         except (OSError, ValueError):

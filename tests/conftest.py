@@ -18,6 +18,7 @@ import pytest
 
 from dali import settings
 from dali.cluster import REPO
+from dali.scratch import abandoned_work
 from dali.virt import Libvirt
 
 DOIT = REPO / ".venv" / "bin" / "doit"
@@ -235,14 +236,6 @@ def files_under(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*")} if path.exists() else set()
 
 
-def abandoned_work(cache_dir: Path) -> list[str]:
-    """Scratch directories in the checkout's cache whose process is gone: what a killed run left
-    and the next run must remove. (A build running beside the tests has a live one; a finished
-    debootstrap tree kept for a stopped build to carry on from is not abandoned.)"""
-    return [p.name for p in cache_dir.glob(".dali-work.*")
-            if not Path(f"/proc/{p.name.split('.')[2]}").exists()]
-
-
 def assert_built(c: ClusterUnderTest, clones: list[str]) -> None:
     """The end state of an uninterrupted `doit` of this cluster: exactly these objects and
     files, all carrying the cluster's mark, nothing half-made or left over, and nothing more to
@@ -266,6 +259,7 @@ def assert_built(c: ClusterUnderTest, clones: list[str]) -> None:
     assert files_under(c.cfg.state_dir) == {"network.xml", "ssh", "ssh/id_ed25519", "ssh/id_ed25519.pub",
                                             "ssh/known_hosts", "ssh_config", "hosts", "xml",
                                             *(f"xml/{n}.xml" for n in names)}
+    # work of a dead process only: a build running beside the tests, or a kept tree, is not abandoned
     assert not abandoned_work(c.cfg.cache_dir), "abandoned work"
     template = c.cfg.apparmor_template.read_text()
     assert template.count(apparmor.rule(c.cfg)) == 1

@@ -22,7 +22,9 @@ import time
 
 import pytest
 
-from conftest import DOIT, ClusterUnderTest, abandoned_work, assert_built, files_under, user_env, unique_tag
+from conftest import DOIT, ClusterUnderTest, assert_built, files_under, user_env, unique_tag
+from dali.guest_image import kept_tree
+from dali.scratch import abandoned_work, remove_tree
 from dali.cluster import REPO
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
@@ -121,8 +123,8 @@ def own_recipe(tmp_path_factory):
     c.teardown()
     for made in set(c.cfg.cache_dir.glob(f"rootfs-{_recipe_hash(c)}.*")) - made_before:
         made.unlink()
-    from dali.scratch import remove_tree  # a failed test's finished debootstrap tree, kept for a next run
-    remove_tree(c.cfg.cache_dir / f".dali-debootstrapped-rootfs-{_recipe_hash(c)}")
+    # and the finished debootstrap tree a failed test left for a next run to carry on from
+    remove_tree(kept_tree(c.cfg.cache_dir / f"rootfs-{_recipe_hash(c)}.tar"))
 
 
 def _recipe_hash(c: ClusterUnderTest) -> str:
@@ -153,7 +155,7 @@ def test_a_killed_debootstrap_converges(own_recipe):
         assert "debootstrap bookworm" not in after_debootstrap, "a finished debootstrap is not run again"
     assert tarball.exists() and tarball.with_suffix(".log").exists()
     assert not abandoned_work(c.cfg.cache_dir), "abandoned work"
-    assert not (c.cfg.cache_dir / f".dali-debootstrapped-{tarball.stem}").exists(), \
+    assert not kept_tree(tarball).exists(), \
         "the finished debootstrap tree is gone once its tarball is written"
     leftovers = subprocess.run(["pgrep", "-af", f"debootstrap.*{c.cfg.cache_dir}"], capture_output=True,
                                text=True).stdout.strip()
