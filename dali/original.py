@@ -57,8 +57,7 @@ def reconfigure(cluster: Cluster, virt: Libvirt) -> dict:
     log(f"{dom.name()}: {guest.NAMESPACE} is in mode {ns.get('mode')}, size {ns.get('size')}")
     if ns.get("mode") != mode:
         log(f"{dom.name()}: ndctl create-namespace --reconfig={guest.NAMESPACE} --mode={mode} --force")
-        guest.reconfigure(virt, dom, mode)
-        ns = guest.namespace(virt, dom)
+        ns = guest.reconfigure(virt, dom, mode)  # ndctl prints the namespace it made
     on_fam = fam.namespace(cluster.fam_path)
     if ns.get("mode") != mode or on_fam["mode"] != mode or on_fam.get("uuid") != ns.get("uuid"):
         raise DaliError(f"{dom.name()}: {guest.NAMESPACE} is in mode {ns.get('mode')} after "

@@ -288,7 +288,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("apparmor.template", FilePath(absolute=True), "/etc/apparmor.d/libvirt/TEMPLATE.qemu",
             "libvirt's AppArmor template, where the FAM is allowed"),
     Setting("timeouts.boot", Whole(1), 900, "seconds from start until the guest agent answers"),
-    Setting("timeouts.shutdown", Whole(1), 180, "seconds of ACPI shutdown before a node is forced off"),
+    Setting("timeouts.shutdown", Whole(1), 180, "seconds of graceful shutdown (guest agent, ACPI button) before a node is forced off"),
 )
 
 BY_KEY = {s.key: s for s in SETTINGS}
