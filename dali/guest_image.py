@@ -4,12 +4,14 @@ Two steps, because they change for different reasons:
 
 1. build_rootfs_tarball(): debootstrap + our customisation (templates/guest/), slow (~1.5 min),
    cached under state/cache/ by a hash of everything that decides its content (rootfs_recipe()).
-2. build_node_image(): tarball + the cluster's ssh key -> base.qcow2, vmlinuz, initrd.img,
-   quick (seconds), with no loop mount: `mkfs.ext4 -d` fills the filesystem from a directory.
+2. node_image(): tarball -> base.qcow2, vmlinuz, initrd.img, seconds, with no loop mount
+   (`mkfs.ext4 -d` fills the filesystem from a directory); cached beside the tarball too, so
+   each cluster copies it (dali/image.py) instead of building it again.
 
 The image is made to be cloned. Nothing in it may be unique to one machine: the machine-id and
 hostname come from the kernel command line (systemd.machine_id=, systemd.hostname=), and each
-node's ssh host key and address from its identity disk (dali/identity_disk.py).
+node's ssh host key and address, and the cluster's key root accepts, from its identity disk
+(dali/identity_disk.py).
 
 Everything here is a plain function of plain values (no doit, no libvirt, no Cluster), so it
 can be tested and reused on its own; tasks/image.py wires it into the graph.
@@ -147,7 +149,7 @@ def _locked(directory: Path, log: Log):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log(f"waiting: another doit is building a guest root filesystem in {directory}")
+            log(f"waiting: another doit is building a guest image in {directory}")
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
@@ -358,7 +360,7 @@ def _customise(tree: Path) -> None:
     for key in (tree / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
 
-    # Only the cluster's ssh key logs in (added per cluster by build_node_image).
+    # Only the cluster's ssh key logs in (each node's identity disk brings it).
     _chroot(tree, "usermod", "--lock", "root")
 
     # Keep the tree small and free of the build host's traces.
@@ -378,78 +380,98 @@ def _chroot(tree: Path, *command: str) -> None:
 
 # --- the node image -------------------------------------------------------------------------
 
-# What build_node_image() writes into its out_dir.
+# What a node image is: the files node_image() makes, and each cluster's image/ holds.
 NODE_IMAGE_FILES = ("base.qcow2", "vmlinuz", "initrd.img")
 
 
-def build_node_image(tarball: Path, ssh_public_key: str, out_dir: Path, disk_size_bytes: int,
-                     init_binary: Path, log: Log) -> None:
-    """Turn the rootfs tarball into out_dir/base.qcow2 + vmlinuz + initrd.img for direct kernel boot.
+def node_image_path(tarball: Path, disk_size_bytes: int, init_binary: Path) -> Path:
+    """Where the node image of this tarball, disk size and initramfs /init is cached: beside
+    the tarball, named by a hash of the three (the tarball's and the /init's names are hashes
+    of what they hold)."""
+    tarball = Path(tarball)
+    made_of = json.dumps([tarball.name, disk_size_bytes, Path(init_binary).name])
+    return tarball.with_name(f"image-{hashlib.sha256(made_of.encode()).hexdigest()[:16]}")
+
+
+def node_image(tarball: Path, disk_size_bytes: int, init_binary: Path, log: Log) -> Path:
+    """The directory holding NODE_IMAGE_FILES for this tarball, disk size and /init, built if
+    it is not cached yet.
+
+    Why cached: building takes 7-10 s (unpacking the tarball, mkfs.ext4 -d), and every cluster
+    of the checkout boots the same bytes; copying them takes half a second. Nothing in it is
+    a cluster's or a node's (keys and addresses come from each node's identity disk), and no
+    cluster depends on the cache: each copies the files into its own image/ (dali/image.py),
+    so state/cache/ can be deleted at any time.
+
+    Built in a work directory under the cache's lock and renamed into place whole: a present
+    directory is a complete image; a killed build leaves only work that the next one removes.
+    """
+    tarball = Path(tarball)
+    out = node_image_path(tarball, disk_size_bytes, init_binary)
+    if out.is_dir():
+        return out
+    cache_dir = tarball.parent
+    with _locked(cache_dir, log):
+        if out.is_dir():  # another cluster built it while we waited
+            return out
+        remove_abandoned_work(cache_dir)
+        work = work_dir(cache_dir)
+        try:
+            build_node_image(tarball, work / "image", disk_size_bytes, init_binary, log)
+            os.rename(work / "image", out)
+        finally:
+            remove_tree(work)
+    log(f"node image ready: {out}")
+    return out
+
+
+def build_node_image(tarball: Path, out_dir: Path, disk_size_bytes: int, init_binary: Path,
+                     log: Log) -> None:
+    """Turn the rootfs tarball into out_dir/base.qcow2 + vmlinuz + initrd.img for direct kernel
+    boot; out_dir is made here and is the caller's to rename into place.
 
     initrd.img is dali's own initramfs (dali/kernel_boot.py: a static /init and the modules that
     mount the root disk, uncompressed), as for your own kernel. initramfs-tools' (even cut down
     to the root disk's modules and no udev) runs its shell scripts first: 1.4 s more of every TCG
     boot until the real init starts (docs/speed.md).
 
-    Why separate from the tarball: the ssh key and disk size are per cluster, and this takes
-    seconds. No loop mount (needs privileges and devices a container may not have):
-    `mkfs.ext4 -d TREE` writes the files straight into a sparse raw file, then qemu-img makes it
-    a qcow2 so that nodes can be thin overlays of it.
-
-    Files are built under temporary names in out_dir and renamed at the end, disk last, so a
-    present base.qcow2 means a complete set. They end mode 0644: qemu runs as libvirt-qemu and
+    No loop mount (needs privileges and devices a container may not have): `mkfs.ext4 -d TREE`
+    writes the files straight into a sparse raw file, then qemu-img makes it a qcow2 so that
+    nodes can be thin overlays of it. The files end mode 0644: qemu runs as libvirt-qemu and
     only reads them.
     """
     tarball, out_dir = Path(tarball), Path(out_dir)
-    key = ssh_public_key.strip()
-    if not key or "\n" in key or not re.match(r"^(ssh-|ecdsa-|sk-)\S+ \S+", key):
-        raise DaliError(f"ssh public key {key[:40]!r}... is not one OpenSSH public key line: "
-                        "give the contents of a .pub file")
     if not tarball.is_file():
         raise DaliError(f"root filesystem tarball {tarball} is missing: rebuild it (doit forget the image task)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_work(out_dir)
-    work = work_dir(out_dir)
+    out_dir.mkdir(parents=True)
+    tree = out_dir / "tree"
+    tree.mkdir()
+    log(f"unpacking {tarball.name}")
+    run(["tar", "--extract", "--file", str(tarball), "--numeric-owner", "--same-owner",
+          "--same-permissions", "--xattrs", "--xattrs-include=*", "-C", str(tree)],
+         what=f"unpacking {tarball}")
+
+    kernel, modules = _boot_files(tree)
+    (out_dir / "vmlinuz").write_bytes(_bootable_kernel(kernel.read_bytes()))
+    build_initramfs(modules, out_dir / "initrd.img", init_binary)
+    for name in ("vmlinuz", "initrd.img"):
+        (out_dir / name).chmod(0o644)
+
+    raw = out_dir / "disk.raw"
+    with open(raw, "wb") as f:
+        f.truncate(disk_size_bytes)  # sparse: only what mkfs writes takes space
+    log(f"mkfs.ext4 -d into a {disk_size_bytes // 2**20} MiB disk")
     try:
-        tree = work / "tree"
-        tree.mkdir()
-        log(f"unpacking {tarball.name}")
-        run(["tar", "--extract", "--file", str(tarball), "--numeric-owner", "--same-owner",
-              "--same-permissions", "--xattrs", "--xattrs-include=*", "-C", str(tree)],
-             what=f"unpacking {tarball}")
-
-        ssh_dir = tree / "root/.ssh"
-        ssh_dir.mkdir(mode=0o700, exist_ok=True)
-        (ssh_dir / "authorized_keys").write_text(key + "\n")
-        (ssh_dir / "authorized_keys").chmod(0o600)
-
-        kernel, modules = _boot_files(tree)
-        (work / "vmlinuz").write_bytes(_bootable_kernel(kernel.read_bytes()))
-        build_initramfs(modules, work / "initrd.img", init_binary)
-        for name in ("vmlinuz", "initrd.img"):
-            (work / name).chmod(0o644)
-
-        raw = work / "disk.raw"
-        with open(raw, "wb") as f:
-            f.truncate(disk_size_bytes)  # sparse: only what mkfs writes takes space
-        log(f"mkfs.ext4 -d into a {disk_size_bytes // 2**20} MiB disk")
-        try:
-            run(["mkfs.ext4", "-q", "-F", "-L", "dali-root", "-d", str(tree), str(raw)], what="mkfs.ext4")
-        except DaliError:
-            used = run(["du", "-s", "--block-size=1M", str(tree)], what="du").split()[0]
-            raise DaliError(f"mkfs.ext4 could not fit the {used} MiB guest tree into a "
-                            f"{disk_size_bytes // 2**20} MiB disk: raise image.disk_size") from None
-        shutil.rmtree(tree)  # free the space before the qcow2 copy
-        qcow2 = work / "base.qcow2"
-        run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], what="qemu-img convert")
-        qcow2.chmod(0o644)
-
-        os.replace(work / "vmlinuz", out_dir / "vmlinuz")
-        os.replace(work / "initrd.img", out_dir / "initrd.img")
-        os.replace(qcow2, out_dir / "base.qcow2")
-    finally:
-        remove_tree(work)
-    log(f"node image ready: {out_dir / 'base.qcow2'}")
+        run(["mkfs.ext4", "-q", "-F", "-L", "dali-root", "-d", str(tree), str(raw)], what="mkfs.ext4")
+    except DaliError:
+        used = run(["du", "-s", "--block-size=1M", str(tree)], what="du").split()[0]
+        raise DaliError(f"mkfs.ext4 could not fit the {used} MiB guest tree into a "
+                        f"{disk_size_bytes // 2**20} MiB disk: raise image.disk_size") from None
+    remove_tree(tree)  # free the space before the qcow2 copy
+    qcow2 = out_dir / "base.qcow2"
+    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], what="qemu-img convert")
+    qcow2.chmod(0o644)
+    raw.unlink()
 
 
 def _boot_files(tree: Path) -> tuple[Path, Path]:

@@ -9,7 +9,10 @@ boot (ssh-keygen alone took seconds of emulated CPU). All of it is known on the 
 - its address: the one its DHCP host entry in the network gives its MAC (dali/network.py), so
   DHCP and the node always agree, and nothing else changes for a node or for dnsmasq;
 - its resolver: the network's dnsmasq (the host's address on the bridge), which knows every
-  node by name, with the cluster's domain to search.
+  node by name, with the cluster's domain to search;
+- the key root accepts: the cluster's public key (state/<tag>/ssh/id_ed25519.pub). Not in the
+  image, so that one image serves every cluster of the checkout (dali/image.py copies it from
+  state/cache/ instead of building it again for each cluster).
 
 They reach the node on a small read-only virtio disk (<serial>dali-identity</serial>), a plain
 tar archive that the image's dali-identity unit unpacks early in the boot
@@ -41,6 +44,7 @@ SERIAL = "dali-identity"
 TARGET = "vdy"  # a name for libvirt; the node finds the disk by its serial
 KEY = "ssh_host_ed25519_key"
 FACTS = "network"
+AUTHORIZED = "authorized_keys"
 
 
 def path(cluster: Cluster, node: Node | str) -> Path:
@@ -69,13 +73,22 @@ def facts(cluster: Cluster, virt: Libvirt, node: Node) -> str:
             f"DOMAIN={cluster.tag}\nGATEWAY={gateway}\n")
 
 
-def archive(key: bytes, public: bytes, network_facts: str) -> bytes:
+def authorized_key(cluster: Cluster) -> bytes:
+    """The cluster's public key, the one root accepts on every node."""
+    pub = cluster.ssh_key.with_suffix(".pub")
+    try:
+        return pub.read_bytes()
+    except FileNotFoundError:
+        raise DaliError(f"{pub} is missing: run doit (image:sshkey makes the cluster's key)") from None
+
+
+def archive(key: bytes, public: bytes, network_facts: str, authorized: bytes) -> bytes:
     """A tar archive with fixed owners, modes and times: the same content gives the same bytes,
     so "is the file current" is a comparison of bytes."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name, data, mode in ((KEY, key, 0o600), (KEY + ".pub", public, 0o644),
-                                 (FACTS, network_facts.encode(), 0o644)):
+                                 (FACTS, network_facts.encode(), 0o644), (AUTHORIZED, authorized, 0o600)):
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), mode, 0
             tar.addfile(info, io.BytesIO(data))
@@ -110,7 +123,7 @@ def _current_key(cluster: Cluster, node: Node | str) -> tuple[bytes, bytes] | No
 def wanted(cluster: Cluster, virt: Libvirt, node: Node) -> bytes | None:
     """The archive the node's disk should hold, keeping its key; None if it has no key yet."""
     key = _current_key(cluster, node)
-    return None if key is None else archive(*key, facts(cluster, virt, node))
+    return None if key is None else archive(*key, facts(cluster, virt, node), authorized_key(cluster))
 
 
 def is_current(cluster: Cluster, virt: Libvirt, node: Node) -> bool:
@@ -126,7 +139,7 @@ def ensure(cluster: Cluster, virt: Libvirt, node: Node) -> None:
         raise DaliError(f"{disk} exists but dali did not make it for this cluster: move it "
                         "away, then run doit again")
     key = _current_key(cluster, node) or new_key(node)
-    data = archive(*key, facts(cluster, virt, node))
+    data = archive(*key, facts(cluster, virt, node), authorized_key(cluster))
     if disk.exists() and disk.read_bytes() == data:
         return
     # Written under a fixed temporary name, private before a byte of the key is in it, marked,

@@ -1,24 +1,26 @@
-"""The cluster's guest image: its ssh key, and base.qcow2 + vmlinuz + initrd.img built from the
-debootstrap tarball (dali/guest_image.py does the building).
+"""The cluster's guest image: its ssh key, and base.qcow2 + vmlinuz + initrd.img, copied from
+the node image that dali/guest_image.py builds once per checkout (tarball, disk size and
+initramfs /init) and caches in state/cache/.
 
 What the image was built from is a fact kept on the image itself: base.qcow2 carries the
-extended attribute user.dali.image, naming the tarball and the ssh key it holds. The image is
-current when its files are ours and that stamp matches; it is rebuilt when it does not, unless
-node disks are built on it (replacing it would corrupt them): then dali stops and says why.
+extended attribute user.dali.image, naming the cached node image it is a copy of. The image is
+current when its files are ours and that stamp matches; it is replaced when it does not, unless
+node disks are built on it (replacing it would corrupt them): then it stays, and `doit status`
+says so.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import shutil
 from pathlib import Path
 
 from dali import disks, marks
 from dali.cluster import Cluster
 from dali.commands import run
 from dali.errors import DaliError
-from dali.guest_image import NODE_IMAGE_FILES, build_node_image, rootfs_recipe, rootfs_tarball_path
-from dali.kernel_boot import build_init
+from dali.guest_image import NODE_IMAGE_FILES, node_image, node_image_path, rootfs_recipe, rootfs_tarball_path
+from dali.kernel_boot import build_init, init_path
 from dali.reporter import log
 from dali.scratch import remove_abandoned_work, remove_tree, work_dir
 from dali.virt import Libvirt
@@ -67,11 +69,10 @@ def ensure_ssh_key(cluster: Cluster) -> None:
 
 # --- base.qcow2, vmlinuz, initrd.img ---------------------------------------------------------
 
-def _stamp(cluster: Cluster, tarball: Path) -> str | None:
-    pub = cluster.ssh_key.with_suffix(".pub")
-    if not pub.exists():
-        return None
-    return f"{tarball.name} key:{hashlib.sha256(pub.read_bytes()).hexdigest()[:16]}"
+def _stamp(cluster: Cluster, tarball: Path) -> str:
+    """The name of the cached node image the cluster's should be a copy of. (Images made
+    before the cache were stamped with the tarball and the ssh key they held.)"""
+    return node_image_path(tarball, cluster.image.disk_size, init_path(cluster.cache_dir)).name
 
 
 def _stamp_of(base: Path) -> str | None:
@@ -124,24 +125,29 @@ def ensure_node_image(cluster: Cluster, tarball: Path) -> None:
         if os.path.lexists(path) and not marks.is_ours(path, cluster):
             raise DaliError(f"{path} exists but dali did not make it for this cluster: move it "
                             "away, then run doit again")
+    cached = node_image(tarball, cluster.image.disk_size, build_init(cluster.cache_dir), log)
     marks.make_dir(cluster.image_dir, cluster)
     remove_abandoned_work(cluster.image_dir)
     staging = work_dir(cluster.image_dir)
     try:
-        build_node_image(tarball, cluster.ssh_key.with_suffix(".pub").read_text(), staging,
-                         cluster.image.disk_size, build_init(cluster.cache_dir), log)
+        # Copies, not links or overlays of the cache: the cluster's disks are built on its own
+        # base.qcow2, which nothing outside its data directory can take away.
+        log(f"copying the node image {cached.name}")
+        for name in NODE_IMAGE_FILES:
+            shutil.copyfile(cached / name, staging / name)
         # Marked (and stamped) before they move into place, disk last: a run killed between two
         # renames leaves files that are ours and an image that is not current, never a stranger.
         for name in NODE_IMAGE_FILES:
             marks.make_file_private(staging / name)
             marks.mark(staging / name, cluster, also=(cluster.image_dir / name,))
-        os.setxattr(staging / "base.qcow2", STAMP, _stamp(cluster, tarball).encode())
+        os.setxattr(staging / "base.qcow2", STAMP, cached.name.encode())
         os.setxattr(staging / "base.qcow2", FEATURES, " ".join(IMAGE_FEATURES).encode())
         for name in NODE_IMAGE_FILES:
             os.replace(staging / name, cluster.image_dir / name)
             marks.mark(cluster.image_dir / name, cluster)
     finally:
         remove_tree(staging)
+    log(f"node image ready: {cluster.image_dir / 'base.qcow2'}")
 
 
 def remove_node_image(cluster: Cluster, virt: Libvirt, dryrun: bool = False) -> None:

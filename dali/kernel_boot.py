@@ -153,10 +153,14 @@ def root_module_files(moddir: Path, wanted=ROOT_MODULES, required=REQUIRED) -> l
 
 # --- the initramfs --------------------------------------------------------------------------
 
+def init_path(cache_dir: Path) -> Path:
+    """Where the /init of this version of initramfs_init.c is (or will be) cached."""
+    return Path(cache_dir) / f"dali-init-{hashlib.sha256(INIT_SOURCE.read_bytes()).hexdigest()[:12]}"
+
+
 def build_init(cache_dir: Path) -> Path:
     """cache_dir/dali-init-<hash>: initramfs_init.c compiled static, once per version of the source."""
-    source = INIT_SOURCE.read_bytes()
-    binary = Path(cache_dir) / f"dali-init-{hashlib.sha256(source).hexdigest()[:12]}"
+    binary = init_path(cache_dir)
     if binary.exists():
         return binary
     binary.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
-"""Stage: each node's identity disk (its ssh host key, address and resolver), written before the
-node is defined and rewritten when its address or resolver changes; the key is kept
-(dali/identity_disk.py). Not made for a user's own image (image.path), which keeps its own."""
+"""Stage: each node's identity disk (its ssh host key, address, resolver and the cluster's key
+that root accepts), written before the node is defined and rewritten when its address,
+resolver or the cluster's key changes; the host key is kept (dali/identity_disk.py). Not made for a user's own image
+(image.path), which keeps its own."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
             "doc": f"{node.name}'s identity disk",
             "actions": [Step(f"write {disk}", identity_disk.ensure, cluster, virt, node, changes=cluster)],
             "uptodate": [(uptodate(identity_disk.is_current), [cluster, virt, node], {})],
-            "task_dep": ["preflight", "network"],
+            "task_dep": ["preflight", "network", "image:sshkey"],
             "clean": [CleanStep(f"remove {disk} if dali made it and no domain uses it",
                                 disks.remove_file, cluster, virt, disk, changes=cluster)],
         }

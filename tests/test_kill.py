@@ -6,10 +6,11 @@ for `doit clean`. The end is held to exactly what an uninterrupted run leaves
 
 The kills are chained: the run after a kill is the one that meets the next kill point, so every
 run has to pick up what the previous one left. The cold run builds on the debootstrap tarball
-every cluster of the checkout shares (state/cache/), as a user's second cluster does: the
-tarball step (`image:rootfs`, minutes of debootstrap) is killed in a test of its own, on a
-recipe that adds one small package, so its debootstrap is its own and its tarball is removed
-afterwards; a run stopped once debootstrap has finished carries on from its tree.
+and node image every cluster of the checkout shares (state/cache/), as a user's second
+cluster does: the builds of those two (`image:rootfs`, a minute of debootstrap; the node image
+`image:base` copies) are killed in a test of their own, on a recipe that adds one small
+package, so they are its own and are removed afterwards; a run stopped once debootstrap has
+finished carries on from its tree.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ BUILD = [  # in the order a cold run starts them
     (r"^\.  apparmor$", INT, 0),
     (r"^\.  access$", KILL, 0),
     (r"^\.  image:base$", INT, 0),
-    (r"^mkfs\.ext4 -d into", KILL, 1),                     # image:base, halfway
+    (r"^copying the node image", KILL, 0),                 # image:base, copying the cached image
     # accel and the original's disk both follow the image, in either order
     (rf"^\.  (accel|disk:{TAG}a)$", INT, 0),
     (rf"^\.  (accel|disk:{TAG}a)$", KILL, 0),
@@ -67,6 +68,10 @@ TARBALL = [  # doit image:rootfs: the debootstrap tarball, on a recipe no other 
     # customising and writing the tarball take a second or two each now: killed as they start
     (r"^customising the guest tree", KILL, 0),
     (r"^writing .*/rootfs-", INT, 0),                      # tar, on the tree kept from the run before
+]
+NODE_IMAGE = [  # doit image:base: the node image cached for that recipe, then the cluster's copy
+    (r"^unpacking rootfs-", INT, 0.5),
+    (r"^mkfs\.ext4 -d into", KILL, 1),                     # halfway
 ]
 CLEAN = [
     (rf"^define:{TAG}[ab] - executing", KILL, 1),          # shutting a running node down
@@ -119,12 +124,24 @@ def own_recipe(tmp_path_factory):
     c = ClusterUnderTest(tmp_path_factory.mktemp(tag) / "cluster.toml", tag,
                          image={"extra_packages": ["less"]})
     made_before = set(c.cfg.cache_dir.glob(f"rootfs-{_recipe_hash(c)}.*"))
+    node_image = _node_image(c)
+    node_image_before = node_image.exists()
     yield c
     c.teardown()
     for made in set(c.cfg.cache_dir.glob(f"rootfs-{_recipe_hash(c)}.*")) - made_before:
         made.unlink()
+    if not node_image_before:
+        remove_tree(node_image)
     # and the finished debootstrap tree a failed test left for a next run to carry on from
     remove_tree(kept_tree(c.cfg.cache_dir / f"rootfs-{_recipe_hash(c)}.tar"))
+
+
+def _node_image(c: ClusterUnderTest):
+    """Where the node image of the cluster's recipe is cached."""
+    from dali.guest_image import node_image_path
+    from dali.kernel_boot import init_path
+    tarball = c.cfg.cache_dir / f"rootfs-{_recipe_hash(c)}.tar"
+    return node_image_path(tarball, c.cfg.image.disk_size, init_path(c.cfg.cache_dir))
 
 
 def _recipe_hash(c: ClusterUnderTest) -> str:
@@ -135,13 +152,16 @@ def _recipe_hash(c: ClusterUnderTest) -> str:
     return path.stem.split("-", 1)[1]
 
 
-def test_a_killed_debootstrap_converges(own_recipe):
+def test_a_killed_image_build_converges(own_recipe):
     """doit image:rootfs killed as it starts, halfway through debootstrap, in its chroot and
     while the tree is customised: the next run removes what the killed one left (its tree, its
-    processes) and makes the tarball; nothing half-made remains."""
+    processes) and makes the tarball; nothing half-made remains. Then doit image:base, killed
+    while it builds the node image from that tarball: the next one builds it whole, and the
+    cluster's image is a copy of it."""
     c = own_recipe
     tarball = c.cfg.cache_dir / f"rootfs-{_recipe_hash(c)}.tar"
     tarball.unlink(missing_ok=True)
+    remove_tree(_node_image(c))
     outputs = []
     for pattern, sig, delay in TARBALL:
         reached, output = run_until(c, pattern, sig, delay, "image:rootfs")
@@ -163,6 +183,17 @@ def test_a_killed_debootstrap_converges(own_recipe):
     listed = subprocess.run(["tar", "-tf", str(tarball)], capture_output=True, text=True, check=True).stdout
     assert "./usr/bin/less\n" in listed, "the recipe's own package is in it"
     assert re.findall(r"^\.  (\S+)", c.doit("image:rootfs").stdout, re.M) == [], "and nothing left to do"
+
+    for pattern, sig, delay in NODE_IMAGE:
+        reached, output = run_until(c, pattern, sig, delay, "image:base")
+        assert reached, f"kill point never reached: {pattern}"
+        assert not _node_image(c).exists(), "no node image that looks done"
+    c.doit("image:base")
+    assert not abandoned_work(c.cfg.cache_dir), "abandoned work"
+    built = _node_image(c)
+    for name in ("base.qcow2", "vmlinuz", "initrd.img"):
+        assert (c.cfg.image_dir / name).read_bytes() == (built / name).read_bytes(), name
+    assert re.findall(r"^\.  (\S+)", c.doit("image:base").stdout, re.M) == [], "and nothing left to do"
 
 
 def test_a_cold_run_killed_at_every_step_converges(cluster):
