@@ -64,6 +64,8 @@ def start(cluster: Cluster, virt: Libvirt, names=(), batch: str = "auto") -> Non
     as one is usable: "auto" is one more than the host has cores for (auto_batch), 0 all at once."""
     size = batch_size(cluster, str(batch))
     doms = defined(cluster, virt, select(cluster, names))
+    if cluster.fs.type == "ocfs2":
+        ocfs2.refuse_other_data(cluster)  # before any node boots: a refusal changes nothing
     each(doms, lambda node, dom: _boot(cluster, virt, node, dom), at_once=size)
     if cluster.fs.type == "ocfs2":
         ocfs2.bring_up(cluster, virt, ocfs2.running_nodes(cluster, virt))

@@ -9,7 +9,9 @@ mounted. Everything but the registration is on the node's disk, so a node booted
 
 The device is formatted once, with fs.slots node slots, and only when it holds nothing: the
 host reads the device's whole data area in the FAM (all zeros) and a node's wipefs finds no
-signature. Anything else is never overwritten: `doit mkfs --yes` formats on purpose.
+signature. Anything else is never overwritten: `doit mkfs --yes` formats on purpose. A device
+that holds something else is refused before `doit start` boots a node (refuse_other_data, on
+the host, from the FAM), so a refused start leaves every node as it was.
 
 A node number is its fixed address within the subnet: stable whatever the order of clones,
 unique, and the same on every node.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
+import subprocess
 
 from dali import fam, guest, network, reset
 from dali.cluster import Cluster, Node
@@ -92,16 +95,42 @@ def is_formatted(virt: Libvirt, dom) -> bool:
     return "ocfs2" in guest.signatures(virt, dom, DEVICE)
 
 
+def _holds_other_data(what: str) -> DaliError:
+    return DaliError(f"{DEVICE} holds {what}: dali formats only a blank device. To format it "
+                     "anyway (its data is lost): doit mkfs --yes; or doit reset:fam (nodes shut "
+                     "off) to start from a blank device")
+
+
+def refuse_other_data(cluster: Cluster) -> None:
+    """Before a node boots: the shared device holds OCFS2 or nothing at all, as the host reads
+    it in the FAM (the device's first byte lies at the namespace's data offset). blkid's probe
+    finds what a node's wipefs would; a device it finds nothing on must be all zeros. A FAM with
+    no fsdax namespace yet is the original's to prepare: nothing to read."""
+    held = fam.namespace(cluster.fam_path) if cluster.fam_path.exists() else {"mode": "raw"}
+    if held["mode"] != "fsdax":
+        return
+    # blkid exits 2 when it finds nothing, 8 when signatures contradict each other
+    probe = subprocess.run(["blkid", "--probe", "--offset", str(held["data_offset"]), "--match-tag",
+                            "TYPE", "--output", "value", str(cluster.fam_path)],
+                           capture_output=True, text=True)
+    found = probe.stdout.split() if probe.returncode == 0 else []
+    if probe.returncode == 8:
+        found = ["more than one signature"]
+    if "ocfs2" in found:
+        return
+    if found or reset.data_mib(cluster.fam_path, held["data_offset"]):
+        raise _holds_other_data(", ".join(found) or "data")
+
+
 def format_if_blank(cluster: Cluster, virt: Libvirt, dom) -> None:
-    """mkfs.ocfs2, but only on a device that holds nothing at all."""
+    """mkfs.ocfs2, but only on a device that holds nothing at all: asked of the node itself,
+    right before it formats (refuse_other_data asked the FAM before the nodes booted)."""
     found = guest.signatures(virt, dom, DEVICE)
     if "ocfs2" in found:
         return
     data_offset = fam.namespace(cluster.fam_path)["data_offset"]
     if found or reset.data_mib(cluster.fam_path, data_offset):
-        raise DaliError(f"{DEVICE} holds {', '.join(found) or 'data'}: dali formats only a blank "
-                        "device. To format it anyway (its data is lost): doit mkfs --yes; or "
-                        "doit reset:fam (nodes shut off) to start from a blank device")
+        raise _holds_other_data(", ".join(found) or "data")
     make_filesystem(cluster, virt, dom)
 
 
