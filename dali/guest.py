@@ -45,7 +45,7 @@ def namespace(virt: Libvirt, dom, wait: int = 120) -> dict:
                 return seen
             raise DaliError(f"{dom.name()}: ndctl list shows no {NAMESPACE} after {wait} s: "
                             f"check the domain's qemu:commandline (-M nvdimm=on, -device nvdimm)")
-        time.sleep(2)
+        time.sleep(0.25)  # the drivers load in the first seconds of a boot: asked often
 
 
 def reconfigure(virt: Libvirt, dom, mode: str) -> dict:
