@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-import libvirt
 
 from dali import access, identity_disk, ocfs2
 from dali.cluster import Cluster, Node

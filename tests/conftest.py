@@ -192,6 +192,59 @@ class ClusterUnderTest:
             return False
 
 
+# --- the first cluster: what test_cluster.py takes through a user's first day, and
+# test_cluster_living.py (next in file order) lives in and finally cleans -----------------------
+
+FIRST_TAG = unique_tag("dalitest")
+
+
+@pytest.fixture(scope="session")
+def first_cluster(tmp_path_factory):
+    """The cluster test_cluster.py builds step by step (its clones b and c added, d and e
+    added and removed) and leaves running, and test_cluster_living.py uses as it finds it, then
+    shuts down and cleans: built and booted once for both."""
+    c = ClusterUnderTest(tmp_path_factory.mktemp(FIRST_TAG) / "cluster.toml", FIRST_TAG)
+    yield c
+    c.teardown()
+
+
+# The states tests of the first cluster start from. Each is cheap when the cluster is in it
+# already (a doit that has nothing to do), which it is when the modules run in file order; alone,
+# a test gets its state made.
+
+@pytest.fixture
+def built(first_cluster):
+    """Built as its file says (`doit`): at first the original alone, shut off."""
+    first_cluster.doit()
+    return first_cluster
+
+
+@pytest.fixture
+def three_nodes(first_cluster):
+    """The original and its linked clones b and c, defined."""
+    c = first_cluster
+    if c.settings["clones"] != ["b", "c"] or c.settings.get("clone", {}).get("mode", "linked") != "linked":
+        c.set(clones=["b", "c"], clone={"mode": "linked"})
+    c.doit()
+    return c
+
+
+@pytest.fixture
+def running(three_nodes):
+    """a, b and c booted (`doit start`)."""
+    if not all(three_nodes.dom(s).isActive() for s in "abc"):
+        three_nodes.doit("start")
+    return three_nodes
+
+
+@pytest.fixture
+def three_nodes_off(three_nodes):
+    """a, b and c defined and shut off (forced: the graceful way is test_shutdown's)."""
+    if any(three_nodes.dom(s).isActive() for s in "abc"):
+        three_nodes.doit("destroy")
+    return three_nodes
+
+
 @pytest.fixture(scope="session")
 def ocfs2_cluster(tmp_path_factory):
     """Three nodes with OCFS2 on the shared device, shared by test_shared_fs.py (which builds it

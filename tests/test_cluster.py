@@ -1,13 +1,13 @@
 """The real thing: `doit` on qemu:///system, real Debian guests booted under TCG.
 
-One cluster, built once for this module and torn down at the end (also when a test fails), is
-taken through what a user does: doit, doit again, virsh undefine, doit clone, doit start,
-doit verify, adding and removing a clone, doit shutdown, doit clean. In file order each test
-finds the cluster as the one before left it, so nothing is built or booted twice; but every
-test asks for the state it starts from (built, three nodes, running, ...) through a fixture
-that makes it when it is not there, so any test also runs alone
-(`pytest tests/test_cluster.py::test_shutdown`). The network is isolated (forward none),
-inside the network namespace scripts/setup runs libvirtd in.
+One cluster (conftest.first_cluster) is taken through what a user does first: doit, doit
+again, virsh undefine, doit clone, doit start, doit verify, adding and removing a clone. It is
+left running for test_cluster_living.py, next in file order, which lives in it and ends it
+(doit shutdown, doit clean). In file order each test finds the cluster as the one before left
+it, so nothing is built or booted twice; but every test asks for the state it starts from
+(built, three nodes, running, ...) through a fixture that makes it when it is not there, so any
+test also runs alone (`pytest tests/test_cluster.py::test_start_then_verify`). The network is
+isolated (forward none), inside the network namespace scripts/setup runs libvirtd in.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import subprocess
 import libvirt
 import pytest
 
-from conftest import ClusterUnderTest, one_error_line, unique_tag
+from conftest import FIRST_TAG, ClusterUnderTest, one_error_line
 from dali import accel, disks, fam, guest
 from dali.marks import mark_of
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
-TAG = unique_tag("dalitest")
+TAG = FIRST_TAG
 FSDAX_SIZE_OF_1G = 1054867456  # measured by hand: the seed's "1006.00 MiB (1054.87 MB)"
 
 
@@ -40,15 +40,10 @@ def is_off(dom) -> bool:
     return dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = ClusterUnderTest(tmp_path_factory.mktemp(TAG) / "cluster.toml", TAG)
-    yield c
-    c.teardown()
+@pytest.fixture
+def cluster(first_cluster):
+    return first_cluster
 
-
-# The states tests start from. Each is cheap when the cluster is in it already (a doit that has
-# nothing to do), which it is when the module runs in file order.
 
 def defined(c: ClusterUnderTest, suffix: str) -> bool:
     try:
@@ -56,38 +51,6 @@ def defined(c: ClusterUnderTest, suffix: str) -> bool:
         return True
     except libvirt.libvirtError:
         return False
-
-
-@pytest.fixture
-def built(cluster):
-    """Built as its file says (`doit`): at first the original alone, shut off."""
-    cluster.doit()
-    return cluster
-
-
-@pytest.fixture
-def three_nodes(cluster):
-    """The original and its linked clones b and c, defined."""
-    if cluster.settings["clones"] != ["b", "c"] or cluster.settings.get("clone", {}).get("mode", "linked") != "linked":
-        cluster.set(clones=["b", "c"], clone={"mode": "linked"})
-    cluster.doit()
-    return cluster
-
-
-@pytest.fixture
-def running(three_nodes):
-    """a, b and c booted (`doit start`)."""
-    if not all(three_nodes.dom(s).isActive() for s in "abc"):
-        three_nodes.doit("start")
-    return three_nodes
-
-
-@pytest.fixture
-def three_nodes_off(three_nodes):
-    """a, b and c defined and shut off (forced: the graceful way is test_shutdown's)."""
-    if any(three_nodes.dom(s).isActive() for s in "abc"):
-        three_nodes.doit("destroy")
-    return three_nodes
 
 
 def add_d_and_e(c: ClusterUnderTest) -> None:
@@ -327,59 +290,3 @@ def test_a_running_removed_clone_is_left_alone(running):
         assert not is_off(cluster.dom("c"))
     finally:
         cluster.set(clones=["b", "c"])
-
-
-def test_shutdown(running):
-    cluster = running
-    cluster.doit("shutdown")
-    for s in "abc":
-        assert is_off(cluster.dom(s))
-
-
-def test_clean_dry_run_says_what_it_would_remove_and_removes_nothing(three_nodes):
-    cluster = three_nodes
-    run = cluster.doit("clean", "-n")
-    said = run.stdout + run.stderr
-    for s in "abc":
-        assert f"would shut down and undefine {TAG}{s}" in said
-        assert f"would remove {cluster.disk(s)}" in said
-    assert f"would remove {cluster.cfg.fam_path}" in said
-    assert f"would remove network {cluster.cfg.network.name}" in said
-    for s in "abc":
-        assert cluster.dom(s) and cluster.disk(s).exists()
-    assert cluster.cfg.fam_path.exists() and cluster.cfg.state_dir.exists()
-
-
-def test_clean_stops_when_a_domain_cannot_go(three_nodes_off):
-    """An undefine that fails (a domain with a snapshot) stops clean before any disk or the FAM
-    goes, with one line and a non-zero exit."""
-    cluster = three_nodes_off
-    c = cluster.dom("c")
-    c.snapshotCreateXML("<domainsnapshot><name>keep</name></domainsnapshot>", 0)
-    try:
-        line = one_error_line(cluster.doit("clean", check=False))
-        assert f"{TAG}c" in line and "snapshot" in line
-        assert cluster.disk("c").exists() and cluster.cfg.fam_path.exists()
-        assert cluster.dom("c")
-    finally:
-        for snap in c.listAllSnapshots():
-            snap.delete()
-
-
-def test_clean_leaves_nothing(three_nodes_off):
-    cluster = three_nodes_off
-    run = cluster.doit("clean", "--forget")
-    # Clean actions read as sentences, and what they did reaches the user.
-    assert f"executing 'shut down and undefine {TAG}a'" in run.stdout
-    assert f"{TAG}a: already off, undefined" in run.stderr
-    conn = cluster.virt.conn
-    assert [d.name() for d in conn.listAllDomains() if d.name().startswith(TAG)] == []
-    assert cluster.cfg.network.name not in [n.name() for n in conn.listAllNetworks()]
-    assert not cluster.cfg.data_dir.exists()  # FAM, disks, frozen disk, image
-    assert not cluster.cfg.state_dir.exists()
-    template = cluster.cfg.apparmor_template.read_text()
-    assert str(cluster.cfg.fam_path) not in template
-    parse = subprocess.run(["apparmor_parser", "-Q", "-K", "--skip-cache",
-                            str(cluster.cfg.apparmor_template)], capture_output=True, text=True)
-    assert parse.returncode == 0, parse.stderr
-    assert "Traceback" not in run.stdout + run.stderr

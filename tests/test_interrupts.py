@@ -3,11 +3,9 @@ Step with the cluster lock, its signal handling): doit's records survive a SIGKI
 in one line with exit 130 and takes the programs dali started with it, and a second doit on the
 same cluster waits for the first. The real pipeline is killed at every step in test_kill.py."""
 
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 

@@ -42,7 +42,7 @@ def test_domain_devices_and_identity(config):
     assert root.find("devices/channel/target").get("name") == "org.qemu.guest_agent.0"
     assert root.find("devices/serial") is not None
     cmdline = root.find("os/cmdline").text
-    assert f"systemd.hostname=ivpb" in cmdline and f"systemd.machine_id={node.machine_id}" in cmdline
+    assert "systemd.hostname=ivpb" in cmdline and f"systemd.machine_id={node.machine_id}" in cmdline
     assert root.find("os/kernel").text == "/var/lib/dali/ivp/image/vmlinuz"
     mark = mark_of(ET.tostring(root).decode())
     assert mark["tag"] == "ivp" and mark["id"] == config.id and mark["dir"] == "/var/lib/dali/ivp"

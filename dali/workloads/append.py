@@ -60,7 +60,7 @@ def _ranges(values: list[int]) -> list[list[int]]:
 def check(ctx: Context) -> dict:
     size = int(ctx.params["line"])
     data = read_file(os.path.join(ctx.workdir, "file"))
-    torn, seqs, dups, disorder = 0, {}, {}, {}
+    torn, seqs, disorder = 0, {}, {}
     records = data.split(b"\n")
     if records and records[-1] == b"":
         records.pop()

@@ -1,6 +1,11 @@
 """Living in the cluster, on qemu:///system with real guests: status, per-node control, pssh
 and pput through the guest agent, ssh with the generated config, names and fixed addresses,
-the serial console, the inventory. The tests run in file order on one 3-node cluster."""
+the serial console, the inventory, a panic and its evidence; then the cluster's end: doit
+shutdown, doit clean -n, a clean that cannot go on, doit clean.
+
+The cluster is conftest.first_cluster, as test_cluster.py (just before, in file order) leaves it:
+three nodes running. A test that adds a node removes it again. Alone, each test gets its state
+made (`pytest tests/test_cluster_living.py::test_shutdown`)."""
 
 from __future__ import annotations
 
@@ -13,20 +18,29 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from conftest import ClusterUnderTest, one_error_line, torture_table, unique_tag
+from conftest import FIRST_TAG, one_error_line, torture_table
 from dali import access, evidence, fam, guest
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
-TAG = unique_tag("dalilive")
+TAG = FIRST_TAG
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = ClusterUnderTest(tmp_path_factory.mktemp(TAG) / "cluster.toml", TAG, clones=["b", "c"])
-    c.doit("start")
-    yield c
-    c.teardown()
+@pytest.fixture
+def cluster(running):
+    return running
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nodes_off_after(first_cluster):
+    """Whatever the tests left running is forced off when the module ends (idle nodes would
+    slow every later module); the cluster itself goes with the session."""
+    yield
+    first_cluster.doit("destroy", check=False)
+
+
+def is_off(dom) -> bool:
+    return dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
 
 
 def rows(run) -> dict[str, list[str]]:
@@ -155,6 +169,13 @@ def test_a_node_added_while_others_run_gets_a_name_and_address(cluster):
     run = cluster.doit("pssh", "--on", "b", f"getent ahostsv4 {TAG}d")
     assert d in run.stdout
     assert f"{TAG}d {d}" in access.inventory_file(cluster.cfg).read_text()
+    # and gone again, as the cluster's other tests expect it: forced off, out of the config,
+    # undefined, its disk removed
+    cluster.doit("destroy", "d")
+    cluster.set(clones=["b", "c"])
+    cluster.doit()
+    cluster.doit(f"remove:{TAG}d")
+    assert not cluster.disk("d").exists()
 
 
 def test_the_serial_console_is_a_root_shell(cluster):
@@ -232,3 +253,61 @@ def test_dump_takes_the_nodes_named_at_the_same_moment(cluster):
     assert "paused together at" in (where / "README").read_text()
     assert identity(cluster, "abc") == before, "nobody rebooted"
     assert cluster.doit("pssh", "--on", "a,b", "true").returncode == 0
+
+
+# --- the cluster's end ----------------------------------------------------------------------
+
+def test_shutdown(running):
+    cluster = running
+    cluster.doit("shutdown")
+    for s in "abc":
+        assert is_off(cluster.dom(s))
+
+
+def test_clean_dry_run_says_what_it_would_remove_and_removes_nothing(three_nodes):
+    cluster = three_nodes
+    run = cluster.doit("clean", "-n")
+    said = run.stdout + run.stderr
+    for s in "abc":
+        assert f"would shut down and undefine {TAG}{s}" in said
+        assert f"would remove {cluster.disk(s)}" in said
+    assert f"would remove {cluster.cfg.fam_path}" in said
+    assert f"would remove network {cluster.cfg.network.name}" in said
+    for s in "abc":
+        assert cluster.dom(s) and cluster.disk(s).exists()
+    assert cluster.cfg.fam_path.exists() and cluster.cfg.state_dir.exists()
+
+
+def test_clean_stops_when_a_domain_cannot_go(three_nodes_off):
+    """An undefine that fails (a domain with a snapshot) stops clean before any disk or the FAM
+    goes, with one line and a non-zero exit."""
+    cluster = three_nodes_off
+    c = cluster.dom("c")
+    c.snapshotCreateXML("<domainsnapshot><name>keep</name></domainsnapshot>", 0)
+    try:
+        line = one_error_line(cluster.doit("clean", check=False))
+        assert f"{TAG}c" in line and "snapshot" in line
+        assert cluster.disk("c").exists() and cluster.cfg.fam_path.exists()
+        assert cluster.dom("c")
+    finally:
+        for snap in c.listAllSnapshots():
+            snap.delete()
+
+
+def test_clean_leaves_nothing(three_nodes_off):
+    cluster = three_nodes_off
+    run = cluster.doit("clean", "--forget")
+    # Clean actions read as sentences, and what they did reaches the user.
+    assert f"executing 'shut down and undefine {TAG}a'" in run.stdout
+    assert f"{TAG}a: already off, undefined" in run.stderr
+    conn = cluster.virt.conn
+    assert [d.name() for d in conn.listAllDomains() if d.name().startswith(TAG)] == []
+    assert cluster.cfg.network.name not in [n.name() for n in conn.listAllNetworks()]
+    assert not cluster.cfg.data_dir.exists()  # FAM, disks, frozen disk, image
+    assert not cluster.cfg.state_dir.exists()
+    template = cluster.cfg.apparmor_template.read_text()
+    assert str(cluster.cfg.fam_path) not in template
+    parse = subprocess.run(["apparmor_parser", "-Q", "-K", "--skip-cache",
+                            str(cluster.cfg.apparmor_template)], capture_output=True, text=True)
+    assert parse.returncode == 0, parse.stderr
+    assert "Traceback" not in run.stdout + run.stderr
