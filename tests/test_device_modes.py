@@ -50,7 +50,7 @@ def test_native_style_shares_the_namespace_and_leaves_the_template_alone(cluster
 
 
 def test_a_mode_change_on_a_fam_with_a_namespace_is_refused(cluster):
-    cluster.doit("shutdown")
+    cluster.doit("destroy")  # off, the quick way: graceful shutdowns have tests of their own
     before = digest(cluster.cfg.fam_path)
     cluster.set(device={"style": "native", "mode": "devdax"})
     line = one_error_line(cluster.doit(check=False))
@@ -77,5 +77,6 @@ def test_devdax_on_a_new_fam_on_purpose(cluster):
 
 
 def test_the_template_was_never_touched(cluster):
+    cluster.doit("destroy")
     cluster.doit("clean")
     assert template(cluster) == cluster.template_before
