@@ -66,7 +66,7 @@ def test_list_names_every_workload(cluster):
 
 
 def test_a_healthy_filesystem_passes(cluster):
-    run = cluster.doit("torture", "namespace", "lock:kind=flock", "mmap", "--seconds", "15")
+    run = cluster.doit("torture", "namespace", "lock:kind=flock", "mmap", "--seconds", "10")
     rows = table(run)
     assert set(rows) == {"namespace", "lock", "mmap"}, run.stdout
     for workload, (count, ops, violations, *_rest) in rows.items():
