@@ -74,7 +74,7 @@ def fstab_line(cluster: Cluster) -> str:
 def configure(cluster: Cluster, virt: Libvirt, dom, wanted: dict[str, str]) -> None:
     """Put the files on a running node and register the cluster, as far as the node lacks them.
     A node that booted with its configuration in place has o2cb started and the device mounted
-    by its boot (fstab): it is left to it, for what unmasking, systemd's daemon-reload and a
+    by its boot (fstab): it is left to it, for what unmasking (a reload of systemd) and a
     registration cost under TCG (about 9 s of every `doit start` of three nodes). On a node
     where o2cb already runs, registering again adds the nodes new to cluster.conf, online:
     nobody unmounts."""
@@ -94,9 +94,10 @@ def configure(cluster: Cluster, virt: Libvirt, dom, wanted: dict[str, str]) -> N
     script = (f"mkdir -p {where} && "
               f"{{ grep -qF '{line}' /etc/fstab || echo '{line}' >> /etc/fstab; }} && "
               # the image masks o2cb (it costs every boot seconds); unmasked once, on the node's
-              # disk; it starts once dali-identity has set the address (network-online.target)
+              # disk (unmask reloads systemd itself); it starts once dali-identity has set the
+              # address (network-online.target)
               "if [ \"$(readlink /etc/systemd/system/o2cb.service)\" = /dev/null ]; then "
-              "systemctl unmask -q o2cb.service && systemctl daemon-reload; fi && "
+              "systemctl unmask -q o2cb.service; fi && "
               # o2cb registers this node by its address: on a loaded host DHCP can still be at it
               f"for i in $(seq 300); do ip -4 -o addr show | grep -qF ' {address}/' && break; sleep 1; done; "
               f"if systemctl is-active -q o2cb; then ( {registered} ) || o2cb register-cluster {name}; "
