@@ -290,3 +290,4 @@ def test_a_running_removed_clone_is_left_alone(running):
         assert not is_off(cluster.dom("c"))
     finally:
         cluster.set(clones=["b", "c"])
+        cluster.doit()  # c back in ssh_config and the inventory, as the next tests find it
