@@ -109,10 +109,16 @@ def is_formatted(virt: Libvirt, dom) -> bool:
     return "ocfs2" in guest.signatures(virt, dom, DEVICE)
 
 
-def _holds_other_data(what: str) -> DaliError:
-    return DaliError(f"{DEVICE} holds {what}: dali formats only a blank device. To format it "
-                     "anyway (its data is lost): doit mkfs --yes; or doit reset:fam (nodes shut "
-                     "off) to start from a blank device")
+def _holds_ocfs2(cluster: Cluster, found: list[str], data_offset: int) -> bool:
+    """Given the signatures found on the device: True if it holds OCFS2, False if it is blank
+    (no signature, every byte of its data area in the FAM zero); anything else is refused."""
+    if "ocfs2" in found:
+        return True
+    if found or reset.data_mib(cluster.fam_path, data_offset):
+        raise DaliError(f"{DEVICE} holds {', '.join(found) or 'data'}: dali formats only a blank "
+                        "device. To format it anyway (its data is lost): doit mkfs --yes; or "
+                        "doit reset:fam (nodes shut off) to start from a blank device")
+    return False
 
 
 def refuse_other_data(cluster: Cluster) -> None:
@@ -130,22 +136,15 @@ def refuse_other_data(cluster: Cluster) -> None:
     found = probe.stdout.split() if probe.returncode == 0 else []
     if probe.returncode == 8:
         found = ["more than one signature"]
-    if "ocfs2" in found:
-        return
-    if found or reset.data_mib(cluster.fam_path, held["data_offset"]):
-        raise _holds_other_data(", ".join(found) or "data")
+    _holds_ocfs2(cluster, found, held["data_offset"])
 
 
 def format_if_blank(cluster: Cluster, virt: Libvirt, dom) -> None:
     """mkfs.ocfs2, but only on a device that holds nothing at all: asked of the node itself,
     right before it formats (refuse_other_data asked the FAM before the nodes booted)."""
-    found = guest.signatures(virt, dom, DEVICE)
-    if "ocfs2" in found:
-        return
-    data_offset = fam.namespace(cluster.fam_path)["data_offset"]
-    if found or reset.data_mib(cluster.fam_path, data_offset):
-        raise _holds_other_data(", ".join(found) or "data")
-    make_filesystem(cluster, virt, dom)
+    if not _holds_ocfs2(cluster, guest.signatures(virt, dom, DEVICE),
+                        fam.namespace(cluster.fam_path)["data_offset"]):
+        make_filesystem(cluster, virt, dom)
 
 
 def make_filesystem(cluster: Cluster, virt: Libvirt, dom) -> None:

@@ -10,8 +10,6 @@ another mode is never reconfigured: that would destroy the shared device's conte
 
 from __future__ import annotations
 
-import libvirt
-
 from dali import fam, guest
 from dali.cluster import Cluster
 from dali.errors import DaliError
@@ -73,15 +71,10 @@ def reconfigure(cluster: Cluster, virt: Libvirt) -> dict:
 def shutdown(cluster: Cluster, virt: Libvirt) -> None:
     """Power the original off for cloning. It has only booted and had its namespace made, and
     its boot is still going on: stopping its services one by one took 6-7 s under TCG, with
-    nothing in them to keep. systemd's forced power-off (`systemctl poweroff --force`) kills
-    its processes, unmounts its file systems or remounts them read-only, and powers off: the
-    disk the clones are built on is left clean, in about a second. A node whose agent does not
-    answer (or a missed request) gets the graceful shutdown, forced after timeouts.shutdown."""
+    nothing in them to keep. systemd's forced power-off (virt.QUICK) kills its processes,
+    unmounts its file systems or remounts them read-only, and powers off: the disk the clones
+    are built on is left clean, in about a second. Without an agent, the ACPI button; forced
+    after timeouts.shutdown."""
     dom = _domain(cluster, virt)
-    if virt.is_running(dom):
-        try:
-            virt.agent(dom, "guest-exec", timeout=5, path="systemctl", arg=["poweroff", "--force"])
-        except libvirt.libvirtError:
-            pass  # the graceful way below
-    how = virt.shutdown(dom, cluster.shutdown_timeout, log)
+    how = virt.shutdown(dom, cluster.shutdown_timeout, log, how=Libvirt.QUICK)
     log(f"{dom.name()}: {how}; ready for cloning")

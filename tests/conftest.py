@@ -223,14 +223,17 @@ def _has_three_nodes(c: ClusterUnderTest) -> bool:
     return c.settings["clones"] == ["b", "c"] and c.settings.get("clone", {}).get("mode", "linked") == "linked"
 
 
-@pytest.fixture
-def three_nodes(first_cluster):
-    """The original and its linked clones b and c, defined."""
-    c = first_cluster
+def _make_three_nodes(c: ClusterUnderTest) -> None:
     if not _has_three_nodes(c):
         c.set(clones=["b", "c"], clone={"mode": "linked"})
     c.doit()
-    return c
+
+
+@pytest.fixture
+def three_nodes(first_cluster):
+    """The original and its linked clones b and c, defined."""
+    _make_three_nodes(first_cluster)
+    return first_cluster
 
 
 @pytest.fixture
@@ -243,9 +246,7 @@ def running(first_cluster):
     except libvirt.libvirtError:  # not defined (yet, or any more)
         ready = False
     if not ready:
-        if not _has_three_nodes(c):
-            c.set(clones=["b", "c"], clone={"mode": "linked"})
-        c.doit()
+        _make_three_nodes(c)
         c.doit("start")
     return c
 
