@@ -107,6 +107,17 @@ def test_driver(config):
 _current: list = [None]
 
 
+def pytest_collection_modifyitems(items):
+    """A module that boots guests builds its cluster once, in a module or session fixture: all
+    its tests must run in one pytest worker (pyproject.toml runs two), which their xdist_group
+    mark asks for. Without it, each worker handed one of its tests would build the cluster again."""
+    unmarked = sorted({item.module.__name__ for item in items
+                       if item.get_closest_marker("guest") and not item.get_closest_marker("xdist_group")})
+    if unmarked:
+        raise pytest.UsageError(f"{', '.join(unmarked)}: a module marked guest needs "
+                                'pytest.mark.xdist_group("NAME") in its pytestmark too')
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     _current[0] = item
@@ -303,6 +314,14 @@ def files_under(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*")} if path.exists() else set()
 
 
+def debootstrap_of(c: ClusterUnderTest) -> str:
+    """A pgrep pattern for a debootstrap of this cluster's image recipe, and no other: another
+    recipe's (test_kill.py's, in another pytest worker, or a user's) may be running beside it."""
+    from dali.image import wanted_recipe
+    packages = ",".join(wanted_recipe(c.cfg)["packages"])
+    return "debootstrap .*--include=" + re.sub(r"([.\[\](){}*+?|^$\\])", r"\\\1", packages) + " "
+
+
 def assert_built(c: ClusterUnderTest, clones: list[str]) -> None:
     """The end state of an uninterrupted `doit` of this cluster: exactly these objects and
     files, all carrying the cluster's mark, nothing half-made or left over, and nothing more to
@@ -331,8 +350,8 @@ def assert_built(c: ClusterUnderTest, clones: list[str]) -> None:
     template = c.cfg.apparmor_template.read_text()
     assert template.count(apparmor.rule(c.cfg)) == 1
     assert not (c.cfg.apparmor_template.parent / ".TEMPLATE.qemu.dali-new").exists()
-    leftovers = subprocess.run(["pgrep", "-af", f"debootstrap|qemu-img.*{c.tag}"], capture_output=True,
-                               text=True).stdout.strip()
+    leftovers = subprocess.run(["pgrep", "-af", f"{debootstrap_of(c)}|qemu-img.*{c.tag}"],
+                               capture_output=True, text=True).stdout.strip()
     assert not leftovers, leftovers
     again = c.doit()
     assert re.findall(r"^\.  (\S+)", again.stdout, flags=re.M) == [], "and nothing left to do"

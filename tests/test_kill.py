@@ -22,12 +22,12 @@ import threading
 
 import pytest
 
-from conftest import DOIT, ClusterUnderTest, assert_built, files_under, user_env, unique_tag
+from conftest import DOIT, ClusterUnderTest, assert_built, debootstrap_of, files_under, user_env, unique_tag
 from dali.guest_image import kept_tree
 from dali.scratch import abandoned_work, remove_tree
 from dali.cluster import REPO
 
-pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest, pytest.mark.xdist_group("kill")]
 
 TAG = unique_tag("dalikill")
 KILL, INT = signal.SIGKILL, signal.SIGINT
@@ -178,7 +178,7 @@ def test_a_killed_image_build_converges(own_recipe):
     assert not abandoned_work(c.cfg.cache_dir), "abandoned work"
     assert not kept_tree(tarball).exists(), \
         "the finished debootstrap tree is gone once its tarball is written"
-    leftovers = subprocess.run(["pgrep", "-af", f"debootstrap.*{c.cfg.cache_dir}"], capture_output=True,
+    leftovers = subprocess.run(["pgrep", "-af", debootstrap_of(c)], capture_output=True,
                                text=True).stdout.strip()
     assert not leftovers, leftovers
     listed = subprocess.run(["tar", "-tf", str(tarball)], capture_output=True, text=True, check=True).stdout
