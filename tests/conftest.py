@@ -107,15 +107,47 @@ def test_driver(config):
 _current: list = [None]
 
 
+# --- two pytest workers (pyproject.toml: -n 2) ------------------------------------------------
+# A module that boots guests builds its cluster once, in a module or session fixture, so all its
+# tests run in one worker; the two pairs below share one session cluster, and run in one worker,
+# in this order (the second lives in what the first leaves). Longest first, so that the two
+# workers finish together (docs/testing.md has the figures); the modules without guests come
+# last, filling whichever worker is free. Every module marked guest must be listed here.
+CLUSTER_MODULES = [
+    ("test_shared_fs.py", "test_torture.py"),  # the OCFS2 cluster (conftest.ocfs2_cluster)
+    ("test_cluster.py", "test_cluster_living.py"),  # the first cluster (conftest.first_cluster)
+    ("test_kill.py",),
+    ("test_device_modes.py",),
+    ("test_kernel_loop.py",),
+    ("test_two_clusters.py",),
+]
+_GROUP_OF = {module: group for group, modules in enumerate(CLUSTER_MODULES) for module in modules}
+
+
 def pytest_collection_modifyitems(items):
-    """A module that boots guests builds its cluster once, in a module or session fixture: all
-    its tests must run in one pytest worker (pyproject.toml runs two), which their xdist_group
-    mark asks for. Without it, each worker handed one of its tests would build the cluster again."""
-    unmarked = sorted({item.module.__name__ for item in items
-                       if item.get_closest_marker("guest") and not item.get_closest_marker("xdist_group")})
-    if unmarked:
-        raise pytest.UsageError(f"{', '.join(unmarked)}: a module marked guest needs "
-                                'pytest.mark.xdist_group("NAME") in its pytestmark too')
+    """The modules in CLUSTER_MODULES' order, the rest after them in file order."""
+    unlisted = sorted({item.path.name for item in items
+                       if item.get_closest_marker("guest") and item.path.name not in _GROUP_OF})
+    if unlisted:
+        raise pytest.UsageError(f"{', '.join(unlisted)}: a module marked guest must be listed in "
+                                "tests/conftest.py's CLUSTER_MODULES (which worker runs it)")
+    order = {id(item): n for n, item in enumerate(items)}
+    items.sort(key=lambda item: (_GROUP_OF.get(item.path.name, len(CLUSTER_MODULES)), order[id(item)]))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's loadfile, with each group of CLUSTER_MODULES one unit of work, in the order
+    collected. (Not xdist_group marks: pytest 9 ignores the node ids xdist 3.8 rewrites for them.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByCluster(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            group = _GROUP_OF.get(Path(path).name)
+            return path if group is None else CLUSTER_MODULES[group][0]
+
+    config.option.loadscopereorder = False  # the collection's order: longest first
+    return ByCluster(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)

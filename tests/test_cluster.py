@@ -25,7 +25,7 @@ from conftest import FIRST_TAG, ClusterUnderTest, one_error_line
 from dali import accel, disks, fam, guest
 from dali.marks import mark_of
 
-pytestmark = [pytest.mark.libvirt, pytest.mark.guest, pytest.mark.xdist_group("first_cluster")]
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
 TAG = FIRST_TAG
 FSDAX_SIZE_OF_1G = 1054867456  # measured by hand: the seed's "1006.00 MiB (1054.87 MB)"

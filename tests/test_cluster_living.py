@@ -21,7 +21,7 @@ import pytest
 from conftest import FIRST_TAG, one_error_line, torture_table
 from dali import access, evidence, fam, guest
 
-pytestmark = [pytest.mark.libvirt, pytest.mark.guest, pytest.mark.xdist_group("first_cluster")]
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
 TAG = FIRST_TAG
 

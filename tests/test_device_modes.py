@@ -12,7 +12,7 @@ import pytest
 from conftest import torture_table, ClusterUnderTest, one_error_line, unique_tag
 from dali import fam, guest
 
-pytestmark = [pytest.mark.libvirt, pytest.mark.guest, pytest.mark.xdist_group("device_modes")]
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
 TAG = unique_tag("dalidax")
 

@@ -21,7 +21,7 @@ from dali import fam, guest, reset
 from dali.cluster import REPO
 from dali.domain import gdb_socket
 
-pytestmark = [pytest.mark.libvirt, pytest.mark.guest, pytest.mark.xdist_group("kernel_loop")]
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
 TAG = unique_tag("dalikern")
 # Two Debian cloud kernels stand for "your kernel" and "your kernel, rebuilt": whichever two

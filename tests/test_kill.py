@@ -27,7 +27,7 @@ from dali.guest_image import kept_tree
 from dali.scratch import abandoned_work, remove_tree
 from dali.cluster import REPO
 
-pytestmark = [pytest.mark.libvirt, pytest.mark.guest, pytest.mark.xdist_group("kill")]
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
 TAG = unique_tag("dalikill")
 KILL, INT = signal.SIGKILL, signal.SIGINT

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import one_error_line, torture_runs as runs, torture_table as table, unique_tag
 
-pytestmark = [pytest.mark.libvirt, pytest.mark.guest, pytest.mark.xdist_group("ocfs2_cluster")]
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
 TAG = unique_tag("dalifs")
 

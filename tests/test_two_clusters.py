@@ -22,7 +22,7 @@ ONE, TWO, THREE = unique_tag("dalione"), unique_tag("dalitwo"), unique_tag("dali
 from dali import settings
 from dali.cluster import REPO
 
-pytestmark = [pytest.mark.libvirt, pytest.mark.guest, pytest.mark.xdist_group("two_clusters")]
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
 
 class ByEnvironment(ClusterUnderTest):
