@@ -29,9 +29,9 @@ import sys
 
 from doit import get_var
 
-from dali import settings
+from dali import lock, settings
 from dali.commands import exit_cleanly_on_signals
-from dali.errors import DaliError
+from dali.errors import DaliError, unforeseen
 from dali.reporter import DaliReporter
 from dali.virt import Libvirt
 from tasks import (access, accel, apparmor, clone, disks, domain, fam, freeze, fs, identity_disk, image,
@@ -42,7 +42,12 @@ try:
     CLUSTER = settings.load(get_var("config"), os.environ)
 except DaliError as e:
     sys.exit(f"dali: {e}")
+except Exception as e:  # still one line, never a traceback (errors.unforeseen)
+    sys.exit(unforeseen("reading the settings", e))
 VIRT = Libvirt(CLUSTER.uri, CLUSTER.id)  # connects on first use
+# A cluster that does not exist (refused before anything was made, or cleaned) leaves no doit
+# database or lock in state/ either: the last thing any doit does.
+atexit.register(lock.forget_if_gone, CLUSTER.lock_file, CLUSTER.dep_file, CLUSTER.state_dir)
 
 # Python's cycle collector walks every live object now and then, and all of them once more as
 # the interpreter exits. What a doit run loads (doit, libvirt, jinja2, dali, then the task
@@ -67,6 +72,8 @@ def tasks_of(stage):
         made = list(stage.gen_tasks(CLUSTER, VIRT))
     except DaliError as e:
         sys.exit(f"dali: {e}")
+    except Exception as e:  # still one line, never a traceback (errors.unforeseen)
+        sys.exit(unforeseen(f"making the tasks of {stage.__name__}", e))
     yield from made
 
 

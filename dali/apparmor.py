@@ -29,12 +29,14 @@ from dali.reporter import log
 
 INCLUDE = "#include <abstractions/libvirt-qemu>"
 # AppArmor reads these as globbing or quoting in a path; a FAM path with them cannot be one rule.
-_PATTERN_CHARS = set('*?[]{}^"\\') | {"\n"}
+_PATTERN_CHARS = set('*?[]{}^"\\')
 
 
 def fam_real_path(cluster: Cluster) -> str:
     real = os.path.realpath(cluster.fam_path)
-    bad = sorted(_PATTERN_CHARS & set(real))
+    # Not one line of the template, and not a line dali could find again (splitlines() breaks
+    # at \r, U+2028 and more): each run would add another copy, and clean would remove none.
+    bad = sorted((_PATTERN_CHARS & set(real)) | {c for c in real if not c.isprintable()})
     if bad:
         raise DaliError(f"the FAM's real path {real!r} contains {' '.join(repr(c) for c in bad)}, "
                         "which AppArmor reads as a pattern: move it, or point the FAM symlink "
@@ -48,6 +50,10 @@ def rule(cluster: Cluster) -> str:
 
 def _applicable(cluster: Cluster) -> str | None:
     """Why the template is left alone on this host, or None if it is to be edited."""
+    if cluster.apparmor_template.is_symlink():
+        raise DaliError(f"{cluster.apparmor_template} (apparmor.template) is a symlink: dali edits "
+                        "libvirt's template itself, never a file a link points at; set "
+                        "apparmor.template to the real file")
     if not cluster.apparmor_template.exists():
         return f"no {cluster.apparmor_template} (apparmor.template), nothing to allow"
     if not shutil.which("apparmor_parser"):
@@ -98,8 +104,10 @@ def _editing(template: Path):
 def _replace_checked(template: Path, text: str) -> None:
     """Write text as the template, atomically, once apparmor_parser accepts it."""
     candidate = _candidate(template)
-    candidate.write_text(text)
-    shutil.copymode(template, candidate)
+    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                 os.stat(template).st_mode & 0o777)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     check = subprocess.run(["apparmor_parser", "-Q", "-K", "--skip-cache", str(candidate)],
                            capture_output=True, text=True)
     if check.returncode != 0:
@@ -129,7 +137,11 @@ def add_rule(cluster: Cluster) -> None:
         if not _backup(template).exists():
             shutil.copy2(template, _backup(template))
         lines.insert(at, ours)
-        _replace_checked(template, "".join(lines))
+        text = "".join(lines)
+        if ours not in text.splitlines(keepends=True):  # fam_real_path refuses what would do this
+            raise DaliError(f"the FAM rule for {fam_real_path(cluster)} would not be one line of "
+                            f"{template}: move the FAM to a plainer path")
+        _replace_checked(template, text)
     log(f"apparmor: {template} allows {fam_real_path(cluster)}")
 
 

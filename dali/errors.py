@@ -13,7 +13,9 @@ a non-zero exit, instead of doit's habit of printing it and carrying on.
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import traceback
 
 import libvirt
 from doit.action import PythonAction
@@ -34,6 +36,15 @@ def one_line(e: Exception) -> str | None:
         return (f"libvirt: {e.get_error_message()}: see /var/log/libvirt/, and check that libvirtd "
                 "runs (scripts/setup starts it)")
     return None
+
+
+def unforeseen(what: str, e: BaseException) -> str:
+    """The one line for an exception no check foresaw (a bug in dali, or an input none of its
+    checks knows): what was being done, the exception, and how to see the traceback."""
+    if os.environ.get("DALI_TRACEBACK"):
+        traceback.print_exception(e)
+    return (f"dali: {what} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            "(unforeseen: run again with DALI_TRACEBACK=1 for the traceback, and please report it)")
 
 
 def action(fn):

@@ -50,6 +50,9 @@ def is_ready(cluster: Cluster) -> bool:
 def ensure(cluster: Cluster) -> None:
     fam = cluster.fam_path
     marks.make_dir(cluster.data_dir, cluster)
+    if fam.is_symlink():
+        raise DaliError(f"{fam} is a symlink: dali sets the group and mode of the FAM itself and "
+                        "never of what a link points at; move the file itself there (mv)")
     if fam.exists():
         restore_saved(cluster)
         size = fam.stat().st_size
@@ -57,9 +60,15 @@ def ensure(cluster: Cluster) -> None:
             raise DaliError(f"{fam} is {size} bytes but fam.size asks for {cluster.fam_size}: "
                             "dali never resizes a FAM (it holds the shared device's data); set "
                             "fam.size to its size, or move the file away to start afresh")
-        # An existing FAM (ours, or the seed's hand-made one) gets the group and mode qemu needs.
-        os.chown(fam, -1, marks.qemu_gid())
-        os.chmod(fam, MODE)
+        # An existing FAM (ours, or the seed's hand-made one) gets the group and mode qemu
+        # needs: through a descriptor of the file itself, so a link put there meanwhile is
+        # never followed.
+        fd = os.open(fam, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fchown(fd, -1, marks.qemu_gid())
+            os.fchmod(fd, MODE)
+        finally:
+            os.close(fd)
         return
     allocate(cluster, fam, MODE, "fam.size / dir")
     log(f"created {fam}: {cluster.fam_size} bytes, group {GROUP}, mode {MODE:o}")

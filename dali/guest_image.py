@@ -38,7 +38,8 @@ from dali.commands import finished, run, spawn
 from dali.cluster import REPO
 from dali.errors import DaliError
 from dali.kernel_boot import build_initramfs
-from dali.scratch import remove_abandoned_work, remove_tree, work_dir
+from dali.scratch import (forget_process_group, record_process_group, remove_abandoned_work, remove_tree,
+                          work_dir)
 
 # Bump when the customisation code below changes what ends up in the tree, so cached tarballs
 # made by older code are not reused. (Changes to templates/guest/ are noticed by their hash.)
@@ -236,7 +237,7 @@ def _debootstrap(recipe: dict, tree: Path, log_file: Path, debs: Path, log: Log)
                         text=True, errors="replace")
         # debootstrap's children (dpkg in the chroot) outlive it if it is killed: the next run
         # kills what is left of its process group before deleting the tree (remove_abandoned_work).
-        (tree.parent / "pgid").write_text(str(process.pid))
+        record_process_group(tree.parent, process.pid)
         for line in process.stdout:
             out.write(line)
             if _is_debootstrap_milestone(line):
@@ -244,7 +245,7 @@ def _debootstrap(recipe: dict, tree: Path, log_file: Path, debs: Path, log: Log)
         status = process.wait()
         finished(process)
         # Its group is gone: a later run must not kill whatever group gets that number next.
-        (tree.parent / "pgid").unlink()
+        forget_process_group(tree.parent)
         # debootstrap keeps the details of a failed dpkg run inside the tree; the tree is deleted, so copy them.
         inner_log = tree / "debootstrap" / "debootstrap.log"
         if status != 0 and inner_log.exists():

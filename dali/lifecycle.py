@@ -81,23 +81,58 @@ def _boot(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:
 
 # The agent answers early in a boot. A node of dali's image is usable once ssh works
 # (dali-identity has put its key and address in place, ssh.socket listens) and its shared device
-# is there (/dev/pmem0, or /dev/dax0.0 in devdax mode). The loop runs in the node, in the shell:
+# is there (/dev/pmem0, or /dev/dax0.0 in devdax mode). The check runs in the node, in the shell:
 # the tests of files cost nothing, and systemctl, a program to start under TCG, runs only once
-# they pass (dali-identity leaves /run/dali-identity/done when it has finished).
+# they pass (dali-identity leaves /run/dali-identity/done when it has finished). A user's own
+# image has none of that: usable once systemd says its boot is over.
 USABLE = ("[ -e /run/dali-identity/done ] && { [ -e /dev/pmem0 ] || [ -e /dev/dax0.0 ]; } && "
           "systemctl is-active -q dali-identity.service ssh.socket")
+BOOTED = "case $(systemctl is-system-running) in running|degraded) true;; *) false;; esac"
+
+
+def _usable(cluster: Cluster) -> str:
+    return USABLE if identity_disk.used(cluster) else BOOTED
+
+
+def is_usable(cluster: Cluster, virt: Libvirt, dom) -> bool:
+    """Whether a running node is past its boot as far as `doit start` waits: asked once, no waiting."""
+    return virt.agent_answers(dom) and virt.run(dom, ["sh", "-c", _usable(cluster)]).exitcode == 0
 
 
 def _wait_until_usable(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:
     if not identity_disk.used(cluster):  # a user's own image: its keys are learnt once sshd runs
         access.learn_host_keys(cluster, virt, [(node, dom)], wait=cluster.boot_timeout)
         return
-    wait = cluster.boot_timeout
-    result = virt.run(dom, ["sh", "-c", f"for i in $(seq {wait * 5}); do {USABLE} && exit 0; "
+    _wait_in_node(cluster, virt, node, dom, cluster.boot_timeout)
+
+
+def _wait_in_node(cluster: Cluster, virt: Libvirt, node: Node, dom, wait: int) -> None:
+    result = virt.run(dom, ["sh", "-c", f"for i in $(seq {wait * 5}); do {_usable(cluster)} && exit 0; "
                             "sleep 0.2; done; exit 1"], timeout=wait + 30)
     if result.exitcode != 0:
         raise DaliError(f"{node.name}: not usable after {wait} s (no ssh, or no /dev/pmem0 or "
                         f"/dev/dax0.0): see its console, /var/log/libvirt/qemu/{node.name}-console.log")
+
+
+def running(cluster: Cluster, virt: Libvirt, names=(), wait: bool = True) -> tuple[list, list[str]]:
+    """The chosen nodes (all, or those named) that run, as (node, domain), and the names of those
+    that do not. Every node returned is usable, as `doit start` leaves it: one still booting
+    (started by hand, or coming back from a crash: its agent silent, or answering before its
+    device is there) is waited for, up to timeouts.boot, with one line saying so; wait=False
+    counts it among those that do not run."""
+    chosen = [(n, virt.domain(n.name)) for n in select(cluster, names)]
+    up = [(n, d) for n, d in chosen if d is not None and virt.is_running(d)]
+    ready = each(up, lambda n, d: is_usable(cluster, virt, d))
+    booting = [nd for nd, ok in zip(up, ready) if not ok]
+    if booting and wait:
+        log(f"{', '.join(n.name for n, _ in booting)}: still booting; waiting until usable "
+            f"(up to timeouts.boot, {cluster.boot_timeout} s)")
+        each(booting, lambda n, d: (virt.wait_for_agent(d, cluster.boot_timeout, log),
+                                    _wait_in_node(cluster, virt, n, d, cluster.boot_timeout)))
+    elif booting:
+        up = [nd for nd in up if nd not in booting]
+    down = [n.name for n, _ in chosen if n.name not in {m.name for m, _ in up}]
+    return up, down
 
 
 def _keep_a_crash(cluster: Cluster, virt: Libvirt, dom) -> None:

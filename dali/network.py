@@ -16,12 +16,9 @@ domain is the tag, handed out by DHCP as the search domain: on any node `ping iv
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
-import os
 import re
 import xml.etree.ElementTree as ET
-from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +27,7 @@ from libvirt import VIR_NETWORK_XML_INACTIVE
 
 from dali.cluster import Cluster
 from dali.errors import DaliError
+from dali.lock import host_lock
 from dali.marks import MARK_NS
 from dali.render import render, write_if_changed
 from dali.reporter import log
@@ -37,7 +35,6 @@ from dali.settings import dhcp_range
 from dali.virt import Libvirt
 
 TEMPLATE = "network.xml.j2"
-PICK_LOCK = "/run/lock/dali-network.lock"
 
 
 class Addresses(NamedTuple):
@@ -50,17 +47,45 @@ class Addresses(NamedTuple):
 def plan(cluster: Cluster, virt: Libvirt) -> Addresses:
     """The network's addresses: as configured, as our existing network has them, or picked free."""
     net = cluster.network
+    existing = virt.network(net.name)
     if net.address:
+        if existing is None:
+            _refuse_a_taken_subnet(cluster, virt)
         return Addresses(net.address, net.prefix, *dhcp_range(net.address, net.prefix,
                                                                 net.dhcp_start or "", net.dhcp_end or ""))
-    existing = virt.network(net.name)
     if existing is not None:
         ip = ET.fromstring(existing.XMLDesc(0)).find("ip")  # the same in the inactive XML
         dhcp = ip.find("dhcp/range")
         return Addresses(ip.get("address"), int(ip.get("prefix")), dhcp.get("start"), dhcp.get("end"))
-    subnet = pick_subnet(net.prefix, list(virt.network_subnets().values()) + host_routes())
+    subnet = pick_subnet(net.prefix, list(virt.network_subnets().values()) + host_routes()
+                         + host_routes(libvirtd_route_table()))
     host = str(subnet.broadcast_address - 1)
     return Addresses(host, net.prefix, *dhcp_range(host, net.prefix))
+
+
+def _refuse_a_taken_subnet(cluster: Cluster, virt: Libvirt) -> None:
+    """network.address's subnet, checked before the network is defined: libvirt would define
+    it, then refuse to start it, and leave a network behind."""
+    wanted = ipaddress.IPv4Network(f"{cluster.network.address}/{cluster.network.prefix}", strict=False)
+    taken = [(f"libvirt network {name}", subnet) for name, subnet in virt.network_subnets().items()
+             if name != cluster.network.name]
+    taken += [("a route of this host", r) for r in host_routes()]
+    taken += [("a route in libvirtd's network namespace", r) for r in host_routes(libvirtd_route_table())]
+    for what, subnet in taken:
+        if wanted.overlaps(subnet):
+            raise DaliError(f"network.address = {cluster.network.address}: {wanted} overlaps {subnet} "
+                            f"of {what}: pick a free subnet, or leave network.address empty for "
+                            "dali to pick one")
+
+
+def libvirtd_route_table() -> Path:
+    """The routing table libvirtd sees: its own network namespace's (scripts/setup starts it in
+    one), through /proc/<its pid>/net/route; the host's if its pid is not known."""
+    try:
+        pid = int(Path("/run/libvirtd.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return Path("/proc/net/route")
+    return Path(f"/proc/{pid}/net/route")
 
 
 def pick_subnet(prefix: int, taken: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
@@ -192,20 +217,9 @@ def is_live(cluster: Cluster, virt: Libvirt) -> bool:
     return bool(net and net.isActive() and net.autostart() and not _missing_hosts(cluster, net))
 
 
-@contextmanager
-def _picking():
-    """Host-wide, while a subnet is picked and taken: two clusters made at once must not pick the
-    same one. A lock file in /run/lock, where lock files live (gone at the next boot)."""
-    fd = os.open(PICK_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def ensure(cluster: Cluster, virt: Libvirt) -> None:
-    with _picking():
+    # Host-wide while a subnet is picked and taken: two clusters made at once must not pick the same one.
+    with host_lock("network"):
         _ensure(cluster, virt)
 
 
@@ -222,7 +236,8 @@ def _ensure(cluster: Cluster, virt: Libvirt) -> None:
     hosts = address_table(cluster, addresses, hosts_of(existing) if existing else [])
     xml = network_xml(cluster, addresses, hosts)
     write_if_changed(cluster.network_xml, xml)
-    if existing is None:
+    created = existing is None
+    if created:
         net = virt.define_network(xml)
     else:
         # Nodes added to a network that runs: their entries go in live, nobody is cut off.
@@ -236,7 +251,13 @@ def _ensure(cluster: Cluster, virt: Libvirt) -> None:
             log(f"network {name}: new settings take effect once it is restarted "
                 f"(virsh net-destroy {name}; doit)")
     if not net.isActive():
-        virt.start_network(net)
+        try:
+            virt.start_network(net)
+        except DaliError:
+            if created:  # a refused run leaves no network behind, nor its file
+                net.undefine()
+                cluster.network_xml.unlink(missing_ok=True)
+            raise
     net.setAutostart(True)
 
 

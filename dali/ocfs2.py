@@ -201,12 +201,10 @@ def _say_if_threshold_waits_for_a_boot(cluster: Cluster, virt: Libvirt, node: No
 
 
 def running_nodes(cluster: Cluster, virt: Libvirt) -> list:
-    found = []
-    for node in cluster.nodes:
-        dom = virt.domain(node.name)
-        if dom is not None and virt.is_running(dom) and virt.agent_answers(dom):
-            found.append((node, dom))
-    return found
+    """The nodes that run and are usable, without waiting for one that boots (a later doit or
+    doit start takes it in)."""
+    from dali.lifecycle import running  # here: lifecycle imports this module
+    return running(cluster, virt, wait=False)[0]
 
 
 def is_current(cluster: Cluster, virt: Libvirt) -> bool:

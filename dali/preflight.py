@@ -129,7 +129,18 @@ def data_dir_problem(cluster: Cluster) -> str | None:
         return (f"{setting}: {blocked} is not searchable by user {QEMU_USER}, so qemu could not "
                 f"open the FAM and disks under {d}: chmod o+x {blocked}, or pick another place")
     if not cluster.fam_path.exists():
-        return _filesystem_problem(base, setting)
+        return _filesystem_problem(base, setting) or _no_room_for_the_fam(cluster, base)
+    return None
+
+
+def _no_room_for_the_fam(cluster: Cluster, base: Path) -> str | None:
+    """The FAM is allocated whole (fallocate): refused here, not by a failed fallocate after
+    the network and the data directory were made."""
+    fs = os.statvfs(base)
+    free = fs.f_bavail * fs.f_frsize
+    if cluster.fam_size > free:
+        return (f"fam.size: {cluster.fam_size} bytes do not fit in the {free} bytes free where "
+                f"the FAM goes ({base}): lower fam.size, free space, or set dir (DALI_DIR) elsewhere")
     return None
 
 

@@ -19,22 +19,35 @@ import libvirt
 from dali import guest
 from dali.cluster import Cluster
 from dali.errors import DaliError, one_line
-from dali.lifecycle import select
+from dali.lifecycle import running
 from dali.virt import Libvirt
 
 _print_lock = threading.Lock()
 
 
 def _running(cluster: Cluster, virt: Libvirt, names) -> tuple[list, list[str]]:
-    """(node, domain) of the chosen nodes that run, and the names of those that do not."""
-    running, down = [], []
-    for node in select(cluster, names):
-        dom = virt.domain(node.name)
-        if dom is not None and virt.is_running(dom) and virt.agent_answers(dom):
-            running.append((node, dom))
-        elif names:
-            down.append(node.name)  # named but not there: that is a failure
-    return running, down
+    """(node, domain) of the chosen nodes that run (a booting one waited for), and the names of
+    those named that do not: a node named but not there is a failure, one left out is not."""
+    up, down = running(cluster, virt, names)
+    return up, down if names else []
+
+
+def visible(text: str) -> str:
+    """A node's output as it may reach a terminal: lines and tabs as they are, every other
+    control character shown as cat -v shows it (ESC as ^[, a carriage return as ^M), and a
+    Unicode line separator or control as \\uXXXX. A program on a node, running a kernel under
+    development, must not be able to move the cursor, retitle the window or hide a line."""
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c in "\n\t" or c.isprintable():
+            out.append(c)
+        elif ord(c) < 0x20 or c == "\x7f":
+            out.append("^" + chr(ord(c) ^ 0x40))
+        else:
+            out.append(f"\\u{ord(c):04x}")
+    return "".join(out)
 
 
 def _on_each(doms, work) -> dict[str, str]:
@@ -52,6 +65,7 @@ def _on_each(doms, work) -> dict[str, str]:
             except (DaliError, libvirt.libvirtError) as e:
                 status, output = "failed", one_line(e) + "\n"
             statuses[node.name] = status
+            output = visible(output)
             with _print_lock:
                 sys.stdout.write(f"--- {node.name} ({status})\n{output}")
                 if output and not output.endswith("\n"):

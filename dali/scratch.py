@@ -58,12 +58,53 @@ def abandoned_work(parent: Path) -> list[Path]:
     return found
 
 
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat, field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def record_process_group(work: Path, pid: int) -> None:
+    """Note, in the work directory, the process group of a program started with its own group
+    (its pid), with what tells that group from a later one with the same number: this boot
+    and the leader's start time."""
+    (work / "pgid").write_text(f"{pid} {_boot_id()} {_start_time(pid)}\n")
+
+
+def forget_process_group(work: Path) -> None:
+    (work / "pgid").unlink()
+
+
+def _still_the_builds(record: str) -> int | None:
+    """The recorded process group, if it can still be the build's: the same boot, and no other
+    process now holds the leader's pid (the kernel gives out no pid that is a live group's
+    id, so with the leader gone, whoever is left in the group is the build's)."""
+    try:
+        pgid, boot, started = record.split()
+        pgid = int(pgid)
+    except ValueError:
+        return None  # not a record this dali wrote
+    if boot != _boot_id():
+        return None  # written before a reboot: that group is long gone, its number anyone's
+    now = _start_time(pgid)
+    return pgid if now is None or now == started else None
+
+
 def remove_abandoned_work(parent: Path) -> None:
     """Delete work directories of earlier builds whose process is gone, after killing what is
     left of the programs they ran."""
     for work in abandoned_work(parent):
         try:
-            os.killpg(int((work / "pgid").read_text()), signal.SIGKILL)
-        except (OSError, ValueError):
+            pgid = _still_the_builds((work / "pgid").read_text())
+            if pgid is not None:
+                os.killpg(pgid, signal.SIGKILL)
+        except OSError:
             pass  # no record, or that group is gone already
         remove_tree(work)

@@ -13,6 +13,8 @@ naming the setting, where it came from, and what is allowed.
 from __future__ import annotations
 
 import ipaddress
+import os
+import posixpath
 import re
 import sys
 import tomllib
@@ -45,7 +47,20 @@ class Text(NamedTuple):
     def parse(self, value: Any) -> str:
         if not isinstance(value, str) or not re.fullmatch(self.pattern, value) or len(value) > self.max_len:
             raise Invalid(f"use {self.wants}")
+        _refuse_unprintable(value)
         return value
+
+
+def _refuse_unprintable(value: str) -> None:
+    """Every character one that no line-based file, fstab, kernel command line or terminal
+    reads as a line break or a control: Python's own splitlines() breaks at \r, \v, \f,
+    \x1c-\x1e, \x85, U+2028 and U+2029 as well as \n, and a byte that is not UTF-8 (a
+    non-UTF-8 environment variable) arrives as a lone surrogate. str.isprintable() refuses
+    them all, and every other control and format character, and lets the space through."""
+    bad = sorted({c for c in value if not c.isprintable()})
+    if bad:
+        raise Invalid(f"contains {', '.join(repr(c) for c in bad)}: a control, line-break or "
+                      "non-UTF-8 character; write it without")
 
 
 class Whole(NamedTuple):
@@ -53,8 +68,9 @@ class Whole(NamedTuple):
     maximum: int | None = None
 
     def parse(self, value: Any) -> int:
-        text = str(value).strip()
-        if isinstance(value, bool) or not re.fullmatch(r"-?\d+", text):
+        text = str(value).strip() if isinstance(value, (int, str)) else ""
+        # At most 18 digits: Python refuses to read more than 4300 as an int, with a traceback.
+        if isinstance(value, bool) or not re.fullmatch(r"-?\d{1,18}", text):
             raise Invalid(self._wants())
         n = int(text)
         if n < self.minimum or (self.maximum is not None and n > self.maximum):
@@ -66,13 +82,13 @@ class Whole(NamedTuple):
         return f"must be a whole number >= {self.minimum}{upper}"
 
 
-_SIZE = re.compile(r"\s*(\d+)\s*([KMGT]?)(i?B)?\s*", re.IGNORECASE)
+_SIZE = re.compile(r"\s*(\d{1,18})\s*([KMGT]?)(i?B)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": MiB, "G": GiB, "T": 1 << 40}
 
 
 def parse_size(value: Any) -> int:
     """'1G', '512M', '2GiB' or a number of bytes -> bytes (binary units, as fallocate -l)."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 60:
         return value
     m = _SIZE.fullmatch(str(value)) if isinstance(value, str) else None
     if not m:
@@ -104,10 +120,13 @@ class Choice(NamedTuple):
 class Names(NamedTuple):
     """A list of short names (clone suffixes, package names), each matching `item`."""
     item: Text
+    max_items: int = 1000
 
     def parse(self, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list):
             raise Invalid(f'must be a list like ["b", "c"] of {self.item.wants}')
+        if len(value) > self.max_items:
+            raise Invalid(f"has {len(value)} items: at most {self.max_items}")
         for v in value:
             if not isinstance(v, str) or not re.fullmatch(self.item.pattern, v):
                 raise Invalid(f"{v!r} is not {self.item.wants}")
@@ -118,12 +137,34 @@ class Names(NamedTuple):
 
 class FilePath(NamedTuple):
     absolute: bool = False
+    inside: str = ""  # if set: the (normalised) path must lie below this directory
 
     def parse(self, value: Any) -> str:
-        if not isinstance(value, str) or "\0" in value or "\n" in value:
+        if not isinstance(value, str):
             raise Invalid('must be a path in quotes, e.g. "/srv/dali"')
+        _refuse_unprintable(value)
+        if len(value.encode()) > 4000 or any(len(part.encode()) > 255 for part in value.split("/")):
+            raise Invalid("is longer than a path can be (a name of at most 255 bytes, 4000 in all)")
         if self.absolute and not value.startswith("/"):
             raise Invalid("must be an absolute path")
+        if self.inside and not posixpath.normpath(value).startswith(self.inside + "/"):
+            raise Invalid(f"must be a file under {self.inside}/")
+        return value
+
+
+class GuestPath(NamedTuple):
+    """A directory in every node that fstab (and the kernel command line, and a shell) carries
+    as it is: absolute, normalised, of plain characters, and none the node needs for itself."""
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str) or not re.fullmatch(r"/[A-Za-z0-9._+@/-]*", value):
+            raise Invalid(f"{value!r} is not a plain absolute path: letters, digits and . _ + @ - "
+                          "between slashes (fstab splits at a space)")
+        if posixpath.normpath(value) != value:
+            raise Invalid(f"{value!r}: write it as {posixpath.normpath(value)!r}")
+        if value in SYSTEM_DIRS or any(value.startswith(t + "/") for t in VIRTUAL_TREES):
+            raise Invalid(f"{value!r} is a directory the node's own system needs: pick one of "
+                          "your own, like /data or /mnt/src")
         return value
 
 
@@ -151,15 +192,32 @@ class Shares:
             if not (isinstance(source, str) and isinstance(target, str)
                     and source.startswith("/") and target.startswith("/")):
                 raise Invalid(wants + " (absolute paths)")
+            try:
+                FilePath(absolute=True).parse(source)
+            except Invalid as e:
+                raise Invalid(f"source {source!r} {e}") from None
+            try:
+                GuestPath().parse(target)
+            except Invalid as e:
+                raise Invalid(f"target {e}") from None
             if not Path(source).is_dir():
                 raise Invalid(f"source {source!r} is not a directory: make it, or fix the path")
-            if re.search(r"[\s:,]", target):
-                raise Invalid(f"target {target!r} has a space, ':' or ',': pick a plain path")
-            shares.append((str(Path(source).resolve()), target))
+            real = os.path.realpath(source)
+            if real in SYSTEM_DIRS or any(real.startswith(t + "/") for t in VIRTUAL_TREES):
+                raise Invalid(f"source {source!r} is the host's own system directory {real}: every "
+                              "node (running a kernel under development, as root) could write "
+                              "there; share a directory of your own")
+            shares.append((real, target))
         targets = [t for _, t in shares]
         if len(set(targets)) != len(targets):
             raise Invalid("two shares have the same target")
         return tuple(shares)
+
+
+# Where a cluster's network may lie: RFC 1918's private ranges. Nothing else: a public or
+# loopback subnet on a libvirt bridge would shadow real addresses (no traffic may leave the
+# machine), a multicast one is no subnet at all.
+PRIVATE_RANGES = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 
 
 class IPv4:
@@ -173,6 +231,17 @@ class IPv4:
         except ValueError:
             raise Invalid('must be an IPv4 address in quotes, e.g. "192.168.7.254", or "" '
                           "to let dali pick") from None
+
+
+# The host's system directories. dir is never one of them nor below a tree; a share's source
+# is never one of them (a node writing into the host's /etc or /) nor below a virtual tree;
+# nothing is mounted over one of them in a node (it would not boot).
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+                "/run", "/sbin", "/sys", "/usr")
+VIRTUAL_TREES = ("/dev", "/proc", "/run", "/sys")
+SYSTEM_DIRS = ("/", "/home", "/media", "/mnt", "/opt", "/root", "/srv", "/tmp", "/var", "/var/cache",
+               "/var/lib", "/var/log", "/var/tmp", "/usr/bin", "/usr/lib", "/usr/local", "/usr/sbin",
+               "/usr/share", "/usr/src", *SYSTEM_TREES)
 
 
 def _human(n: int) -> str:
@@ -215,12 +284,15 @@ SETTINGS: tuple[Setting, ...] = (
             env="DALI_TAG"),
     Setting("original", _SUFFIX, "a", "the original node's suffix (booted once, namespace made fsdax)",
             env="DALI_ORIGINAL"),
-    Setting("clones", Names(_SUFFIX), ["b", "c"], "one clone per suffix, cloned from the shut-off original",
+    Setting("clones", Names(_SUFFIX, max_items=250), ["b", "c"], "one clone per suffix, cloned from the shut-off original",
             env="DALI_CLONES", from_env=str.split),
     Setting("dir", FilePath(), Derived("/var/lib/dali/<tag>", lambda v: str(DEFAULT_DATA_ROOT / v["tag"])),
             "where the FAM and the disks live; relative to the shell (env) or to the file",
             env="DALI_DIR"),
-    Setting("uri", Text(r"[a-z0-9+]+://.*", "a libvirt URI like qemu:///system"), "qemu:///system",
+    # Not libvirt's ext transport: it runs a program named in the URI.
+    Setting("uri", Text(r"(qemu|test)(\+(unix|ssh|libssh|libssh2|tls|tcp))?://\S*",
+                        "a libvirt URI like qemu:///system or qemu+ssh://host/system (transports "
+                        "unix, ssh, libssh, libssh2, tls, tcp)"), "qemu:///system",
             "the libvirt connection", env="LIBVIRT_DEFAULT_URI"),
     Setting("accel", Choice(("auto", "kvm", "tcg")), "auto",
             "auto uses KVM only if a KVM guest really boots here; kvm or tcg force one"),
@@ -267,7 +339,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fs.type", Choice(("none", "ocfs2")), "none",
             "a filesystem on the shared device, mounted on every node: none (the device as the seed "
             "leaves it) or ocfs2"),
-    Setting("fs.mountpoint", FilePath(absolute=True), "/data", "where every node mounts it"),
+    Setting("fs.mountpoint", GuestPath(), "/data", "where every node mounts it"),
     Setting("fs.slots", Whole(2, 255), Derived("8, or the node count if larger",
                                               lambda v: max(8, 1 + len(v["clones"]))),
             "OCFS2 node slots (mkfs.ocfs2 -N): nodes that can mount at once"),
@@ -285,7 +357,8 @@ SETTINGS: tuple[Setting, ...] = (
             "a gdb stub for every node, on a unix socket shown by doit status"),
     Setting("clone.mode", Choice(("linked", "copy")), "linked",
             "linked: qcow2 overlays on the frozen original; copy: standalone copies"),
-    Setting("apparmor.template", FilePath(absolute=True), "/etc/apparmor.d/libvirt/TEMPLATE.qemu",
+    Setting("apparmor.template", FilePath(absolute=True, inside="/etc/apparmor.d"),
+            "/etc/apparmor.d/libvirt/TEMPLATE.qemu",
             "libvirt's AppArmor template, where the FAM is allowed"),
     Setting("timeouts.boot", Whole(1), 900, "seconds from start until the guest agent answers"),
     Setting("timeouts.shutdown", Whole(1), 180, "seconds of graceful shutdown (guest agent, ACPI button) before a node is forced off"),
@@ -333,8 +406,8 @@ def _read(path: Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"config file {path} cannot be read ({e.strerror}): pass config=PATH to "
                           "a readable cluster file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e}): fix the file") from None
+    except (tomllib.TOMLDecodeError, ValueError) as e:  # ValueError: an integer of 4300+ digits
+        raise ConfigError(f"{path}: not valid TOML ({(str(e).splitlines() or [''])[0]}): fix the file") from None
     flat = {}
     for key, value in raw.items():
         if key in SECTIONS:
@@ -359,6 +432,15 @@ _PATH_SPECIALS = set('*?[]{}^"\\,') | {"\n", "\t"}
 
 
 def _check_data_dir(data_dir: Path, where: str) -> None:
+    text = str(data_dir)
+    if text in SYSTEM_DIRS or any(text.startswith(t + "/") for t in SYSTEM_TREES):
+        raise ConfigError(f"{where} = {text!r} is the host's own system directory: dali writes "
+                          "the FAM and the disks there; pick a directory of its own, like "
+                          "/var/lib/dali/<tag>")
+    try:
+        FilePath().parse(text)
+    except Invalid as e:
+        raise ConfigError(f"{where} = {text!r} {e}") from None
     bad = sorted(_PATH_SPECIALS & set(str(data_dir)))
     if bad:
         raise ConfigError(f"{where} = {str(data_dir)!r} contains {' '.join(repr(c) for c in bad)}, which AppArmor "
@@ -370,7 +452,9 @@ def _parse(s: Setting, value: Any, where) -> Any:
     try:
         return s.type.parse(value)
     except Invalid as e:
-        raise ConfigError(f"{where(s.key)} = {value!r}: {e}") from None
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:60] + f"... ({len(shown)} characters)"
+        raise ConfigError(f"{where(s.key)} = {shown}: {e}") from None
 
 
 def _check_together(v: dict, where) -> None:
@@ -383,6 +467,9 @@ def _check_together(v: dict, where) -> None:
                           f"raise node.max_memory to at least {v['node.memory'] + v['fam.size']} bytes")
     _check_network(v, where)
     nodes = 1 + len(v["clones"])
+    if v["fs.type"] != "none" and v["fs.mountpoint"] in [t for _, t in v["share"]]:
+        raise ConfigError(f"{where('share')}: a share's target is fs.mountpoint {v['fs.mountpoint']}: "
+                          "mount the share elsewhere")
     if v["fs.type"] == "ocfs2":
         if v["device.mode"] != "fsdax":
             raise ConfigError(f"{where('fs.type')} = 'ocfs2' needs a block device: set device.mode "
@@ -420,6 +507,10 @@ def _check_network(v: dict, where) -> None:
         return
     host = ipaddress.IPv4Address(v["network.address"])
     net = ipaddress.IPv4Network(f"{host}/{prefix}", strict=False)
+    if not any(net.subnet_of(r) for r in PRIVATE_RANGES):
+        raise ConfigError(f"{where('network.address')} = {host}: {net} is not a private subnet; pick "
+                          "one in 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16 (no node traffic may "
+                          "reach other machines' addresses)")
     if host in (net.network_address, net.broadcast_address):
         raise ConfigError(f"{where('network.address')} = {host} is the "
                           f"{'network' if host == net.network_address else 'broadcast'} address of "
@@ -439,20 +530,29 @@ def _check_network(v: dict, where) -> None:
                           f"{int(end) - int(start) + 1} addresses for {nodes} nodes: widen it")
 
 
+def _real_path(raw: str, base: Path, where: str) -> Path:
+    """raw (~ expanded; relative to base) with every symlink resolved: the path the kernel,
+    AppArmor and qemu meet. A ~user that does not exist or a symlink loop is one line."""
+    try:
+        return (base / Path(raw).expanduser()).resolve()
+    except (RuntimeError, OSError) as e:  # RuntimeError: no such ~user, a symlink loop
+        raise ConfigError(f"{where} = {raw!r}: {e}: give a path that exists, or can") from None
+
+
 def _own_kernel(v: dict, path: Path) -> Kernel | None:
     if not v["kernel.path"]:
         if v["kernel.modules"]:
             raise ConfigError(f"{path}: kernel.modules is set but kernel.path is not: set both "
                               "(your bzImage and its INSTALL_MOD_PATH), or neither")
         return None
-    bzimage = (path.parent / Path(v["kernel.path"]).expanduser()).resolve()
+    bzimage = _real_path(v["kernel.path"], path.parent, f"{path}: kernel.path")
     if not bzimage.is_file():
         raise ConfigError(f"{path}: kernel.path = {str(bzimage)!r} is not a file: point it at your "
                           "arch/x86/boot/bzImage")
     if not v["kernel.modules"]:
         raise ConfigError(f"{path}: kernel.path needs kernel.modules too: the directory "
                           "`make modules_install INSTALL_MOD_PATH=DIR` wrote (DIR/lib/modules/...)")
-    modules = (path.parent / Path(v["kernel.modules"]).expanduser()).resolve()
+    modules = _real_path(v["kernel.modules"], path.parent, f"{path}: kernel.modules")
     if not modules.is_dir():
         raise ConfigError(f"{path}: kernel.modules = {str(modules)!r} is not a directory: give "
                           "the INSTALL_MOD_PATH of `make modules_install`")
@@ -462,16 +562,23 @@ def _own_kernel(v: dict, path: Path) -> Kernel | None:
 def _cluster(v: dict, origin: dict, path: Path, repo: Path) -> Cluster:
     # The seed writes DALI_DIR=IVSHPMEM, relative to the shell; a file's relative path is
     # relative to that file.
-    data_dir = Path(v["dir"]).expanduser()
-    if not data_dir.is_absolute():
-        data_dir = (Path.cwd() if "dir" in origin else path.parent) / data_dir
+    where_dir = f"{origin['dir']} (setting dir)" if "dir" in origin else f"{path}: dir"
+    if not v["dir"].strip():
+        raise ConfigError(f"{where_dir} is empty: name the directory for the FAM and the disks, "
+                          "or leave the setting out (/var/lib/dali/<tag>)")
     # The real path: AppArmor checks the file qemu opens after symlinks are followed, so the
     # rule, the domain XML and the marks all name that.
-    data_dir = data_dir.resolve()
-    _check_data_dir(data_dir, f"{origin['dir']} (setting dir)" if "dir" in origin else f"{path}: dir")
+    data_dir = _real_path(v["dir"], Path.cwd() if "dir" in origin else path.parent, where_dir)
+    _check_data_dir(data_dir, where_dir)
+    for source, _ in v["share"]:
+        for what, inside in (("dir", data_dir), ("the checkout", repo)):
+            if inside == Path(source) or Path(source) in inside.parents:
+                raise ConfigError(f"{path}: share source {source!r} holds {what} ({inside}): the "
+                                  "nodes would write into the FAM, the disks or dali's state; "
+                                  "share a directory beside it")
     image_path = None
     if v["image.path"]:
-        image_path = (path.parent / Path(v["image.path"]).expanduser()).resolve()
+        image_path = _real_path(v["image.path"], path.parent, f"{path}: image.path")
         if not image_path.is_file():
             raise ConfigError(f"{path}: image.path = {str(image_path)!r} does not exist: point it "
                               "at a qcow2 file, or remove it to build a Debian image")

@@ -3,7 +3,8 @@
 One row per node: its state, fixed address, the shared device as the node sees it (when it runs),
 its disk and how much that has grown (the node's own qcow2: for a linked clone, what it wrote
 since it was cloned), and its uptime. Then the network and the FAM. It boots nothing and waits
-for nothing: an agent that does not answer within a second or two shows "-".
+for nothing: an agent that does not answer within a second or two shows "-". A node that runs
+but is not yet usable as `doit start` leaves it (its device there, ssh listening) is "booting".
 """
 
 from __future__ import annotations
@@ -58,8 +59,14 @@ def node_row(cluster: Cluster, virt: Libvirt, node: Node, addresses: dict[str, s
     started = _started(virt, node.name)
     if started is not None:
         row["uptime"] = _duration(time.time() - started)
-    if not virt.agent_answers(dom):
-        row["pmem"] = "(agent silent)"
+    from dali.lifecycle import is_usable  # here: a no-op doit loads status, and need not load this
+    if not is_usable(cluster, virt, dom):
+        # Booting: not yet what doit start waits for (its device, ssh). A node silent for longer
+        # than a boot may take is not booting any more: it runs, and its agent is silent.
+        silent = not virt.agent_answers(dom)
+        if started is None or time.time() - started < cluster.boot_timeout:
+            row["state"] = "booting"
+        row["pmem"] = "(agent silent)" if silent else "-"
         return row
     try:
         ns = guest.namespace(virt, dom, wait=0)

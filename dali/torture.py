@@ -33,7 +33,7 @@ from dali import consoles, fam, faults, guest, shared_disk, workloads
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError, one_line
 from dali.fanout import each
-from dali.lifecycle import select
+from dali.lifecycle import running
 from dali.reporter import log
 from dali.torture_report import Report
 from dali.verify import refuse_to_write
@@ -141,16 +141,9 @@ def plan(cluster: Cluster, virt: Libvirt, names: list[str], on: str, seconds: in
     if len({n for n, _, _ in runs}) != len(runs):
         raise DaliError("a workload is named twice: name each once (parameters after a colon)")
 
-    chosen = select(cluster, [n for n in on.split(",") if n])
-    nodes, down = [], []
-    for node in chosen:
-        dom = virt.domain(node.name)
-        if dom is not None and virt.is_running(dom) and virt.agent_answers(dom):
-            nodes.append((node, dom))
-        elif on:
-            down.append(node.name)
-    if down:
-        raise DaliError(f"{', '.join(down)} not running or not answering: doit start "
+    nodes, down = running(cluster, virt, [n for n in on.split(",") if n])  # a booting node waited for
+    if down and on:
+        raise DaliError(f"{', '.join(down)} not running: doit start "
                         f"{' '.join(down)} first, or leave it out of --on")
     if not nodes:
         raise DaliError("no node is running: doit start first")

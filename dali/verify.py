@@ -26,17 +26,17 @@ from dali import fam, guest
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.fanout import each
-from dali.lifecycle import defined
+from dali.lifecycle import defined, running
 from dali.virt import Libvirt
 
 
 def verify(cluster: Cluster, virt: Libvirt) -> list[dict]:
     """Run the checks, print the table, raise if anything failed. Returns the rows."""
-    doms = defined(cluster, virt)
+    defined(cluster, virt)
     fam.restore_saved(cluster)  # what a verify killed mid-write left overwritten
-    down = [n.name for n, d in doms if not virt.is_running(d) or not virt.agent_answers(d)]
+    doms, down = running(cluster, virt)  # a booting node is waited for
     if down:
-        raise DaliError(f"{', '.join(down)} not running or not answering: run doit start first")
+        raise DaliError(f"{', '.join(down)} not running: run doit start first")
     expected = fam.namespace(cluster.fam_path)
     mode, device = cluster.device_mode, guest.device_path(cluster.device_mode)
     if expected["mode"] != mode:

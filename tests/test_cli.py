@@ -46,6 +46,14 @@ def test_an_error_while_tasks_are_made_is_one_line(monkeypatch, capsys):
         list(dodo.tasks_of(types.SimpleNamespace(gen_tasks=gen_tasks)))
     assert e.value.code == "dali: something the user can fix: fix it"
 
+    def unforeseen(cluster, virt):  # a bug, or an input no check knows: one line all the same
+        raise OSError(36, "File name too long")
+        yield
+    with pytest.raises(SystemExit) as e:
+        list(dodo.tasks_of(types.SimpleNamespace(gen_tasks=unforeseen, __name__="tasks.prune")))
+    assert e.value.code.startswith("dali: making the tasks of tasks.prune failed: OSError: ")
+    assert "DALI_TRACEBACK=1" in e.value.code and "\n" not in e.value.code
+
 
 @pytest.mark.libvirt
 def test_preflight_stops_before_anything_is_made():

@@ -79,9 +79,31 @@ def test_preflight_names_a_directory_qemu_cannot_enter(config_in):
     assert "chmod o+x" in found and "\n" not in found
 
 
-def test_preflight_names_an_unwritable_dir():
-    found = preflight.data_dir_problem(settings.load(env={"DALI_DIR": "/proc/dali"}))
-    assert "DALI_DIR" in found and "/proc" in found
+def write_config(tmp_path, text: str):
+    path = tmp_path / "cluster.toml"
+    path.write_text(text + "\n")
+    return path
+
+
+def test_preflight_names_an_unwritable_dir(tmp_path):
+    blocker = tmp_path / "a-file"  # no directory can be made below a file
+    blocker.write_text("")
+    found = preflight.data_dir_problem(settings.load(env={"DALI_DIR": str(blocker / "dali")}))
+    assert "DALI_DIR" in found and str(blocker) in found
+
+
+def test_preflight_refuses_a_fam_larger_than_the_free_space(data_dir, tmp_path):
+    huge = settings.load(write_config(tmp_path, '[fam]\nsize = "100T"'), env={"DALI_DIR": str(data_dir)})
+    found = preflight.data_dir_problem(huge)
+    assert found.startswith("fam.size:") and "free" in found and "\n" not in found
+
+
+def test_a_share_holding_the_data_dir_or_the_checkout_is_refused(tmp_path):
+    from dali.cluster import REPO
+    for source, data in ((tmp_path, tmp_path / "data"), (REPO, tmp_path / "data")):
+        cfg = write_config(tmp_path, f'[[share]]\nsource = "{source}"\ntarget = "/mnt/src"')
+        with pytest.raises(settings.ConfigError, match="share source .* holds"):
+            settings.load(cfg, env={"DALI_DIR": str(data)})
 
 
 def test_preflight_names_a_filesystem_without_fallocate(config_in, monkeypatch):

@@ -85,3 +85,16 @@ def test_the_network_carries_every_nodes_name_and_address(test_driver, config):
                 p.rmdir()
             else:
                 p.unlink(missing_ok=True)
+
+
+def test_a_configured_subnet_that_is_taken_is_refused_before_anything_is_defined(test_driver, config):
+    """An explicit network.address in another network's subnet: one line, and no network
+    defined (libvirt would define it, then refuse to start it, and leave it behind)."""
+    other = network.Addresses("10.9.8.254", 24, "10.9.8.1", "10.9.8.253")
+    elsewhere = settings.load(env={"DALI_TAG": "zt", "DALI_DIR": "/srv/zt"})
+    test_driver.define_network(network.network_xml(elsewhere, other))
+    clash = config._replace(network=config.network._replace(address="10.9.8.100", prefix=25))
+    before = {n.name() for n in test_driver.conn.listAllNetworks()}
+    with pytest.raises(DaliError, match=r"10\.9\.8\.0/25 overlaps 10\.9\.8\.0/24 of libvirt network zt"):
+        network.plan(clash, test_driver)
+    assert {n.name() for n in test_driver.conn.listAllNetworks()} == before

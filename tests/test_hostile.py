@@ -1,0 +1,108 @@
+"""What a careless or hostile user could do to dali, and what a local user could do to a dali
+run as root: each refused in one line, or made harmless (docs/reliability.md has the table; the
+settings' own refusals are in test_settings.py)."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from dali import apparmor, fam, lock, scratch
+from dali.errors import DaliError
+from dali.pssh import visible
+
+
+def test_host_locks_live_in_a_directory_only_root_can_enter(tmp_path, monkeypatch):
+    monkeypatch.setattr(lock, "HOST_LOCKS", tmp_path / "locks")
+    with lock.host_lock("network"):
+        st = os.lstat(tmp_path / "locks")
+        assert (st.st_uid, st.st_mode & 0o777) == (0, 0o700)
+    # A symlink planted at the lock's name is not followed: its target is neither made nor cut.
+    target = tmp_path / "victim"
+    target.write_text("precious")
+    (tmp_path / "locks" / "other.lock").symlink_to(target)
+    with pytest.raises(DaliError, match="other.lock: .*remove it"):
+        with lock.host_lock("other"):
+            pass
+    assert target.read_text() == "precious"
+    # A lock directory others could write in is refused, not used.
+    os.chmod(tmp_path / "locks", 0o777)
+    with pytest.raises(DaliError, match="only root can enter"):
+        with lock.host_lock("network"):
+            pass
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+@pytest.mark.parametrize("record, killed", [
+    (lambda pid: f"{pid} {scratch._boot_id()} {scratch._start_time(pid)}", True),  # the build's own
+    (lambda pid: f"{pid} 00000000-0000-0000-0000-000000000000 {scratch._start_time(pid)}", False),  # before a reboot
+    (lambda pid: f"{pid} {scratch._boot_id()} 1", False),  # the number is another process's now
+    (lambda pid: f"{pid}", False),  # a record of older dali: no proof, no kill
+])
+def test_a_saved_process_group_is_killed_only_if_it_is_still_the_builds(tmp_path, record, killed):
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        work = tmp_path / f".dali-work.{_dead_pid()}.x"
+        work.mkdir()
+        (work / "pgid").write_text(record(child.pid))
+        scratch.remove_abandoned_work(tmp_path)
+        assert not work.exists()
+        time.sleep(0.1)
+        assert (child.poll() is not None) == killed
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_nodes_output_cannot_drive_the_terminal():
+    assert visible("ok\tdone\n") == "ok\tdone\n"
+    assert visible("\x1b]0;owned\x07\x1b[2J\rX\x7f\u2028\x85") == "^[]0;owned^G^[[2J^MX^?\\u2028\\u0085"
+
+
+def test_a_fam_path_the_template_could_not_hold_as_one_line_is_refused(config_in):
+    for odd in ("a\rb", "a\u2028b", "a\x85b", "a*b"):
+        weird = config_in._replace(data_dir=Path(f"/var/tmp/{odd}"))
+        with pytest.raises(DaliError, match="the FAM's real path"):
+            apparmor.rule(weird)
+
+
+def test_a_symlinked_template_is_never_written_through(config_in, tmp_path):
+    real = tmp_path / "TEMPLATE.qemu"
+    real.write_text("#include <abstractions/libvirt-qemu>\n")
+    link = tmp_path / "link.qemu"
+    link.symlink_to(real)
+    with pytest.raises(DaliError, match="is a symlink"):
+        apparmor.add_rule(config_in._replace(apparmor_template=link))
+    assert real.read_text() == "#include <abstractions/libvirt-qemu>\n"
+
+
+def test_a_symlink_where_the_fam_goes_is_refused_and_its_target_untouched(config_in, tmp_path):
+    target = tmp_path / "not-a-fam"
+    target.write_bytes(b"x" * 4096)
+    os.chmod(target, 0o600)
+    config_in.data_dir.mkdir(parents=True)
+    config_in.fam_path.symlink_to(target)
+    with pytest.raises(DaliError, match="is a symlink"):
+        fam.ensure(config_in)
+    st = target.stat()
+    assert (st.st_mode & 0o777, st.st_gid, st.st_size) == (0o600, 0, 4096)
+
+
+def test_a_cluster_that_is_gone_leaves_no_records(tmp_path):
+    state, dep, lk = tmp_path / "t", tmp_path / "t.doit.sqlite", tmp_path / "t.lock"
+    state.mkdir()
+    dep.write_text("db")
+    lk.write_text("")
+    lock.forget_if_gone(lk, dep, state)
+    assert dep.exists() and lk.exists(), "a cluster with a state directory keeps its records"
+    state.rmdir()
+    lock.forget_if_gone(lk, dep, state)
+    assert not dep.exists() and not lk.exists()
