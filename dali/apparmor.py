@@ -22,6 +22,7 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
+from dali import cleaning
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.render import render
@@ -150,14 +151,16 @@ def remove_rule(cluster: Cluster, dryrun: bool = False) -> None:
         return
     template = cluster.apparmor_template
     ours = rule(cluster)
+    what = f"for {fam_real_path(cluster)} in {template}"
     if dryrun:
         if ours in template.read_text().splitlines(keepends=True):
-            log(f"would remove the FAM rule from {template}")
+            cleaning.said("AppArmor rule", what, dryrun)
         return
     with _editing(template):
         lines = template.read_text().splitlines(keepends=True)
         if ours in lines:
             _replace_checked(template, "".join(line for line in lines if line != ours))
+            cleaning.said("AppArmor rule", what, dryrun)
         # The backup is the template before the first dali line went in: once the template is
         # that again, the host is as it was and the backup has nothing more to give.
         backup = _backup(template)

@@ -17,7 +17,7 @@ import os
 import struct
 from pathlib import Path
 
-from dali import marks
+from dali import cleaning, marks
 from dali.cluster import Cluster, Node
 from dali.commands import run
 from dali.errors import DaliError
@@ -135,12 +135,12 @@ def remove_file(cluster: Cluster, virt: Libvirt, path: Path, dryrun: bool = Fals
     if not os.path.lexists(path):
         return
     if not marks.is_ours(path, cluster):
-        log(f"left {path} in place: dali did not create it for this cluster")
+        cleaning.kept(path, "dali did not create it for this cluster", dryrun)
         return
     built_on_it = [p for d in (cluster.data_dir, cluster.image_dir) for p in disks_built_on(path, d)]
     theirs = [p for p in built_on_it if not marks.is_ours(p, cluster)]
     if theirs:
-        log(f"left {path} in place: {', '.join(map(str, theirs))} is built on it")
+        cleaning.kept(path, f"{', '.join(map(str, theirs))} is built on it", dryrun)
         return
     if built_on_it and not dryrun:
         return  # our own disks on it go first; the sweep at the end of clean takes it then
@@ -148,8 +148,7 @@ def remove_file(cluster: Cluster, virt: Libvirt, path: Path, dryrun: bool = Fals
     if users:
         raise DaliError(f"{path} is still used by domain {', '.join(users)}: undefine it first "
                         "(doit clean does that before it deletes disks), then run doit clean again")
-    if dryrun:
-        log(f"would remove {path}")
-    else:
+    if not dryrun:
         path.unlink()
+    cleaning.said("file", path, dryrun)
 

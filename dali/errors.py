@@ -100,7 +100,7 @@ class Step(PythonAction):
 
     def execute(self, out=None, err=None):
         Checking.actions_started += 1
-        if self.lock:
+        if self.lock and not self.kwargs.get("dryrun"):  # doit clean -n only looks
             lock.hold(*self.lock)
         return super().execute(out, err)
 

@@ -153,4 +153,4 @@ def ensure_node_image(cluster: Cluster, tarball: Path) -> None:
 def remove_node_image(cluster: Cluster, virt: Libvirt, dryrun: bool = False) -> None:
     for name in NODE_IMAGE_FILES:
         disks.remove_file(cluster, virt, cluster.image_dir / name, dryrun)
-    marks.remove_dir_if_ours(cluster.image_dir, cluster, log, dryrun)
+    marks.remove_dir_if_ours(cluster.image_dir, cluster, dryrun)

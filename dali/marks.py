@@ -22,6 +22,7 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from dali import cleaning
 from dali.errors import DaliError
 
 XATTR = "user.dali.cluster"
@@ -102,22 +103,23 @@ def make_dir(path: Path, cluster) -> None:
     mark(path, cluster)
 
 
-def remove_dir_if_ours(path: Path, cluster, log, dryrun: bool = False) -> None:
-    """Remove a directory dali made once it is empty; a directory the user made stays."""
+def remove_dir_if_ours(path: Path, cluster, dryrun: bool = False) -> None:
+    """Remove a directory dali made once it is empty; a directory the user made stays. With
+    dryrun, what a clean would do once the files of ours in it were gone."""
     if not path.is_dir():
         return
     if not is_ours(path, cluster):
-        log(f"left {path} in place: dali did not create it")
+        cleaning.kept(path, "dali did not create it", dryrun)
         return
     held = list(path.iterdir())
     if [p for p in held if not is_ours(p, cluster)]:
-        log(f"left {path} in place: it holds files dali did not create for this cluster")
-    elif held:
+        cleaning.kept(path, "it holds files dali did not create for this cluster", dryrun)
+    elif held and not dryrun:
         pass  # ours, kept for now (a disk built on another goes first): clean's sweep takes them
-    elif dryrun:
-        log(f"would remove {path}")
     else:
-        path.rmdir()
+        if not dryrun:
+            path.rmdir()
+        cleaning.said("directory", path, dryrun)
 
 
 # --- libvirt objects --------------------------------------------------------------------------

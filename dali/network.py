@@ -25,6 +25,7 @@ from typing import NamedTuple
 import libvirt
 from libvirt import VIR_NETWORK_XML_INACTIVE
 
+from dali import cleaning
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.lock import host_lock
@@ -266,11 +267,9 @@ def remove(cluster: Cluster, virt: Libvirt, dryrun: bool = False) -> None:
     net = virt.network(name)
     if net is None:
         return
-    if dryrun:
-        log(f"would remove network {name}")
-        return
-    if net.isActive():
-        net.destroy()
-    net.undefine()
-    cluster.network_xml.unlink(missing_ok=True)
-    log(f"network {name}: removed")
+    if not dryrun:
+        if net.isActive():
+            net.destroy()
+        net.undefine()
+        cluster.network_xml.unlink(missing_ok=True)
+    cleaning.said("network", name, dryrun)

@@ -70,4 +70,4 @@ def ensure(cluster: Cluster) -> None:
 def remove(cluster: Cluster, virt: Libvirt, dryrun: bool = False) -> None:
     for path in (cluster.kernel_dir / name for name in ("bzImage", "initramfs.cpio", "modules.img")):
         disks.remove_file(cluster, virt, path, dryrun)
-    marks.remove_dir_if_ours(cluster.kernel_dir, cluster, log, dryrun)
+    marks.remove_dir_if_ours(cluster.kernel_dir, cluster, dryrun)

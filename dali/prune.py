@@ -11,7 +11,7 @@ earlier config is found too.
 
 from __future__ import annotations
 
-from dali import disks, identity_disk, marks, network
+from dali import cleaning, disks, identity_disk, marks, network
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.reporter import log
@@ -55,11 +55,9 @@ def remove(cluster: Cluster, virt: Libvirt, name: str, dryrun: bool = False) -> 
         if virt.is_running(dom):
             raise DaliError(f"{name} is running: shut it down first (virsh shutdown {name}), "
                             f"then doit remove:{name}")
-        if dryrun:
-            log(f"would undefine {name}")
-        else:
+        if not dryrun:
             dom.undefine()
-            log(f"{name}: undefined")
+        cleaning.said("node", name, dryrun)
     disks.remove_file(cluster, virt, cluster.disk(name), dryrun)
     disks.remove_file(cluster, virt, identity_disk.path(cluster, name), dryrun)  # its host key
     if not dryrun and not cluster.disk(name).exists():
@@ -71,8 +69,8 @@ def remove_all_stale(cluster: Cluster, virt: Libvirt, dryrun: bool = False) -> N
     """`doit clean`: every node that left the config, running ones shut down first."""
     for name, dom in stale_domains(cluster, virt).items():
         if virt.is_running(dom):
-            if dryrun:
-                log(f"would shut down {name}")
+            if dryrun:  # it would be shut down first, then go with its disks
+                cleaning.said("node", name, dryrun)
                 continue
             log(f"{name}: {virt.shutdown(dom, cluster.shutdown_timeout, log)}")
         remove(cluster, virt, name, dryrun)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import libvirt
 from doit.tools import config_changed
 
-from dali import domain, identity_disk
+from dali import cleaning, domain, identity_disk
 from dali.cluster import Cluster, Node
 from dali.errors import CleanStep, Step, uptodate
 from dali.render import template_path, write_if_changed
@@ -46,12 +46,10 @@ def undefine(cluster: Cluster, virt: Libvirt, node: Node, dryrun: bool) -> None:
     dom = virt.domain(node.name)
     if dom is None:
         return
-    if dryrun:
-        log(f"would shut down and undefine {node.name}")
-        return
-    how = virt.shutdown(dom, cluster.shutdown_timeout, log)
-    dom.undefine()
-    log(f"{node.name}: {how}, undefined")
+    if not dryrun:
+        log(f"{node.name}: {virt.shutdown(dom, cluster.shutdown_timeout, log)}")
+        dom.undefine()
+    cleaning.said("node", node.name, dryrun)
 
 
 def gen_tasks(cluster: Cluster, virt: Libvirt):
@@ -68,7 +66,7 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
             "targets": [xml_file],
             "file_dep": [template_path(domain.TEMPLATE)],
             "uptodate": [config_changed(domain.template_values(cluster, node))],
-            "clean": True,  # remove the rendered file
+            # No clean of its own: the file goes with state/<tag>/ (preflight's clean).
         }
         yield {
             "basename": "define", "name": node.name,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import shutil
 
-from dali import disks, marks, preflight
+from dali import cleaning, disks, marks, preflight
 from dali.cluster import Cluster
 from dali.domain import gdb_socket
 from dali.errors import CleanStep, DaliError, Step, uptodate
-from dali.reporter import log
 from dali.virt import Libvirt
 
 
@@ -33,12 +32,11 @@ def sweep(cluster: Cluster, virt: Libvirt, dryrun: bool) -> None:
             break
         left = [p for p in left if p.exists()]
     for folder in folders:
-        marks.remove_dir_if_ours(folder, cluster, log, dryrun)
+        marks.remove_dir_if_ours(folder, cluster, dryrun)
     if cluster.state_dir.exists():
-        if dryrun:
-            log(f"would remove {cluster.state_dir}")
-        else:
+        if not dryrun:
             shutil.rmtree(cluster.state_dir)
+        cleaning.said("state directory", cluster.state_dir, dryrun)
 
 
 def gen_tasks(cluster: Cluster, virt: Libvirt):

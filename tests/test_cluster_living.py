@@ -264,15 +264,28 @@ def test_shutdown(running):
         assert is_off(cluster.dom(s))
 
 
+def dry_run_list(run) -> list[tuple[str, str]]:
+    """doit clean -n's (kind, object) lines; it prints nothing else."""
+    lines = (run.stdout + run.stderr).splitlines()
+    found = [re.fullmatch(r"would remove (node|network|AppArmor rule|file|directory|state directory) (.+)", line)
+             for line in lines]
+    assert all(found), [line for line, m in zip(lines, found) if not m]
+    return [m.groups() for m in found]
+
+
 def test_clean_dry_run_says_what_it_would_remove_and_removes_nothing(three_nodes):
-    cluster = three_nodes
-    run = cluster.doit("clean", "-n")
-    said = run.stdout + run.stderr
-    for s in "abc":
-        assert f"would shut down and undefine {TAG}{s}" in said
-        assert f"would remove {cluster.disk(s)}" in said
-    assert f"would remove {cluster.cfg.fam_path}" in said
-    assert f"would remove network {cluster.cfg.network.name}" in said
+    cluster, data = three_nodes, three_nodes.cfg.data_dir
+    listed = dry_run_list(cluster.doit("clean", "-n"))
+    assert len(listed) == len(set(listed)), "each object once"
+    kinds = [kind for kind, _ in listed]
+    assert kinds == sorted(kinds, key=["node", "network", "AppArmor rule", "file", "directory",
+                                      "state directory"].index), "grouped by kind, in clean's order"
+    assert {("node", f"{TAG}{s}") for s in "abc"} | {("network", cluster.cfg.network.name)} <= set(listed)
+    files = {what for kind, what in listed if kind == "file"}
+    assert {str(cluster.disk(s)) for s in "abc"} | {str(cluster.cfg.fam_path), str(data / "image/base.qcow2"),
+                                                   str(cluster.cfg.frozen_disk)} <= files
+    assert {("directory", str(data / "image")), ("directory", str(data)),
+            ("state directory", str(cluster.cfg.state_dir))} <= set(listed)
     for s in "abc":
         assert cluster.dom(s) and cluster.disk(s).exists()
     assert cluster.cfg.fam_path.exists() and cluster.cfg.state_dir.exists()
@@ -295,11 +308,16 @@ def test_clean_stops_when_a_domain_cannot_go(three_nodes_off):
 
 
 def test_clean_leaves_nothing(three_nodes_off):
+    """doit clean removes exactly what doit clean -n listed, says so one object a line, and
+    leaves nothing of the cluster: not even its doit records in state/."""
     cluster = three_nodes_off
+    listed = set(dry_run_list(cluster.doit("clean", "-n")))
     run = cluster.doit("clean", "--forget")
-    # Clean actions read as sentences, and what they did reaches the user.
-    assert f"executing 'shut down and undefine {TAG}a'" in run.stdout
-    assert f"{TAG}a: already off, undefined" in run.stderr
+    removed = set(re.findall(r"^removed (node|network|AppArmor rule|file|directory|state directory) (.+)$",
+                             run.stderr, re.M))
+    assert removed == listed
+    assert "executing" not in run.stdout, "doit's own lines are dali's one line per object"
+    assert not cluster.cfg.dep_file.exists() and not cluster.cfg.lock_file.exists()
     conn = cluster.virt.conn
     assert [d.name() for d in conn.listAllDomains() if d.name().startswith(TAG)] == []
     assert cluster.cfg.network.name not in [n.name() for n in conn.listAllNetworks()]

@@ -138,12 +138,12 @@ def test_a_symlink_is_never_ours(config_in, ours):
 def test_a_directory_the_user_made_stays(config_in, capfd):
     config_in.data_dir.mkdir(parents=True)  # the user's, before the first run
     marks.make_dir(config_in.data_dir, config_in)
-    marks.remove_dir_if_ours(config_in.data_dir, config_in, print)
-    assert config_in.data_dir.is_dir() and "did not create" in capfd.readouterr().out
+    marks.remove_dir_if_ours(config_in.data_dir, config_in)
+    assert config_in.data_dir.is_dir() and "did not create" in capfd.readouterr().err
     made = config_in.data_dir / "image"
     marks.make_dir(made, config_in)
     assert oct(made.stat().st_mode & 0o777) == "0o750"
-    marks.remove_dir_if_ours(made, config_in, print)
+    marks.remove_dir_if_ours(made, config_in)
     assert not made.exists()
 
 

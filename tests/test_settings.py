@@ -87,7 +87,9 @@ def test_identities_are_the_uuid5_they_always_were():
     assert c.network_uuid == str(uuid.uuid5(namespace, f"network:{c.id}:{c.network.name}"))
 
 
-@pytest.mark.parametrize("toml, env, words", [
+# Every refusal of a bad setting: (cluster file, environment, words its one line must hold).
+# test_refusals.py gives each to a real doit too, and checks that nothing was made.
+BAD_VALUES = [
     ('tag = "IVP"', {}, ["tag", "lowercase"]),
     ('original = "A"', {}, ["original", "suffix"]),
     ('clones = ["b", "b"]', {}, ["clones", "twice"]),
@@ -174,7 +176,10 @@ def test_identities_are_the_uuid5_they_always_were():
     ('uri = "qemu:///system\\n"', {}, ["uri"]),
     ('clones = [' + ", ".join(f'"n{i}"' for i in range(20000)) + ']', {}, ["clones", "at most 250"]),
     ('[kernel]\ncmdline = "quiet\\u0085init=/bin/sh"', {}, ["kernel.cmdline", "line-break"]),
-])
+]
+
+
+@pytest.mark.parametrize("toml, env, words", BAD_VALUES)
 def test_bad_values_name_the_setting(tmp_path, toml, env, words):
     with pytest.raises(ConfigError) as e:
         load(write(tmp_path, toml), env=env)
