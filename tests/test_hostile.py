@@ -3,7 +3,6 @@ run as root: each refused in one line, or made harmless (docs/reliability.md has
 settings' own refusals are in test_settings.py)."""
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
