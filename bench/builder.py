@@ -5,7 +5,7 @@
 before: plain `debootstrap --variant=minbase --include=<the image's packages>`, as dali ran it
         until 2026-11-29: dpkg fsyncs every file it unpacks, and the kernel's postinst and then
         initramfs-tools' trigger each build an initrd.
-after:  dali's own call (guest_image._debootstrap): dpkg with force-unsafe-io and INITRD=No.
+after:  dali's own call (image_builder._debootstrap): dpkg with force-unsafe-io and INITRD=No.
 
 Both keep their packages in the checkout's state/cache/debs/ (as dali does), so neither
 downloads more than the other; the rounds alternate. Neither customises the tree (that step is
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dali import guest_image, settings
+from dali import image_builder, settings
 from dali.cluster import REPO
 from dali.scratch import remove_tree
 
@@ -53,7 +53,7 @@ def before(recipe: dict, tree: Path, debs: Path) -> None:
 
 
 def after(recipe: dict, tree: Path, debs: Path) -> None:
-    guest_image._debootstrap(recipe, tree, WORK / "after.log", debs, lambda line: None)
+    image_builder._debootstrap(recipe, tree, WORK / "after.log", debs, lambda line: None)
 
 
 def snapshot(tree: Path) -> dict[str, tuple]:
@@ -74,7 +74,7 @@ def snapshot(tree: Path) -> dict[str, tuple]:
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     cluster = settings.load(env={})
-    recipe = guest_image.rootfs_recipe(cluster.image.suite, cluster.image.mirror, cluster.image.http_proxy,
+    recipe = image_builder.rootfs_recipe(cluster.image.suite, cluster.image.mirror, cluster.image.http_proxy,
                                        list(cluster.image.extra_packages))
     debs = cluster.cache_dir / "debs"
     debs.mkdir(parents=True, exist_ok=True)

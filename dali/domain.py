@@ -1,4 +1,5 @@
-"""A node's libvirt domain XML, rendered from templates/domain.xml.j2.
+"""A node's libvirt domain: its XML, rendered from templates/domain.xml.j2, and the domain
+defined from it (or undefined, by doit clean).
 
 template_values() is everything the template reads except the domain type, which the accel
 probe decides; the same values, as plain data, are what makes a node's XML stale
@@ -11,11 +12,15 @@ import os
 import pwd
 from pathlib import Path
 
+import libvirt
+
 from dali.cluster import Cluster, Node
-from dali.kernel_boot import MODULES_DISK_SERIAL
-from dali import identity_disk, marks
+from dali.initramfs import MODULES_DISK_SERIAL
+from dali import cleaning, identity_disk, marks
 from dali.marks import MARK_NS
-from dali.render import render
+from dali.render import render, write_if_changed
+from dali.reporter import log
+from dali.virt import Libvirt
 
 TEMPLATE = "domain.xml.j2"
 KiB = 1024
@@ -71,3 +76,37 @@ def make_gdb_dir(cluster: Cluster) -> None:
 
 def domain_xml(cluster: Cluster, node: Node, domain_type: str) -> str:
     return render(TEMPLATE, domain_type=domain_type, **template_values(cluster, node))
+
+
+# --- in libvirt -------------------------------------------------------------------------------
+
+def write(cluster: Cluster, node: Node, domain_type: str) -> None:
+    write_if_changed(cluster.domain_xml(node), domain_xml(cluster, node, domain_type))
+
+
+def define(cluster: Cluster, virt: Libvirt, node: Node) -> None:
+    if cluster.gdb:
+        make_gdb_dir(cluster)
+    before = virt.domain(node.name)  # raises ForeignObject for a stranger's domain
+    old = before.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if before else None
+    dom = virt.define_domain(cluster.domain_xml(node).read_text())
+    if old is None:
+        log(f"{node.name}: defined")
+    elif dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) != old:
+        running = virt.is_running(dom)
+        log(f"{node.name}: redefined" + (" (running: the new definition applies at its "
+                                          "next boot)" if running else ""))
+
+
+def is_defined(virt: Libvirt, node: Node) -> bool:
+    return virt.domain(node.name) is not None
+
+
+def undefine(cluster: Cluster, virt: Libvirt, node: Node, dryrun: bool) -> None:
+    dom = virt.domain(node.name)
+    if dom is None:
+        return
+    if not dryrun:
+        log(f"{node.name}: {virt.shutdown(dom, cluster.shutdown_timeout, log)}")
+        dom.undefine()
+    cleaning.said("node", node.name, dryrun)

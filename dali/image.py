@@ -1,5 +1,5 @@
 """The cluster's guest image: its ssh key, and base.qcow2 + vmlinuz + initrd.img, copied from
-the node image that dali/guest_image.py builds once per checkout (tarball, disk size and
+the node image that dali/image_builder.py builds once per checkout (tarball, disk size and
 initramfs /init) and caches in state/cache/.
 
 What the image was built from is a fact kept on the image itself: base.qcow2 carries the
@@ -19,8 +19,8 @@ from dali import disks, marks
 from dali.cluster import Cluster
 from dali.commands import run
 from dali.errors import DaliError
-from dali.guest_image import NODE_IMAGE_FILES, node_image, node_image_path, rootfs_recipe, rootfs_tarball_path
-from dali.kernel_boot import build_init, init_path
+from dali.image_builder import NODE_IMAGE_FILES, node_image, node_image_path, rootfs_recipe, rootfs_tarball_path
+from dali.initramfs import build_init, init_path
 from dali.reporter import log
 from dali.scratch import remove_abandoned_work, remove_tree, work_dir
 from dali.virt import Libvirt

@@ -105,10 +105,6 @@ def configure(cluster: Cluster, virt: Libvirt, dom, wanted: dict[str, str]) -> N
     virt.run(dom, ["sh", "-c", script], timeout=600).check(f"setting up o2cb on {dom.name()}")
 
 
-def is_formatted(virt: Libvirt, dom) -> bool:
-    return "ocfs2" in guest.signatures(virt, dom, DEVICE)
-
-
 def _holds_ocfs2(cluster: Cluster, found: list[str], data_offset: int) -> bool:
     """Given the signatures found on the device: True if it holds OCFS2, False if it is blank
     (no signature, every byte of its data area in the FAM zero); anything else is refused."""

@@ -2,7 +2,7 @@
 
 Into DIR/kernel/ go a copy of the bzImage (libvirt relabels the files a domain boots, and the
 user may rebuild while nodes run), an initramfs made for that kernel and a disk of its modules
-(dali/kernel_boot.py builds both). Each is built under a temporary name, marked, then renamed:
+(dali/initramfs.py builds both). Each is built under a temporary name, marked, then renamed:
 a running node keeps the inode it booted, the next boot gets the new one.
 """
 
@@ -16,7 +16,7 @@ from dali import disks, marks
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.scratch import remove_abandoned_work
-from dali.kernel_boot import (MODULES_DISK_SERIAL, build_init, build_initramfs, build_modules_disk,
+from dali.initramfs import (MODULES_DISK_SERIAL, build_init, build_initramfs, build_modules_disk,
                               kernel_release, modules_dir)
 from dali.reporter import log
 from dali.virt import Libvirt

@@ -1,4 +1,6 @@
-"""Host checks that must pass before dali creates anything, each failure naming its fix.
+"""Host checks that must pass before dali creates anything, each failure naming its fix; and,
+as preflight is the root of the task graph and so the last task doit clean reaches, the sweep
+of whatever of the cluster is left.
 
 tasks/preflight.py runs them as the first task of the graph, so a host that cannot work never
 gets half a cluster. They are cheap enough to repeat on every `doit`.
@@ -8,12 +10,14 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
 import tempfile
 from pathlib import Path
 
-from dali import marks
+from dali import cleaning, disks, marks
 from dali.cluster import Cluster
+from dali.domain import gdb_socket
 from dali.errors import DaliError
 from dali.marks import XATTR
 from dali.virt import Libvirt
@@ -161,3 +165,26 @@ def _filesystem_problem(d: Path, setting: str) -> str | None:
     except OSError as e:
         return f"{setting}: cannot write in {d} ({e.strerror}): fix its permissions"
     return None
+
+
+# --- the end of doit clean ---------------------------------------------------------------------
+
+def sweep(cluster: Cluster, virt: Libvirt, dryrun: bool) -> None:
+    """preflight is the root of the graph, so `doit clean` reaches it last: remove whatever
+    this cluster's mark is still on in the data directory (a pruned node's disk, an image file),
+    the directories dali made once they are empty, and the cluster's state/ folder."""
+    folders = [cluster.image_dir, cluster.kernel_dir, gdb_socket(cluster, "x").parent, cluster.data_dir]
+    left = [p for d in folders if d.is_dir() for p in d.iterdir()
+            if p.is_file() and marks.is_ours(p, cluster)]
+    while left:  # a disk goes before the disk it is built on: repeat while one goes
+        for path in left:
+            disks.remove_file(cluster, virt, path, dryrun)
+        if dryrun or all(p.exists() for p in left):
+            break
+        left = [p for p in left if p.exists()]
+    for folder in folders:
+        marks.remove_dir_if_ours(folder, cluster, dryrun)
+    if cluster.state_dir.exists():
+        if not dryrun:
+            shutil.rmtree(cluster.state_dir)
+        cleaning.said("state directory", cluster.state_dir, dryrun)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import threading
 from pathlib import Path
 
 import libvirt
@@ -19,11 +18,9 @@ import libvirt
 from dali import guest
 from dali.cluster import Cluster
 from dali.errors import DaliError, one_line
+from dali.fanout import each
 from dali.lifecycle import running
 from dali.virt import Libvirt
-
-_print_lock = threading.Lock()
-
 
 def _running(cluster: Cluster, virt: Libvirt, names) -> tuple[list, list[str]]:
     """(node, domain) of the chosen nodes that run (a booting one waited for), and the names of
@@ -53,25 +50,22 @@ def visible(text: str) -> str:
 def _on_each(doms, work) -> dict[str, str]:
     """work(node, dom) -> (status, output) on every node at once; print each node's output as
     it is done; return each node's status."""
-    statuses = {}
-    from concurrent.futures import ThreadPoolExecutor, as_completed  # as in lifecycle.each
+    def guarded(node, dom):
+        try:
+            return work(node, dom)
+        except (DaliError, libvirt.libvirtError) as e:
+            return "failed", one_line(e) + "\n"
 
-    with ThreadPoolExecutor(max_workers=max(1, len(doms))) as pool:
-        futures = {pool.submit(work, node, dom): node for node, dom in doms}
-        for future in as_completed(futures):
-            node = futures[future]
-            try:
-                status, output = future.result()
-            except (DaliError, libvirt.libvirtError) as e:
-                status, output = "failed", one_line(e) + "\n"
-            statuses[node.name] = status
-            output = visible(output)
-            with _print_lock:
-                sys.stdout.write(f"--- {node.name} ({status})\n{output}")
-                if output and not output.endswith("\n"):
-                    sys.stdout.write("\n")
-                sys.stdout.flush()
-    return statuses
+    def show(node, result):
+        status, output = result
+        output = visible(output)
+        sys.stdout.write(f"--- {node.name} ({status})\n{output}")
+        if output and not output.endswith("\n"):
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+
+    results = each(doms, guarded, on_done=show)
+    return {node.name: status for (node, _), (status, _) in zip(doms, results)}
 
 
 def _report(statuses: dict[str, str], down: list[str], what: str) -> None:

@@ -22,6 +22,7 @@ from dali import access, fam, guest, image, network
 from dali.cluster import Cluster, Node
 from dali.domain import gdb_socket
 from dali.errors import DaliError
+from dali.fanout import each
 from dali.virt import Libvirt
 
 STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
@@ -90,10 +91,7 @@ def _started(virt: Libvirt, name: str) -> float | None:
 def status(cluster: Cluster, virt: Libvirt) -> list[dict]:
     """Print the table; return the node rows."""
     addresses = network.addresses_of(cluster, virt)
-    from concurrent.futures import ThreadPoolExecutor  # as in lifecycle.each
-
-    with ThreadPoolExecutor(max_workers=len(cluster.nodes)) as pool:
-        rows = list(pool.map(lambda n: node_row(cluster, virt, n, addresses), cluster.nodes))
+    rows = each([(n, None) for n in cluster.nodes], lambda n, _: node_row(cluster, virt, n, addresses))
     running = [(n, virt.domain(n.name)) for n, r in zip(cluster.nodes, rows)
                if r["pmem"] not in ("-", "(agent silent)", "?")]
     if running:

@@ -454,8 +454,6 @@ def _one_pass(cluster: Cluster, virt: Libvirt, p: Plan, run_id: str, run_dir: Pa
 
 def _execute(virt: Libvirt, p: Plan, run_id: str, report: Report) -> dict:
     """Every job on every node at once, the faults on time; then the checks and the judges."""
-    from concurrent.futures import ThreadPoolExecutor  # here: its import slows every doit
-
     injector = faults.Injector(p.faults, {n.name: d for n, d in p.nodes})
     log(f"torture: {', '.join(j.name for j in p.jobs)} on {', '.join(n.name for n, _ in p.nodes)} "
         f"for {p.seconds:g} s against {p.target}" + "".join(f"; {f.describe()}" for f in p.faults))
@@ -463,11 +461,10 @@ def _execute(virt: Libvirt, p: Plan, run_id: str, report: Report) -> dict:
     lead = LEAD + LEAD_PER_JOB * len(p.jobs)
     t0, start_at = time.monotonic() + lead, time.time() + lead
     injector.start(t0)
-    with ThreadPoolExecutor(max_workers=len(p.jobs) * len(p.nodes)) as pool:
-        futures = {(job.name, node.name): pool.submit(_run_one, virt, p, job, i, node, dom, run_id, t0,
-                                                      start_at + offsets[node.name])
-                   for job in p.jobs for i, (node, dom) in enumerate(p.nodes)}
-        runs = {key: f.result() for key, f in futures.items()}
+    pairs = [((job, i, node), dom) for job in p.jobs for i, (node, dom) in enumerate(p.nodes)]
+    results = each(pairs, lambda key, dom: _run_one(virt, p, key[0], key[1], key[2], dom, run_id, t0,
+                                                    start_at + offsets[key[2].name]))
+    runs = {(job.name, node.name): r for ((job, _, node), _), r in zip(pairs, results)}
     injector.finish()
     log(f"torture: the runs ended after {time.monotonic() - t0:.0f} s; checking what every node sees")
 
@@ -484,11 +481,10 @@ def _execute(virt: Libvirt, p: Plan, run_id: str, report: Report) -> dict:
     # Every check at once, as the runs were: each starts python3 on a node, seconds of TCG
     # time, and one after the other a run waited for jobs x nodes of them.
     checking = time.monotonic()
-    with ThreadPoolExecutor(max_workers=max(1, len(judged) * len(survivors))) as pool:
-        futures = {(job.name, node.name): pool.submit(check, job, i, node, dom)
-                   for job in judged for i, node, dom in survivors}
-        checked = {key: f.result() for key, f in futures.items()}
-    check_errors = {key: check_errors[key] for key in futures if key in check_errors}  # in run order
+    pairs = [((job, i, node), dom) for job in judged for i, node, dom in survivors]
+    results = each(pairs, lambda key, dom: check(key[0], key[1], key[2], dom))
+    checked = {(job.name, node.name): r for ((job, _, node), _), r in zip(pairs, results)}
+    check_errors = {key: check_errors[key] for key in checked if key in check_errors}  # in run order
     log(f"torture: checked in {time.monotonic() - checking:.0f} s")
     for job in judged:
         checks = {node.name: checked[(job.name, node.name)] for _, node, _ in survivors}

@@ -39,7 +39,32 @@ class ExecResult(NamedTuple):
         return self
 
 
+GONE = object()  # what unless_gone returns for an object libvirt no longer has
+
+
+def unless_gone(call, gone: int = libvirt.VIR_ERR_NO_DOMAIN, default=GONE):
+    """call(), or `default` if libvirt answers that the object is gone (error code `gone`):
+    other people's domains and networks come and go while dali looks at them, and one that
+    vanished between a listing and the next question about it is simply not there."""
+    try:
+        return call()
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == gone:
+            return default
+        raise
+
+
 class Libvirt:
+    """The connection, and the cluster (owner) whose mark every object dali touches must carry.
+
+    One thing is not visible where it is called: inside a doit uptodate check (dali/errors.py
+    `uptodate`, which every check of tasks/*.py goes through), domain() and our_domains()
+    answer from one listing of the host's domains shared by all the checks until an action
+    starts; inside an action, from libvirt at that moment. Checks only look, and a doit that
+    changes nothing asks the same questions dozens of times; actions decide what to change or
+    delete from what libvirt says now. Passing the view down every check instead would put it
+    in fifty signatures for this one rule."""
+
     def __init__(self, uri: str, owner: str):
         """`owner` is the cluster id (dali/cluster.py) that every object we touch must carry."""
         self.uri = uri
@@ -75,12 +100,9 @@ class Libvirt:
 
     def _lookup(self, kind: str, lookup, not_found: int, name: str):
         """Our object of that name, None if there is none; ForeignObject if it is not ours."""
-        try:
-            obj = lookup(name)
-        except libvirt.libvirtError as e:
-            if e.get_error_code() == not_found:
-                return None
-            raise
+        obj = unless_gone(lambda: lookup(name), not_found, default=None)
+        if obj is None:
+            return None
         # Flag 0: the test driver takes no INACTIVE flag for networks; the mark is in both.
         self._check_ours(kind, name, mark_of(obj.XMLDesc(0)))
         return obj
@@ -109,11 +131,9 @@ class Libvirt:
         """Every domain on the host with its mark, but those that vanish while we look."""
         listed = {}
         for dom in self.conn.listAllDomains():
-            try:
-                listed[dom.name()] = (dom, self._domain_mark(dom))
-            except libvirt.libvirtError as e:
-                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                    raise
+            mark = unless_gone(lambda: self._domain_mark(dom))
+            if mark is not GONE:
+                listed[dom.name()] = (dom, mark)
         return listed
 
     @staticmethod
@@ -140,13 +160,9 @@ class Libvirt:
         """(domain, its XML for each flag) of every domain on the host, but those that vanish
         while we look (other people's domains come and go)."""
         for dom in self.conn.listAllDomains():
-            try:
-                xmls = [dom.XMLDesc(f) for f in flags]
-            except libvirt.libvirtError as e:
-                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    continue
-                raise
-            yield (dom, *xmls)
+            xmls = unless_gone(lambda: [dom.XMLDesc(f) for f in flags])
+            if xmls is not GONE:
+                yield (dom, *xmls)
 
     def domains_using(self, path) -> list[str]:
         """Every domain, ours or not, whose definition names the file `path` (a disk, a
@@ -168,12 +184,10 @@ class Libvirt:
         """Each libvirt network's IPv4 subnet, by network name (two networks cannot share one)."""
         subnets = {}
         for net in self.conn.listAllNetworks():
-            try:
-                ip = ET.fromstring(net.XMLDesc(0)).find("ip")
-            except libvirt.libvirtError as e:
-                if e.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
-                    continue  # undefined while we looked
-                raise
+            xml = unless_gone(lambda: net.XMLDesc(0), libvirt.VIR_ERR_NO_NETWORK)
+            if xml is GONE:
+                continue
+            ip = ET.fromstring(xml).find("ip")
             if ip is not None and ip.get("address") and ":" not in ip.get("address"):
                 prefix = ip.get("prefix") or ip.get("netmask") or "24"
                 subnets[net.name()] = ipaddress.IPv4Network(f"{ip.get('address')}/{prefix}", strict=False)
@@ -206,12 +220,7 @@ class Libvirt:
 
     def is_active(self, name: str) -> bool:
         """Whether the domain of that name (anyone's) runs now; False if it is gone."""
-        try:
-            return bool(self.conn.lookupByName(name).isActive())
-        except libvirt.libvirtError as e:
-            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return False
-            raise
+        return unless_gone(lambda: bool(self.conn.lookupByName(name).isActive()), default=False)
 
     @staticmethod
     def is_running(dom: libvirt.virDomain) -> bool:

@@ -12,7 +12,7 @@ older recipe stays while nodes are built on it (dali/image.py: node_image_is_kep
 
 from __future__ import annotations
 
-from dali import guest_image, image
+from dali import image_builder, image
 from dali.cluster import Cluster
 from dali.errors import CleanStep, Step, uptodate
 from dali.reporter import log
@@ -20,7 +20,7 @@ from dali.virt import Libvirt
 
 
 def build_rootfs(recipe: dict, cluster: Cluster) -> None:
-    guest_image.build_rootfs_tarball(recipe, cluster.cache_dir, log)
+    image_builder.build_rootfs_tarball(recipe, cluster.cache_dir, log)
 
 
 def gen_tasks(cluster: Cluster, virt: Libvirt):
@@ -48,7 +48,7 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "doc": "base.qcow2, vmlinuz and initrd.img",
         "actions": [Step("make base.qcow2, vmlinuz and initrd.img", image.ensure_node_image,
                          cluster, tarball, changes=cluster)],
-        "targets": [cluster.image_dir / n for n in guest_image.NODE_IMAGE_FILES],
+        "targets": [cluster.image_dir / n for n in image_builder.NODE_IMAGE_FILES],
         "uptodate": [uptodate(lambda: image.node_image_is_current(cluster, tarball)
                               or image.node_image_is_kept(cluster, tarball))],
         "task_dep": ["preflight", "image:sshkey", "image:rootfs"],

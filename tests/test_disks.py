@@ -88,7 +88,7 @@ def test_clean_stops_at_a_file_a_domain_still_uses(built, virt):
 def test_clean_in_doits_order_leaves_nothing(built, virt):
     """doit cleans freeze (frozen.qcow2) before disk:ivpa, the original's disk built on it: the
     frozen disk is skipped quietly then, and the sweep at the end takes it and the image."""
-    from tasks.preflight import sweep
+    from dali.preflight import sweep
     disks.freeze(built, virt)
     disks.create(built, built.clone_nodes[0])
     for path in (built.disk(built.clone_nodes[0]), built.frozen_disk, built.disk(built.original_node),

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dali import guest_image
+from dali import image_builder
 from dali.apt_sources import DEFAULT_MIRROR, host_apt_mirror
 
 DEB822_DEBIAN = """\
@@ -74,17 +74,17 @@ def test_mirror_falls_back_when_nothing_usable(tmp_path):
 def recipe(**changes):
     args = {"suite": "bookworm", "mirror": "http://deb.debian.org/debian", "http_proxy": "", "extra_packages": []}
     args.update(changes)
-    return guest_image.rootfs_recipe(**args)
+    return image_builder.rootfs_recipe(**args)
 
 
 def tarball(r, tmp_path):
-    return guest_image.rootfs_tarball_path(r, tmp_path)
+    return image_builder.rootfs_tarball_path(r, tmp_path)
 
 
 def test_recipe_is_stable_and_json():
     assert recipe() == recipe()
     assert json.loads(json.dumps(recipe())) == recipe()
-    assert set(guest_image.IMAGE_PACKAGES) <= set(recipe()["packages"])
+    assert set(image_builder.IMAGE_PACKAGES) <= set(recipe()["packages"])
     # Same packages in another order or twice: same tree.
     assert recipe(extra_packages=["vim", "less"]) == recipe(extra_packages=["less", "vim", "less"])
     assert recipe(mirror="http://deb.debian.org/debian/") == recipe()
@@ -109,7 +109,7 @@ def test_proxy_is_carried_but_does_not_rename_the_tarball(tmp_path):
 def test_recipe_follows_the_guest_templates(tmp_path, monkeypatch):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/hostname").write_text("a\n")
-    monkeypatch.setattr(guest_image, "TEMPLATES_DIR", tmp_path)
+    monkeypatch.setattr(image_builder, "TEMPLATES_DIR", tmp_path)
     before = recipe()
     (tmp_path / "etc/hostname").write_text("b\n")
     assert recipe() != before

@@ -23,7 +23,7 @@ import threading
 import pytest
 
 from conftest import DOIT, ClusterUnderTest, assert_built, debootstrap_of, files_under, user_env, unique_tag
-from dali.guest_image import kept_tree
+from dali.image_builder import kept_tree
 from dali.scratch import abandoned_work, remove_tree
 from dali.cluster import REPO
 
@@ -139,14 +139,14 @@ def own_recipe(tmp_path_factory):
 
 def _node_image(c: ClusterUnderTest):
     """Where the node image of the cluster's recipe is cached."""
-    from dali.guest_image import node_image_path
-    from dali.kernel_boot import init_path
+    from dali.image_builder import node_image_path
+    from dali.initramfs import init_path
     tarball = c.cfg.cache_dir / f"rootfs-{_recipe_hash(c)}.tar"
     return node_image_path(tarball, c.cfg.image.disk_size, init_path(c.cfg.cache_dir))
 
 
 def _recipe_hash(c: ClusterUnderTest) -> str:
-    from dali.guest_image import rootfs_recipe, rootfs_tarball_path
+    from dali.image_builder import rootfs_recipe, rootfs_tarball_path
     image = c.cfg.image
     path = rootfs_tarball_path(rootfs_recipe(image.suite, image.mirror, image.http_proxy,
                                              list(image.extra_packages)), c.cfg.cache_dir)

@@ -241,3 +241,47 @@ def test_environment_variables_come_from_the_declaration():
                      "LIBVIRT_DEFAULT_URI": "test:///default"}.get(s.env, "zz")
             loaded = load(env={s.env: value})
             assert loaded != load(env={}), s.env
+
+
+# A value other than the default for every setting (with what it needs beside it): a setting
+# declared in dali/settings.py but not carried into the Cluster (settings._cluster) loads, and
+# changes nothing: test_every_setting_reaches_the_cluster names it.
+OTHER_VALUES = {
+    "tag": 'tag = "zz"', "original": 'original = "x"', "clones": 'clones = ["d"]', "dir": 'dir = "/srv/zz"',
+    "uri": 'uri = "qemu+ssh://lab/system"', "accel": 'accel = "tcg"',
+    "share": '[[share]]\nsource = "/usr/share/doc"\ntarget = "/mnt/doc"',
+    "network.name": '[network]\nname = "zz"', "network.forward": '[network]\nforward = "none"',
+    "network.address": '[network]\naddress = "10.1.2.254"', "network.prefix": '[network]\nprefix = 25',
+    "network.dhcp_start": '[network]\naddress = "10.1.2.254"\ndhcp_start = "10.1.2.10"',
+    "network.dhcp_end": '[network]\naddress = "10.1.2.254"\ndhcp_end = "10.1.2.20"',
+    "fam.size": '[fam]\nsize = "2G"', "node.memory": '[node]\nmemory = "2G"',
+    "node.max_memory": '[node]\nmax_memory = "4G"', "node.memory_slots": '[node]\nmemory_slots = 4',
+    "node.vcpus": '[node]\nvcpus = 2', "image.path": '[image]\npath = "IMAGE"',
+    "image.suite": '[image]\nsuite = "trixie"', "image.mirror": '[image]\nmirror = "http://deb.example/debian"',
+    "image.http_proxy": '[image]\nhttp_proxy = "http://proxy.example:3128"',
+    "image.extra_packages": '[image]\nextra_packages = ["vim"]', "image.disk_size": '[image]\ndisk_size = "9G"',
+    "device.mode": '[device]\nmode = "devdax"', "device.style": '[device]\nstyle = "native"',
+    "fs.type": '[fs]\ntype = "ocfs2"', "fs.mountpoint": '[fs]\nmountpoint = "/mnt/x"', "fs.slots": '[fs]\nslots = 9',
+    "fs.heartbeat_threshold": '[fs]\nheartbeat_threshold = 11',
+    "kernel.path": '[kernel]\npath = "BZIMAGE"\nmodules = "MODULES"',
+    "kernel.modules": '[kernel]\npath = "BZIMAGE"\nmodules = "MODULES"',
+    "kernel.cmdline": '[kernel]\ncmdline = "nokaslr"', "debug.gdb": '[debug]\ngdb = true',
+    "clone.mode": '[clone]\nmode = "copy"',
+    "apparmor.template": '[apparmor]\ntemplate = "/etc/apparmor.d/libvirt/OTHER"',
+    "timeouts.boot": '[timeouts]\nboot = 60', "timeouts.shutdown": '[timeouts]\nshutdown = 60',
+}
+
+
+def test_every_setting_reaches_the_cluster(tmp_path):
+    """Adding a setting takes its declaration (dali/settings.py, SETTINGS) and its place in the
+    Cluster (settings._cluster); this test fails for a setting that has only the first."""
+    (tmp_path / "disk.qcow2").write_bytes(b"")
+    (tmp_path / "bzImage").write_bytes(b"")
+    (tmp_path / "mods").mkdir()
+    default = load(write(tmp_path, ""), env={})
+    missing = [s.key for s in settings.SETTINGS if s.key not in OTHER_VALUES]
+    assert not missing, f"give OTHER_VALUES a value for {missing}"
+    for key, toml in OTHER_VALUES.items():
+        toml = (toml.replace("BZIMAGE", str(tmp_path / "bzImage")).replace("IMAGE", str(tmp_path / "disk.qcow2"))
+                .replace("MODULES", str(tmp_path / "mods")))
+        assert load(write(tmp_path, toml), env={}) != default, f"{key} changes nothing in the Cluster"

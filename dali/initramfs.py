@@ -1,12 +1,14 @@
-"""Boot nodes on the user's own kernel: an initramfs made for it, and its modules as a disk.
+"""The initramfs every node boots (dali's own /init), and for the user's own kernel, its
+modules as a disk.
 
 The kernel developer's loop: `make bzImage modules && make modules_install INSTALL_MOD_PATH=X`,
 then every node boots arch/x86/boot/bzImage with X/lib/modules/<release>. What this needs:
 
 1. An initramfs that can mount the root disk (ext4 on virtio-blk, /dev/vda) with *that* kernel,
-   whatever it builds in or as modules. build_initramfs() writes one on the host, in pure Python
-   (a newc cpio, uncompressed: no CONFIG_RD_* needed, nothing to decompress under TCG): a static
-   /init (initramfs_init.c, compiled once with gcc -static) plus just the .ko files that virtio_pci,
+   whatever it builds in or as modules. build_initramfs() writes one on the host (the newc cpio
+   written by Python itself, uncompressed: no CONFIG_RD_* needed, nothing to decompress under
+   TCG): a static /init (initramfs_init.c, compiled once per checkout with gcc -static, the one
+   program dali builds) plus just the .ko files that virtio_pci,
    virtio_blk and ext4 need (those that are not built in), in dependency order. About 1 MB, made in
    well under a second, with nothing from the guest image involved.
 2. The rest of the modules in the guest as /lib/modules/<release>, so that udev and modprobe load
@@ -15,7 +17,7 @@ then every node boots arch/x86/boot/bzImage with X/lib/modules/<release>. What t
    tree is never written). Every node attaches it read-only with <serial>dali-modules</serial>;
    the /init mounts it on /lib/modules before starting systemd, so it is there from PID 1 on.
 
-Plain functions of plain values, like guest_image.py.
+Plain functions of plain values, like image_builder.py.
 """
 
 from __future__ import annotations
@@ -273,7 +275,7 @@ def build_modules_disk(moddir: Path, out: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-if __name__ == "__main__":  # python -m dali.kernel_boot BZIMAGE INSTALL_MOD_PATH OUTDIR
+if __name__ == "__main__":  # python -m dali.initramfs BZIMAGE INSTALL_MOD_PATH OUTDIR
     import sys
     import time
 

@@ -37,7 +37,7 @@ from dali.apt_sources import host_apt_mirror
 from dali.commands import finished, run, spawn
 from dali.cluster import REPO
 from dali.errors import DaliError
-from dali.kernel_boot import build_initramfs
+from dali.initramfs import build_initramfs
 from dali.scratch import (forget_process_group, record_process_group, remove_abandoned_work, remove_tree,
                           work_dir)
 
@@ -431,7 +431,7 @@ def build_node_image(tarball: Path, out_dir: Path, disk_size_bytes: int, init_bi
     """Turn the rootfs tarball into out_dir/base.qcow2 + vmlinuz + initrd.img for direct kernel
     boot; out_dir is made here and is the caller's to rename into place.
 
-    initrd.img is dali's own initramfs (dali/kernel_boot.py: a static /init and the modules that
+    initrd.img is dali's own initramfs (dali/initramfs.py: a static /init and the modules that
     mount the root disk, uncompressed), as for your own kernel. initramfs-tools' (even cut down
     to the root disk's modules and no udev) runs its shell scripts first: 1.4 s more of every TCG
     boot until the real init starts (docs/speed.md).
