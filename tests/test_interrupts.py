@@ -101,3 +101,56 @@ def test_a_second_doit_on_the_same_cluster_waits(tiny):
     out, err = second.communicate(timeout=60)
     assert second.returncode == 0, out + err
     assert f"waiting: another doit (pid {first.pid}) is changing cluster tiny" in err
+
+
+CLEAN_DODO = '''
+from pathlib import Path
+from doit.tools import config_changed
+from dali.errors import CleanStep, DaliError, Step
+from dali.reporter import DaliReporter
+
+HERE = Path(__file__).parent
+
+class Cluster:
+    tag = "tiny"
+    lock_file = HERE / "tiny.lock"
+
+DOIT_CONFIG = {"dep_file": str(HERE / "tiny.doit.sqlite"), "backend": "sqlite3",
+               "reporter": DaliReporter, "verbosity": 2}
+
+def fine(dryrun):
+    pass
+
+def cannot(dryrun):
+    raise DaliError("two cannot go: a domain with a snapshot, say")
+
+def task_one():
+    return {"actions": [Step("one", lambda: None)], "uptodate": [config_changed("v")],
+            "clean": [CleanStep("clean one", fine, changes=Cluster)]}
+
+def task_two():
+    return {"actions": [Step("two", lambda: None)], "uptodate": [config_changed("v")], "task_dep": ["one"],
+            "clean": [CleanStep("clean two", cannot, changes=Cluster)]}
+
+def task_three():
+    return {"actions": [Step("three", lambda: None)], "uptodate": [config_changed("v")], "task_dep": ["two"],
+            "clean": [CleanStep("clean three", fine, changes=Cluster)]}
+'''
+
+
+def test_a_stopped_clean_forget_keeps_what_it_forgot(tmp_path):
+    """doit clean --forget stopped by a step that cannot go on (dali.errors.CleanStep): one line,
+    exit 1, and the records it forgot before are gone for good (doit's own clean rolled them
+    back), those of the tasks not cleaned kept."""
+    (tmp_path / "dodo.py").write_text(CLEAN_DODO)
+    subprocess.run([str(DOIT)], cwd=tmp_path, env=user_env(), check=True, capture_output=True)
+
+    def recorded() -> set[str]:
+        with sqlite3.connect(tmp_path / "tiny.doit.sqlite") as db:
+            return {row[0] for row in db.execute("select task_id from doit")}
+    assert recorded() == {"one", "two", "three"}
+    run = subprocess.run([str(DOIT), "clean", "--forget"], cwd=tmp_path, env=user_env(),
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and "dali: two: two cannot go" in run.stderr, run.stdout + run.stderr
+    assert "executing" not in run.stdout, "dali's clean says only what it removes"
+    assert recorded() == {"one", "two"}, "three was cleaned and forgotten before two stopped the clean"
