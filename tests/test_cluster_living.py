@@ -139,7 +139,22 @@ def test_destroy_forces_one_node_off(cluster):
     cluster.doit("destroy", "c")
     assert cluster.dom("c").state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
     assert identity(cluster, "ab") == before_others
-    cluster.doit("start", "c")
+
+
+def test_a_node_started_by_hand_is_booting_until_usable_and_pssh_waits_for_it(cluster):
+    """Started by hand (virsh start, or a node coming back), a node answers its agent long
+    before its device is there: status calls it booting, and pssh waits until it is usable,
+    as doit start would have, instead of running on a half-booted node."""
+    if cluster.dom("c").isActive():
+        cluster.doit("destroy", "c")
+    cluster.dom("c").create()  # as `virsh start`
+    table = rows(cluster.doit("status"))
+    assert table[f"{TAG}c"][1] == "booting", table
+    assert table[f"{TAG}a"][1] == "running", table
+    run = cluster.doit("pssh", "--on", "c", "test -e /dev/pmem0 && systemctl is-active ssh.socket")
+    assert f"{TAG}c: still booting; waiting until usable" in run.stderr, run.stderr
+    assert f"--- {TAG}c (exit 0)\nactive" in run.stdout
+    assert rows(cluster.doit("status"))[f"{TAG}c"][1] == "running"
 
 
 def test_start_in_batches_boots_the_next_batch_once_the_first_is_up(cluster):

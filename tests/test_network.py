@@ -98,3 +98,18 @@ def test_a_configured_subnet_that_is_taken_is_refused_before_anything_is_defined
     with pytest.raises(DaliError, match=r"10\.9\.8\.0/25 overlaps 10\.9\.8\.0/24 of libvirt network zt"):
         network.plan(clash, test_driver)
     assert {n.name() for n in test_driver.conn.listAllNetworks()} == before
+
+
+def test_a_network_that_fails_to_start_is_undefined_again(test_driver, config_in, monkeypatch):
+    """libvirt defines a network it then cannot start (a subnet another interface took since):
+    the refused run leaves no network behind, nor its file in state/."""
+    cfg = config_in._replace(network=config_in.network._replace(address="10.77.0.254", prefix=24))
+    cfg.state_dir.mkdir(parents=True)
+
+    def refuse(net):
+        raise DaliError(f"starting network {net.name()} failed: Network is already in use")
+    monkeypatch.setattr(test_driver, "start_network", refuse)
+    with pytest.raises(DaliError, match="already in use"):
+        network.ensure(cfg, test_driver)
+    assert cfg.network.name not in [n.name() for n in test_driver.conn.listAllNetworks()]
+    assert not cfg.network_xml.exists()
