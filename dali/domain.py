@@ -107,6 +107,8 @@ def undefine(cluster: Cluster, virt: Libvirt, node: Node, dryrun: bool) -> None:
     if dom is None:
         return
     if not dryrun:
+        if dom.isActive():
+            log(f"{node.name}: shutting down (up to timeouts.shutdown, {cluster.shutdown_timeout} s)")
         log(f"{node.name}: {virt.shutdown(dom, cluster.shutdown_timeout, log)}")
         dom.undefine()
     cleaning.said("node", node.name, dryrun)

@@ -74,15 +74,21 @@ NODE_IMAGE = [  # doit image:base: the node image cached for that recipe, then t
     (r"^unpacking rootfs-", INT, 0.5),
     (r"^mkfs\.ext4 -d into", KILL, 1),                     # halfway
 ]
+# Clean says one line per object it removes (dali/cleaning.py), in doit's clean order, which
+# depends on what is left: a node shut down and undefined, then its disk; the image's files and
+# the identity disks, the network, the FAM and its AppArmor rule; then the sweep (what was built
+# on, the directories, state/<tag>/). Each kill lands right after one of those lines.
 CLEAN = [
-    (rf"^define:{TAG}[ab] - executing", KILL, 1),          # shutting a running node down
-    (rf"^{TAG}[ab]: .*undefined", INT, 0),
-    (rf"^disk:{TAG}a - executing", KILL, 0),
-    (r"^freeze - executing", INT, 0),
-    (r"^image:base - executing", KILL, 0),
-    (r"^fam - executing", INT, 0),
-    (r"^preflight - executing", KILL, 0),
+    (rf"^{TAG}[ab]: shutting down", KILL, 1),                # shutting a running node down
+    (rf"^removed node {TAG}[ab]$", INT, 0),                   # a node undefined, its disk still there
+    (rf"^removed file .*/{TAG}a\.qcow2$", KILL, 0),          # the nodes' disks going
+    (r"^removed file .*/image/initrd\.img$", INT, 0),        # the image going
+    (r"^removed network ", KILL, 0),                         # the network gone, the FAM still there
+    (r"^removed AppArmor rule ", INT, 0),                    # the FAM and its rule gone, the sweep to come
 ]
+# (No point inside the sweep itself: its rmdirs take microseconds, and a kill sent on one of its
+# lines lands after the rest. Each point above is followed by a step that takes milliseconds at
+# least, a libvirt call or apparmor_parser, before the next point's object goes.)
 
 
 def run_until(c: ClusterUnderTest, pattern: str, sig: int, delay: float, *args: str) -> tuple[bool, str]:
