@@ -20,6 +20,7 @@ import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
+from urllib.parse import urlsplit
 
 from dali.cluster import DEFAULT_DATA_ROOT, REPO, Cluster, Filesystem, Image, Kernel, Network
 from dali.errors import DaliError
@@ -291,9 +292,10 @@ SETTINGS: tuple[Setting, ...] = (
             env="DALI_DIR"),
     # Not libvirt's ext transport: it runs a program named in the URI.
     Setting("uri", Text(r"(qemu|test)(\+(unix|ssh|libssh|libssh2|tls|tcp))?://\S*",
-                        "a libvirt URI like qemu:///system or qemu+ssh://host/system (transports "
-                        "unix, ssh, libssh, libssh2, tls, tcp)"), "qemu:///system",
-            "the libvirt connection", env="LIBVIRT_DEFAULT_URI"),
+                        "a libvirt URI like qemu:///system or qemu+unix:///system?socket=PATH "
+                        "(transports unix, ssh, libssh, libssh2, tls, tcp; not ext)"), "qemu:///system",
+            "the libvirt connection, of this machine (the FAM and disks are files here)",
+            env="LIBVIRT_DEFAULT_URI"),
     Setting("accel", Choice(("auto", "kvm", "tcg")), "auto",
             "auto uses KVM only if a KVM guest really boots here; kvm or tcg force one"),
     Setting("share", Shares(), [],
@@ -459,6 +461,13 @@ def _parse(s: Setting, value: Any, where) -> Any:
 
 def _check_together(v: dict, where) -> None:
     """Rules that span settings. Each names the setting to change."""
+    if urlsplit(v["uri"]).netloc:
+        # dali makes the FAM, the disks, the image and the AppArmor rule as files of this
+        # machine: the domains of another machine's libvirt would name paths it does not have.
+        raise ConfigError(f"{where('uri')} = {v['uri']!r} names libvirt on another machine, and dali "
+                          "makes the FAM, the disks and the image as files on this one, where those "
+                          "nodes would not find them: run dali on the machine that runs the nodes, "
+                          "with qemu:///system")
     if v["original"] in v["clones"]:
         raise ConfigError(f"{where('clones')}: {v['original']!r} is the original's suffix; pick another")
     if v["node.memory"] + v["fam.size"] > v["node.max_memory"]:

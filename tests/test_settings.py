@@ -172,7 +172,9 @@ BAD_VALUES = [
     ('[node]\nvcpus = ' + "9" * 5000, {}, ["not valid TOML", "4300 digits"]),
     ('[fam]\nsize = "' + "9" * 5000 + '"', {}, ["fam.size", "not a size"]),
     ('[fam]\nsize = ' + str(1 << 62), {}, ["fam.size", "not a size"]),
-    ('uri = "qemu+ext:///system?command=/bin/sh"', {}, ["uri", "transports unix, ssh"]),
+    ('uri = "qemu+ext:///system?command=/bin/sh"', {}, ["uri", "transports unix, ssh", "not ext"]),
+    ('uri = "qemu+ssh://root@lab/system"', {}, ["uri", "another machine", "qemu:///system"]),
+    ('', {"LIBVIRT_DEFAULT_URI": "qemu+tls://lab.example/system"}, ["LIBVIRT_DEFAULT_URI", "another machine"]),
     ('uri = "qemu:///system\\n"', {}, ["uri"]),
     ('clones = [' + ", ".join(f'"n{i}"' for i in range(20000)) + ']', {}, ["clones", "at most 250"]),
     ('[kernel]\ncmdline = "quiet\\u0085init=/bin/sh"', {}, ["kernel.cmdline", "line-break"]),
@@ -248,7 +250,7 @@ def test_environment_variables_come_from_the_declaration():
 # changes nothing: test_every_setting_reaches_the_cluster names it.
 OTHER_VALUES = {
     "tag": 'tag = "zz"', "original": 'original = "x"', "clones": 'clones = ["d"]', "dir": 'dir = "/srv/zz"',
-    "uri": 'uri = "qemu+ssh://lab/system"', "accel": 'accel = "tcg"',
+    "uri": 'uri = "qemu+unix:///system"', "accel": 'accel = "tcg"',
     "share": '[[share]]\nsource = "/usr/share/doc"\ntarget = "/mnt/doc"',
     "network.name": '[network]\nname = "zz"', "network.forward": '[network]\nforward = "none"',
     "network.address": '[network]\naddress = "10.1.2.254"', "network.prefix": '[network]\nprefix = 25',
