@@ -8,7 +8,8 @@ as they were.
 from __future__ import annotations
 
 import os
-
+import time
+from pathlib import Path
 
 from dali import access, identity_disk, ocfs2
 from dali.cluster import Cluster, Node
@@ -114,23 +115,45 @@ def _wait_in_node(cluster: Cluster, virt: Libvirt, node: Node, dom, wait: int) -
                         f"/dev/dax0.0): see its console, /var/log/libvirt/qemu/{node.name}-console.log")
 
 
+def started_at(name: str) -> float | None:
+    """When the node's qemu started (the host's clock), from its process: no agent needed."""
+    try:
+        pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _boot_left(cluster: Cluster, virt: Libvirt, dom) -> float:
+    """Seconds a node that is not usable may still take to boot (timeouts.boot since its qemu
+    started); 0 for one that is not booting: a kernel that panicked, or one silent for longer."""
+    from dali import evidence  # here: a no-op doit loads lifecycle, and need not load this
+    started = started_at(dom.name())
+    left = cluster.boot_timeout - (time.time() - started) if started is not None else 0
+    return 0 if left <= 0 or evidence.panicked(virt, dom) else left
+
+
 def running(cluster: Cluster, virt: Libvirt, names=(), wait: bool = True) -> tuple[list, list[str]]:
     """The chosen nodes (all, or those named) that run, as (node, domain), and the names of those
     that do not. Every node returned is usable, as `doit start` leaves it: one still booting
     (started by hand, or coming back from a crash: its agent silent, or answering before its
-    device is there) is waited for, up to timeouts.boot, with one line saying so; wait=False
-    counts it among those that do not run."""
+    device is there) is waited for, up to timeouts.boot from its start, with one line saying
+    so. wait=False, a node that panicked, or one silent for longer than a boot: counted among
+    those that do not run."""
     chosen = [(n, virt.domain(n.name)) for n in select(cluster, names)]
     up = [(n, d) for n, d in chosen if d is not None and virt.is_running(d)]
     ready = each(up, lambda n, d: is_usable(cluster, virt, d))
-    booting = [nd for nd, ok in zip(up, ready) if not ok]
+    left = {n.name: _boot_left(cluster, virt, d) for (n, d), ok in zip(up, ready) if not ok}
+    booting = [(n, d) for n, d in up if left.get(n.name, 0) > 0]
     if booting and wait:
         log(f"{', '.join(n.name for n, _ in booting)}: still booting; waiting until usable "
-            f"(up to timeouts.boot, {cluster.boot_timeout} s)")
-        each(booting, lambda n, d: (virt.wait_for_agent(d, cluster.boot_timeout, log),
-                                    _wait_in_node(cluster, virt, n, d, cluster.boot_timeout)))
-    elif booting:
-        up = [nd for nd in up if nd not in booting]
+            f"(up to timeouts.boot, {cluster.boot_timeout} s from its start)")
+        each(booting, lambda n, d: (virt.wait_for_agent(d, int(left[n.name]) + 1, log),
+                                    _wait_in_node(cluster, virt, n, d, int(left[n.name]) + 1)))
+        left = {name: s for name, s in left.items() if name not in {n.name for n, _ in booting}}
+    up = [(n, d) for n, d in up if n.name not in left]
     down = [n.name for n, _ in chosen if n.name not in {m.name for m, _ in up}]
     return up, down
 

@@ -14,7 +14,6 @@ import os
 import time
 import stat
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import libvirt
 
@@ -57,10 +56,10 @@ def node_row(cluster: Cluster, virt: Libvirt, node: Node, addresses: dict[str, s
         return row
     if row["state"] != "running":
         return row
-    started = _started(virt, node.name)
+    from dali.lifecycle import is_usable, started_at  # here: a no-op doit loads status, and need not load this
+    started = started_at(node.name)
     if started is not None:
         row["uptime"] = _duration(time.time() - started)
-    from dali.lifecycle import is_usable  # here: a no-op doit loads status, and need not load this
     if not is_usable(cluster, virt, dom):
         # Booting: not yet what doit start waits for (its device, ssh). A node silent for longer
         # than a boot may take is not booting any more: it runs, and its agent is silent.
@@ -75,17 +74,6 @@ def node_row(cluster: Cluster, virt: Libvirt, node: Node, addresses: dict[str, s
     except (DaliError, libvirt.libvirtError):
         row["pmem"] = "?"  # a busy node: status waits for nothing
     return row
-
-
-def _started(virt: Libvirt, name: str) -> float | None:
-    """When the node's qemu started (the host's clock), from its process: no agent needed."""
-    try:
-        pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = float(Path("/proc/uptime").read_text().split()[0])
-        return time.time() - boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def status(cluster: Cluster, virt: Libvirt) -> list[dict]:

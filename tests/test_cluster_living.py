@@ -250,6 +250,8 @@ def test_a_panic_mid_run_is_caught_and_its_evidence_kept(cluster, tmp_path):
     assert rows(run)[f"{TAG}c"][1] == "panicked"
     assert f"{TAG}c: panicked: panic: Kernel panic - not syncing: sysrq triggered crash" in run.stdout
     assert cluster.dom("c").state()[0] == libvirt.VIR_DOMAIN_CRASHED, "pvpanic told libvirt, which kept it"
+    line = one_error_line(cluster.doit("pssh", "--on", "c", "true", check=False))
+    assert f"{TAG}c (not running)" in line, "a crashed node is not waited for as a booting one"
 
     cluster.doit("start", "c")
     assert rows(cluster.doit("status"))[f"{TAG}c"][1] == "running"
