@@ -111,8 +111,11 @@ _current: list = [None]
 # A module that boots guests builds its cluster once, in a module or session fixture, so all its
 # tests run in one worker; the two pairs below share one session cluster, and run in one worker,
 # in this order (the second lives in what the first leaves). Longest first, so that the two
-# workers finish together (docs/testing.md has the figures); the modules without guests come
-# last, filling whichever worker is free. Every module marked guest must be listed here.
+# workers finish together (docs/testing.md has the figures). The modules without guests come
+# right after the first group: the first worker takes that group, the second the quick modules,
+# meanwhile the first builds the checkout's image (on a fresh checkout, a minute and a half of
+# debootstrap, which any cluster the second worker started would only wait for), then the rest.
+# Every module marked guest must be listed here.
 CLUSTER_MODULES = [
     ("test_shared_fs.py", "test_torture.py"),  # the OCFS2 cluster (conftest.ocfs2_cluster)
     ("test_cluster.py", "test_cluster_living.py"),  # the first cluster (conftest.first_cluster)
@@ -124,15 +127,19 @@ CLUSTER_MODULES = [
 _GROUP_OF = {module: group for group, modules in enumerate(CLUSTER_MODULES) for module in modules}
 
 
+QUICK_AFTER = 1  # the modules without guests go after this many groups of CLUSTER_MODULES
+
+
 def pytest_collection_modifyitems(items):
-    """The modules in CLUSTER_MODULES' order, the rest after them in file order."""
+    """The first QUICK_AFTER groups of CLUSTER_MODULES, the modules without guests in file
+    order, then the other groups."""
     unlisted = sorted({item.path.name for item in items
                        if item.get_closest_marker("guest") and item.path.name not in _GROUP_OF})
     if unlisted:
         raise pytest.UsageError(f"{', '.join(unlisted)}: a module marked guest must be listed in "
                                 "tests/conftest.py's CLUSTER_MODULES (which worker runs it)")
     order = {id(item): n for n, item in enumerate(items)}
-    items.sort(key=lambda item: (_GROUP_OF.get(item.path.name, len(CLUSTER_MODULES)), order[id(item)]))
+    items.sort(key=lambda item: (_GROUP_OF.get(item.path.name, QUICK_AFTER - 0.5), order[id(item)]))
 
 
 def pytest_xdist_make_scheduler(config, log):
