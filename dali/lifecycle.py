@@ -97,7 +97,12 @@ def _usable(cluster: Cluster) -> str:
 
 def is_usable(cluster: Cluster, virt: Libvirt, dom) -> bool:
     """Whether a running node is past its boot as far as `doit start` waits: asked once, no waiting."""
-    return virt.agent_answers(dom) and virt.run(dom, ["sh", "-c", _usable(cluster)]).exitcode == 0
+    return virt.agent_answers(dom) and usable_says_the_node(cluster, virt, dom)
+
+
+def usable_says_the_node(cluster: Cluster, virt: Libvirt, dom) -> bool:
+    """is_usable for a node whose agent is known to answer."""
+    return virt.run(dom, ["sh", "-c", _usable(cluster)]).exitcode == 0
 
 
 def _wait_until_usable(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:

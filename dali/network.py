@@ -45,10 +45,15 @@ class Addresses(NamedTuple):
     dhcp_end: str
 
 
-def plan(cluster: Cluster, virt: Libvirt) -> Addresses:
-    """The network's addresses: as configured, as our existing network has them, or picked free."""
+_LOOK = object()  # plan's existing network: look it up
+
+
+def plan(cluster: Cluster, virt: Libvirt, existing=_LOOK) -> Addresses:
+    """The network's addresses: as configured, as our existing network has them, or picked free.
+    existing: the network as the caller just looked it up (None: there is none)."""
     net = cluster.network
-    existing = virt.network(net.name)
+    if existing is _LOOK:
+        existing = virt.network(net.name)
     if net.address:
         if existing is None:
             _refuse_a_taken_subnet(cluster, virt)
@@ -58,8 +63,7 @@ def plan(cluster: Cluster, virt: Libvirt) -> Addresses:
         ip = ET.fromstring(existing.XMLDesc(0)).find("ip")  # the same in the inactive XML
         dhcp = ip.find("dhcp/range")
         return Addresses(ip.get("address"), int(ip.get("prefix")), dhcp.get("start"), dhcp.get("end"))
-    subnet = pick_subnet(net.prefix, list(virt.network_subnets().values()) + host_routes()
-                         + host_routes(libvirtd_route_table()))
+    subnet = pick_subnet(net.prefix, [subnet for _, subnet in _taken_subnets(cluster, virt)])
     host = str(subnet.broadcast_address - 1)
     return Addresses(host, net.prefix, *dhcp_range(host, net.prefix))
 
@@ -68,15 +72,20 @@ def _refuse_a_taken_subnet(cluster: Cluster, virt: Libvirt) -> None:
     """network.address's subnet, checked before the network is defined: libvirt would define
     it, then refuse to start it, and leave a network behind."""
     wanted = ipaddress.IPv4Network(f"{cluster.network.address}/{cluster.network.prefix}", strict=False)
-    taken = [(f"libvirt network {name}", subnet) for name, subnet in virt.network_subnets().items()
-             if name != cluster.network.name]
-    taken += [("a route of this host", r) for r in host_routes()]
-    taken += [("a route in libvirtd's network namespace", r) for r in host_routes(libvirtd_route_table())]
-    for what, subnet in taken:
+    for what, subnet in _taken_subnets(cluster, virt):
         if wanted.overlaps(subnet):
             raise DaliError(f"network.address = {cluster.network.address}: {wanted} overlaps {subnet} "
                             f"of {what}: pick a free subnet, or leave network.address empty for "
                             "dali to pick one")
+
+
+def _taken_subnets(cluster: Cluster, virt: Libvirt) -> list[tuple[str, ipaddress.IPv4Network]]:
+    """(whose, subnet) of every subnet a new network must not overlap: the other libvirt
+    networks', and the routes of this host and of libvirtd's network namespace."""
+    taken = [(f"libvirt network {name}", subnet) for name, subnet in virt.network_subnets().items()
+             if name != cluster.network.name]
+    taken += [("a route of this host", r) for r in host_routes()]
+    return taken + [("a route in libvirtd's network namespace", r) for r in host_routes(libvirtd_route_table())]
 
 
 def libvirtd_route_table() -> Path:
@@ -233,7 +242,7 @@ def _settings(xml: str) -> str:
 def _ensure(cluster: Cluster, virt: Libvirt) -> None:
     name = cluster.network.name
     existing = virt.network(name)  # raises if a foreign network has the name
-    addresses = plan(cluster, virt)
+    addresses = plan(cluster, virt, existing)
     hosts = address_table(cluster, addresses, hosts_of(existing) if existing else [])
     xml = network_xml(cluster, addresses, hosts)
     write_if_changed(cluster.network_xml, xml)

@@ -163,7 +163,7 @@ class GuestPath(NamedTuple):
                           "between slashes (fstab splits at a space)")
         if posixpath.normpath(value) != value:
             raise Invalid(f"{value!r}: write it as {posixpath.normpath(value)!r}")
-        if value in SYSTEM_DIRS or any(value.startswith(t + "/") for t in VIRTUAL_TREES):
+        if _is_system(value, VIRTUAL_TREES):
             raise Invalid(f"{value!r} is a directory the node's own system needs: pick one of "
                           "your own, like /data or /mnt/src")
         return value
@@ -204,7 +204,7 @@ class Shares:
             if not Path(source).is_dir():
                 raise Invalid(f"source {source!r} is not a directory: make it, or fix the path")
             real = os.path.realpath(source)
-            if real in SYSTEM_DIRS or any(real.startswith(t + "/") for t in VIRTUAL_TREES):
+            if _is_system(real, VIRTUAL_TREES):
                 raise Invalid(f"source {source!r} is the host's own system directory {real}: every "
                               "node (running a kernel under development, as root) could write "
                               "there; share a directory of your own")
@@ -243,6 +243,11 @@ VIRTUAL_TREES = ("/dev", "/proc", "/run", "/sys")
 SYSTEM_DIRS = ("/", "/home", "/media", "/mnt", "/opt", "/root", "/srv", "/tmp", "/var", "/var/cache",
                "/var/lib", "/var/log", "/var/tmp", "/usr/bin", "/usr/lib", "/usr/local", "/usr/sbin",
                "/usr/share", "/usr/src", *SYSTEM_TREES)
+
+
+def _is_system(path: str, trees: tuple[str, ...]) -> bool:
+    """path is one of SYSTEM_DIRS, or lies below one of trees."""
+    return path in SYSTEM_DIRS or any(path.startswith(t + "/") for t in trees)
 
 
 def _human(n: int) -> str:
@@ -430,12 +435,12 @@ def _read(path: Path) -> dict[str, Any]:
 
 # In a path, these are AppArmor glob and quoting characters (a rule "/x/{a,b}/FAM" would allow
 # other files), or break qemu's -object option list (a comma) or the rule's quotes.
-_PATH_SPECIALS = set('*?[]{}^"\\,') | {"\n", "\t"}
+_PATH_SPECIALS = set('*?[]{}^"\\,')  # (control characters: FilePath refuses them first)
 
 
 def _check_data_dir(data_dir: Path, where: str) -> None:
     text = str(data_dir)
-    if text in SYSTEM_DIRS or any(text.startswith(t + "/") for t in SYSTEM_TREES):
+    if _is_system(text, SYSTEM_TREES):
         raise ConfigError(f"{where} = {text!r} is the host's own system directory: dali writes "
                           "the FAM and the disks there; pick a directory of its own, like "
                           "/var/lib/dali/<tag>")

@@ -22,6 +22,7 @@ from dali.cluster import Cluster, Node
 from dali.domain import gdb_socket
 from dali.errors import DaliError
 from dali.fanout import each
+from dali.lifecycle import started_at, usable_says_the_node
 from dali.virt import Libvirt
 
 STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
@@ -56,14 +57,13 @@ def node_row(cluster: Cluster, virt: Libvirt, node: Node, addresses: dict[str, s
         return row
     if row["state"] != "running":
         return row
-    from dali.lifecycle import is_usable, started_at  # here: a no-op doit loads status, and need not load this
     started = started_at(node.name)
     if started is not None:
         row["uptime"] = _duration(time.time() - started)
-    if not is_usable(cluster, virt, dom):
+    silent = not virt.agent_answers(dom)
+    if silent or not usable_says_the_node(cluster, virt, dom):
         # Booting: not yet what doit start waits for (its device, ssh). A node silent for longer
         # than a boot may take is not booting any more: it runs, and its agent is silent.
-        silent = not virt.agent_answers(dom)
         if started is None or time.time() - started < cluster.boot_timeout:
             row["state"] = "booting"
         row["pmem"] = "(agent silent)" if silent else "-"
