@@ -52,7 +52,7 @@ def remove(cluster: Cluster, virt: Libvirt, name: str, dryrun: bool = False) -> 
     """`doit remove:NODE`: undefine the node (shut off only) and delete its disk."""
     dom = virt.domain(name)
     if dom is not None:
-        if virt.is_running(dom):
+        if virt.is_running(dom) and not dryrun:  # (doit clean -n: clean shuts it down first)
             raise DaliError(f"{name} is running: shut it down first (virsh shutdown {name}), "
                             f"then doit remove:{name}")
         if not dryrun:
@@ -68,12 +68,10 @@ def remove(cluster: Cluster, virt: Libvirt, name: str, dryrun: bool = False) -> 
 def remove_all_stale(cluster: Cluster, virt: Libvirt, dryrun: bool = False) -> None:
     """`doit clean`: every node that left the config, running ones shut down first."""
     for name, dom in stale_domains(cluster, virt).items():
-        if virt.is_running(dom):
-            if dryrun:  # it would be shut down first, then go with its disks
-                cleaning.said("node", name, dryrun)
-                continue
+        if virt.is_running(dom) and not dryrun:
             log(f"{name}: {virt.shutdown(dom, cluster.shutdown_timeout, log)}")
-        remove(cluster, virt, name, dryrun)
+        remove(cluster, virt, name, dryrun)  # with -n, its disks are listed too, as clean removes them
+    still_defined = stale_domains(cluster, virt)
     for name in left_over(cluster):
-        if name not in stale_domains(cluster, virt):
+        if name not in still_defined:
             remove(cluster, virt, name, dryrun)
