@@ -44,7 +44,7 @@ except DaliError as e:
     sys.exit(f"dali: {e}")
 except Exception as e:  # still one line, never a traceback (errors.unforeseen)
     sys.exit(unforeseen("reading the settings", e))
-VIRT = Libvirt(CLUSTER.uri, CLUSTER.id)  # connects on first use
+VIRT = Libvirt.of(CLUSTER)  # connects on first use
 # A cluster that does not exist (refused before anything was made, or cleaned) leaves no doit
 # database or lock in state/ either: the last thing any doit does.
 atexit.register(lock.forget_if_gone, CLUSTER.lock_file, CLUSTER.dep_file, CLUSTER.state_dir)

@@ -63,3 +63,81 @@ def domain_type(accel: str, kernel: Path | None) -> str:
         return "kvm"
     log("accel = auto: a KVM guest does not boot on this host; using TCG (slower, works)")
     return "qemu"
+
+
+# --- where the nodes run on another host ------------------------------------------------------
+
+def remote_domain_type(cluster, virt) -> str:
+    """The same decision, made on the libvirt host that runs the nodes (a server with KVM,
+    driven from a laptop without): libvirt says whether that host offers KVM at all, and a
+    probe domain there boots the image's kernel, uploaded to the cluster's pool."""
+    where = cluster.uri
+    if cluster.accel == "tcg":
+        return "qemu"
+    offers = _offers_kvm(virt)
+    if cluster.accel == "kvm":
+        if not offers:
+            raise DaliError(f"accel = kvm but the libvirt host {where} offers no KVM: set accel = auto or tcg")
+        return "kvm"
+    if not offers:
+        log(f"accel = auto: the libvirt host {where} offers no KVM; using TCG")
+        return "qemu"
+    log(f"accel = auto: {where} offers KVM; checking that a KVM guest boots there (up to {PROBE_SECONDS} s)")
+    if _boots_there(cluster, virt):
+        return "kvm"
+    log(f"accel = auto: a KVM guest does not boot on {where}; using TCG (slower, works)")
+    return "qemu"
+
+
+def _offers_kvm(virt) -> bool:
+    import libvirt
+    try:
+        virt.conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+def _boots_there(cluster, virt, seconds: int = PROBE_SECONDS) -> bool:
+    """Boot the image's kernel under KVM in a transient domain on the libvirt host, started
+    paused so not a byte of its console is missed, and read that console through libvirt.
+    The domain is AUTODESTROY: it dies with this connection, so a killed doit leaves none."""
+    import time
+
+    import libvirt
+
+    from dali.marks import MARK_NS
+    mark = " ".join(f'{k}="{v}"' for k, v in cluster.mark.items())
+    xml = (f"<domain type='kvm'><name>{cluster.tag}-accel-probe</name>"
+           f"<metadata><dali:cluster xmlns:dali='{MARK_NS}' {mark}/></metadata>"
+           "<memory unit='MiB'>256</memory><vcpu>1</vcpu>"
+           f"<os><type arch='x86_64'>hvm</type><kernel>{cluster.image_kernel}</kernel>"
+           "<cmdline>console=ttyS0 panic=-1</cmdline></os><on_reboot>destroy</on_reboot>"
+           "<devices><serial type='pty'/><console type='pty'/></devices></domain>")
+    dom = virt.conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_AUTODESTROY)
+    stream = virt.conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+    seen = b""
+    try:
+        dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        dom.resume()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and b"Linux version" not in seen:
+            got = stream.recv(4096)
+            if got == -2:  # nothing yet
+                time.sleep(0.1)
+            elif not got:  # the domain is gone (a panic reboots it, on_reboot destroys it)
+                break
+            else:
+                seen = (seen + got)[-8192:]
+    except libvirt.libvirtError:
+        pass  # the probe failed to run: not a KVM that boots
+    finally:
+        try:
+            stream.abort()
+        except libvirt.libvirtError:
+            pass
+        try:
+            dom.destroy()
+        except libvirt.libvirtError:
+            pass
+    return b"Linux version" in seen

@@ -3,9 +3,9 @@ state/<tag>/ssh/known_hosts.
 
 Where libvirtd runs inside a network namespace (scripts/setup puts it in "dali"), the nodes'
 addresses exist only there: from the host's own namespace they would be routed off the machine.
-So ssh_config reaches them through a ProxyCommand that runs `nc` in libvirtd's namespace, and
-`ssh -F state/<tag>/ssh_config ivpb` works from the host as it is. Without a namespace it is
-plain ssh.
+So ssh_config reaches them through a ProxyCommand that runs `nc` in libvirtd's namespace, or
+through the libvirt host when it is another machine (dali/libvirtd.py), and
+`ssh -F state/<tag>/ssh_config ivpb` works from here as it is. Without either it is plain ssh.
 
 Each node's host key is made on the host with the node's identity disk (dali/identity_disk.py),
 so known_hosts is written from it before the node first boots: ssh checks keys strictly and
@@ -15,53 +15,17 @@ running nodes through the guest agent instead.
 
 from __future__ import annotations
 
-import os
-import shlex
 from pathlib import Path
 
 import libvirt
 
-from dali import identity_disk
+from dali import identity_disk, libvirtd
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.render import render, write_if_changed
 from dali.virt import Libvirt
 
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
-
-
-LIBVIRTD_PID_FILE = Path("/run/libvirtd.pid")  # libvirtd's own, however it was started
-
-
-def _libvirtd_candidates():
-    """The pid libvirtd wrote, then every process: the pid file spares scanning /proc, which
-    took 5 ms of every doit with 70 processes running and grows with them."""
-    try:
-        yield LIBVIRTD_PID_FILE.read_text().strip()
-    except OSError:
-        pass
-    yield from (p for p in os.listdir("/proc") if p.isdigit())
-
-
-def libvirtd_namespace() -> list[str]:
-    """The command prefix that runs a program in libvirtd's network namespace, or [] if
-    libvirtd shares ours (or is not found)."""
-    ours = os.readlink("/proc/self/ns/net")
-    for pid in _libvirtd_candidates():
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() != "libvirtd":
-                continue
-            theirs = os.readlink(f"/proc/{pid}/ns/net")
-        except OSError:
-            continue
-        if theirs == ours:
-            return []
-        inode = int(theirs.split("[")[1].rstrip("]"))
-        for named in sorted(Path("/run/netns").glob("*")) if Path("/run/netns").is_dir() else []:
-            if named.stat().st_ino == inode:
-                return ["ip", "netns", "exec", named.name]
-        return ["nsenter", f"--net=/proc/{pid}/ns/net"]
-    return []
 
 
 def known_hosts_file(cluster: Cluster) -> Path:
@@ -80,8 +44,7 @@ def files(cluster: Cluster, addresses: dict[str, str]) -> dict[Path, str]:
     """The text ssh_config and hosts must have, for the nodes' current addresses, and
     known_hosts, from the nodes' identity disks."""
     nodes = [(n.name, addresses[n.name]) for n in cluster.nodes if n.name in addresses]
-    namespace = libvirtd_namespace()
-    proxy = " ".join([*map(shlex.quote, namespace), "nc", "%h", "%p"]) if namespace else None
+    proxy = libvirtd.ssh_proxy(cluster)
     wanted = {
         ssh_config_file(cluster): render("ssh_config.j2", nodes=nodes, key=cluster.ssh_key,
                                          known_hosts=known_hosts_file(cluster), proxy=proxy,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import parse_qs, urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_ROOT = Path("/var/lib/dali")  # traversable by libvirt-qemu on any host, unlike ~
@@ -32,6 +33,15 @@ def uuid_text(b: bytes) -> str:
     """16 bytes in the usual 8-4-4-4-12 form, as str(uuid.UUID(bytes=b))."""
     h = b.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def is_remote(uri: str) -> bool:
+    """Whether dali reaches the libvirtd of `uri` only through libvirt's API, never through
+    this machine's files: a URI naming a host (qemu+ssh://host/system), or a libvirtd's own
+    socket (qemu+unix:///system?socket=PATH: another daemon, perhaps in another mount
+    namespace, that sees other files at the same paths). See docs/remote.md."""
+    parts = urlsplit(uri)
+    return bool(parts.netloc) or "socket" in parse_qs(parts.query)
 
 
 class Network(NamedTuple):
@@ -125,6 +135,13 @@ class Cluster(NamedTuple):
     apparmor_template: Path
     boot_timeout: int
     shutdown_timeout: int
+    remote_netns: str = ""  # with a remote uri: the namespace of that host's guest networks
+
+    @property
+    def remote(self) -> bool:
+        """The nodes run where dali reaches only through libvirt (dali/pool.py keeps their
+        files there as volumes of a storage pool), not this machine's libvirtd."""
+        return is_remote(self.uri)
 
     # --- who we are --------------------------------------------------------------------------
 
@@ -168,8 +185,10 @@ class Cluster(NamedTuple):
 
     @property
     def image_dir(self) -> Path:
-        """The built guest image: base.qcow2, vmlinuz, initrd.img (read by qemu)."""
-        return self.data_dir / "image"
+        """The built guest image: base.qcow2, vmlinuz, initrd.img (read by qemu). On a remote
+        host, in the data directory itself: a storage pool's volumes are the files of one
+        directory."""
+        return self.data_dir if self.remote else self.data_dir / "image"
 
     @property
     def base_disk(self) -> Path:
@@ -210,6 +229,14 @@ class Cluster(NamedTuple):
     def disk(self, node: Node | str) -> Path:
         """A node's disk, by node or by domain name (a pruned node is known only by name)."""
         return self.data_dir / f"{getattr(node, 'name', node)}.qcow2"
+
+    def console_log(self, node: Node | str) -> Path:
+        """Where libvirt's virtlogd writes the node's serial console. On a remote host, in the
+        data directory, where dali reads it back as a volume of the cluster's pool."""
+        name = getattr(node, "name", node)
+        if self.remote:
+            return self.data_dir / f"{name}-console.log"
+        return Path("/var/log/libvirt/qemu") / f"{name}-console.log"
 
     def domain_xml(self, node: Node) -> Path:
         return self.state_dir / "xml" / f"{node.name}.xml"

@@ -20,6 +20,7 @@ from dali import cleaning, identity_disk, marks
 from dali.marks import MARK_NS
 from dali.render import render, write_if_changed
 from dali.reporter import log
+from dali.pool import Pool
 from dali.virt import Libvirt
 
 TEMPLATE = "domain.xml.j2"
@@ -52,6 +53,7 @@ def template_values(cluster: Cluster, node: Node) -> dict:
                    for i, (src, dst) in enumerate(cluster.shares)],
         "gdb_socket": str(gdb_socket(cluster, node)) if cluster.gdb else None,
         "disk": str(cluster.disk(node)),
+        "console_log": str(cluster.console_log(node)),
         "identity_disk": str(identity_disk.path(cluster, node)) if identity_disk.used(cluster) else None,
         "identity_serial": identity_disk.SERIAL, "identity_target": identity_disk.TARGET,
         "network": cluster.network.name,
@@ -88,6 +90,10 @@ def define(cluster: Cluster, virt: Libvirt, node: Node) -> None:
     if cluster.gdb:
         make_gdb_dir(cluster)
     before = virt.domain(node.name)  # raises ForeignObject for a stranger's domain
+    if cluster.remote:
+        # virtlogd makes the console log in the cluster's pool: listed as ours before it exists,
+        # so that clean takes it, and the pool's directory, with the rest.
+        Pool(cluster, virt).record(cluster.console_log(node).name)
     old = before.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if before else None
     dom = virt.define_domain(cluster.domain_xml(node).read_text())
     if old is None:

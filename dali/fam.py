@@ -23,7 +23,9 @@ from pathlib import Path
 from dali import marks
 from dali.cluster import Cluster, uuid_text
 from dali.errors import DaliError
+from dali.pool import Pool
 from dali.reporter import log
+from dali.virt import Libvirt
 
 GROUP = marks.QEMU_GROUP
 MODE = 0o664
@@ -94,12 +96,17 @@ def allocate(cluster: Cluster, path: Path, mode: int, fix: str) -> None:
 
 
 def namespace(fam: Path) -> dict:
-    """The namespace as the FAM holds it: mode fsdax/devdax with uuid, size and alignment as
-    ndctl reports them in a guest, or mode raw when no info block is there (a new FAM)."""
+    """The namespace as the FAM file at `fam` holds it (a file of this machine: the golden
+    copy, or the FAM of a local cluster)."""
     with open(fam, "rb") as f:
         f.seek(INFO_BLOCK_OFFSET)
-        block = f.read(_PFN_SB.size)
-        fam_size = os.fstat(f.fileno()).st_size
+        return namespace_in(f.read(_PFN_SB.size), os.fstat(f.fileno()).st_size)
+
+
+def namespace_in(block: bytes, fam_size: int) -> dict:
+    """The namespace an info block read at INFO_BLOCK_OFFSET says: mode fsdax/devdax with uuid,
+    size and alignment as ndctl reports them in a guest, or mode raw when no info block is
+    there (a new FAM)."""
     if len(block) < _PFN_SB.size or block[:16] not in _SIGNATURES:
         return {"mode": "raw", "size": fam_size, "data_offset": 0}
     (signature, uid, _parent, _flags, _major, _minor, dataoff, _npfns, _mode, start_pad,
@@ -108,6 +115,61 @@ def namespace(fam: Path) -> dict:
             "size": fam_size - dataoff - start_pad - end_trunc, "align": align,
             # Where the device's first byte lies in the FAM (dataoff counts from the padding).
             "data_offset": start_pad + dataoff}
+
+
+# --- the FAM wherever it lives: a file here, or a volume of the remote host's pool -------------
+
+def _pool(cluster: Cluster) -> Pool:
+    return Pool(cluster, Libvirt.of(cluster))
+
+
+def exists(cluster: Cluster) -> bool:
+    if cluster.remote:
+        return _pool(cluster).size(cluster.fam_path.name) is not None
+    return cluster.fam_path.exists()
+
+
+def read_at(cluster: Cluster, offset: int, length: int) -> bytes:
+    if cluster.remote:
+        return _pool(cluster).read(cluster.fam_path.name, offset, length)
+    with open(cluster.fam_path, "rb") as f:
+        return os.pread(f.fileno(), length, offset)
+
+
+def write_at(cluster: Cluster, pieces: dict[int, bytes]) -> None:
+    """Overwrite bytes of the FAM in place, durably. The nodes map it shared: what is written
+    here every node sees at once, running or not."""
+    if cluster.remote:
+        for offset, data in pieces.items():
+            _pool(cluster).write(cluster.fam_path.name, offset, data)
+        return
+    with open(cluster.fam_path, "r+b") as f:
+        for offset, data in pieces.items():
+            os.pwrite(f.fileno(), data, offset)
+        os.fsync(f.fileno())
+
+
+def held(cluster: Cluster) -> dict:
+    """The namespace the cluster's FAM holds now (mode raw if there is no FAM yet)."""
+    if not exists(cluster):
+        return {"mode": "raw", "size": cluster.fam_size, "data_offset": 0}
+    return namespace_in(read_at(cluster, INFO_BLOCK_OFFSET, _PFN_SB.size), cluster.fam_size)
+
+
+ZEROS = bytes(1 << 20)
+
+
+def data_mib(cluster: Cluster, start: int) -> int:
+    """How many MiB of the device (from `start` in the FAM) hold anything but zeros. On a
+    remote host the FAM is read through libvirt, a MiB at a time."""
+    count, offset = 0, start
+    while offset < cluster.fam_size:
+        chunk = read_at(cluster, offset, min(len(ZEROS), cluster.fam_size - offset))
+        if not chunk:
+            break
+        count += chunk != ZEROS[:len(chunk)]
+        offset += len(chunk)
+    return count
 
 
 # --- bytes that must go back ----------------------------------------------------------------
@@ -146,10 +208,7 @@ def restore_saved(cluster: Cluster) -> None:
     saved = json.loads(record.read_text())
     # {"offset", "data"}: one block, as dali wrote the record before verify wrote on all nodes at once.
     pieces = saved["pieces"] if "pieces" in saved else [[saved["offset"], saved["data"]]]
-    with open(cluster.fam_path, "r+b") as f:
-        for offset, data in pieces:
-            os.pwrite(f.fileno(), bytes.fromhex(data), offset)
-        os.fsync(f.fileno())
+    write_at(cluster, {offset: bytes.fromhex(data) for offset, data in pieces})
     record.unlink()
     log(f"{cluster.fam_path}: put back {len(pieces)} block(s) at offset(s) "
         f"{', '.join(str(offset) for offset, _ in pieces)} that a doit verify that did not finish "

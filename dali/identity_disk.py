@@ -38,6 +38,7 @@ from pathlib import Path
 from dali import image, marks, network
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError
+from dali.pool import Pool
 from dali.virt import Libvirt
 
 SERIAL = "dali-identity"
@@ -95,9 +96,22 @@ def archive(key: bytes, public: bytes, network_facts: str, authorized: bytes) ->
     return out.getvalue()  # a whole number of 10 KiB records: a valid raw disk size
 
 
-def read(disk: Path) -> dict[str, bytes]:
-    with tarfile.open(disk, mode="r:") as tar:
+def read(disk: Path | bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(disk), mode="r:") if isinstance(disk, bytes) else \
+            tarfile.open(disk, mode="r:") as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def _held(cluster: Cluster, node: Node | str) -> bytes | None:
+    """The bytes of the node's identity disk if it is ours; None if there is none."""
+    disk = path(cluster, node)
+    if cluster.remote:
+        pool = Pool(cluster, Libvirt.of(cluster))
+        size = pool.size(disk.name)
+        return None if size is None else pool.read(disk.name, 0, size)
+    if not disk.exists() or not marks.is_ours(disk, cluster):
+        return None
+    return disk.read_bytes()
 
 
 def new_key(node: Node) -> tuple[bytes, bytes]:
@@ -110,11 +124,11 @@ def new_key(node: Node) -> tuple[bytes, bytes]:
 
 
 def _current_key(cluster: Cluster, node: Node | str) -> tuple[bytes, bytes] | None:
-    disk = path(cluster, node)
-    if not disk.exists() or not marks.is_ours(disk, cluster):
+    data = _held(cluster, node)
+    if data is None:
         return None
     try:
-        held = read(disk)
+        held = read(data)
         return held[KEY], held[KEY + ".pub"]
     except (OSError, tarfile.TarError, KeyError):
         return None  # torn or not an archive: the node gets a new identity
@@ -127,14 +141,23 @@ def wanted(cluster: Cluster, virt: Libvirt, node: Node) -> bytes | None:
 
 
 def is_current(cluster: Cluster, virt: Libvirt, node: Node) -> bool:
-    disk = path(cluster, node)
     want = wanted(cluster, virt, node)
-    return want is not None and disk.read_bytes() == want
+    return want is not None and _held(cluster, node) == want
 
 
 def ensure(cluster: Cluster, virt: Libvirt, node: Node) -> None:
     """Write the node's identity disk: its key kept if it has one, made if not."""
     disk = path(cluster, node)
+    if cluster.remote:
+        pool = Pool(cluster, virt)
+        pool.ensure()
+        key = _current_key(cluster, node) or new_key(node)
+        data = archive(*key, facts(cluster, virt, node), authorized_key(cluster))
+        if _held(cluster, node) != data:
+            # Replaced whole: a run killed halfway leaves no disk, or a torn one, and the node
+            # gets a new host key (known_hosts follows it), never a key half of one and another.
+            pool.upload(disk.name, data)
+        return
     if os.path.lexists(disk) and not marks.is_ours(disk, cluster):
         raise DaliError(f"{disk} exists but dali did not make it for this cluster: move it "
                         "away, then run doit again")

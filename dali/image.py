@@ -35,6 +35,8 @@ IMAGE_FEATURES = ("identity-disk",)  # dali/identity_disk.py
 
 def has_feature(cluster: Cluster, feature: str) -> bool:
     """Whether the cluster's image can `feature`; an image not built yet will."""
+    if cluster.remote:
+        return True  # an image there is uploaded by this dali, never kept from an older one
     try:
         return feature in os.getxattr(cluster.image_dir / "base.qcow2", FEATURES).decode().split()
     except FileNotFoundError:
@@ -69,7 +71,7 @@ def ensure_ssh_key(cluster: Cluster) -> None:
 
 # --- base.qcow2, vmlinuz, initrd.img ---------------------------------------------------------
 
-def _stamp(cluster: Cluster, tarball: Path) -> str:
+def stamp(cluster: Cluster, tarball: Path) -> str:
     """The name of the cached node image the cluster's should be a copy of. (Images made
     before the cache were stamped with the tarball and the ssh key they held.)"""
     return node_image_path(tarball, cluster.image.disk_size, init_path(cluster.cache_dir)).name
@@ -85,7 +87,7 @@ def _stamp_of(base: Path) -> str | None:
 def node_image_is_current(cluster: Cluster, tarball: Path) -> bool:
     files = [cluster.image_dir / name for name in NODE_IMAGE_FILES]
     return (all(marks.is_ours(f, cluster) for f in files)
-            and _stamp_of(cluster.image_dir / "base.qcow2") == _stamp(cluster, tarball))
+            and _stamp_of(cluster.image_dir / "base.qcow2") == stamp(cluster, tarball))
 
 
 def wanted_recipe(cluster: Cluster) -> dict:
@@ -113,7 +115,7 @@ def node_image_is_kept(cluster: Cluster, tarball: Path) -> bool:
     would corrupt their disks, so it stays as it is (a dali upgrade changes the recipe, and so
     does image.extra_packages). `doit status` says so; `doit clean`, then `doit`, moves on."""
     base = cluster.image_dir / "base.qcow2"
-    return (marks.is_ours(base, cluster) and _stamp_of(base) != _stamp(cluster, tarball)
+    return (marks.is_ours(base, cluster) and _stamp_of(base) != stamp(cluster, tarball)
             and bool(built_on_image(cluster)))
 
 

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import libvirt
 from libvirt import VIR_NETWORK_XML_INACTIVE
 
-from dali import cleaning
+from dali import cleaning, libvirtd
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.lock import host_lock
@@ -84,18 +84,10 @@ def _taken_subnets(cluster: Cluster, virt: Libvirt) -> list[tuple[str, ipaddress
     networks', and the routes of this host and of libvirtd's network namespace."""
     taken = [(f"libvirt network {name}", subnet) for name, subnet in virt.network_subnets().items()
              if name != cluster.network.name]
-    taken += [("a route of this host", r) for r in host_routes()]
-    return taken + [("a route in libvirtd's network namespace", r) for r in host_routes(libvirtd_route_table())]
-
-
-def libvirtd_route_table() -> Path:
-    """The routing table libvirtd sees: its own network namespace's (scripts/setup starts it in
-    one), through /proc/<its pid>/net/route; the host's if its pid is not known."""
-    try:
-        pid = int(Path("/run/libvirtd.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return Path("/proc/net/route")
-    return Path(f"/proc/{pid}/net/route")
+    if not cluster.remote:
+        taken += [("a route of this host", r) for r in host_routes()]
+    table = libvirtd.route_table(cluster.uri)  # None: another machine's, which dali cannot read
+    return taken + ([("a route in libvirtd's network namespace", r) for r in host_routes(table)] if table else [])
 
 
 def pick_subnet(prefix: int, taken: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:

@@ -23,7 +23,7 @@ import ipaddress
 import shlex
 import subprocess
 
-from dali import fam, guest, network, reset
+from dali import fam, guest, network
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError
 from dali.fanout import each
@@ -110,7 +110,7 @@ def _holds_ocfs2(cluster: Cluster, found: list[str], data_offset: int) -> bool:
     (no signature, every byte of its data area in the FAM zero); anything else is refused."""
     if "ocfs2" in found:
         return True
-    if found or reset.data_mib(cluster.fam_path, data_offset):
+    if found or fam.data_mib(cluster, data_offset):
         raise DaliError(f"{DEVICE} holds {', '.join(found) or 'data'}: dali formats only a blank "
                         "device. To format it anyway (its data is lost): doit mkfs --yes; or "
                         "doit reset:fam (nodes shut off) to start from a blank device")
@@ -122,7 +122,9 @@ def refuse_other_data(cluster: Cluster) -> None:
     it in the FAM (the device's first byte lies at the namespace's data offset). blkid's probe
     finds what a node's wipefs would; a device it finds nothing on must be all zeros. A FAM with
     no fsdax namespace yet is the original's to prepare: nothing to read."""
-    held = fam.namespace(cluster.fam_path) if cluster.fam_path.exists() else {"mode": "raw"}
+    if cluster.remote:
+        return  # blkid reads files of this machine: the node itself checks before it formats
+    held = fam.held(cluster)
     if held["mode"] != "fsdax":
         return
     # blkid exits 2 when it finds nothing, 8 when signatures contradict each other
@@ -139,7 +141,7 @@ def format_if_blank(cluster: Cluster, virt: Libvirt, dom) -> None:
     """mkfs.ocfs2, but only on a device that holds nothing at all: asked of the node itself,
     right before it formats (refuse_other_data asked the FAM before the nodes booted)."""
     if not _holds_ocfs2(cluster, guest.signatures(virt, dom, DEVICE),
-                        fam.namespace(cluster.fam_path)["data_offset"]):
+                        fam.held(cluster)["data_offset"]):
         make_filesystem(cluster, virt, dom)
 
 

@@ -20,11 +20,11 @@ from dali.virt import Libvirt
 def prepared(cluster: Cluster) -> bool:
     """The FAM holds the namespace device.mode asks for (made by this original, or by hand as
     in the seed). A raw FAM needs no preparation at all."""
-    return cluster.fam_path.exists() and fam.namespace(cluster.fam_path)["mode"] == cluster.device_mode
+    return fam.exists(cluster) and fam.held(cluster)["mode"] == cluster.device_mode
 
 
 def refuse_a_mode_change(cluster: Cluster) -> None:
-    held = fam.namespace(cluster.fam_path)["mode"] if cluster.fam_path.exists() else "raw"
+    held = fam.held(cluster)["mode"]
     if held not in ("raw", cluster.device_mode):
         raise DaliError(f"{cluster.fam_path} holds a {held} namespace, and device.mode = "
                         f"{cluster.device_mode!r} would destroy the shared device's contents: set "
@@ -58,7 +58,7 @@ def reconfigure(cluster: Cluster, virt: Libvirt) -> dict:
     if ns.get("mode") != mode:
         log(f"{dom.name()}: ndctl create-namespace --reconfig={guest.NAMESPACE} --mode={mode} --force")
         ns = guest.reconfigure(virt, dom, mode)  # ndctl prints the namespace it made
-    on_fam = fam.namespace(cluster.fam_path)
+    on_fam = fam.held(cluster)
     if ns.get("mode") != mode or on_fam["mode"] != mode or on_fam.get("uuid") != ns.get("uuid"):
         raise DaliError(f"{dom.name()}: {guest.NAMESPACE} is in mode {ns.get('mode')} after "
                         f"reconfiguring, and the FAM holds a {on_fam['mode']} namespace: see "

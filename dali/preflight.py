@@ -15,7 +15,8 @@ import stat
 import tempfile
 from pathlib import Path
 
-from dali import cleaning, disks, marks
+from dali import cleaning, disks, fam, marks
+from dali import pool as pools
 from dali.cluster import Cluster
 from dali.domain import gdb_socket
 from dali.errors import DaliError
@@ -37,7 +38,30 @@ def problem(cluster: Cluster, virt: Libvirt) -> str | None:
             virt.domain(node.name)
     except DaliError as e:
         return str(e)
+    if cluster.remote:
+        return remote_problem(cluster, virt)
     return data_dir_problem(cluster)
+
+
+def remote_problem(cluster: Cluster, virt: Libvirt) -> str | None:
+    """On a remote libvirt host: its pool for this cluster, if there is one, is ours and has
+    room for the FAM (dali/pool.py). A pool not made yet is checked as it is made."""
+    found = pools.Pool(cluster, virt)
+    if not found.exists():
+        return None
+    try:
+        if found.marker() is None:
+            return (f"dir (DALI_DIR): storage pool {pools.name(cluster)} on {cluster.uri} has no marker of "
+                    "this cluster: remove that pool (virsh pool-undefine), or pick another tag")
+        if not fam.exists(cluster):
+            free = found.available()
+            if cluster.fam_size > free:
+                return (f"fam.size: {cluster.fam_size} bytes do not fit in the {free} bytes free in "
+                        f"{cluster.data_dir} on {cluster.uri}: lower fam.size, free space there, or set "
+                        "dir (DALI_DIR) elsewhere")
+    except DaliError as e:
+        return str(e)
+    return None
 
 
 def make_state_dir(cluster: Cluster) -> None:
@@ -172,7 +196,19 @@ def _filesystem_problem(d: Path, setting: str) -> str | None:
 def sweep(cluster: Cluster, virt: Libvirt, dryrun: bool) -> None:
     """preflight is the root of the graph, so `doit clean` reaches it last: remove whatever
     this cluster's mark is still on in the data directory (a pruned node's disk, an image file),
-    the directories dali made once they are empty, and the cluster's state/ folder."""
+    the directories dali made once they are empty, and the cluster's state/ folder. On a
+    remote host: every volume the cluster's pool lists as ours, then the pool itself."""
+    if cluster.remote:
+        pools.Pool(cluster, virt).remove(dryrun)
+    else:
+        _sweep_files(cluster, virt, dryrun)
+    if cluster.state_dir.exists():
+        if not dryrun:
+            shutil.rmtree(cluster.state_dir)
+        cleaning.said("state directory", cluster.state_dir, dryrun)
+
+
+def _sweep_files(cluster: Cluster, virt: Libvirt, dryrun: bool) -> None:
     folders = [cluster.image_dir, cluster.kernel_dir, gdb_socket(cluster, "x").parent, cluster.data_dir]
     left = [p for d in folders if d.is_dir() for p in d.iterdir()
             if p.is_file() and marks.is_ours(p, cluster)]
@@ -184,7 +220,3 @@ def sweep(cluster: Cluster, virt: Libvirt, dryrun: bool) -> None:
         left = [p for p in left if p.exists()]
     for folder in folders:
         marks.remove_dir_if_ours(folder, cluster, dryrun)
-    if cluster.state_dir.exists():
-        if not dryrun:
-            shutil.rmtree(cluster.state_dir)
-        cleaning.said("state directory", cluster.state_dir, dryrun)

@@ -23,7 +23,6 @@ from dali.errors import DaliError
 from dali.reporter import log
 from dali.virt import Libvirt
 
-ZEROS = bytes(1 << 20)
 
 
 def golden(cluster: Cluster) -> Path:
@@ -74,7 +73,7 @@ def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
                         "(it makes one once the original has set the device up)")
     _everything_off(cluster, virt, cluster.fam_path)
     ns = fam.namespace(cluster.fam_path)
-    written = data_mib(cluster.fam_path, ns["data_offset"])
+    written = fam.data_mib(cluster, ns["data_offset"])
     size = cluster.fam_path.stat().st_size
     with open(golden(cluster), "rb") as src, open(cluster.fam_path, "r+b") as dst:
         # In place: drop every block, copy the golden's data back, allocate the rest again.
@@ -85,16 +84,6 @@ def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
         os.fsync(dst.fileno())
     fam.forget_saved(cluster)  # nothing a killed verify overwrote matters any more
     log(f"{cluster.fam_path}: back to the golden copy; discarded {written} MiB of data on the device")
-
-
-def data_mib(path: Path, start: int) -> int:
-    """How many MiB of the device hold anything but zeros (what a reset discards)."""
-    count = 0
-    with open(path, "rb") as f:
-        f.seek(start)
-        while chunk := f.read(len(ZEROS)):
-            count += chunk != ZEROS[:len(chunk)]
-    return count
 
 
 def reset_disks(cluster: Cluster, virt: Libvirt) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
-from dali.cluster import DEFAULT_DATA_ROOT, REPO, Cluster, Filesystem, Image, Kernel, Network
+from dali.cluster import DEFAULT_DATA_ROOT, REPO, Cluster, Filesystem, Image, Kernel, Network, is_remote
 from dali.errors import DaliError
 
 DEFAULT_CONFIG = REPO / "cluster.toml"
@@ -275,6 +275,8 @@ class Setting(NamedTuple):
 
 
 _NAME = Text(r"[a-z][a-z0-9-]{0,15}", "1-16 lowercase letters, digits or '-', starting with a letter")
+_NAME_OR_EMPTY = Text(r"([A-Za-z0-9][A-Za-z0-9_.-]{0,63})?",
+                      "a network namespace's name (letters, digits, '_', '.', '-'), or empty")
 _SUFFIX = Text(r"[a-z0-9]{1,8}", "a suffix of 1-8 lowercase letters or digits")
 # Debian policy 5.6.1; anything else is a typo, or an option slipped into debootstrap's --include.
 _PACKAGE = Text(r"[a-z0-9][a-z0-9+.-]+", "a Debian package name (lowercase, e.g. 'vim')")
@@ -299,8 +301,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("uri", Text(r"(qemu|test)(\+(unix|ssh|libssh|libssh2|tls|tcp))?://\S*",
                         "a libvirt URI like qemu:///system or qemu+unix:///system?socket=PATH "
                         "(transports unix, ssh, libssh, libssh2, tls, tcp; not ext)"), "qemu:///system",
-            "the libvirt connection, of this machine (the FAM and disks are files here)",
-            env="LIBVIRT_DEFAULT_URI"),
+            "the libvirt connection: this machine's, or a server's (qemu+ssh://root@host/system; "
+            "see docs/remote.md)", env="LIBVIRT_DEFAULT_URI"),
     Setting("accel", Choice(("auto", "kvm", "tcg")), "auto",
             "auto uses KVM only if a KVM guest really boots here; kvm or tcg force one"),
     Setting("share", Shares(), [],
@@ -369,6 +371,9 @@ SETTINGS: tuple[Setting, ...] = (
             "libvirt's AppArmor template, where the FAM is allowed"),
     Setting("timeouts.boot", Whole(1), 900, "seconds from start until the guest agent answers"),
     Setting("timeouts.shutdown", Whole(1), 180, "seconds of graceful shutdown (guest agent, ACPI button) before a node is forced off"),
+    Setting("remote.netns", _NAME_OR_EMPTY, "",
+            "with a qemu+ssh or qemu+tls uri: the network namespace on that host where its "
+            "libvirtd's networks live (scripts/setup's \"dali\"); empty: the host's own"),
 )
 
 BY_KEY = {s.key: s for s in SETTINGS}
@@ -466,13 +471,11 @@ def _parse(s: Setting, value: Any, where) -> Any:
 
 def _check_together(v: dict, where) -> None:
     """Rules that span settings. Each names the setting to change."""
-    if urlsplit(v["uri"]).netloc:
-        # dali makes the FAM, the disks, the image and the AppArmor rule as files of this
-        # machine: the domains of another machine's libvirt would name paths it does not have.
-        raise ConfigError(f"{where('uri')} = {v['uri']!r} names libvirt on another machine, and dali "
-                          "makes the FAM, the disks and the image as files on this one, where those "
-                          "nodes would not find them: run dali on the machine that runs the nodes, "
-                          "with qemu:///system")
+    if is_remote(v["uri"]):
+        _check_remote(v, where)
+    elif v["remote.netns"]:
+        raise ConfigError(f"{where('remote.netns')} = {v['remote.netns']!r} is for a uri naming "
+                          "another host: remove it (this machine's libvirtd is found by itself)")
     if v["original"] in v["clones"]:
         raise ConfigError(f"{where('clones')}: {v['original']!r} is the original's suffix; pick another")
     if v["node.memory"] + v["fam.size"] > v["node.max_memory"]:
@@ -492,6 +495,28 @@ def _check_together(v: dict, where) -> None:
             raise ConfigError(f"{where('fs.slots')} = {v['fs.slots']} is fewer than the {nodes} nodes: "
                               f"raise fs.slots to at least {nodes} (a formatted device also needs "
                               f"`doit pssh --on {v['original']} tunefs.ocfs2 -N {nodes} /dev/pmem0`)")
+
+
+def _check_remote(v: dict, where) -> None:
+    """What cannot work where the nodes are on another host, refused before anything is made."""
+    uri = v["uri"]
+    if v["device.style"] != "native":
+        raise ConfigError(f"{where('device.style')} = {v['device.style']!r} needs a line in the libvirt "
+                          f"host's AppArmor template, a file dali does not edit on another host "
+                          f"({uri}): set device.style = \"native\" (libvirt then allows the FAM itself)")
+    for key, why in (("image.path", "a qcow2 file of this machine"),
+                     ("kernel.path", "a kernel of this machine"),
+                     ("debug.gdb", "a gdb socket on the libvirt host")):
+        if v[key]:
+            raise ConfigError(f"{where(key)} is set, and {why} is not supported with a remote uri "
+                              f"({uri}) yet: remove it, or run dali with the nodes' own libvirt")
+    if v["share"]:
+        raise ConfigError(f"{where('share')}: shares are directories of the machine that runs the "
+                          f"nodes, which is not this one with uri {uri}: remove the [[share]] "
+                          "entries")
+    if urlsplit(uri).scheme.startswith("test"):
+        raise ConfigError(f"{where('uri')} = {uri!r}: libvirt's test driver has no storage for a "
+                          "remote cluster; use qemu+unix://, qemu+ssh:// or qemu+tls://")
 
 
 def dhcp_range(address: str, prefix: int, start: str = "", end: str = "") -> tuple[str, str]:
@@ -582,7 +607,14 @@ def _cluster(v: dict, origin: dict, path: Path, repo: Path) -> Cluster:
                           "or leave the setting out (/var/lib/dali/<tag>)")
     # The real path: AppArmor checks the file qemu opens after symlinks are followed, so the
     # rule, the domain XML and the marks all name that.
-    data_dir = _real_path(v["dir"], Path.cwd() if "dir" in origin else path.parent, where_dir)
+    if is_remote(v["uri"]):
+        # A path on the libvirt host, which this machine cannot resolve: taken as written.
+        if not Path(v["dir"]).is_absolute():
+            raise ConfigError(f"{where_dir} = {v['dir']!r} is relative, and with uri {v['uri']} it "
+                              "names a directory on the libvirt host: give an absolute path there")
+        data_dir = Path(os.path.normpath(v["dir"]))
+    else:
+        data_dir = _real_path(v["dir"], Path.cwd() if "dir" in origin else path.parent, where_dir)
     _check_data_dir(data_dir, where_dir)
     for source, _ in v["share"]:
         for what, inside in (("dir", data_dir), ("the checkout", repo)):
@@ -611,6 +643,7 @@ def _cluster(v: dict, origin: dict, path: Path, repo: Path) -> Cluster:
         gdb=v["debug.gdb"],
         clone_mode=v["clone.mode"], apparmor_template=Path(v["apparmor.template"]),
         boot_timeout=v["timeouts.boot"], shutdown_timeout=v["timeouts.shutdown"],
+        remote_netns=v["remote.netns"],
     )
 
 

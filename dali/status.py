@@ -122,9 +122,11 @@ def _network_line(cluster: Cluster, virt: Libvirt) -> str:
 
 def _fam_line(cluster: Cluster) -> str:
     path = cluster.fam_path
-    if not path.exists():
+    if not fam.exists(cluster):
         return f"FAM {path}: not made yet"
-    st = os.stat(path)
-    ns = fam.namespace(path)
+    ns = fam.held(cluster)
     holds = f"{ns['mode']} namespace {ns['uuid']}" if ns["mode"] != "raw" else "no namespace yet"
+    if cluster.remote:
+        return f"FAM {path} on {cluster.uri}: {cluster.fam_size} bytes, {holds}"
+    st = os.stat(path)
     return f"FAM {path}: {st.st_size} bytes, mode {stat.S_IMODE(st.st_mode):04o}, {holds}"

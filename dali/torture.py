@@ -192,7 +192,7 @@ def _check_target(cluster: Cluster, virt: Libvirt, p: Plan) -> None:
                             f"{guest.device_path(cluster.device_mode)} only")
         refuse_to_write(virt, p.nodes, p.target)
         end = max(a[0] + a[1] for a in (j.area for j in p.jobs) if a)
-        size = fam.namespace(cluster.fam_path)["size"]
+        size = fam.held(cluster)["size"]
         if end > size:
             raise DaliError(f"the workloads need {end} bytes of the device, which has {size}: "
                             "fewer nodes or smaller parameters")
@@ -236,21 +236,16 @@ def _device_span(p: Plan) -> tuple[int, int] | None:
 def _save_and_zero(cluster: Cluster, span: tuple[int, int]) -> None:
     """Record the bytes the run may overwrite (durably, before any write) and zero them: the
     workloads start from a known state. The nodes map the FAM shared: this is what they see."""
-    base = fam.namespace(cluster.fam_path)["data_offset"]
-    with open(cluster.fam_path, "r+b") as f:
-        old = os.pread(f.fileno(), span[1], base + span[0])
-        fam.save_before_write(cluster, {base + span[0] + at: old[at:at + (1 << 20)]
-                                        for at in range(0, len(old), 1 << 20)})
-        os.pwrite(f.fileno(), bytes(span[1]), base + span[0])
-        os.fsync(f.fileno())
+    base = fam.held(cluster)["data_offset"]
+    old = fam.read_at(cluster, base + span[0], span[1])
+    fam.save_before_write(cluster, {base + span[0] + at: old[at:at + (1 << 20)]
+                                    for at in range(0, len(old), 1 << 20)})
+    fam.write_at(cluster, {base + span[0]: bytes(span[1])})
 
 
 def _put_back(cluster: Cluster) -> None:
     saved = json.loads((cluster.state_dir / "fam-restore.json").read_text())["pieces"]
-    with open(cluster.fam_path, "r+b") as f:
-        for offset, data in saved:
-            os.pwrite(f.fileno(), bytes.fromhex(data), offset)
-        os.fsync(f.fileno())
+    fam.write_at(cluster, {offset: bytes.fromhex(data) for offset, data in saved})
     fam.forget_saved(cluster)
 
 

@@ -37,7 +37,7 @@ def verify(cluster: Cluster, virt: Libvirt) -> list[dict]:
     doms, down = running(cluster, virt)  # a booting node is waited for
     if down:
         raise DaliError(f"{', '.join(down)} not running: run doit start first")
-    expected = fam.namespace(cluster.fam_path)
+    expected = fam.held(cluster)
     mode, device = cluster.device_mode, guest.device_path(cluster.device_mode)
     if expected["mode"] != mode:
         raise DaliError(f"{cluster.fam_path} holds a {expected['mode']} namespace, not the "

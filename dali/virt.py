@@ -73,6 +73,17 @@ class Libvirt:
         # For uptodate checks: (actions started when made, {name: (domain, its mark)}).
         self._listed: tuple[int, dict] | None = None
 
+    _shared: dict[tuple[str, str], "Libvirt"] = {}
+
+    @classmethod
+    def of(cls, cluster) -> "Libvirt":
+        """The one connection of this process to the cluster's libvirtd (dodo.py's, and what
+        a library function without one reaches the cluster's storage pool through)."""
+        key = (cluster.uri, cluster.id)
+        if key not in cls._shared:
+            cls._shared[key] = cls(cluster.uri, cluster.id)
+        return cls._shared[key]
+
     @property
     def conn(self) -> libvirt.virConnect:
         if self._conn is None:

@@ -13,6 +13,12 @@ from dali.virt import Libvirt
 
 def gen_tasks(cluster: Cluster, virt: Libvirt):
     template = cluster.apparmor_template
+    if cluster.remote:
+        # The template is a file of the libvirt host, which dali does not edit: the FAM is a
+        # <memory model='nvdimm'> source there (device.style native), which libvirt allows itself.
+        yield {"basename": "apparmor", "actions": None, "task_dep": ["preflight"],
+               "doc": "nothing to do on a remote libvirt host (device.style native)"}
+        return
     yield {
         "basename": "apparmor",
         "doc": "allow the FAM in libvirt's AppArmor template",

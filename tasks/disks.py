@@ -3,15 +3,27 @@ existence counts."""
 
 from __future__ import annotations
 
-from dali import disks
+from dali import disks, remote
 from dali.cluster import Cluster
-from dali.errors import CleanStep, Step
+from dali.errors import CleanStep, Step, uptodate
 from dali.virt import Libvirt
 
 
 def gen_tasks(cluster: Cluster, virt: Libvirt):
     for node in cluster.nodes:
         disk = cluster.disk(node)
+        if cluster.remote:
+            yield {
+                "basename": "disk", "name": node.name,
+                "doc": f"{node.name}'s disk",
+                "actions": [Step(f"make {disk} on {cluster.uri}", remote.create_disk, cluster, virt, node,
+                                 changes=cluster)],
+                "uptodate": [(uptodate(remote.disk_exists), [cluster, virt, node], {})],
+                "task_dep": ["preflight", "fam"] + (["image"] if node.is_original else ["freeze"]),
+                "clean": [CleanStep(f"remove {disk} on {cluster.uri} if dali made it", remote.remove_volume,
+                                    cluster, virt, disk, changes=cluster)],
+            }
+            continue
         yield {
             "basename": "disk", "name": node.name,
             "doc": f"{node.name}'s disk",

@@ -5,7 +5,7 @@ resolver or the cluster's key changes; the host key is kept (dali/identity_disk.
 
 from __future__ import annotations
 
-from dali import disks, identity_disk
+from dali import disks, identity_disk, remote
 from dali.cluster import Cluster
 from dali.errors import CleanStep, Step, uptodate
 from dali.virt import Libvirt
@@ -24,6 +24,8 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
             "actions": [Step(f"write {disk}", identity_disk.ensure, cluster, virt, node, changes=cluster)],
             "uptodate": [(uptodate(identity_disk.is_current), [cluster, virt, node], {})],
             "task_dep": ["preflight", "network", "image:sshkey"],
-            "clean": [CleanStep(f"remove {disk} if dali made it and no domain uses it",
+            "clean": [CleanStep(f"remove {disk} on {cluster.uri} if dali made it", remote.remove_volume,
+                                cluster, virt, disk, changes=cluster) if cluster.remote else
+                      CleanStep(f"remove {disk} if dali made it and no domain uses it",
                                 disks.remove_file, cluster, virt, disk, changes=cluster)],
         }

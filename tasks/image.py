@@ -12,7 +12,7 @@ older recipe stays while nodes are built on it (dali/image.py: node_image_is_kep
 
 from __future__ import annotations
 
-from dali import image_builder, image
+from dali import image_builder, image, remote
 from dali.cluster import Cluster
 from dali.errors import CleanStep, Step, uptodate
 from dali.reporter import log
@@ -43,6 +43,20 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "uptodate": [uptodate(lambda: tarball.exists() or image.node_image_is_kept(cluster, tarball))],
         "task_dep": ["preflight"],
     }
+    if cluster.remote:
+        stamp = image.stamp(cluster, tarball)
+        yield {
+            "basename": "image", "name": "base",
+            "doc": "base.qcow2, vmlinuz and initrd.img, uploaded to the libvirt host",
+            "actions": [Step(f"upload base.qcow2, vmlinuz and initrd.img to {cluster.uri}", remote.ensure_image,
+                             cluster, virt, tarball, stamp, changes=cluster)],
+            "uptodate": [uptodate(lambda: remote.image_is_current(cluster, virt, stamp)
+                                  or remote.image_is_kept(cluster, virt, stamp))],
+            "task_dep": ["preflight", "image:sshkey", "image:rootfs"],
+            "clean": [CleanStep(f"remove the image on {cluster.uri} if dali made it", remote.remove_image,
+                                cluster, virt, changes=cluster)],
+        }
+        return
     yield {
         "basename": "image", "name": "base",
         "doc": "base.qcow2, vmlinuz and initrd.img",

@@ -173,8 +173,16 @@ BAD_VALUES = [
     ('[fam]\nsize = "' + "9" * 5000 + '"', {}, ["fam.size", "not a size"]),
     ('[fam]\nsize = ' + str(1 << 62), {}, ["fam.size", "not a size"]),
     ('uri = "qemu+ext:///system?command=/bin/sh"', {}, ["uri", "transports unix, ssh", "not ext"]),
-    ('uri = "qemu+ssh://root@lab/system"', {}, ["uri", "another machine", "qemu:///system"]),
-    ('', {"LIBVIRT_DEFAULT_URI": "qemu+tls://lab.example/system"}, ["LIBVIRT_DEFAULT_URI", "another machine"]),
+    # A remote libvirt: what needs this machine's files, or a host file dali would edit there
+    ('uri = "qemu+ssh://root@lab/system"', {}, ["device.style", "AppArmor", "native"]),
+    ('[device]\nstyle = "native"\n[debug]\ngdb = true', {"LIBVIRT_DEFAULT_URI": "qemu+tls://lab.example/system"},
+     ["debug.gdb", "remote uri"]),
+    ('uri = "qemu+ssh://lab/system"\ndir = "data"\n[device]\nstyle = "native"', {},
+     ["dir", "relative", "absolute path there"]),
+    ('uri = "qemu+ssh://lab/system"\n[device]\nstyle = "native"\n[[share]]\nsource = "/usr/share/doc"\ntarget = "/mnt/src"',
+     {}, ["share", "remove the [[share]]"]),
+    ('[remote]\nnetns = "dali"', {}, ["remote.netns", "another host"]),
+    ('uri = "qemu+ssh://lab/system"\n[remote]\nnetns = "a b"', {}, ["remote.netns", "namespace"]),
     ('uri = "qemu:///system\\n"', {}, ["uri"]),
     ('clones = [' + ", ".join(f'"n{i}"' for i in range(20000)) + ']', {}, ["clones", "at most 250"]),
     ('[kernel]\ncmdline = "quiet\\u0085init=/bin/sh"', {}, ["kernel.cmdline", "line-break"]),
@@ -271,6 +279,7 @@ OTHER_VALUES = {
     "clone.mode": '[clone]\nmode = "copy"',
     "apparmor.template": '[apparmor]\ntemplate = "/etc/apparmor.d/libvirt/OTHER"',
     "timeouts.boot": '[timeouts]\nboot = 60', "timeouts.shutdown": '[timeouts]\nshutdown = 60',
+    "remote.netns": 'uri = "qemu+ssh://lab/system"\n[device]\nstyle = "native"\n[remote]\nnetns = "dali"',
 }
 
 

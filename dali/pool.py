@@ -1,0 +1,339 @@
+"""The cluster's files on a remote libvirt host: volumes of one storage pool, made, read,
+written and deleted through libvirt's API only (docs/remote.md).
+
+On this machine the FAM and the disks are files dali writes itself (dali/fam.py, dali/disks.py).
+With a uri naming another host (cluster.remote) the same files live in a directory pool at the
+cluster's `dir` on that host, named dali-<tag>-<first 8 of the cluster id>. Nothing is written
+there but by libvirtd: the FAM is a volume created fully allocated, the disks are qcow2 volumes
+(overlays name their backing volume), what dali builds here (the image, the identity disks) is
+uploaded with virStorageVolUpload, and what dali reads (the FAM's info block, a console log)
+is downloaded with virStorageVolDownload.
+
+Marks. A pool and its volumes have no <metadata> to carry dali's mark, so the pool holds one
+small volume of its own, MARKER: a JSON document with the cluster's mark (its id, tag,
+checkout and dir) and the names of the volumes dali made there, each with what it was made
+from. A volume is ours when the pool is ours (its marker names this cluster's id) and the
+marker lists it; clean deletes nothing else, and the directory only if dali made it. A name is
+listed *before* its volume is made, so a run killed in between leaves a listed name with no
+volume (harmless: deleting it finds nothing), never a volume nobody knows.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import libvirt
+
+from dali import cleaning
+from dali.cluster import Cluster
+from dali.errors import DaliError
+from dali.reporter import log
+from dali.virt import Libvirt, unless_gone
+
+MARKER = ".dali-cluster.json"
+MARKER_SIZE = 64 * 1024  # fixed: an upload overwrites bytes, it never shortens a volume
+CHUNK = 1 << 20
+
+
+def name(cluster: Cluster) -> str:
+    return f"dali-{cluster.tag}-{cluster.id[:8]}"
+
+
+def volume_name(cluster: Cluster, path: Path) -> str:
+    """The volume of one of the cluster's paths: a file of its data directory."""
+    if path.parent != cluster.data_dir:
+        raise DaliError(f"{path} is not in {cluster.data_dir}, the cluster's pool on {cluster.uri}")
+    return path.name
+
+
+class Pool:
+    """The cluster's storage pool on the libvirt host of `virt`."""
+
+    def __init__(self, cluster: Cluster, virt: Libvirt):
+        self.cluster, self.virt = cluster, virt
+
+    # --- the pool -------------------------------------------------------------------------------
+
+    def _lookup(self) -> libvirt.virStoragePool | None:
+        return unless_gone(lambda: self.virt.conn.storagePoolLookupByName(name(self.cluster)),
+                           libvirt.VIR_ERR_NO_STORAGE_POOL, default=None)
+
+    def _target(self, pool: libvirt.virStoragePool) -> str:
+        return ET.fromstring(pool.XMLDesc(0)).findtext("target/path", "")
+
+    def exists(self) -> bool:
+        return self._lookup() is not None
+
+    def _active(self) -> libvirt.virStoragePool | None:
+        """The pool, started and refreshed (a file libvirt did not make shows up), if it exists."""
+        pool = self._lookup()
+        if pool is None:
+            return None
+        if not pool.isActive():
+            pool.create(0)
+        pool.refresh(0)
+        return pool
+
+    def ensure(self) -> None:
+        """The pool, defined, started and autostarted, with our marker; its directory made by
+        libvirt if it is not there. A directory that exists and holds anything dali did not
+        make for this cluster is refused, and the pool defined for it undefined again."""
+        c = self.cluster
+        pool = self._lookup()
+        if pool is not None and self._target(pool) != str(c.data_dir):
+            raise DaliError(f"storage pool {name(c)} on {c.uri} has target {self._target(pool)}, not "
+                            f"dir {c.data_dir}: remove that pool (virsh pool-undefine), or set dir to it")
+        made_now = pool is None
+        if made_now:
+            pool = self.virt.conn.storagePoolDefineXML(
+                f"<pool type='dir'><name>{name(c)}</name>"
+                f"<target><path>{c.data_dir}</path></target></pool>", 0)
+        built = False
+        try:
+            if not pool.isActive():
+                try:
+                    pool.create(0)
+                except libvirt.libvirtError:
+                    # The directory is not there: libvirt makes it (mode 0711, root's), and
+                    # clean removes it again once empty.
+                    pool.build(0)
+                    built = True
+                    pool.create(0)
+            pool.setAutostart(1)
+            pool.refresh(0)
+            marker = self.marker(pool)
+            if marker is None:
+                strangers = [v for v in pool.listVolumes() if v != MARKER]
+                if strangers or MARKER in pool.listVolumes():
+                    raise DaliError(f"dir {c.data_dir} on {c.uri} holds {', '.join(sorted(strangers)[:3]) or MARKER} "
+                                    "that dali did not make for this cluster: pick another dir")
+                self._write_marker(pool, {**c.mark, "made_dir": built, "volumes": {}})
+                log(f"storage pool {name(c)} on {c.uri}: {c.data_dir}")
+        except BaseException:
+            if made_now:
+                self._undo(pool, built)
+            raise
+
+    def _undo(self, pool: libvirt.virStoragePool, built: bool) -> None:
+        """Take back a pool defined this run for a directory that was refused."""
+        try:
+            if pool.isActive():
+                pool.destroy()
+            if built:
+                pool.delete(0)  # rmdir: only the empty directory libvirt made
+            pool.undefine()
+        except libvirt.libvirtError:
+            pass
+
+    # --- the marker -----------------------------------------------------------------------------
+
+    def marker(self, pool: libvirt.virStoragePool | None = None) -> dict | None:
+        """The marker of our cluster, or None if the pool has none (or another cluster's)."""
+        pool = pool or self._active()
+        if pool is None:
+            return None
+        vol = unless_gone(lambda: pool.storageVolLookupByName(MARKER), libvirt.VIR_ERR_NO_STORAGE_VOL,
+                          default=None)
+        if vol is None:
+            return None
+        try:
+            found = json.loads(self._download(vol, 0, MARKER_SIZE).rstrip(b"\0 \n"))
+        except ValueError:
+            return None  # a marker cut short (a killed upload): nothing in the pool is deleted
+        return found if found.get("id") == self.cluster.id else None
+
+    def _write_marker(self, pool: libvirt.virStoragePool, marker: dict) -> None:
+        data = json.dumps(marker, indent=1, sort_keys=True).encode()
+        if len(data) > MARKER_SIZE:
+            raise DaliError(f"the marker of pool {name(self.cluster)} outgrew {MARKER_SIZE} bytes")
+        vol = unless_gone(lambda: pool.storageVolLookupByName(MARKER), libvirt.VIR_ERR_NO_STORAGE_VOL,
+                          default=None)
+        if vol is None:
+            vol = pool.createXML(_volume_xml(MARKER, MARKER_SIZE, "raw", mode="0600"), 0)
+        self._upload(vol, 0, data.ljust(MARKER_SIZE, b" "))
+
+    def _listing(self, names: list[str], add: bool, **facts) -> None:
+        pool = self._active()
+        marker = self.marker(pool)
+        if marker is None:
+            raise DaliError(f"storage pool {name(self.cluster)} on {self.cluster.uri} has no marker of "
+                            "this cluster: run doit, which makes it")
+        for n in names:
+            if add:
+                marker["volumes"][n] = {**marker["volumes"].get(n, {}), **facts}
+            else:
+                marker["volumes"].pop(n, None)
+        self._write_marker(pool, marker)
+
+    # --- volumes ----------------------------------------------------------------------------------
+
+    def volume(self, vol_name: str) -> libvirt.virStorageVol | None:
+        """Our volume of that name; None if there is none; refused if it is not ours."""
+        pool = self._active()
+        if pool is None:
+            return None
+        vol = unless_gone(lambda: pool.storageVolLookupByName(vol_name), libvirt.VIR_ERR_NO_STORAGE_VOL,
+                          default=None)
+        if vol is None:
+            return None
+        marker = self.marker(pool)
+        if marker is None or vol_name not in marker["volumes"]:
+            raise DaliError(f"{self.cluster.data_dir / vol_name} on {self.cluster.uri} exists but dali "
+                            "did not make it for this cluster: move it away, then run doit again")
+        return vol
+
+    def facts(self, vol_name: str) -> dict | None:
+        """What the marker says about our volume (its stamp), if the volume is there."""
+        if self.volume(vol_name) is None:
+            return None
+        return (self.marker() or {}).get("volumes", {}).get(vol_name, {})
+
+    def record(self, vol_name: str, **facts) -> None:
+        """Write facts about a volume (what it was made from) into the marker."""
+        self._listing([vol_name], True, **facts)
+
+    def create(self, vol_name: str, capacity: int, fmt: str = "raw", *, allocation: int = 0,
+               backing: Path | None = None, mode: str = "0600") -> libvirt.virStorageVol:
+        """A new volume: listed in the marker first, then made by libvirt. A raw volume with
+        allocation = capacity is fully allocated on the host, as fallocate does."""
+        self._listing([vol_name], True)
+        pool = self._active()
+        return pool.createXML(_volume_xml(vol_name, capacity, fmt, allocation=allocation,
+                                          backing=backing, mode=mode), 0)
+
+    def copy(self, vol_name: str, source: str, fmt: str = "qcow2") -> libvirt.virStorageVol:
+        """A standalone copy of our volume `source` (a qcow2 chain comes out flattened)."""
+        self._listing([vol_name], True)
+        pool = self._active()
+        src = self.volume(source)
+        capacity = src.info()[1]
+        return pool.createXMLFrom(_volume_xml(vol_name, capacity, fmt), src, 0)
+
+    def upload(self, vol_name: str, local: Path | bytes, **facts) -> None:
+        """A volume with the bytes of the local file `local` (or those bytes), replacing ours of
+        that name; the facts (what it was built from) are recorded once every byte is there.
+        A domain that has the old one open keeps reading it (as after a rename over a file)
+        and boots on the new one next time."""
+        old = self.volume(vol_name)
+        if old is not None:
+            old.delete(0)
+        if isinstance(local, bytes):
+            self._upload(self.create(vol_name, len(local), "raw"), 0, local)
+        else:
+            size = local.stat().st_size
+            vol = self.create(vol_name, size, "raw")
+            with open(local, "rb") as f:
+                stream = self.virt.conn.newStream(0)
+                vol.upload(stream, 0, size, 0)
+                stream.sendAll(lambda _s, n, _f: f.read(min(n, CHUNK)), None)
+                stream.finish()
+        if facts:
+            self.record(vol_name, **facts)
+
+    def read(self, vol_name: str, offset: int, length: int) -> bytes:
+        vol = self.volume(vol_name)
+        if vol is None:
+            raise DaliError(f"{self.cluster.data_dir / vol_name} is not on {self.cluster.uri}")
+        return self._download(vol, offset, length)
+
+    def write(self, vol_name: str, offset: int, data: bytes) -> None:
+        """Overwrite bytes of our volume in place (the FAM: every node maps it shared and sees
+        the write at once, as a write to the file on the host would be seen)."""
+        vol = self.volume(vol_name)
+        if vol is None:
+            raise DaliError(f"{self.cluster.data_dir / vol_name} is not on {self.cluster.uri}")
+        self._upload(vol, offset, data)
+
+    def available(self) -> int:
+        """Bytes free in the pool's filesystem on the libvirt host."""
+        pool = self._active()
+        return pool.info()[3] if pool is not None else 0
+
+    def size(self, vol_name: str) -> int | None:
+        vol = self.volume(vol_name)
+        return None if vol is None else vol.info()[1]
+
+    def path(self, vol_name: str) -> str | None:
+        vol = self.volume(vol_name)
+        return None if vol is None else vol.path()
+
+    def backing(self, vol_name: str) -> str | None:
+        """The path the qcow2 volume is built on, as libvirt reads it from its header."""
+        vol = self.volume(vol_name)
+        if vol is None:
+            return None
+        return ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path")
+
+    def delete(self, vol_name: str, dryrun: bool = False) -> None:
+        """Delete our volume, if it is there (someone else's is refused by volume()), and its
+        name from the marker."""
+        vol = self.volume(vol_name)
+        if vol is not None:
+            if dryrun:
+                cleaning.said("file", f"{self.cluster.data_dir / vol_name} on {self.cluster.uri}", True)
+                return
+            users = self.virt.domains_using(vol.path())
+            if users:
+                raise DaliError(f"{vol.path()} on {self.cluster.uri} is still used by domain "
+                                f"{', '.join(users)}: undefine it first (doit clean does that)")
+            vol.delete(0)
+            cleaning.said("file", f"{self.cluster.data_dir / vol_name} on {self.cluster.uri}", False)
+        if not dryrun and self._lookup() is not None and self.marker() is not None:
+            self._listing([vol_name], False)
+
+    def remove(self, dryrun: bool = False) -> None:
+        """The last of clean: once none of our volumes is left, the marker, the pool, and the
+        directory if libvirt made it for us. A pool holding anything else stays, and says so."""
+        c = self.cluster
+        pool = self._active()
+        if pool is None:
+            return
+        marker = self.marker(pool)
+        what = f"{c.data_dir} on {c.uri}"
+        if marker is None:
+            cleaning.kept(what, f"storage pool {name(c)} has no marker of this cluster", dryrun)
+            return
+        for listed in sorted(marker["volumes"]):
+            self.delete(listed, dryrun)
+        others = [v for v in pool.listVolumes() if v != MARKER and v not in marker["volumes"]]
+        if others:
+            cleaning.kept(what, f"it holds {', '.join(sorted(others)[:3])}, which dali did not make", dryrun)
+            return
+        if not dryrun:
+            pool.storageVolLookupByName(MARKER).delete(0)
+            pool.destroy()
+            if marker.get("made_dir"):
+                pool.delete(0)
+            pool.undefine()
+        cleaning.said("storage pool", f"{name(c)} ({what})", dryrun)
+
+    # --- streams ----------------------------------------------------------------------------------
+
+    def _download(self, vol: libvirt.virStorageVol, offset: int, length: int) -> bytes:
+        stream = self.virt.conn.newStream(0)
+        vol.download(stream, offset, length, 0)
+        chunks = []
+        stream.recvAll(lambda _s, data, _o: chunks.append(data) or 0, None)
+        stream.finish()
+        return b"".join(chunks)
+
+    def _upload(self, vol: libvirt.virStorageVol, offset: int, data: bytes) -> None:
+        stream = self.virt.conn.newStream(0)
+        vol.upload(stream, offset, len(data), 0)
+        view = memoryview(data)
+        sent = 0
+        while sent < len(data):
+            sent += stream.send(bytes(view[sent:sent + CHUNK]))
+        stream.finish()
+
+
+def _volume_xml(vol_name: str, capacity: int, fmt: str, *, allocation: int = 0,
+                backing: Path | None = None, mode: str = "0600") -> str:
+    backing_xml = (f"<backingStore><path>{backing}</path><format type='qcow2'/></backingStore>"
+                   if backing else "")
+    return (f"<volume><name>{vol_name}</name><capacity unit='bytes'>{capacity}</capacity>"
+            f"<allocation unit='bytes'>{allocation}</allocation>"
+            f"<target><format type='{fmt}'/><permissions><mode>{mode}</mode></permissions></target>"
+            f"{backing_xml}</volume>")
