@@ -2,7 +2,8 @@
 kernel's own words for a crash in it.
 
 libvirt writes every node's serial console to /var/log/libvirt/qemu/<node>-console.log
-(templates/domain.xml.j2), anew each time the node's qemu starts. A window is the byte offset at
+(templates/domain.xml.j2), anew each time the node's qemu starts; on a remote libvirt host, to
+<dir>/<node>-console.log, read back as a volume of the cluster's pool (cluster.console_log). A window is the byte offset at
 its start; when the file is shorter at the end (qemu restarted) the window is the whole file.
 
 The patterns are the ones kdevops' fstests watchdog and the kernel's own test bots look for:
@@ -14,9 +15,10 @@ prints many lines, and a hung task repeats every two minutes.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-LOG_DIR = Path("/var/log/libvirt/qemu")
+from dali.cluster import Cluster
+from dali.pool import Pool
+from dali.virt import Libvirt
 
 PATTERNS = [  # kdevops' CRASH_PATTERNS (scripts/workflows/lib/crash.py), at the line's start
     ("panic", re.compile(r"Kernel panic - not syncing.*")),
@@ -36,22 +38,25 @@ FATAL = {"panic", "oops", "BUG", "soft lockup", "hard lockup", "fenced"}
 _TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s*")
 
 
-def log_path(name: str) -> Path:
-    return LOG_DIR / f"{name}-console.log"
-
-
-def mark(name: str) -> int:
+def mark(cluster: Cluster, name: str) -> int:
     """Where the node's console log ends now: the start of a window."""
+    if cluster.remote:
+        return Pool(cluster, Libvirt.of(cluster)).size(cluster.console_log(name).name) or 0
     try:
-        return log_path(name).stat().st_size
+        return cluster.console_log(name).stat().st_size
     except OSError:
         return 0
 
 
-def since(name: str, offset: int) -> bytes:
+def since(cluster: Cluster, name: str, offset: int) -> bytes:
     """What the node's console printed since `offset` (the whole log if qemu started anew)."""
+    if cluster.remote:
+        pool, volume = Pool(cluster, Libvirt.of(cluster)), cluster.console_log(name).name
+        size = pool.size(volume) or 0
+        start = offset if size >= offset else 0
+        return pool.read(volume, start, size - start) if size > start else b""
     try:
-        data = log_path(name).read_bytes()
+        data = cluster.console_log(name).read_bytes()
     except OSError:
         return b""
     return data[offset:] if len(data) >= offset else data

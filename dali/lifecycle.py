@@ -120,8 +120,12 @@ def _wait_in_node(cluster: Cluster, virt: Libvirt, node: Node, dom, wait: int) -
                         f"/dev/dax0.0): see its console, /var/log/libvirt/qemu/{node.name}-console.log")
 
 
-def started_at(name: str) -> float | None:
-    """When the node's qemu started (the host's clock), from its process: no agent needed."""
+def started_at(cluster: Cluster, virt: Libvirt, dom) -> float | None:
+    """When the node's qemu started (the host's clock), from its process: no agent needed. On
+    a remote libvirt host, when dali started it (its qemu process is out of reach)."""
+    if cluster.remote:
+        return virt.started_at(dom)
+    name = dom.name()
     try:
         pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
         ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
@@ -135,9 +139,9 @@ def _boot_left(cluster: Cluster, virt: Libvirt, dom) -> float:
     """Seconds a node that is not usable may still take to boot (timeouts.boot since its qemu
     started); 0 for one that is not booting: a kernel that panicked, or one silent for longer."""
     from dali import evidence  # here: a no-op doit loads lifecycle, and need not load this
-    started = started_at(dom.name())
+    started = started_at(cluster, virt, dom)
     left = cluster.boot_timeout - (time.time() - started) if started is not None else 0
-    return 0 if left <= 0 or evidence.panicked(virt, dom) else left
+    return 0 if left <= 0 or evidence.panicked(cluster, virt, dom) else left
 
 
 def running(cluster: Cluster, virt: Libvirt, names=(), wait: bool = True) -> tuple[list, list[str]]:
@@ -179,7 +183,7 @@ def _keep_a_crash(cluster: Cluster, virt: Libvirt, dom) -> None:
 def _keep_if_panicked(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:
     """Before a node is powered off: the evidence of a panic, kept (dali/evidence.py)."""
     from dali import evidence
-    why = evidence.panicked(virt, dom)
+    why = evidence.panicked(cluster, virt, dom)
     if why:
         evidence.keep(cluster, node.name, why, virt=virt, dom=dom)
 

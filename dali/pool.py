@@ -21,6 +21,7 @@ volume (harmless: deleting it finds nothing), never a volume nobody knows.
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -238,6 +239,18 @@ class Pool:
             raise DaliError(f"{self.cluster.data_dir / vol_name} is not on {self.cluster.uri}")
         return self._download(vol, offset, length)
 
+    def download(self, vol_name: str, local: Path) -> None:
+        """The whole volume into the local file `local` (made 0600: a memory dump holds keys)."""
+        vol = self.volume(vol_name)
+        if vol is None:
+            raise DaliError(f"{self.cluster.data_dir / vol_name} is not on {self.cluster.uri}")
+        fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            stream = self.virt.conn.newStream(0)
+            vol.download(stream, 0, 0, 0)  # length 0: to the end
+            stream.recvAll(lambda _s, data, _o: f.write(data) and 0, None)
+            stream.finish()
+
     def write(self, vol_name: str, offset: int, data: bytes) -> None:
         """Overwrite bytes of our volume in place (the FAM: every node maps it shared and sees
         the write at once, as a write to the file on the host would be seen)."""
@@ -266,20 +279,22 @@ class Pool:
             return None
         return ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path")
 
-    def delete(self, vol_name: str, dryrun: bool = False) -> None:
+    def delete(self, vol_name: str, dryrun: bool = False, *, remade: bool = False) -> None:
         """Delete our volume, if it is there (someone else's is refused by volume()), and its
-        name from the marker."""
+        name from the marker. `remade`: it is made again at once under the same name (the
+        frozen original's disk), so the domains naming it are no reason to keep it."""
         vol = self.volume(vol_name)
         if vol is not None:
             if dryrun:
                 cleaning.said("file", f"{self.cluster.data_dir / vol_name} on {self.cluster.uri}", True)
                 return
-            users = self.virt.domains_using(vol.path())
+            users = [] if remade else self.virt.domains_using(vol.path())
             if users:
                 raise DaliError(f"{vol.path()} on {self.cluster.uri} is still used by domain "
                                 f"{', '.join(users)}: undefine it first (doit clean does that)")
             vol.delete(0)
-            cleaning.said("file", f"{self.cluster.data_dir / vol_name} on {self.cluster.uri}", False)
+            if not remade:
+                cleaning.said("file", f"{self.cluster.data_dir / vol_name} on {self.cluster.uri}", False)
         if not dryrun and self._lookup() is not None and self.marker() is not None:
             self._listing([vol_name], False)
 

@@ -159,7 +159,7 @@ def freeze(cluster: Cluster, virt: Libvirt) -> None:
         raise DaliError(f"{cluster.disk(node)} is not on {cluster.uri}: run doit, which makes it")
     log(f"{node.name}: copying its disk to {cluster.frozen_disk} on {cluster.uri}")
     pool.copy(FROZEN, name)
-    pool.delete(name)
+    pool.delete(name, remade=True)
     create_disk(cluster, virt, node)
     log(f"{node.name}: disk frozen as {cluster.frozen_disk}; clones start from it")
 
@@ -176,3 +176,79 @@ def remove_volume(cluster: Cluster, virt: Libvirt, path: Path, dryrun: bool = Fa
         if built_on:
             return  # our disks on it go first; the pool's removal at the end takes it then
     pool.delete(name, dryrun)
+
+
+# --- the golden copy and doit reset --------------------------------------------------------------
+
+GOLDEN = "FAM.golden"
+
+
+def golden_is_current(cluster: Cluster, virt: Libvirt) -> bool:
+    """As dali/reset.py: FAM.golden holds the reserved area of the namespace the FAM holds now.
+    `complete` is written once its last byte is there: a copy cut short is not current."""
+    from dali import fam
+    facts = pools.Pool(cluster, virt).facts(GOLDEN)
+    held = fam.held(cluster)
+    return bool(facts and facts.get("complete") and held["mode"] != "raw"
+                and facts.get("uuid") == held.get("uuid"))
+
+
+def make_golden(cluster: Cluster, virt: Libvirt) -> None:
+    """FAM.golden: a sparse volume of the FAM's size holding the reserved area (ndctl's info
+    block and memory map, ~18 MiB of a 1 GiB FAM), read from the FAM and written back."""
+    from dali import fam
+    pool = pools.Pool(cluster, virt)
+    held = fam.held(cluster)
+    pool.delete(GOLDEN)
+    pool.create(GOLDEN, cluster.fam_size, "raw")
+    for offset in range(0, held["data_offset"], pools.CHUNK * 16):
+        length = min(pools.CHUNK * 16, held["data_offset"] - offset)
+        pool.write(GOLDEN, offset, fam.read_at(cluster, offset, length))
+    pool.record(GOLDEN, complete=True, uuid=held.get("uuid"))
+
+
+def _everything_off(cluster: Cluster, virt: Libvirt, path: Path) -> None:
+    running = [name for name in virt.domains_using(path) if virt.is_active(name)]
+    if running:
+        raise DaliError(f"{', '.join(running)} still running with {path}: doit shutdown first "
+                        "(a reset rewrites what a running node has open)")
+
+
+def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
+    """The FAM wiped on the libvirt host (virStorageVolWipe: zeros, written there, not sent),
+    then the golden reserved area written back: the FAM keeps its volume, and so its place in
+    every domain. A run killed between the two leaves a raw FAM, which the next doit's original
+    makes fsdax again: nothing of the device is kept either way, as asked."""
+    from dali import fam
+    if not golden_is_current(cluster, virt):
+        raise DaliError(f"no golden copy of {cluster.fam_path} for its namespace: run doit first "
+                        "(it makes one once the original has set the device up)")
+    _everything_off(cluster, virt, cluster.fam_path)
+    pool = pools.Pool(cluster, virt)
+    data_offset = fam.held(cluster)["data_offset"]
+    pool.volume(FAM).wipe(0)
+    for offset in range(0, data_offset, pools.CHUNK * 16):
+        length = min(pools.CHUNK * 16, data_offset - offset)
+        pool.write(FAM, offset, pool.read(GOLDEN, offset, length))
+    fam.forget_saved(cluster)
+    log(f"{cluster.fam_path} on {cluster.uri}: back to the golden copy; the device's data is discarded")
+
+
+def reset_disks(cluster: Cluster, virt: Libvirt) -> None:
+    pool = pools.Pool(cluster, virt)
+    if pool.volume(FROZEN) is None:
+        raise DaliError("no frozen disk to go back to: reset:disks is for a cluster with clones "
+                        "(doit clone makes them)")
+    names = {node: disk_name(cluster, node) for node in cluster.nodes}
+    for node, name in names.items():
+        if pool.volume(name) is not None:
+            _everything_off(cluster, virt, cluster.disk(node))
+    for node, name in names.items():
+        vol = pool.volume(name)
+        if vol is None:
+            continue
+        discarded = vol.info()[2]
+        # Deleted, then made again: a kill in between leaves no disk, which the next doit makes.
+        pool.delete(name, remade=True)
+        create_disk(cluster, virt, node)
+        log(f"{node.name}: disk back to the frozen state; discarded {discarded / 2**20:.1f} MiB")

@@ -23,6 +23,7 @@ from dali.domain import gdb_socket
 from dali.errors import DaliError
 from dali.fanout import each
 from dali.lifecycle import started_at, usable_says_the_node
+from dali.pool import Pool
 from dali.virt import Libvirt
 
 STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
@@ -44,20 +45,24 @@ def node_row(cluster: Cluster, virt: Libvirt, node: Node, addresses: dict[str, s
     row = {"node": node.name, "state": "undefined", "address": addresses.get(node.name, "-"),
            "pmem": "-", "disk": "-", "uptime": "-"}
     disk = cluster.disk(node)
-    if disk.exists():
+    if cluster.remote:
+        vol = Pool(cluster, virt).volume(disk.name)
+        if vol is not None:
+            row["disk"] = f"{disk.name} ({_mib(vol.info()[2])})"  # its allocation there
+    elif disk.exists():
         row["disk"] = f"{disk.name} ({_mib(disk.stat().st_blocks * 512)})"
     dom = virt.domain(node.name)
     if dom is None:
         return row
     row["state"] = STATES.get(dom.state()[0], "other")
     from dali import evidence  # here: a no-op doit loads status, and need not load this
-    why = evidence.panicked(virt, dom)
+    why = evidence.panicked(cluster, virt, dom)
     if why:
         row["state"], row["why"] = "panicked", why
         return row
     if row["state"] != "running":
         return row
-    started = started_at(node.name)
+    started = started_at(cluster, virt, dom)
     if started is not None:
         row["uptime"] = _duration(time.time() - started)
     silent = not virt.agent_answers(dom)

@@ -433,7 +433,7 @@ def _one_pass(cluster: Cluster, virt: Libvirt, p: Plan, run_id: str, run_dir: Pa
     """The jobs on every node against one device, judged, reported and kept in run_dir."""
     run_dir.mkdir(mode=0o700, exist_ok=True)
     report = Report(cluster, virt, p, run_id, run_dir)
-    windows = {n.name: consoles.mark(n.name) for n in cluster.nodes}  # every node's console
+    windows = {n.name: consoles.mark(cluster, n.name) for n in cluster.nodes}  # every node's console
     span = _device_span(p) if save_device and p.kind != "dir" else None
     if span:
         _save_and_zero(cluster, span)

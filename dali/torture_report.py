@@ -56,7 +56,7 @@ class Report:
         first_fault = min((f.at for f in p.faults), default=None)
         self.results = results
         for name, offset in windows.items():
-            text = consoles.since(name, offset)
+            text = consoles.since(self.cluster, name, offset)
             (self.dir / "console").mkdir(exist_ok=True)
             (self.dir / "console" / f"{name}.log").write_bytes(text)
             found = consoles.findings(text)

@@ -72,6 +72,9 @@ class Libvirt:
         self._conn: libvirt.virConnect | None = None
         # For uptodate checks: (actions started when made, {name: (domain, its mark)}).
         self._listed: tuple[int, dict] | None = None
+        # Where start() writes when it started a domain, for a libvirtd on another host (on this
+        # machine the qemu process says: dali/lifecycle.py started_at).
+        self.starts_file = None
 
     _shared: dict[tuple[str, str], "Libvirt"] = {}
 
@@ -82,6 +85,8 @@ class Libvirt:
         key = (cluster.uri, cluster.id)
         if key not in cls._shared:
             cls._shared[key] = cls(cluster.uri, cluster.id)
+            if cluster.remote:
+                cls._shared[key].starts_file = cluster.state_dir / "starts.json"
         return cls._shared[key]
 
     @property
@@ -244,6 +249,28 @@ class Libvirt:
             dom.create()
         except libvirt.libvirtError as e:
             raise DaliError(f"starting {dom.name()} failed: {e.get_error_message()}")
+        if self.starts_file is not None:
+            self._record_start(dom)
+
+    def _record_start(self, dom: libvirt.virDomain) -> None:
+        """{name: [libvirt's id of this run, when it started]}: an id that no longer matches
+        is a run started otherwise (virsh start), whose start time is not known."""
+        try:
+            starts = json.loads(self.starts_file.read_text())
+        except (OSError, ValueError):
+            starts = {}
+        starts[dom.name()] = [dom.ID(), time.time()]
+        tmp = self.starts_file.with_name(self.starts_file.name + ".new")
+        tmp.write_text(json.dumps(starts))
+        tmp.replace(self.starts_file)
+
+    def started_at(self, dom: libvirt.virDomain) -> float | None:
+        """When start() started this run of the domain, if it did (see _record_start)."""
+        try:
+            run_id, when = json.loads(self.starts_file.read_text())[dom.name()]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return when if run_id == dom.ID() else None
 
     # What the guest agent runs for a shutdown: an orderly one; or, for a node with nothing
     # to stop but its processes (the original, which has only made its namespace), systemd's
