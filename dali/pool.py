@@ -67,15 +67,60 @@ class Pool:
     def exists(self) -> bool:
         return self._lookup() is not None
 
+    def problem(self) -> str | None:
+        """Before anything is made: why the pool could not be made at dir, or None. A pool not
+        defined yet is tried as a transient one, started and stopped again (nothing in the
+        directory is touched): a directory that holds files, or that another pool has, is
+        refused here, before the network or anything else of the cluster exists."""
+        c = self.cluster
+        if self.exists():
+            return None  # checked when it was made; its marker is checked by every use
+        try:
+            trial = self.virt.conn.storagePoolCreateXML(
+                f"<pool type='dir'><name>{name(c)}-check</name>"
+                f"<target><path>{c.data_dir}</path></target></pool>", 0)
+        except libvirt.libvirtError as e:
+            if "already" in e.get_error_message():  # another pool has that directory
+                return (f"dir (DALI_DIR) {c.data_dir} on {c.uri}: {e.get_error_message()}: pick "
+                        "another dir")
+            return None  # not there yet: libvirt makes it with the pool
+        try:
+            found = trial.listVolumes()
+            if MARKER in found and self.marker(trial) is not None:
+                found = []  # ours, the pool undefined meanwhile (virsh pool-undefine): made again
+        finally:
+            trial.destroy()  # a transient pool is gone once stopped; its directory stays as it was
+        if found:
+            return (f"dir (DALI_DIR) {c.data_dir} on {c.uri} holds {', '.join(sorted(found)[:3])} "
+                    "that dali did not make for this cluster: pick another dir")
+        return None
+
     def _active(self) -> libvirt.virStoragePool | None:
-        """The pool, started and refreshed (a file libvirt did not make shows up), if it exists."""
+        """The pool, started, if it exists."""
         pool = self._lookup()
         if pool is None:
             return None
         if not pool.isActive():
             pool.create(0)
-        pool.refresh(0)
         return pool
+
+    @staticmethod
+    def _find(pool: libvirt.virStoragePool, vol_name: str) -> libvirt.virStorageVol | None:
+        """The volume of that name. libvirt lists a file it did not make (a console log, a
+        memory dump) only after a refresh, which is asked for only then: a refresh is refused
+        while a transfer on the pool runs (another thread's, or another doit's), and then the
+        file is taken as not there yet. A volume's size is read anew on every info()."""
+        def lookup():
+            return unless_gone(lambda: pool.storageVolLookupByName(vol_name),
+                               libvirt.VIR_ERR_NO_STORAGE_VOL, default=None)
+        vol = lookup()
+        if vol is None:
+            try:
+                pool.refresh(0)
+            except libvirt.libvirtError:
+                return None
+            vol = lookup()
+        return vol
 
     def ensure(self) -> None:
         """The pool, defined, started and autostarted, with our marker; its directory made by
@@ -135,8 +180,7 @@ class Pool:
         pool = pool or self._active()
         if pool is None:
             return None
-        vol = unless_gone(lambda: pool.storageVolLookupByName(MARKER), libvirt.VIR_ERR_NO_STORAGE_VOL,
-                          default=None)
+        vol = self._find(pool, MARKER)
         if vol is None:
             return None
         try:
@@ -175,8 +219,7 @@ class Pool:
         pool = self._active()
         if pool is None:
             return None
-        vol = unless_gone(lambda: pool.storageVolLookupByName(vol_name), libvirt.VIR_ERR_NO_STORAGE_VOL,
-                          default=None)
+        vol = self._find(pool, vol_name)
         if vol is None:
             return None
         marker = self.marker(pool)
@@ -312,6 +355,7 @@ class Pool:
             return
         for listed in sorted(marker["volumes"]):
             self.delete(listed, dryrun)
+        pool.refresh(0)  # every file there, also those libvirt did not make
         others = [v for v in pool.listVolumes() if v != MARKER and v not in marker["volumes"]]
         if others:
             cleaning.kept(what, f"it holds {', '.join(sorted(others)[:3])}, which dali did not make", dryrun)

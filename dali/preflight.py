@@ -48,7 +48,7 @@ def remote_problem(cluster: Cluster, virt: Libvirt) -> str | None:
     room for the FAM (dali/pool.py). A pool not made yet is checked as it is made."""
     found = pools.Pool(cluster, virt)
     if not found.exists():
-        return None
+        return found.problem()
     try:
         if found.marker() is None:
             return (f"dir (DALI_DIR): storage pool {pools.name(cluster)} on {cluster.uri} has no marker of "

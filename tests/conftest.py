@@ -120,6 +120,7 @@ CLUSTER_MODULES = [
     ("test_shared_fs.py", "test_torture.py"),  # the OCFS2 cluster (conftest.ocfs2_cluster)
     ("test_cluster.py", "test_cluster_living.py"),  # the first cluster (conftest.first_cluster)
     ("test_kill.py",),
+    ("test_remote.py",),  # a second libvirtd playing a remote host (tests/remote_host.py)
     ("test_device_modes.py",),
     ("test_kernel_loop.py",),
     ("test_two_clusters.py",),
@@ -174,14 +175,22 @@ class ClusterUnderTest:
     subnet dali picks (so it never collides with a user's cluster), and doit run on it the way a
     user would. teardown() leaves the host as it was, also after a failed test."""
 
-    def __init__(self, path: Path, tag: str, **overrides):
+    def __init__(self, path: Path, tag: str, remote=None, **overrides):
+        """`remote`: a tests/remote_host.py RemoteHost whose libvirtd runs the cluster, its
+        files in /var/lib/dali/<tag> there (a directory this machine does not have)."""
         _must_be_marked_guest()
-        self.path, self.tag = path, tag
-        self.data_dir = Path(tempfile.mkdtemp(prefix=f"dali-{tag}-", dir="/var/tmp")) / tag
-        self.data_dir.parent.chmod(0o755)
+        self.path, self.tag, self.remote = path, tag, remote
+        if remote is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix=f"dali-{tag}-", dir="/var/tmp")) / tag
+            self.data_dir.parent.chmod(0o755)
+            uri = "qemu:///system"
+        else:
+            self.data_dir = Path("/var/lib/dali") / tag
+            uri = remote.uri
+            overrides = {"uri": uri, "device": {"style": "native"}, **overrides}
         self.settings: dict = {}
         self.set(**overrides)
-        self.virt = Libvirt("qemu:///system", self.cfg.id)
+        self.virt = Libvirt(uri, self.cfg.id)
 
     def set(self, **overrides) -> None:
         """Rewrite the cluster file: top-level keys as given, sections as dicts."""
@@ -226,6 +235,13 @@ class ClusterUnderTest:
             if net.isActive():
                 net.destroy()
             net.undefine()
+        if self.remote is not None:
+            # Its files are the remote host's, which RemoteHost.stop() removes with the rest of
+            # that daemon: nothing of this machine's to remove but the state.
+            shutil.rmtree(self.cfg.state_dir, ignore_errors=True)
+            for leftover in (self.cfg.dep_file, self.cfg.lock_file):
+                leftover.unlink(missing_ok=True)
+            return
         template = self.cfg.apparmor_template
         if template.exists() and str(self.cfg.fam_path) in template.read_text():
             from dali import apparmor
