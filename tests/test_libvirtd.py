@@ -1,0 +1,60 @@
+"""Where the cluster's libvirtd is, from its uri (dali/libvirtd.py, dali.cluster.is_remote), and
+how ssh reaches its nodes. No libvirtd needed: a remote host's proxy is text, and a socket's
+owner is asked of a socket this test listens on."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from dali import libvirtd, settings
+from dali.cluster import is_remote
+
+
+@pytest.mark.parametrize("uri, remote", [
+    ("qemu:///system", False),
+    ("qemu:///session", False),
+    ("test:///default", False),
+    ("qemu+ssh://root@lab/system", True),
+    ("qemu+tls://lab.example/system", True),
+    ("qemu+unix:///system?socket=/run/other/libvirt-sock", True),
+    ("qemu+unix:///system", False),
+])
+def test_a_uri_is_remote_when_it_names_a_host_or_a_daemons_socket(uri, remote):
+    assert is_remote(uri) is remote
+
+
+def remote_cluster(tmp_path, uri, netns=""):
+    lines = [f'uri = "{uri}"', "[device]", 'style = "native"']
+    if netns:
+        lines += ["[remote]", f'netns = "{netns}"']
+    (tmp_path / "c.toml").write_text("\n".join(lines) + "\n")
+    return settings.load(tmp_path / "c.toml", env={}, repo=tmp_path)
+
+
+def test_ssh_jumps_through_the_libvirt_host(tmp_path):
+    c = remote_cluster(tmp_path, "qemu+ssh://admin@lab.example:2222/system")
+    assert libvirtd.ssh_proxy(c) == "ssh -l admin -p 2222 lab.example nc %h %p"
+    assert libvirtd.route_table(c.uri) is None  # another machine's: not readable from here
+    c = remote_cluster(tmp_path, "qemu+ssh://lab/system", netns="dali")
+    assert libvirtd.ssh_proxy(c) == "ssh lab ip netns exec dali nc %h %p"
+
+
+def test_a_remote_dir_is_taken_as_written(tmp_path):
+    """A path on the libvirt host: not resolved against this machine's symlinks."""
+    c = remote_cluster(tmp_path, "qemu+ssh://lab/system")
+    assert str(c.data_dir) == f"/var/lib/dali/{c.tag}" and c.remote
+    assert c.image_dir == c.data_dir  # a pool's volumes are the files of one directory
+    assert c.console_log(c.original_node) == c.data_dir / f"{c.original_node.name}-console.log"
+
+
+def test_the_daemon_behind_a_socket_is_found_by_asking_the_socket(tmp_path):
+    path = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen(1)
+        assert libvirtd.local_pid(f"qemu+unix:///system?socket={path}") == os.getpid()
+    assert libvirtd.namespace_prefix(os.getpid()) == []  # our own namespace: nothing to enter
+    assert libvirtd.local_pid(f"qemu+unix:///system?socket={tmp_path / 'none'}") is None
