@@ -67,6 +67,14 @@ class Pool:
     def exists(self) -> bool:
         return self._lookup() is not None
 
+    def is_empty(self) -> bool:
+        """No file at all in the pool's directory (one a run killed as it made the pool left)."""
+        pool = self._active()
+        if pool is None:
+            return True
+        pool.refresh(0)
+        return not pool.listVolumes()
+
     def problem(self) -> str | None:
         """Before anything is made: why the pool could not be made at dir, or None. A pool not
         defined yet is tried as a transient one, started and stopped again (nothing in the
@@ -350,6 +358,14 @@ class Pool:
             return
         marker = self.marker(pool)
         what = f"{c.data_dir} on {c.uri}"
+        if marker is None and self.is_empty():
+            # Our name (it carries the cluster's id) and not a file in it: a run killed as it
+            # made the pool, or as clean removed it. Undefined; the directory is left.
+            if not dryrun:
+                pool.destroy()
+                pool.undefine()
+            cleaning.said("storage pool", f"{name(c)} ({what})", dryrun)
+            return
         if marker is None:
             cleaning.kept(what, f"storage pool {name(c)} has no marker of this cluster", dryrun)
             return

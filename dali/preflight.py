@@ -50,7 +50,7 @@ def remote_problem(cluster: Cluster, virt: Libvirt) -> str | None:
     if not found.exists():
         return found.problem()
     try:
-        if found.marker() is None:
+        if found.marker() is None and not found.is_empty():
             return (f"dir (DALI_DIR): storage pool {pools.name(cluster)} on {cluster.uri} has no marker of "
                     "this cluster: remove that pool (virsh pool-undefine), or pick another tag")
         if not fam.exists(cluster):

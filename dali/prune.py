@@ -11,9 +11,10 @@ earlier config is found too.
 
 from __future__ import annotations
 
-from dali import cleaning, disks, identity_disk, marks, network
+from dali import cleaning, disks, identity_disk, marks, network, remote
 from dali.cluster import Cluster
 from dali.errors import DaliError
+from dali.pool import Pool
 from dali.reporter import log
 from dali.virt import Libvirt
 
@@ -27,12 +28,23 @@ def left_over(cluster: Cluster) -> list[str]:
     """Names of nodes that left the config but whose disk is still here (ours): what
     remove:NODE can delete. Read from the data directory, cheaply (names and xattrs)."""
     wanted = {n.name for n in cluster.nodes}
-    if not cluster.data_dir.is_dir():
+    if cluster.remote:
+        try:  # the volumes the pool's marker lists: one question to the libvirt host
+            listed = (Pool(cluster, Libvirt.of(cluster)).marker() or {}).get("volumes", {})
+        except DaliError:
+            return []  # not reachable: no remove:NODE tasks this time (every other task says why)
+        candidates = [(cluster.data_dir / v, True) for v in sorted(listed)]
+    elif cluster.data_dir.is_dir():
+        candidates = [(path, None) for path in sorted(cluster.data_dir.glob(f"{cluster.tag}*.qcow2"))]
+    else:
         return []
     found = []
-    for path in sorted(cluster.data_dir.glob(f"{cluster.tag}*.qcow2")):
+    for path, ours in candidates:
+        if not (path.name.startswith(cluster.tag) and path.name.endswith(".qcow2")):
+            continue
         name = path.name[:-len(".qcow2")]
-        if name not in wanted and name[len(cluster.tag):].isalnum() and marks.is_ours(path, cluster):
+        if (name not in wanted and name[len(cluster.tag):].isalnum()
+                and (ours or marks.is_ours(path, cluster))):
             found.append(name)
     return found
 
@@ -58,9 +70,15 @@ def remove(cluster: Cluster, virt: Libvirt, name: str, dryrun: bool = False) -> 
         if not dryrun:
             dom.undefine()
         cleaning.said("node", name, dryrun)
-    disks.remove_file(cluster, virt, cluster.disk(name), dryrun)
-    disks.remove_file(cluster, virt, identity_disk.path(cluster, name), dryrun)  # its host key
-    if not dryrun and not cluster.disk(name).exists():
+    if cluster.remote:
+        for path in (cluster.disk(name), identity_disk.path(cluster, name)):
+            remote.remove_volume(cluster, virt, path, dryrun)
+        gone = Pool(cluster, virt).volume(cluster.disk(name).name) is None
+    else:
+        disks.remove_file(cluster, virt, cluster.disk(name), dryrun)
+        disks.remove_file(cluster, virt, identity_disk.path(cluster, name), dryrun)  # its host key
+        gone = not cluster.disk(name).exists()
+    if not dryrun and gone:
         network.forget_host(cluster, virt, name)  # its address is free again
         log(f"{name}: removed")
 

@@ -8,9 +8,11 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import string
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import libvirt
@@ -47,6 +49,30 @@ def run_doit(*args: str, env: dict | None = None, timeout: int = 3600) -> subpro
                          env=user_env(**(env or {})), timeout=timeout)
     print(f"$ doit {' '.join(args)}  (exit {run.returncode})\n{run.stdout}{run.stderr}")
     return run
+
+
+def run_until(c: ClusterUnderTest, pattern: str, sig: signal.Signals, delay: float, *args: str) -> tuple[bool, str]:
+    """Run doit; when it prints a line matching pattern, wait `delay` s and send `sig`.
+    Returns whether that happened, and everything doit printed."""
+    process = subprocess.Popen([str(DOIT), *args, f"config={c.path}"], cwd=REPO,
+                               env=user_env(), text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    said, hit = [], threading.Event()
+    for line in process.stdout:
+        said.append(line)
+        if not hit.is_set() and re.search(pattern, line):
+            hit.set()
+            threading.Timer(delay, process.send_signal, [sig]).start()
+    process.wait()
+    output = "".join(said)
+    print(f"$ doit {' '.join(args)}  # {sig.name} at {pattern!r}+{delay}s: exit {process.returncode}\n{output}")
+    if hit.is_set():
+        if sig == signal.SIGINT:
+            assert process.returncode == 130 and "dali: stopped by Ctrl-C" in output, output
+        else:
+            assert process.returncode == -signal.SIGKILL, output
+        assert "Traceback" not in output
+    return hit.is_set(), output
 
 
 def one_error_line(run: subprocess.CompletedProcess) -> str:

@@ -18,14 +18,12 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import threading
 
 import pytest
 
-from conftest import DOIT, ClusterUnderTest, assert_built, debootstrap_of, files_under, user_env, unique_tag
+from conftest import ClusterUnderTest, assert_built, debootstrap_of, files_under, run_until, unique_tag
 from dali.image_builder import kept_tree
 from dali.scratch import abandoned_work, remove_tree
-from dali.cluster import REPO
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
@@ -89,30 +87,6 @@ CLEAN = [
 # (No point inside the sweep itself: its rmdirs take microseconds, and a kill sent on one of its
 # lines lands after the rest. Each point above is followed by a step that takes milliseconds at
 # least, a libvirt call or apparmor_parser, before the next point's object goes.)
-
-
-def run_until(c: ClusterUnderTest, pattern: str, sig: int, delay: float, *args: str) -> tuple[bool, str]:
-    """Run doit; when it prints a line matching pattern, wait `delay` s and send `sig`.
-    Returns whether that happened, and everything doit printed."""
-    process = subprocess.Popen([str(DOIT), *args, f"config={c.path}"], cwd=REPO,
-                               env=user_env(), text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    said, hit = [], threading.Event()
-    for line in process.stdout:
-        said.append(line)
-        if not hit.is_set() and re.search(pattern, line):
-            hit.set()
-            threading.Timer(delay, process.send_signal, [sig]).start()
-    process.wait()
-    output = "".join(said)
-    print(f"$ doit {' '.join(args)}  # {sig.name} at {pattern!r}+{delay}s: exit {process.returncode}\n{output}")
-    if hit.is_set():
-        if sig == INT:
-            assert process.returncode == 130 and "dali: stopped by Ctrl-C" in output, output
-        else:
-            assert process.returncode == -KILL, output
-        assert "Traceback" not in output
-    return hit.is_set(), output
 
 
 @pytest.fixture(scope="module")

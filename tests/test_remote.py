@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import re
+import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from conftest import ClusterUnderTest, one_error_line, unique_tag
+from conftest import ClusterUnderTest, one_error_line, run_until, unique_tag
 from remote_host import RemoteHost
 
 from dali import fam
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
-REMOTE, LOCAL, STRANGER = unique_tag("dalirem"), unique_tag("daliloc"), unique_tag("dalistr")
+REMOTE, LOCAL, STRANGER, KILLED = (unique_tag("dalirem"), unique_tag("daliloc"), unique_tag("dalistr"),
+                                   unique_tag("dalikil"))
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +80,28 @@ def test_a_dir_there_with_files_dali_did_not_make_is_refused_leaving_nothing(hos
         (theirs / "notes.txt").unlink()
         theirs.rmdir()
         stranger.teardown()
+
+
+def test_killed_uploading_or_cleaning_there_converges(host, tmp_path):
+    """SIGKILL in the middle of the image's upload, then of a clean: the next run finishes the
+    job, from what the pool holds then (doit's records of a killed run are lost)."""
+    c = ClusterUnderTest(tmp_path / "cluster.toml", KILLED, remote=host)
+    try:
+        hit, _ = run_until(c, r"uploading base\.qcow2", signal.SIGKILL, 0.3, "image:base")
+        assert hit
+        c.doit("image:base")
+        cached = next(c.cfg.cache_dir.glob("image-*/base.qcow2"))
+        there = on_host(host, c)
+        for name in ("base.qcow2", "vmlinuz", "initrd.img"):
+            assert (there / name).read_bytes() == (cached.parent / name).read_bytes(), name
+        assert c.doit("image:base").stdout.count("uploading") == 0  # current: nothing sent again
+        hit, _ = run_until(c, r"removed file .*vmlinuz", signal.SIGKILL, 0, "clean")
+        assert hit
+        c.doit("clean")
+        assert not there.exists() and c.virt.conn.listAllStoragePools() == []
+        assert not c.cfg.state_dir.exists()
+    finally:
+        c.teardown()
 
 
 # --- the remote cluster, with a local one beside it --------------------------------------------------
