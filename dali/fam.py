@@ -161,7 +161,9 @@ ZEROS = bytes(1 << 20)
 
 def data_mib(cluster: Cluster, start: int) -> int:
     """How many MiB of the device (from `start` in the FAM) hold anything but zeros. On a
-    remote host the FAM is read through libvirt, a MiB at a time."""
+    remote host the FAM is read through libvirt, in one stream."""
+    if cluster.remote:
+        return _pool(cluster).nonzero_mib(cluster.fam_path.name, start)
     count, offset = 0, start
     while offset < cluster.fam_size:
         chunk = read_at(cluster, offset, min(len(ZEROS), cluster.fam_size - offset))

@@ -35,6 +35,7 @@ from dali.virt import Libvirt, unless_gone
 
 MARKER = ".dali-cluster.json"
 MARKER_SIZE = 64 * 1024  # fixed: an upload overwrites bytes, it never shortens a volume
+_ZEROS = bytes(1 << 20)
 CHUNK = 1 << 20
 
 
@@ -289,6 +290,36 @@ class Pool:
         if vol is None:
             raise DaliError(f"{self.cluster.data_dir / vol_name} is not on {self.cluster.uri}")
         return self._download(vol, offset, length)
+
+    def nonzero_mib(self, vol_name: str, start: int) -> int:
+        """How many MiB of the volume from `start` hold anything but zeros, read in one stream
+        and never kept whole. A sparse stream (holes arrive as lengths, not bytes) took half the
+        time of a plain one for a 1 GiB FAM with no hole at all (3.0 s against 6.9 s here)."""
+        vol = self.volume(vol_name)
+        if vol is None:
+            raise DaliError(f"{self.cluster.data_dir / vol_name} is not on {self.cluster.uri}")
+        mib = 1 << 20
+        at, found = [start], set()
+
+        def data(_s, chunk: bytes, _o) -> int:
+            view, pos = memoryview(chunk), 0
+            while pos < len(chunk):
+                n = min(len(chunk) - pos, mib - at[0] % mib)
+                if view[pos:pos + n] != _ZEROS[:n]:
+                    found.add(at[0] // mib)
+                pos += n
+                at[0] += n
+            return 0
+
+        def hole(_s, length: int, _o) -> int:
+            at[0] += length
+            return 0
+
+        stream = self.virt.conn.newStream(0)
+        vol.download(stream, start, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+        stream.sparseRecvAll(data, hole, None)
+        stream.finish()
+        return len(found)
 
     def download(self, vol_name: str, local: Path) -> None:
         """The whole volume into the local file `local` (made 0600: a memory dump holds keys)."""

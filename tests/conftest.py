@@ -135,23 +135,24 @@ _current: list = [None]
 
 # --- two pytest workers (pyproject.toml: -n 2) ------------------------------------------------
 # A module that boots guests builds its cluster once, in a module or session fixture, so all its
-# tests run in one worker; the two pairs below share one session cluster, and run in one worker,
-# in this order (the second lives in what the first leaves). Longest first, so that the two
+# tests run in one worker; the modules of a group below share one session cluster, and run in one
+# worker, in the order listed (each lives in what the one before leaves). Longest first, so that the two
 # workers finish together (docs/testing.md has the figures). The modules without guests come
 # right after the first group: the first worker takes that group, the second the quick modules,
 # meanwhile the first builds the checkout's image (on a fresh checkout, a minute and a half of
 # debootstrap, which any cluster the second worker started would only wait for), then the rest.
 # Every module marked guest must be listed here.
 CLUSTER_MODULES = [
-    ("test_shared_fs.py", "test_torture.py"),  # the OCFS2 cluster (conftest.ocfs2_cluster)
+    # the OCFS2 cluster (conftest.ocfs2_cluster); test_remote.py runs its remote cluster beside it
+    ("test_shared_fs.py", "test_remote.py", "test_torture.py"),
     ("test_cluster.py", "test_cluster_living.py"),  # the first cluster (conftest.first_cluster)
     ("test_kill.py",),
-    ("test_remote.py",),  # a second libvirtd playing a remote host (tests/remote_host.py)
     ("test_device_modes.py",),
     ("test_kernel_loop.py",),
     ("test_two_clusters.py",),
 ]
 _GROUP_OF = {module: group for group, modules in enumerate(CLUSTER_MODULES) for module in modules}
+_PLACE_IN_GROUP = {module: place for modules in CLUSTER_MODULES for place, module in enumerate(modules)}
 
 
 QUICK_AFTER = 1  # the modules without guests go after this many groups of CLUSTER_MODULES
@@ -159,14 +160,15 @@ QUICK_AFTER = 1  # the modules without guests go after this many groups of CLUST
 
 def pytest_collection_modifyitems(items):
     """The first QUICK_AFTER groups of CLUSTER_MODULES, the modules without guests in file
-    order, then the other groups."""
+    order, then the other groups; a group's modules in the order it lists them."""
     unlisted = sorted({item.path.name for item in items
                        if item.get_closest_marker("guest") and item.path.name not in _GROUP_OF})
     if unlisted:
         raise pytest.UsageError(f"{', '.join(unlisted)}: a module marked guest must be listed in "
                                 "tests/conftest.py's CLUSTER_MODULES (which worker runs it)")
     order = {id(item): n for n, item in enumerate(items)}
-    items.sort(key=lambda item: (_GROUP_OF.get(item.path.name, QUICK_AFTER - 0.5), order[id(item)]))
+    items.sort(key=lambda item: (_GROUP_OF.get(item.path.name, QUICK_AFTER - 0.5),
+                                 _PLACE_IN_GROUP.get(item.path.name, 0), order[id(item)]))
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -354,8 +356,8 @@ def three_nodes_off(three_nodes):
 @pytest.fixture(scope="session")
 def ocfs2_cluster(tmp_path_factory):
     """Three nodes with OCFS2 on the shared device, shared by test_shared_fs.py (which builds it
-    step by step, and adds a fourth node) and test_torture.py (which needs it running): one
-    cluster booted once for both. Each module starts what it needs. A node forced off is dead
+    step by step, and adds a fourth node), test_remote.py (the local cluster running beside a
+    remote one) and test_torture.py (which needs it running): one cluster booted once for all. Each module starts what it needs. A node forced off is dead
     after 20 s without its heartbeat, not OCFS2's 60: the survivors of a crash test wait that long."""
     tag = unique_tag("dalifs")
     c = ClusterUnderTest(tmp_path_factory.mktemp(tag) / "cluster.toml", tag, clones=["b", "c"],

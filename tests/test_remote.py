@@ -4,7 +4,9 @@ The "remote host" is a second libvirtd on this machine (tests/remote_host.py): i
 namespace, and its own mount namespace in which /var/lib/libvirt, /run/libvirt and
 /var/lib/dali are directories of its own. A file dali wrote on this machine instead of through
 libvirt would simply not be there for its VMs, and the test would fail. A local cluster runs
-beside it all the while, and nothing of one touches the other. Real libvirtd, real guests.
+beside it all the while, and nothing of one touches the other: the suite's OCFS2 cluster
+(conftest.ocfs2_cluster), running between test_shared_fs.py and test_torture.py (alone, this
+module builds and starts it). Real libvirtd, real guests.
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ from dali import fam
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
-REMOTE, LOCAL, STRANGER, KILLED = (unique_tag("dalirem"), unique_tag("daliloc"), unique_tag("dalistr"),
-                                   unique_tag("dalikil"))
+REMOTE, STRANGER, KILLED = unique_tag("dalirem"), unique_tag("dalistr"), unique_tag("dalikil")
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +37,13 @@ def host(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pair(host, tmp_path_factory):
-    """The remote cluster (three nodes, OCFS2) and a local one of one node beside it."""
+def pair(host, tmp_path_factory, ocfs2_cluster):
+    """The remote cluster (three nodes, OCFS2) and the local OCFS2 cluster beside it, which
+    test_torture.py goes on using: left as found."""
     remote = ClusterUnderTest(tmp_path_factory.mktemp(REMOTE) / "cluster.toml", REMOTE, remote=host,
                               clones=["b", "c"], fs={"type": "ocfs2", "heartbeat_threshold": 11})
-    local = ClusterUnderTest(tmp_path_factory.mktemp(LOCAL) / "cluster.toml", LOCAL)
-    yield remote, local
+    yield remote, ocfs2_cluster
     remote.teardown()
-    local.teardown()
 
 
 def both(call, pair):
@@ -116,7 +116,7 @@ def test_both_build_at_once_and_nothing_of_the_remote_one_is_written_here(pair, 
 
     # The remote nodes are the remote libvirtd's only, and the local node the local one's.
     local_names = {d.name() for d in local.virt.conn.listAllDomains()}
-    assert {REMOTE + s for s in "abc"}.isdisjoint(local_names) and LOCAL + "a" in local_names
+    assert {REMOTE + s for s in "abc"}.isdisjoint(local_names) and local.tag + "a" in local_names
     assert {d.name() for d in remote.virt.conn.listAllDomains()} == {REMOTE + s for s in "abc"}
 
     # Every file of the remote cluster is on the remote host, none here: only state/<tag>/.
@@ -186,7 +186,7 @@ def test_status_torture_and_dump_there(pair, host):
 
 def test_reset_puts_the_fam_back_there(pair, host):
     remote, local = pair
-    remote.doit("shutdown")
+    remote.doit("destroy")  # off, the quick way: graceful shutdowns have tests of their own
     fam_there = on_host(host, remote) / "FAM"
     start = fam.namespace(fam_there)["data_offset"]
     with open(fam_there, "rb") as f:
