@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dali import pool as pools
+from dali import reset
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError
 from dali.image_builder import NODE_IMAGE_FILES, node_image
@@ -207,13 +208,6 @@ def make_golden(cluster: Cluster, virt: Libvirt) -> None:
     pool.record(GOLDEN, complete=True, uuid=held.get("uuid"))
 
 
-def _everything_off(cluster: Cluster, virt: Libvirt, path: Path) -> None:
-    running = [name for name in virt.domains_using(path) if virt.is_active(name)]
-    if running:
-        raise DaliError(f"{', '.join(running)} still running with {path}: doit shutdown first "
-                        "(a reset rewrites what a running node has open)")
-
-
 def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
     """The FAM wiped on the libvirt host (virStorageVolWipe: zeros, written there, not sent),
     then the golden reserved area written back: the FAM keeps its volume, and so its place in
@@ -223,7 +217,7 @@ def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
     if not golden_is_current(cluster, virt):
         raise DaliError(f"no golden copy of {cluster.fam_path} for its namespace: run doit first "
                         "(it makes one once the original has set the device up)")
-    _everything_off(cluster, virt, cluster.fam_path)
+    reset.everything_off(cluster, virt, cluster.fam_path)
     pool = pools.Pool(cluster, virt)
     data_offset = fam.held(cluster)["data_offset"]
     pool.volume(FAM).wipe(0)
@@ -242,7 +236,7 @@ def reset_disks(cluster: Cluster, virt: Libvirt) -> None:
     names = {node: disk_name(cluster, node) for node in cluster.nodes}
     for node, name in names.items():
         if pool.volume(name) is not None:
-            _everything_off(cluster, virt, cluster.disk(node))
+            reset.everything_off(cluster, virt, cluster.disk(node))
     for node, name in names.items():
         vol = pool.volume(name)
         if vol is None:

@@ -29,14 +29,14 @@ def golden(cluster: Cluster) -> Path:
     return cluster.data_dir / "FAM.golden"
 
 
-def golden_is_current(cluster: Cluster) -> bool:
+def golden_is_current(cluster: Cluster, virt: Libvirt | None = None) -> bool:
     path = golden(cluster)
     return (marks.is_ours(path, cluster) and cluster.fam_path.exists()
             and path.stat().st_size == cluster.fam_path.stat().st_size
             and fam.namespace(path) == fam.namespace(cluster.fam_path))
 
 
-def make_golden(cluster: Cluster) -> None:
+def make_golden(cluster: Cluster, virt: Libvirt | None = None) -> None:
     """FAM.golden: the FAM's reserved area (the namespace's info block and memory map), the
     rest a hole. Built under a temporary name, then renamed."""
     ns = fam.namespace(cluster.fam_path)
@@ -60,7 +60,9 @@ def _copy_range(src: int, dst: int, start: int, end: int) -> None:
         at += n
 
 
-def _everything_off(cluster: Cluster, virt: Libvirt, path: Path) -> None:
+def everything_off(cluster: Cluster, virt: Libvirt, path: Path) -> None:
+    """Refused while a node that uses `path` (a file here, or a volume's path on a remote
+    host: the domains name it either way) runs."""
     running = [name for name in virt.domains_using(path) if virt.is_active(name)]
     if running:
         raise DaliError(f"{', '.join(running)} still running with {path}: doit shutdown first "
@@ -68,10 +70,10 @@ def _everything_off(cluster: Cluster, virt: Libvirt, path: Path) -> None:
 
 
 def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
-    if not golden_is_current(cluster):
+    if not golden_is_current(cluster, virt):
         raise DaliError(f"no golden copy of {cluster.fam_path} for its namespace: run doit first "
                         "(it makes one once the original has set the device up)")
-    _everything_off(cluster, virt, cluster.fam_path)
+    everything_off(cluster, virt, cluster.fam_path)
     ns = fam.namespace(cluster.fam_path)
     written = fam.data_mib(cluster, ns["data_offset"])
     size = cluster.fam_path.stat().st_size
@@ -96,7 +98,7 @@ def reset_disks(cluster: Cluster, virt: Libvirt) -> None:
             continue
         if not marks.is_ours(disk, cluster):
             raise DaliError(f"{disk} is not dali's: reset leaves it, and stops here")
-        _everything_off(cluster, virt, disk)
+        everything_off(cluster, virt, disk)
     for node in cluster.nodes:
         disk = cluster.disk(node)
         if not disk.exists():

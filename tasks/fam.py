@@ -10,24 +10,21 @@ from dali.virt import Libvirt
 
 
 def gen_tasks(cluster: Cluster, virt: Libvirt):
+    path = cluster.fam_path
     if cluster.remote:
-        yield {
-            "basename": "fam",
-            "doc": "the FAM volume behind the shared NVDIMM",
-            "actions": [Step(f"make {cluster.fam_path} on {cluster.uri}", remote.ensure_fam, cluster, virt,
-                             changes=cluster)],
-            "uptodate": [(uptodate(remote.fam_is_ready), [cluster, virt], {})],
-            "task_dep": ["preflight"],
-            "clean": [CleanStep(f"remove {cluster.fam_path} on {cluster.uri} if dali made it",
-                                remote.remove_volume, cluster, virt, cluster.fam_path, changes=cluster)],
-        }
-        return
+        make = Step(f"make {path} on {cluster.uri}", remote.ensure_fam, cluster, virt, changes=cluster)
+        ready = (uptodate(remote.fam_is_ready), [cluster, virt], {})
+        remove = remote.remove_volume
+    else:
+        make = Step(f"make {path} for qemu", fam.ensure, cluster, changes=cluster)
+        ready = (uptodate(fam.is_ready), [cluster], {})
+        remove = disks.remove_file
     yield {
         "basename": "fam",
-        "doc": "the FAM file behind the shared NVDIMM",
-        "actions": [Step(f"make {cluster.fam_path} for qemu", fam.ensure, cluster, changes=cluster)],
-        "uptodate": [(uptodate(fam.is_ready), [cluster], {})],
+        "doc": "the FAM behind the shared NVDIMM",
+        "actions": [make],
+        "uptodate": [ready],
         "task_dep": ["preflight"],
-        "clean": [CleanStep(f"remove {cluster.fam_path} if dali made it and no domain uses it",
-                            disks.remove_file, cluster, virt, cluster.fam_path, changes=cluster)],
+        "clean": [CleanStep(f"remove {path} if dali made it and no domain uses it", remove, cluster, virt,
+                            path, changes=cluster)],
     }
