@@ -202,8 +202,21 @@ class Cluster(NamedTuple):
 
     @property
     def kernel_dir(self) -> Path:
-        """The user's own kernel, as the nodes boot it: bzImage, initramfs.cpio, modules.img."""
-        return self.data_dir / "kernel"
+        """The user's own kernel, as the nodes boot it: bzImage, initramfs.cpio, modules.img. On
+        a remote host, in the data directory itself (a pool's volumes are one directory's files)."""
+        return self.data_dir if self.remote else self.data_dir / "kernel"
+
+    @property
+    def kernel_build_dir(self) -> Path:
+        """Where those three files are made on this machine: kernel_dir itself, or, for a
+        remote host, state/<tag>/kernel/, whence they are uploaded."""
+        return self.state_dir / "kernel" if self.remote else self.kernel_dir
+
+    @property
+    def kernel_files(self) -> tuple[Path, Path, Path]:
+        """bzImage, initramfs.cpio and modules.img as made on this machine (kernel_build_dir)."""
+        d = self.kernel_build_dir
+        return d / "bzImage", d / "initramfs.cpio", d / "modules.img"
 
     @property
     def kernel(self) -> Path | None:

@@ -505,7 +505,6 @@ def _check_remote(v: dict, where) -> None:
                           f"host's AppArmor template, a file dali does not edit on another host "
                           f"({uri}): set device.style = \"native\" (libvirt then allows the FAM itself)")
     for key, why in (("image.path", "a qcow2 file of this machine"),
-                     ("kernel.path", "a kernel of this machine"),
                      ("debug.gdb", "a gdb socket on the libvirt host")):
         if v[key]:
             raise ConfigError(f"{where(key)} is set, and {why} is not supported with a remote uri "

@@ -39,8 +39,7 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
             "doc": f"{node.name} defined in libvirt",
             "actions": [Step(f"define {node.name}", domain.define, cluster, virt, node, changes=cluster)],
             # With your own kernel, its files too: a rebuilt kernel makes every definition stale.
-            "file_dep": [xml_file] + ([cluster.kernel, cluster.initrd, cluster.modules_disk]
-                                      if cluster.own_kernel else []),
+            "file_dep": [xml_file] + (list(cluster.kernel_files) if cluster.own_kernel else []),
             "task_dep": ["preflight", "network", "fam", "apparmor", "kernel", f"disk:{node.name}"]
                         + ([f"identity:{node.name}"] if identity_disk.used(cluster) else []),
             "uptodate": [(uptodate(domain.is_defined), [virt, node], {})],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dali import own_kernel
 from dali.cluster import Cluster
-from dali.errors import CleanStep, Step
+from dali.errors import CleanStep, Step, uptodate
 from dali.virt import Libvirt
 
 
@@ -24,10 +24,11 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
     yield {
         "basename": "kernel",
         "doc": "your kernel as the nodes boot it: bzImage, an initramfs for it, its modules disk",
-        "actions": [Step(f"make {cluster.own_kernel.bzimage} bootable", own_kernel.ensure, cluster,
+        "actions": [Step(f"make {cluster.own_kernel.bzimage} bootable", own_kernel.ensure, cluster, virt,
                          changes=cluster)],
         "file_dep": own_kernel.inputs(cluster),
-        "targets": [cluster.kernel, cluster.initrd, cluster.modules_disk],
+        "targets": list(cluster.kernel_files),
+        "uptodate": [(uptodate(own_kernel.is_there), [cluster, virt], {})] if cluster.remote else [],
         "task_dep": ["preflight", "fam"],
         "clean": [CleanStep("remove the nodes' copy of your kernel", own_kernel.remove, cluster, virt,
                             changes=cluster)],

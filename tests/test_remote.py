@@ -27,7 +27,8 @@ from dali import fam
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
-REMOTE, STRANGER, KILLED = unique_tag("dalirem"), unique_tag("dalistr"), unique_tag("dalikil")
+REMOTE, STRANGER, KILLED, OWN = (unique_tag("dalirem"), unique_tag("dalistr"), unique_tag("dalikil"),
+                                 unique_tag("daliown"))
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +101,31 @@ def test_killed_uploading_or_cleaning_there_converges(host, tmp_path):
         c.doit("clean")
         assert not there.exists() and c.virt.conn.listAllStoragePools() == []
         assert not c.cfg.state_dir.exists()
+    finally:
+        c.teardown()
+
+
+def test_your_kernel_is_built_here_and_booted_there(host, tmp_path):
+    """kernel.path with a remote uri: bzImage, its initramfs and its modules disk made here (in
+    state/<tag>/kernel/), uploaded to the pool, and the original booted on them there (the only
+    kernel its definition names): its guest agent answered and its ndctl made the fsdax
+    namespace. (test_kernel_loop.py checks `uname -r` and the modules disk in running nodes.)"""
+    from test_kernel_loop import two_kernel_packages
+    version, deb = next(iter(two_kernel_packages().items()))
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path / "X")], check=True)
+    c = ClusterUnderTest(tmp_path / "cluster.toml", OWN, remote=host,
+                         kernel={"path": str(tmp_path / "X" / "boot" / f"vmlinuz-{version}"),
+                                 "modules": str(tmp_path / "X")})
+    try:
+        c.doit()
+        there = on_host(host, c)
+        for made in c.cfg.kernel_files:
+            assert (there / made.name).read_bytes() == made.read_bytes(), made.name
+        dom = c.dom("a").XMLDesc(0)
+        assert f"<kernel>{c.cfg.data_dir}/bzImage</kernel>" in dom
+        assert f"<initrd>{c.cfg.data_dir}/initramfs.cpio</initrd>" in dom
+        assert fam.namespace(there / "FAM")["mode"] == "fsdax"
+        assert not c.data_dir.exists()
     finally:
         c.teardown()
 
