@@ -73,8 +73,7 @@ class Pool:
         pool = self._active()
         if pool is None:
             return True
-        pool.refresh(0)
-        return not pool.listVolumes()
+        return self._refresh(pool) and not pool.listVolumes()
 
     def problem(self) -> str | None:
         """Before anything is made: why the pool could not be made at dir, or None. A pool not
@@ -89,10 +88,10 @@ class Pool:
                 f"<pool type='dir'><name>{name(c)}-check</name>"
                 f"<target><path>{c.data_dir}</path></target></pool>", 0)
         except libvirt.libvirtError as e:
-            if "already" in e.get_error_message():  # another pool has that directory
-                return (f"dir (DALI_DIR) {c.data_dir} on {c.uri}: {e.get_error_message()}: pick "
-                        "another dir")
-            return None  # not there yet: libvirt makes it with the pool
+            if e.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR and "No such file" in e.get_error_message():
+                return None  # not there yet: libvirt makes it with the pool
+            # Another pool has that directory ("Storage source conflict"), or it cannot be read.
+            return f"dir (DALI_DIR) {c.data_dir} on {c.uri}: {e.get_error_message()}: pick another dir"
         try:
             found = trial.listVolumes()
             if MARKER in found and self.marker(trial) is not None:
@@ -114,20 +113,25 @@ class Pool:
         return pool
 
     @staticmethod
+    def _refresh(pool: libvirt.virStoragePool) -> bool:
+        """Ask libvirt to list the directory again; False if it refused: it does while a
+        transfer on the pool runs (another thread's, or another doit's)."""
+        try:
+            pool.refresh(0)
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    @staticmethod
     def _find(pool: libvirt.virStoragePool, vol_name: str) -> libvirt.virStorageVol | None:
         """The volume of that name. libvirt lists a file it did not make (a console log, a
-        memory dump) only after a refresh, which is asked for only then: a refresh is refused
-        while a transfer on the pool runs (another thread's, or another doit's), and then the
-        file is taken as not there yet. A volume's size is read anew on every info()."""
+        memory dump) only after a refresh, which is asked for only then; one refused (_refresh)
+        takes the file as not there yet. A volume's size is read anew on every info()."""
         def lookup():
             return unless_gone(lambda: pool.storageVolLookupByName(vol_name),
                                libvirt.VIR_ERR_NO_STORAGE_VOL, default=None)
         vol = lookup()
-        if vol is None:
-            try:
-                pool.refresh(0)
-            except libvirt.libvirtError:
-                return None
+        if vol is None and Pool._refresh(pool):
             vol = lookup()
         return vol
 
@@ -157,7 +161,7 @@ class Pool:
                     built = True
                     pool.create(0)
             pool.setAutostart(1)
-            pool.refresh(0)
+            self._refresh(pool)
             marker = self.marker(pool)
             if marker is None:
                 strangers = [v for v in pool.listVolumes() if v != MARKER]
@@ -402,7 +406,8 @@ class Pool:
             return
         for listed in sorted(marker["volumes"]):
             self.delete(listed, dryrun)
-        pool.refresh(0)  # every file there, also those libvirt did not make
+        if not self._refresh(pool):  # every file there, also those libvirt did not make
+            raise DaliError(f"storage pool {name(c)} on {c.uri} is busy (a transfer runs): run doit clean again")
         others = [v for v in pool.listVolumes() if v != MARKER and v not in marker["volumes"]]
         if others:
             cleaning.kept(what, f"it holds {', '.join(sorted(others)[:3])}, which dali did not make", dryrun)

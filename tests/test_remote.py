@@ -77,8 +77,19 @@ def test_a_dir_there_with_files_dali_did_not_make_is_refused_leaving_nothing(hos
         assert conn.listAllDomains() == []
         assert (theirs / "notes.txt").read_text() == "a user's\n"
         assert not stranger.cfg.state_dir.exists() and not stranger.cfg.dep_file.exists()
-    finally:
+        # A directory of the user's own storage pool (virsh pool-define-as ...): refused too.
         (theirs / "notes.txt").unlink()
+        users = stranger.virt.conn.storagePoolDefineXML(
+            f"<pool type='dir'><name>users</name><target><path>{stranger.data_dir}</path></target></pool>", 0)
+        users.create(0)
+        line = one_error_line(stranger.doit(check=False))
+        assert "conflict with pool: 'users'" in line and "pick another dir" in line
+        assert [p.name() for p in stranger.virt.conn.listAllStoragePools()] == ["users"]
+        assert stranger.virt.conn.listAllNetworks() == []
+        users.destroy()
+        users.undefine()
+    finally:
+        (theirs / "notes.txt").unlink(missing_ok=True)
         theirs.rmdir()
         stranger.teardown()
 
