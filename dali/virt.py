@@ -338,12 +338,20 @@ class Libvirt:
         except libvirt.libvirtError:
             return False
 
-    def wait_for_agent(self, dom: libvirt.virDomain, timeout: int, log=log) -> float:
-        """Block until the guest agent answers; one progress line every 15 s. Returns seconds."""
+    def wait_for_agent(self, dom: libvirt.virDomain, timeout: int, log=log, crashed=None) -> float:
+        """Block until the guest agent answers; one progress line every 15 s. Returns seconds.
+        crashed(): why the node died while booting (its console's panic), or None; asked every
+        2 s, so a kernel that panics early fails the wait at once, not after timeouts.boot."""
         t0 = time.monotonic()
-        next_note = 15.0
+        next_note, next_look = 15.0, 2.0
         while not self.agent_answers(dom):
             waited = time.monotonic() - t0
+            if crashed is not None and waited >= next_look:
+                next_look += 2
+                why = crashed()
+                if why:
+                    raise DaliError(f"{dom.name()} died while booting ({why}): doit start keeps its "
+                                    "console and memory and boots it again")
             if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 raise DaliError(f"{dom.name()} is paused (a debugger attached to its gdb stub stops "
                                 f"it): detach, or virsh resume {dom.name()}")
