@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,11 @@ def test_each_node_has_a_gdb_stub(cluster):
         assert gdb_reply(s, rb"PacketSize=[^#]*"), "qemu's stub describes itself"
         s.sendall(b"+$D#44")  # acknowledge, detach
         assert gdb_reply(s, rb"OK") == b"OK"
+    # gdb's connection stopped the node; qemu resumes it on the detach, and its agent answers
+    # once the guest has caught up (a second or two here; seconds more on a loaded host).
+    deadline = time.monotonic() + 60
+    while not cluster.virt.agent_answers(cluster.dom("a")) and time.monotonic() < deadline:
+        time.sleep(1)
     assert cluster.virt.agent_answers(cluster.dom("a")), "detached: the node runs on"
 
 
