@@ -83,9 +83,16 @@ class Pool:
         c = self.cluster
         if self.exists():
             return None  # checked when it was made; its marker is checked by every use
+        trial_name = f"{name(c)}-check"
+        # A trial left running by a run killed right after starting it: a transient pool of our
+        # name at our directory, stopped (which makes it vanish, its directory as it was).
+        left = unless_gone(lambda: self.virt.conn.storagePoolLookupByName(trial_name),
+                           libvirt.VIR_ERR_NO_STORAGE_POOL, default=None)
+        if left is not None and not left.isPersistent() and self._target(left) == str(c.data_dir):
+            left.destroy()
         try:
             trial = self.virt.conn.storagePoolCreateXML(
-                f"<pool type='dir'><name>{name(c)}-check</name>"
+                f"<pool type='dir'><name>{trial_name}</name>"
                 f"<target><path>{c.data_dir}</path></target></pool>", 0)
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR and "No such file" in e.get_error_message():
@@ -94,7 +101,7 @@ class Pool:
             return f"dir (DALI_DIR) {c.data_dir} on {c.uri}: {e.get_error_message()}: pick another dir"
         try:
             found = trial.listVolumes()
-            if MARKER in found and self.marker(trial) is not None:
+            if MARKER in found and self._read_marker(trial) is not None:
                 found = []  # ours, the pool undefined meanwhile (virsh pool-undefine): made again
         finally:
             trial.destroy()  # a transient pool is gone once stopped; its directory stays as it was
@@ -189,7 +196,12 @@ class Pool:
     # --- the marker -----------------------------------------------------------------------------
 
     def marker(self, pool: libvirt.virStoragePool | None = None) -> dict | None:
-        """The marker of our cluster, or None if the pool has none (or another cluster's)."""
+        """The marker of our cluster, or None if the pool has none (or another cluster's). The
+        uptodate checks of one doit share one reading until an action starts (as they share one
+        listing of the domains: dali/errors.py Checking); an action reads it anew."""
+        return self.virt.shared_by_checks(("marker", name(self.cluster)), lambda: self._read_marker(pool))
+
+    def _read_marker(self, pool: libvirt.virStoragePool | None) -> dict | None:
         pool = pool or self._active()
         if pool is None:
             return None
@@ -227,25 +239,33 @@ class Pool:
 
     # --- volumes ----------------------------------------------------------------------------------
 
-    def volume(self, vol_name: str) -> libvirt.virStorageVol | None:
-        """Our volume of that name; None if there is none; refused if it is not ours."""
+    def _ours(self, vol_name: str) -> tuple[libvirt.virStorageVol | None, dict | None]:
+        """Our volume of that name and the marker that lists it; (None, None) if there is no
+        such volume; refused if it is not ours."""
         pool = self._active()
-        if pool is None:
-            return None
-        vol = self._find(pool, vol_name)
+        vol = None if pool is None else self._find(pool, vol_name)
         if vol is None:
-            return None
+            return None, None
         marker = self.marker(pool)
         if marker is None or vol_name not in marker["volumes"]:
             raise DaliError(f"{self.cluster.data_dir / vol_name} on {self.cluster.uri} exists but dali "
                             "did not make it for this cluster: move it away, then run doit again")
+        return vol, marker
+
+    def volume(self, vol_name: str) -> libvirt.virStorageVol | None:
+        """Our volume of that name; None if there is none; refused if it is not ours."""
+        return self._ours(vol_name)[0]
+
+    def _must(self, vol_name: str) -> libvirt.virStorageVol:
+        vol = self.volume(vol_name)
+        if vol is None:
+            raise DaliError(f"{self.cluster.data_dir / vol_name} is not on {self.cluster.uri}")
         return vol
 
     def facts(self, vol_name: str) -> dict | None:
         """What the marker says about our volume (its stamp), if the volume is there."""
-        if self.volume(vol_name) is None:
-            return None
-        return (self.marker() or {}).get("volumes", {}).get(vol_name, {})
+        vol, marker = self._ours(vol_name)
+        return None if vol is None else marker["volumes"][vol_name]
 
     def record(self, vol_name: str, **facts) -> None:
         """Write facts about a volume (what it was made from) into the marker."""
@@ -290,18 +310,14 @@ class Pool:
             self.record(vol_name, **facts)
 
     def read(self, vol_name: str, offset: int, length: int) -> bytes:
-        vol = self.volume(vol_name)
-        if vol is None:
-            raise DaliError(f"{self.cluster.data_dir / vol_name} is not on {self.cluster.uri}")
+        vol = self._must(vol_name)
         return self._download(vol, offset, length)
 
     def nonzero_mib(self, vol_name: str, start: int) -> int:
         """How many MiB of the volume from `start` hold anything but zeros, read in one stream
         and never kept whole. A sparse stream (holes arrive as lengths, not bytes) took half the
         time of a plain one for a 1 GiB FAM with no hole at all (3.0 s against 6.9 s here)."""
-        vol = self.volume(vol_name)
-        if vol is None:
-            raise DaliError(f"{self.cluster.data_dir / vol_name} is not on {self.cluster.uri}")
+        vol = self._must(vol_name)
         mib = 1 << 20
         at, found = [start], set()
 
@@ -327,9 +343,7 @@ class Pool:
 
     def download(self, vol_name: str, local: Path) -> None:
         """The whole volume into the local file `local` (made 0600: a memory dump holds keys)."""
-        vol = self.volume(vol_name)
-        if vol is None:
-            raise DaliError(f"{self.cluster.data_dir / vol_name} is not on {self.cluster.uri}")
+        vol = self._must(vol_name)
         fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             stream = self.virt.conn.newStream(0)
@@ -340,9 +354,7 @@ class Pool:
     def write(self, vol_name: str, offset: int, data: bytes) -> None:
         """Overwrite bytes of our volume in place (the FAM: every node maps it shared and sees
         the write at once, as a write to the file on the host would be seen)."""
-        vol = self.volume(vol_name)
-        if vol is None:
-            raise DaliError(f"{self.cluster.data_dir / vol_name} is not on {self.cluster.uri}")
+        vol = self._must(vol_name)
         self._upload(vol, offset, data)
 
     def available(self) -> int:
@@ -354,9 +366,28 @@ class Pool:
         vol = self.volume(vol_name)
         return None if vol is None else vol.info()[1]
 
-    def path(self, vol_name: str) -> str | None:
-        vol = self.volume(vol_name)
-        return None if vol is None else vol.path()
+    def built_on(self, path: Path) -> tuple[list[str], list[str]]:
+        """The volumes of the pool whose qcow2 is built on `path`: (ours, everyone else's). A
+        user's copy of a linked clone (cp ivpb.qcow2 keep.qcow2 on the host) needs
+        frozen.qcow2 as much as the clone did."""
+        pool = self._active()
+        if pool is None:
+            return [], []
+        listed = (self.marker(pool) or {}).get("volumes", {})
+        on_it = [v for v, b in self._backings(pool).items() if b == str(path)]
+        return [v for v in on_it if v in listed], [v for v in on_it if v not in listed]
+
+    def _backings(self, pool: libvirt.virStoragePool) -> dict[str, str]:
+        """{volume: the path its qcow2 is built on} for every file in the pool, dali's or not."""
+        self._refresh(pool)  # files libvirt did not make too
+        found = {}
+        for v in pool.listVolumes():
+            vol = unless_gone(lambda: pool.storageVolLookupByName(v), libvirt.VIR_ERR_NO_STORAGE_VOL,
+                              default=None)
+            backing = vol and ET.fromstring(vol.XMLDesc(0)).findtext("backingStore/path")
+            if backing:
+                found[v] = backing
+        return found
 
     def backing(self, vol_name: str) -> str | None:
         """The path the qcow2 volume is built on, as libvirt reads it from its header."""
@@ -393,7 +424,7 @@ class Pool:
             return
         marker = self.marker(pool)
         what = f"{c.data_dir} on {c.uri}"
-        if marker is None and self.is_empty():
+        if marker is None and self._target(pool) == str(c.data_dir) and self.is_empty():
             # Our name (it carries the cluster's id) and not a file in it: a run killed as it
             # made the pool, or as clean removed it. Undefined; the directory is left.
             if not dryrun:
@@ -404,8 +435,25 @@ class Pool:
         if marker is None:
             cleaning.kept(what, f"storage pool {name(c)} has no marker of this cluster", dryrun)
             return
-        for listed in sorted(marker["volumes"]):
-            self.delete(listed, dryrun)
+        # A volume goes once nothing is built on it, ours first; one that someone else's is built
+        # on stays, and so does what it is built on.
+        left = sorted(marker["volumes"])
+        while left:
+            backings = self._backings(pool)
+            needed = {b for v, b in backings.items() if v in left or v not in marker["volumes"]}
+            free = [v for v in left if str(c.data_dir / v) not in needed]
+            for v in free:
+                self.delete(v, dryrun)
+            left = [v for v in left if v not in free]  # (with -n: as if they were gone)
+            if not free:
+                break
+        for v in left:
+            theirs = [o for o, b in backings.items() if b == str(c.data_dir / v) and o not in marker["volumes"]]
+            if theirs:
+                cleaning.kept(f"{c.data_dir / v} on {c.uri}", f"{', '.join(theirs)} is built on it", dryrun)
+        if left:
+            cleaning.kept(what, "it holds what dali keeps, said above", dryrun)
+            return  # what is kept keeps the marker and the pool
         if not self._refresh(pool):  # every file there, also those libvirt did not make
             raise DaliError(f"storage pool {name(c)} on {c.uri} is busy (a transfer runs): run doit clean again")
         others = [v for v in pool.listVolumes() if v != MARKER and v not in marker["volumes"]]

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dali import cleaning, fam, reset
 from dali import pool as pools
-from dali import reset
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError
 from dali.image_builder import NODE_IMAGE_FILES, node_image
@@ -28,10 +28,6 @@ from dali.virt import Libvirt
 
 FAM = "FAM"
 FROZEN = "frozen.qcow2"
-
-
-def the_pool(cluster: Cluster, virt: Libvirt) -> pools.Pool:
-    return pools.Pool(cluster, virt)
 
 
 def disk_name(cluster: Cluster, node: Node | str) -> str:
@@ -98,9 +94,8 @@ def ensure_image(cluster: Cluster, virt: Libvirt, tarball: Path, stamp: str) -> 
 
 
 def remove_image(cluster: Cluster, virt: Libvirt, dryrun: bool = False) -> None:
-    pool = pools.Pool(cluster, virt)
     for n in NODE_IMAGE_FILES:
-        pool.delete(n, dryrun)
+        remove_volume(cluster, virt, cluster.image_dir / n, dryrun)
 
 
 # --- node disks and the frozen disk ----------------------------------------------------------------
@@ -151,7 +146,10 @@ def freeze(cluster: Cluster, virt: Libvirt) -> None:
             return
         if pool.backing(name) == str(cluster.frozen_disk):
             return
-        pool.delete(FROZEN)
+        if any(pool.built_on(cluster.frozen_disk)):  # a clone, or a user's copy: it was complete
+            raise DaliError(f"{cluster.frozen_disk} on {cluster.uri} has disks built on it, but "
+                            f"{cluster.disk(node)} is not: move that disk away, then run doit again")
+        pool.delete(FROZEN)  # a copy cut short: nothing can be built on it yet
     dom = virt.domain(node.name)
     if dom is not None and virt.is_running(dom):
         raise DaliError(f"{node.name} is running: the first clone needs the original shut off "
@@ -171,10 +169,18 @@ def remove_volume(cluster: Cluster, virt: Libvirt, path: Path, dryrun: bool = Fa
     if not pool.exists():
         return
     name = pools.volume_name(cluster, path)
-    if not dryrun and pool.volume(name) is not None:
-        built_on = [n for n in (pool.marker() or {}).get("volumes", {}) if n != name
-                    and pool.backing(n) == str(path)]
-        if built_on:
+    where = f"{path} on {cluster.uri}"
+    try:
+        vol = pool.volume(name)
+    except DaliError:
+        cleaning.kept(where, "dali did not make it for this cluster", dryrun)
+        return
+    if vol is not None:
+        ours, theirs = pool.built_on(path)
+        if theirs:
+            cleaning.kept(where, f"{', '.join(theirs)} is built on it", dryrun)
+            return
+        if ours and not dryrun:
             return  # our disks on it go first; the pool's removal at the end takes it then
     pool.delete(name, dryrun)
 
@@ -187,7 +193,6 @@ GOLDEN = "FAM.golden"
 def golden_is_current(cluster: Cluster, virt: Libvirt) -> bool:
     """As dali/reset.py: FAM.golden holds the reserved area of the namespace the FAM holds now.
     `complete` is written once its last byte is there: a copy cut short is not current."""
-    from dali import fam
     facts = pools.Pool(cluster, virt).facts(GOLDEN)
     held = fam.held(cluster)
     return bool(facts and facts.get("complete") and held["mode"] != "raw"
@@ -197,15 +202,19 @@ def golden_is_current(cluster: Cluster, virt: Libvirt) -> bool:
 def make_golden(cluster: Cluster, virt: Libvirt) -> None:
     """FAM.golden: a sparse volume of the FAM's size holding the reserved area (ndctl's info
     block and memory map, ~18 MiB of a 1 GiB FAM), read from the FAM and written back."""
-    from dali import fam
     pool = pools.Pool(cluster, virt)
     held = fam.held(cluster)
     pool.delete(GOLDEN)
     pool.create(GOLDEN, cluster.fam_size, "raw")
-    for offset in range(0, held["data_offset"], pools.CHUNK * 16):
-        length = min(pools.CHUNK * 16, held["data_offset"] - offset)
-        pool.write(GOLDEN, offset, fam.read_at(cluster, offset, length))
+    _copy_start(pool, FAM, GOLDEN, held["data_offset"])
     pool.record(GOLDEN, complete=True, uuid=held.get("uuid"))
+
+
+def _copy_start(pool: pools.Pool, source: str, target: str, length: int) -> None:
+    """The first `length` bytes of one volume over those of another, 16 MiB at a time."""
+    step = pools.CHUNK * 16
+    for offset in range(0, length, step):
+        pool.write(target, offset, pool.read(source, offset, min(step, length - offset)))
 
 
 def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
@@ -213,7 +222,6 @@ def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
     then the golden reserved area written back: the FAM keeps its volume, and so its place in
     every domain. A run killed between the two leaves a raw FAM, which the next doit's original
     makes fsdax again: nothing of the device is kept either way, as asked."""
-    from dali import fam
     if not golden_is_current(cluster, virt):
         raise DaliError(f"no golden copy of {cluster.fam_path} for its namespace: run doit first "
                         "(it makes one once the original has set the device up)")
@@ -221,9 +229,7 @@ def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
     pool = pools.Pool(cluster, virt)
     data_offset = fam.held(cluster)["data_offset"]
     pool.volume(FAM).wipe(0)
-    for offset in range(0, data_offset, pools.CHUNK * 16):
-        length = min(pools.CHUNK * 16, data_offset - offset)
-        pool.write(FAM, offset, pool.read(GOLDEN, offset, length))
+    _copy_start(pool, GOLDEN, FAM, data_offset)
     fam.forget_saved(cluster)
     log(f"{cluster.fam_path} on {cluster.uri}: back to the golden copy; the device's data is discarded")
 

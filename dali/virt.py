@@ -72,6 +72,7 @@ class Libvirt:
         self._conn: libvirt.virConnect | None = None
         # For uptodate checks: (actions started when made, {name: (domain, its mark)}).
         self._listed: tuple[int, dict] | None = None
+        self._for_checks: dict = {}  # shared_by_checks: {key: (actions started, value)}
         # Where start() writes when it started a domain, for a libvirtd on another host (on this
         # machine the qemu process says: dali/lifecycle.py started_at).
         self.starts_file = None
@@ -162,6 +163,16 @@ class Libvirt:
                 return None
             raise
         return dict(ET.fromstring(element).attrib)
+
+    def shared_by_checks(self, key, make):
+        """make(), asked once by all the uptodate checks that run before the next action starts
+        and shared by them (dali/errors.py: Checking); outside checks, asked every time."""
+        if not Checking.active:
+            return make()
+        found = self._for_checks.get(key)
+        if found is None or found[0] != Checking.actions_started:
+            found = self._for_checks[key] = (Checking.actions_started, make())
+        return found[1]
 
     def _listed_for_checks(self) -> dict | None:
         """While an uptodate check runs, every domain and its mark, listed once and shared by the

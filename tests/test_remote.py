@@ -107,6 +107,17 @@ def test_killed_uploading_or_cleaning_there_converges(host, tmp_path):
         for name in ("base.qcow2", "vmlinuz", "initrd.img"):
             assert (there / name).read_bytes() == (cached.parent / name).read_bytes(), name
         assert c.doit("image:base").stdout.count("uploading") == 0  # current: nothing sent again
+
+        # A qcow2 of the user's built on base.qcow2, there: clean keeps both, and says why.
+        keep = there / "keep.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b",
+                        str(c.data_dir / "base.qcow2"), str(keep), "1G"], check=True)
+        kept = c.doit("clean")
+        assert "keep.qcow2 is built on it" in said(kept)
+        assert (there / "base.qcow2").exists() and keep.exists()
+        assert not (there / "vmlinuz").exists()
+        keep.unlink()
+        c.doit("image:base")
         hit, _ = run_until(c, r"removed file .*vmlinuz", signal.SIGKILL, 0, "clean")
         assert hit
         c.doit("clean")
