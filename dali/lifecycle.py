@@ -126,19 +126,45 @@ def _wait_in_node(cluster: Cluster, virt: Libvirt, node: Node, dom, wait: int) -
                         f"/dev/dax0.0): see its console, /var/log/libvirt/qemu/{node.name}-console.log")
 
 
+def _qemu_process(name: str) -> tuple[int, int] | None:
+    """The pid of a local domain's qemu and when it started, in clock ticks since the host's boot."""
+    try:
+        pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+        return pid, int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def started_at(cluster: Cluster, virt: Libvirt, dom) -> float | None:
     """When the node's qemu started (the host's clock), from its process: no agent needed. On
     a remote libvirt host, when dali started it (its qemu process is out of reach)."""
     if cluster.remote:
         return virt.started_at(dom)
-    name = dom.name()
+    process = _qemu_process(dom.name())
+    if process is None:
+        return None
     try:
-        pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
         boot = float(Path("/proc/uptime").read_text().split()[0])
-        return time.time() - boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+    return time.time() - boot + process[1] / os.sysconf("SC_CLK_TCK")
+
+
+def run_of(cluster: Cluster, virt: Libvirt, dom) -> str | None:
+    """Which run of a running domain this is: the same string for as long as its qemu runs, and
+    another for its next start, even after the host rebooted. Here: the host's boot id and the
+    qemu process (pid, start tick). On a remote host: libvirt's id for the run with the time
+    dali started it; None for a run dali did not start (virsh start), which cannot be told
+    apart from another."""
+    if cluster.remote:
+        started = virt.started_at(dom)
+        return None if started is None else f"{dom.ID()} {started}"
+    process = _qemu_process(dom.name())
+    try:
+        host_boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return None if process is None else f"{host_boot} {process[0]} {process[1]}"
 
 
 def _boot_left(cluster: Cluster, virt: Libvirt, dom) -> float:

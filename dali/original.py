@@ -10,7 +10,7 @@ another mode is never reconfigured: that would destroy the shared device's conte
 
 from __future__ import annotations
 
-from dali import evidence, fam, guest
+from dali import evidence, fam, guest, lifecycle
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.reporter import log
@@ -39,7 +39,9 @@ def _domain(cluster: Cluster, virt: Libvirt):
     return dom
 
 
-def boot(cluster: Cluster, virt: Libvirt) -> None:
+def boot(cluster: Cluster, virt: Libvirt) -> dict:
+    """Start the original and wait for its agent. Returns which run of it this is (kept by doit
+    as the task's value): original:shutdown powers off that run, and no other."""
     refuse_a_mode_change(cluster)
     dom = _domain(cluster, virt)
     virt.start(dom)
@@ -47,6 +49,17 @@ def boot(cluster: Cluster, virt: Libvirt) -> None:
     took = virt.wait_for_agent(dom, cluster.boot_timeout, log,
                                crashed=lambda: evidence.panicked(cluster, virt, dom))
     log(f"{dom.name()}: guest agent answered after {took:.0f} s")
+    return {"run": lifecycle.run_of(cluster, virt, dom)}
+
+
+def nothing_to_shut_down(cluster: Cluster, virt: Libvirt, booted: str | None) -> bool:
+    """Whether original:shutdown has nothing to do: the original is off, or runs a run other
+    than the one original:boot started (`booted`, the value it returned), one the user started
+    later and that is theirs."""
+    dom = virt.domain(cluster.original_node.name)
+    if booted is None or dom is None or not virt.is_running(dom):
+        return True
+    return lifecycle.run_of(cluster, virt, dom) != booted
 
 
 def reconfigure(cluster: Cluster, virt: Libvirt) -> dict:

@@ -1,14 +1,16 @@
 """Stage: boot the original, make its namespace fsdax, shut it down (seed step 4).
 
 original:boot and original:reconfigure are up to date while the FAM holds an fsdax namespace,
-a fact read from the FAM (dali/original.py). original:shutdown follows reconfigure's result:
-it runs after every reconfiguration, and again if a run was killed between the two, but never
-shuts down an original that the user started later.
+a fact read from the FAM (dali/original.py). original:shutdown powers off the run of the
+original that original:boot started (doit keeps which, as boot's value) while that run still
+goes on: after every reconfiguration, and again if a run was killed before the original was
+off, whether or not reconfigure got to record anything. It never shuts down an original that
+the user started later.
 """
 
 from __future__ import annotations
 
-from doit.tools import result_dep
+from doit.dependency import UptodateCalculator
 
 from dali import original
 from dali.cluster import Cluster
@@ -38,5 +40,19 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "basename": "original", "name": "shutdown",
         "doc": f"shut {name} down for cloning",
         "actions": [Step(f"shut {name} down", original.shutdown, cluster, virt, changes=cluster)],
-        "uptodate": [result_dep("original:reconfigure")],
+        "task_dep": ["original:reconfigure"],
+        "uptodate": [_NothingOfBootsRunning(cluster, virt)],
     }
+
+
+class _NothingOfBootsRunning(UptodateCalculator):
+    """Up to date unless the original still runs the run original:boot started. An
+    UptodateCalculator, as doit's own result_dep is, to read another task's saved values."""
+
+    def __init__(self, cluster: Cluster, virt: Libvirt):
+        super().__init__()
+        self.cluster, self.virt = cluster, virt
+
+    def __call__(self, task, values) -> bool:
+        booted = (self.get_val("original:boot", "_values_:") or {}).get("run")
+        return uptodate(original.nothing_to_shut_down)(self.cluster, self.virt, booted)

@@ -53,9 +53,18 @@ def run_doit(*args: str, env: dict | None = None, timeout: int = 3600) -> subpro
 
 def run_until(c: ClusterUnderTest, pattern: str, sig: signal.Signals, delay: float, *args: str) -> tuple[bool, str]:
     """Run doit; when it prints a line matching pattern, wait `delay` s and send `sig`.
-    Returns whether that happened, and everything doit printed."""
+    Returns whether that happened, and everything doit printed.
+
+    A pattern that is a task's title (`^\\.  TASK$`) with no delay is a kill on the boundary
+    before TASK: the run is held there (DALI_HOLD_AT_TASK, dali/reporter.py) until the signal
+    comes, which would otherwise land wherever the run had got to by then, a task or two later
+    at times."""
+    env = user_env()
+    title = re.fullmatch(r"\^\\\.  (.+)\$", pattern)
+    if title and delay == 0:
+        env["DALI_HOLD_AT_TASK"] = title.group(1)
     process = subprocess.Popen([str(DOIT), *args, f"config={c.path}"], cwd=REPO,
-                               env=user_env(), text=True, stdout=subprocess.PIPE,
+                               env=env, text=True, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
     said, hit = [], threading.Event()
     for line in process.stdout:
