@@ -16,12 +16,20 @@ from. A volume is ours when the pool is ours (its marker names this cluster's id
 marker lists it; clean deletes nothing else, and the directory only if dali made it. A name is
 listed *before* its volume is made, so a run killed in between leaves a listed name with no
 volume (harmless: deleting it finds nothing), never a volume nobody knows.
+
+The marker is rewritten whole at each change, and a run can be killed in the middle of an
+upload. So it has two slots, written in turn: each holds a generation number and a checksum,
+and the newest slot whose checksum holds is the marker. A write cut short spoils only the slot
+it was writing; the other still holds the marker as it was before that change, which is what
+the pool holds (the change the write was for has not been made yet).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -35,6 +43,7 @@ from dali.virt import Libvirt, unless_gone
 
 MARKER = ".dali-cluster.json"
 MARKER_SIZE = 64 * 1024  # fixed: an upload overwrites bytes, it never shortens a volume
+SLOT = MARKER_SIZE // 2  # two slots: the marker's generation N is written in slot N % 2
 _ZEROS = bytes(1 << 20)
 CHUNK = 1 << 20
 
@@ -172,7 +181,10 @@ class Pool:
             marker = self.marker(pool)
             if marker is None:
                 strangers = [v for v in pool.listVolumes() if v != MARKER]
-                if strangers or MARKER in pool.listVolumes():
+                # A marker with no slot that holds is a first write cut short, in our pool (the
+                # pool's name carries this cluster's id): written anew. One that holds is
+                # another cluster's.
+                if strangers or (MARKER in pool.listVolumes() and not self._spoilt_marker(pool)):
                     raise DaliError(f"dir {c.data_dir} on {c.uri} holds {', '.join(sorted(strangers)[:3]) or MARKER} "
                                     "that dali did not make for this cluster: pick another dir")
                 self._write_marker(pool, {**c.mark, "made_dir": built, "volumes": {}})
@@ -206,23 +218,32 @@ class Pool:
         if pool is None:
             return None
         vol = self._find(pool, MARKER)
+        found = _newest_slot(self._download(vol, 0, MARKER_SIZE)) if vol is not None else None
+        return found if found is not None and found.get("id") == self.cluster.id else None
+
+    def _spoilt_marker(self, pool: libvirt.virStoragePool) -> libvirt.virStorageVol | None:
+        """The marker volume, if its first write was cut short: no slot holds, and each is
+        empty or begins as dali's writes do. Anything else there is not dali's to overwrite."""
+        vol = self._find(pool, MARKER)
         if vol is None:
             return None
-        try:
-            found = json.loads(self._download(vol, 0, MARKER_SIZE).rstrip(b"\0 \n"))
-        except ValueError:
-            return None  # a marker cut short (a killed upload): nothing in the pool is deleted
-        return found if found.get("id") == self.cluster.id else None
+        data = self._download(vol, 0, MARKER_SIZE)
+        if _newest_slot(data) is None and all(_CUT_SHORT.match(s) for s in (data[:SLOT], data[SLOT:])):
+            return vol
+        return None
 
     def _write_marker(self, pool: libvirt.virStoragePool, marker: dict) -> None:
-        data = json.dumps(marker, indent=1, sort_keys=True).encode()
-        if len(data) > MARKER_SIZE:
-            raise DaliError(f"the marker of pool {name(self.cluster)} outgrew {MARKER_SIZE} bytes")
+        """Write the marker as its next generation, in the slot that does not hold the current one."""
+        marker = {**marker, "generation": marker.get("generation", 0) + 1}
+        body = json.dumps(marker, indent=1, sort_keys=True).encode()
+        slot = hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+        if len(slot) > SLOT:
+            raise DaliError(f"the marker of pool {name(self.cluster)} outgrew {SLOT} bytes")
         vol = unless_gone(lambda: pool.storageVolLookupByName(MARKER), libvirt.VIR_ERR_NO_STORAGE_VOL,
                           default=None)
         if vol is None:
             vol = pool.createXML(_volume_xml(MARKER, MARKER_SIZE, "raw", mode="0600"), 0)
-        self._upload(vol, 0, data.ljust(MARKER_SIZE, b" "))
+        self._upload(vol, marker["generation"] % 2 * SLOT, slot.ljust(SLOT, b" "))
 
     def _listing(self, names: list[str], add: bool, **facts) -> None:
         pool = self._active()
@@ -424,10 +445,15 @@ class Pool:
             return
         marker = self.marker(pool)
         what = f"{c.data_dir} on {c.uri}"
-        if marker is None and self._target(pool) == str(c.data_dir) and self.is_empty():
-            # Our name (it carries the cluster's id) and not a file in it: a run killed as it
-            # made the pool, or as clean removed it. Undefined; the directory is left.
+        spoilt = self._spoilt_marker(pool) if marker is None else None
+        if marker is None and self._target(pool) == str(c.data_dir) and \
+                (self.is_empty() or (spoilt is not None and pool.listVolumes() == [MARKER])):
+            # Our name (it carries the cluster's id) and no file in it, or only a marker whose
+            # first write was cut short: a run killed as it made the pool, or as clean removed
+            # it. Undefined; the directory is left.
             if not dryrun:
+                if spoilt is not None:
+                    spoilt.delete(0)
                 pool.destroy()
                 pool.undefine()
             cleaning.said("storage pool", f"{name(c)} ({what})", dryrun)
@@ -486,6 +512,26 @@ class Pool:
         while sent < len(data):
             sent += stream.send(bytes(view[sent:sent + CHUNK]))
         stream.finish()
+
+
+def _newest_slot(data: bytes) -> dict | None:
+    """The marker of the newest slot whose checksum holds; None if neither does (the first
+    write of the marker cut short, or a file that is not dali's marker)."""
+    newest = None
+    for slot in (data[:SLOT], data[SLOT:]):
+        checksum, _, body = slot.partition(b"\n")
+        body = body.rstrip(b" \0")
+        if hashlib.sha256(body).hexdigest().encode() != checksum:
+            continue  # never written, or a write cut short
+        marker = json.loads(body)
+        if newest is None or marker["generation"] > newest["generation"]:
+            newest = marker
+    return newest
+
+
+# A slot as a cut-short write leaves it in a new marker volume (created zero-filled): nothing, or
+# a part of the checksum line then zeros, or the whole line and a part of the document.
+_CUT_SHORT = re.compile(rb"\0*\Z|[0-9a-f]{1,63}\0*\Z|[0-9a-f]{64}\n")
 
 
 def _volume_xml(vol_name: str, capacity: int, fmt: str, *, allocation: int = 0,
