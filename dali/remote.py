@@ -243,6 +243,8 @@ def reset_disks(cluster: Cluster, virt: Libvirt) -> None:
     for node, name in names.items():
         if pool.volume(name) is not None:
             reset.everything_off(cluster, virt, cluster.disk(node))
+            reset.nothing_built_on(cluster.disk(node), [f"{cluster.data_dir / v} on {cluster.uri}"
+                                                        for v in pool.built_on(cluster.disk(node))[1]])
     for node, name in names.items():
         vol = pool.volume(name)
         if vol is None:

@@ -69,6 +69,15 @@ def everything_off(cluster: Cluster, virt: Libvirt, path: Path) -> None:
                         "(a reset rewrites what a running node has open)")
 
 
+def nothing_built_on(disk: Path | str, built_on_it: list) -> None:
+    """Refused if a file (a user's: dali builds nothing on a node's disk) is built on a node's
+    disk: a reset replaces that disk, and the file would read another disk under its data."""
+    if built_on_it:
+        raise DaliError(f"{', '.join(map(str, built_on_it))} is built on {disk}, which reset:disks "
+                        "would replace: make it stand alone (qemu-img convert -O qcow2 FILE NEW) or "
+                        "delete it, then run doit reset again")
+
+
 def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
     if not golden_is_current(cluster, virt):
         raise DaliError(f"no golden copy of {cluster.fam_path} for its namespace: run doit first "
@@ -99,6 +108,8 @@ def reset_disks(cluster: Cluster, virt: Libvirt) -> None:
         if not marks.is_ours(disk, cluster):
             raise DaliError(f"{disk} is not dali's: reset leaves it, and stops here")
         everything_off(cluster, virt, disk)
+        nothing_built_on(disk, [p for d in (cluster.data_dir, cluster.image_dir)
+                                for p in disks.disks_built_on(disk, d)])
     for node in cluster.nodes:
         disk = cluster.disk(node)
         if not disk.exists():

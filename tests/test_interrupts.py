@@ -53,32 +53,42 @@ def start(where: Path, **env) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def wait_for_sleep(seconds: str, timeout: float = 30) -> int:
-    """The pid of the `sleep SECONDS` the tiny dodo started."""
+def wait_for_sleep(doit: subprocess.Popen, seconds: str, timeout: float = 30) -> int:
+    """The pid of the `sleep SECONDS` that this doit of the tiny dodo started (its child: another
+    run of these tests beside this one has a sleep of its own)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = subprocess.run(["pgrep", "-f", f"^sleep {seconds}$"], capture_output=True, text=True).stdout.split()
+        found = subprocess.run(["pgrep", "-P", str(doit.pid), "-f", f"^sleep {seconds}$"],
+                               capture_output=True, text=True).stdout.split()
         if found:
             return int(found[0])
         time.sleep(0.1)
     pytest.fail(f"sleep {seconds} never started")
 
 
+def still_runs(pid: int, seconds: float) -> bool:
+    """Whether process `pid` still runs after up to `seconds` of waiting for it to end."""
+    deadline = time.monotonic() + seconds
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return Path(f"/proc/{pid}").exists()
+
+
 def test_records_of_finished_tasks_survive_a_sigkill(tiny):
     run = start(tiny, SLEEP="301")
-    wait_for_sleep("301")  # first has finished, second is running
+    sleep = wait_for_sleep(run, "301")  # first has finished, second is running
     run.send_signal(signal.SIGKILL)
     run.wait()
     rows = sqlite3.connect(tiny / "tiny.doit.sqlite").execute("select task_id from doit").fetchall()
     assert ("first",) in rows, "first's record was committed as it finished"
     again = subprocess.run([str(DOIT), "first"], cwd=tiny, env=user_env(), capture_output=True, text=True)
     assert ".  first" not in again.stdout, "so first is up to date for the next run"
-    assert subprocess.run(["pgrep", "-f", "^sleep 301$"]).returncode == 1, "the child died with doit"
+    assert not still_runs(sleep, 5), "the child died with doit"
 
 
 def test_ctrl_c_is_one_line_exit_130_and_stops_the_children(tiny):
     run = start(tiny, SLEEP="302")
-    wait_for_sleep("302")
+    sleep = wait_for_sleep(run, "302")
     run.send_signal(signal.SIGINT)
     out, err = run.communicate(timeout=30)
     assert run.returncode == 130
@@ -86,13 +96,12 @@ def test_ctrl_c_is_one_line_exit_130_and_stops_the_children(tiny):
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == ["dali: stopped by Ctrl-C; what was done is kept and nothing is half-made: "
                      "run the same doit command again to carry on"]
-    time.sleep(0.5)
-    assert subprocess.run(["pgrep", "-f", "^sleep 302$"]).returncode == 1
+    assert not still_runs(sleep, 5)
 
 
 def test_a_second_doit_on_the_same_cluster_waits(tiny):
     first = start(tiny, SLEEP="303")
-    wait_for_sleep("303")
+    wait_for_sleep(first, "303")
     second = start(tiny, SLEEP="1")
     time.sleep(3)
     assert second.poll() is None, "the second doit waits while the first holds the lock"

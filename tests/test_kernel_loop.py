@@ -192,6 +192,18 @@ def test_reset_puts_disks_and_fam_back(cluster):
     refused = one_error_line(cluster.doit("reset", check=False))
     assert "doit shutdown first" in refused
     cluster.doit("shutdown")
+    # A snapshot of the user's built on b's disk: a reset would swap the disk under its data.
+    disk_b = cluster.disk("b")
+    snapshot = cluster.cfg.data_dir / "b-before-reset.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk_b), "-F", "qcow2",
+                    str(snapshot)], check=True)
+    try:
+        before = disk_b.stat().st_ino, cluster.cfg.fam_path.read_bytes()
+        refused = one_error_line(cluster.doit("reset", check=False))
+        assert f"{snapshot} is built on {disk_b}" in refused and "qemu-img convert" in refused
+        assert (disk_b.stat().st_ino, cluster.cfg.fam_path.read_bytes()) == before, "nothing reset"
+    finally:
+        snapshot.unlink()
     run = cluster.doit("reset")
     assert "discarded" in run.stderr
     golden = reset.golden(cluster.cfg).read_bytes()
