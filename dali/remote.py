@@ -217,15 +217,19 @@ def _copy_start(pool: pools.Pool, source: str, target: str, length: int) -> None
         pool.write(target, offset, pool.read(source, offset, min(step, length - offset)))
 
 
-def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
-    """The FAM wiped on the libvirt host (virStorageVolWipe: zeros, written there, not sent),
-    then the golden reserved area written back: the FAM keeps its volume, and so its place in
-    every domain. A run killed between the two leaves a raw FAM, which the next doit's original
-    makes fsdax again: nothing of the device is kept either way, as asked."""
+def fam_ready(cluster: Cluster, virt: Libvirt) -> None:
+    """As dali/reset.py's: a golden copy of the FAM's namespace, no node on."""
     if not golden_is_current(cluster, virt):
         raise DaliError(f"no golden copy of {cluster.fam_path} for its namespace: run doit first "
                         "(it makes one once the original has set the device up)")
     reset.everything_off(cluster, virt, cluster.fam_path)
+
+
+def put_fam_back(cluster: Cluster, virt: Libvirt) -> None:
+    """The FAM wiped on the libvirt host (virStorageVolWipe: zeros, written there, not sent),
+    then the golden reserved area written back: the FAM keeps its volume, and so its place in
+    every domain. A run killed between the two leaves a raw FAM, which the next doit's original
+    makes fsdax again: nothing of the device is kept either way, as asked."""
     pool = pools.Pool(cluster, virt)
     data_offset = fam.held(cluster)["data_offset"]
     pool.volume(FAM).wipe(0)
@@ -234,7 +238,8 @@ def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
     log(f"{cluster.fam_path} on {cluster.uri}: back to the golden copy; the device's data is discarded")
 
 
-def reset_disks(cluster: Cluster, virt: Libvirt) -> None:
+def disks_ready(cluster: Cluster, virt: Libvirt) -> None:
+    """As dali/reset.py's: a frozen disk, no node on, nothing of the user's built on a disk."""
     pool = pools.Pool(cluster, virt)
     if pool.volume(FROZEN) is None:
         raise DaliError("no frozen disk to go back to: reset:disks is for a cluster with clones "
@@ -245,6 +250,11 @@ def reset_disks(cluster: Cluster, virt: Libvirt) -> None:
             reset.everything_off(cluster, virt, cluster.disk(node))
             reset.nothing_built_on(cluster.disk(node), [f"{cluster.data_dir / v} on {cluster.uri}"
                                                         for v in pool.built_on(cluster.disk(node))[1]])
+
+
+def put_disks_back(cluster: Cluster, virt: Libvirt) -> None:
+    pool = pools.Pool(cluster, virt)
+    names = {node: disk_name(cluster, node) for node in cluster.nodes}
     for node, name in names.items():
         vol = pool.volume(name)
         if vol is None:

@@ -4,7 +4,8 @@ reset:disks puts every node's disk back to the frozen state: a linked clone (and
 gets a new overlay on frozen.qcow2, a copy clone a new copy. reset:fam puts the FAM back to the
 golden copy: the namespace the original made, and a device of zeros; the answer too when a test
 leaves the shared device in a state no node can mount. Both need every node shut off, and say
-what they discarded.
+what they discarded. Each half is a check (disks_ready, fam_ready) and a change (put_..._back):
+`doit reset` makes both checks before either change, so a refusal leaves everything as it was.
 
 The golden copy (FAM.golden) is the FAM's reserved area up to the device's data offset (ndctl's
 info block and memory map) and nothing else, kept sparse: about 18 MiB on disk for a 1 GiB FAM.
@@ -78,11 +79,15 @@ def nothing_built_on(disk: Path | str, built_on_it: list) -> None:
                         "delete it, then run doit reset again")
 
 
-def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
+def fam_ready(cluster: Cluster, virt: Libvirt) -> None:
+    """Refused unless the FAM can be put back now: a golden copy of its namespace, no node on."""
     if not golden_is_current(cluster, virt):
         raise DaliError(f"no golden copy of {cluster.fam_path} for its namespace: run doit first "
                         "(it makes one once the original has set the device up)")
     everything_off(cluster, virt, cluster.fam_path)
+
+
+def put_fam_back(cluster: Cluster, virt: Libvirt) -> None:
     ns = fam.namespace(cluster.fam_path)
     written = fam.data_mib(cluster, ns["data_offset"])
     size = cluster.fam_path.stat().st_size
@@ -97,7 +102,9 @@ def reset_fam(cluster: Cluster, virt: Libvirt) -> None:
     log(f"{cluster.fam_path}: back to the golden copy; discarded {written} MiB of data on the device")
 
 
-def reset_disks(cluster: Cluster, virt: Libvirt) -> None:
+def disks_ready(cluster: Cluster, virt: Libvirt) -> None:
+    """Refused unless every node's disk can be put back now: a frozen disk, every node's disk
+    dali's, no node on, nothing of the user's built on a disk."""
     if not marks.is_ours(cluster.frozen_disk, cluster):
         raise DaliError("no frozen disk to go back to: reset:disks is for a cluster with clones "
                         "(doit clone makes them)")
@@ -110,6 +117,9 @@ def reset_disks(cluster: Cluster, virt: Libvirt) -> None:
         everything_off(cluster, virt, disk)
         nothing_built_on(disk, [p for d in (cluster.data_dir, cluster.image_dir)
                                 for p in disks.disks_built_on(disk, d)])
+
+
+def put_disks_back(cluster: Cluster, virt: Libvirt) -> None:
     for node in cluster.nodes:
         disk = cluster.disk(node)
         if not disk.exists():

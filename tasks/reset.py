@@ -1,7 +1,7 @@
 """Stage: the FAM's golden copy, made once the original has set the device up; and the
-commands that go back to the state right after cloning: `doit reset`, which is reset:disks and
-reset:fam (dali/reset.py; on a remote libvirt host, dali/remote.py's, through its pool). Every
-node must be shut off."""
+commands that go back to the state right after cloning: `doit reset`, which does what reset:disks
+and reset:fam do (dali/reset.py; on a remote libvirt host, dali/remote.py's, through its pool).
+Every node must be shut off."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dali.virt import Libvirt
 
 
 def gen_tasks(cluster: Cluster, virt: Libvirt):
-    how = remote if cluster.remote else reset  # the same four functions, files or volumes
+    how = remote if cluster.remote else reset  # the same six functions, files or volumes
     remove = remote.remove_volume if cluster.remote else disks.remove_file
     golden = reset.golden(cluster)
     yield {
@@ -24,17 +24,31 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "clean": [CleanStep(f"remove {golden} if dali made it", remove, cluster, virt, golden,
                             changes=cluster)],
     }
-    yield {"basename": "reset", "name": None,
-           "doc": "nodes shut off: every disk back to the frozen state, the FAM to its golden copy"}
+    # Three tasks, not a group and its two subtasks: doit runs a group's subtasks in whatever
+    # order their dependencies allow, and the second could then be refused after the first had
+    # changed its half. `doit reset` checks both halves, then changes both. The checks take the
+    # cluster's lock (changes=), so nothing starts a node between a check and its change.
+    def steps(*what: str) -> list[Step]:  # a task's own Step objects: doit gives each its task
+        titles = {"disks_ready": "check that every disk can go back",
+                  "fam_ready": "check that the FAM can go back",
+                  "put_disks_back": "put the disks back", "put_fam_back": "put the FAM back"}
+        return [Step(titles[w], getattr(how, w), cluster, virt, changes=cluster) for w in what]
+
     yield {
-        "basename": "reset", "name": "disks",
+        "basename": "reset",
+        "doc": "nodes shut off: every disk back to the frozen state, the FAM to its golden copy",
+        "actions": steps("disks_ready", "fam_ready", "put_disks_back", "put_fam_back"),
+        "task_dep": ["clone", "golden"], "uptodate": [False],
+    }
+    yield {
+        "basename": "reset:disks",
         "doc": "every node's disk back to the frozen state (nodes shut off)",
-        "actions": [Step("put the disks back", how.reset_disks, cluster, virt, changes=cluster)],
+        "actions": steps("disks_ready", "put_disks_back"),
         "task_dep": ["clone"], "uptodate": [False],
     }
     yield {
-        "basename": "reset", "name": "fam",
+        "basename": "reset:fam",
         "doc": "the FAM back to its golden copy: the original's namespace, a device of zeros",
-        "actions": [Step("put the FAM back", how.reset_fam, cluster, virt, changes=cluster)],
+        "actions": steps("fam_ready", "put_fam_back"),
         "task_dep": ["golden"], "uptodate": [False],
     }
