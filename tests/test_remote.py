@@ -241,8 +241,9 @@ def test_reset_puts_the_fam_back_there(pair, host):
         assert f.read(1 << 20) != bytes(1 << 20)  # OCFS2's superblock and more
     # A snapshot of the user's, made on the server, built on b's disk: the reset is refused.
     snapshot = on_host(host, remote) / "b-before-reset.qcow2"
+    # (-u: the backing path is the server's, not readable here; so the size is given)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", str(remote.disk("b")),
-                    "-F", "qcow2", str(snapshot)], check=True)
+                    "-F", "qcow2", str(snapshot), "1G"], check=True)
     try:
         refused = one_error_line(remote.doit("reset", check=False))
         assert f"{remote.cfg.data_dir}/{snapshot.name} on {remote.cfg.uri} is built on" in refused
