@@ -94,6 +94,19 @@ def route_table(uri: str) -> Path | None:
     return Path(f"/proc/{pid}/net/route")
 
 
+def _ssh_as_libvirt_does(query: str) -> list[str]:
+    """ssh as the uri tells libvirt to run it (its ssh transport's parameters): the program
+    (command=), the key (keyfile=), and no host key check (no_verify=1). The jump to the
+    nodes reaches the same host as libvirt does, so it logs in the same way."""
+    params = {k: v[-1] for k, v in parse_qs(query).items()}
+    ssh = [params.get("command") or "ssh"]
+    if params.get("keyfile"):
+        ssh += ["-i", params["keyfile"]]
+    if params.get("no_verify") not in (None, "", "0"):
+        ssh += ["-o", "StrictHostKeyChecking=no"]
+    return ssh
+
+
 def ssh_proxy(cluster: Cluster) -> str | None:
     """ssh_config's ProxyCommand to the nodes (%h %p: a node's address and port), or None
     where they are reachable from here as they are."""
@@ -104,6 +117,6 @@ def ssh_proxy(cluster: Cluster) -> str | None:
         port = ["-p", str(parts.port)] if parts.port else []
         there = (["ip", "netns", "exec", cluster.remote_netns] if cluster.remote_netns else []) + ["nc", "%h", "%p"]
         # -W would be ProxyJump's own forwarding; nc lets the forward start in remote.netns.
-        return " ".join(map(shlex.quote, ["ssh", *login, *port, host, *there]))
+        return " ".join(map(shlex.quote, [*_ssh_as_libvirt_does(parts.query), *login, *port, host, *there]))
     prefix = namespace_prefix(local_pid(cluster.uri))
     return " ".join([*map(shlex.quote, prefix), "nc", "%h", "%p"]) if prefix else None

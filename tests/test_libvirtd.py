@@ -42,6 +42,16 @@ def test_ssh_jumps_through_the_libvirt_host(tmp_path):
     assert libvirtd.ssh_proxy(c) == "ssh lab ip netns exec dali nc %h %p"
 
 
+def test_the_jump_logs_in_as_libvirt_does(tmp_path):
+    """The uri's parameters for libvirt's ssh transport: the jump uses the same program, key
+    and host key policy, or it would ask for what libvirt was told."""
+    c = remote_cluster(tmp_path, "qemu+ssh://root@lab/system?keyfile=/home/me/.ssh/lab%20key&no_verify=1")
+    assert libvirtd.ssh_proxy(c) == ("ssh -i '/home/me/.ssh/lab key' -o StrictHostKeyChecking=no "
+                                     "-l root lab nc %h %p")
+    c = remote_cluster(tmp_path, "qemu+ssh://lab/system?command=/opt/ssh/bin/ssh&no_verify=0")
+    assert libvirtd.ssh_proxy(c) == "/opt/ssh/bin/ssh lab nc %h %p"
+
+
 def test_a_remote_dir_is_taken_as_written(tmp_path):
     """A path on the libvirt host: not resolved against this machine's symlinks."""
     c = remote_cluster(tmp_path, "qemu+ssh://lab/system")
