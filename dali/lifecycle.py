@@ -71,7 +71,7 @@ def start(cluster: Cluster, virt: Libvirt, names=(), batch: str = "auto") -> Non
         ocfs2.bring_up(cluster, virt, ocfs2.running_nodes(cluster, virt))
 
 
-def _panic_of(cluster: Cluster, virt: Libvirt, dom):
+def panic_of(cluster: Cluster, virt: Libvirt, dom):
     """For wait_for_agent: the node's panic, read from its console (dali/evidence.py)."""
     from dali import evidence  # here: a no-op doit loads lifecycle, and need not load this
     return lambda: evidence.panicked(cluster, virt, dom)
@@ -81,7 +81,7 @@ def _boot(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:
     _keep_a_crash(cluster, virt, dom)
     virt.start(dom)
     log(f"started {node.name}; waiting for its guest agent")
-    took = virt.wait_for_agent(dom, cluster.boot_timeout, log, crashed=_panic_of(cluster, virt, dom))
+    took = virt.wait_for_agent(dom, cluster.boot_timeout, log, crashed=panic_of(cluster, virt, dom))
     log(f"{node.name}: guest agent answered after {took:.0f} s")
     _wait_until_usable(cluster, virt, node, dom)
 
@@ -192,7 +192,7 @@ def running(cluster: Cluster, virt: Libvirt, names=(), wait: bool = True) -> tup
         log(f"{', '.join(n.name for n, _ in booting)}: still booting; waiting until usable "
             f"(up to timeouts.boot, {cluster.boot_timeout} s from its start)")
         each(booting, lambda n, d: (virt.wait_for_agent(d, int(left[n.name]) + 1, log,
-                                                        crashed=_panic_of(cluster, virt, d)),
+                                                        crashed=panic_of(cluster, virt, d)),
                                     _wait_in_node(cluster, virt, n, d, int(left[n.name]) + 1)))
         left = {name: s for name, s in left.items() if name not in {n.name for n, _ in booting}}
     up = [(n, d) for n, d in up if n.name not in left]

@@ -10,7 +10,7 @@ another mode is never reconfigured: that would destroy the shared device's conte
 
 from __future__ import annotations
 
-from dali import evidence, fam, guest, lifecycle
+from dali import fam, guest, lifecycle
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.reporter import log
@@ -46,8 +46,7 @@ def boot(cluster: Cluster, virt: Libvirt) -> dict:
     dom = _domain(cluster, virt)
     virt.start(dom)
     log(f"{dom.name()}: started; waiting for its guest agent (TCG boots take a minute)")
-    took = virt.wait_for_agent(dom, cluster.boot_timeout, log,
-                               crashed=lambda: evidence.panicked(cluster, virt, dom))
+    took = virt.wait_for_agent(dom, cluster.boot_timeout, log, crashed=lifecycle.panic_of(cluster, virt, dom))
     log(f"{dom.name()}: guest agent answered after {took:.0f} s")
     return {"run": lifecycle.run_of(cluster, virt, dom)}
 

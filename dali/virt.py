@@ -70,8 +70,6 @@ class Libvirt:
         self.uri = uri
         self.owner = owner
         self._conn: libvirt.virConnect | None = None
-        # For uptodate checks: (actions started when made, {name: (domain, its mark)}).
-        self._listed: tuple[int, dict] | None = None
         self._for_checks: dict = {}  # shared_by_checks: {key: (actions started, value)}
         # Where start() writes when it started a domain, for a libvirtd on another host (on this
         # machine the qemu process says: dali/lifecycle.py started_at).
@@ -177,11 +175,7 @@ class Libvirt:
     def _listed_for_checks(self) -> dict | None:
         """While an uptodate check runs, every domain and its mark, listed once and shared by the
         checks until the next action starts (dali/errors.py: Checking); None outside checks."""
-        if not Checking.active:
-            return None
-        if self._listed is None or self._listed[0] != Checking.actions_started:
-            self._listed = (Checking.actions_started, self._list_domains())
-        return self._listed[1]
+        return self.shared_by_checks("domains", self._list_domains) if Checking.active else None
 
     def _all_domains(self, *flags: int):
         """(domain, its XML for each flag) of every domain on the host, but those that vanish
