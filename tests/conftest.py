@@ -366,8 +366,9 @@ def three_nodes_off(three_nodes):
 def ocfs2_cluster(tmp_path_factory):
     """Three nodes with OCFS2 on the shared device, shared by test_shared_fs.py (which builds it
     step by step, and adds a fourth node), test_remote.py (the local cluster running beside a
-    remote one) and test_torture.py (which needs it running): one cluster booted once for all. Each module starts what it needs. A node forced off is dead
-    after 20 s without its heartbeat, not OCFS2's 60: the survivors of a crash test wait that long."""
+    remote one) and test_torture.py (which needs it running): one cluster booted once for all.
+    Each module starts what it needs. A node forced off is dead after 20 s without its
+    heartbeat, not OCFS2's 60: the survivors of a crash test wait that long."""
     tag = unique_tag("dalifs")
     c = ClusterUnderTest(tmp_path_factory.mktemp(tag) / "cluster.toml", tag, clones=["b", "c"],
                          fs={"type": "ocfs2", "mountpoint": "/data", "slots": 8, "heartbeat_threshold": 11})
