@@ -60,7 +60,7 @@ def _print_collected() -> None:
 
 class Clean(DoitClean):
     """doit's clean, saying only what dali says (one line per object), and keeping what it
-    forgot when a step stops it (dali.errors.CleanStep ends a clean that cannot go on)."""
+    forgot when a step stops it (dali.steps.CleanStep ends a clean that cannot go on)."""
 
     def clean_tasks(self, tasks, dryrun, cleanforget):
         global _collected

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from dali import access, identity_disk, ocfs2
+from dali import access, identity_disk
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError
 from dali.fanout import each
@@ -58,17 +58,14 @@ def defined(cluster: Cluster, virt: Libvirt, nodes: list[Node] | None = None) ->
     return doms
 
 
-def start(cluster: Cluster, virt: Libvirt, names=(), batch: str = "auto") -> None:
+def boot(cluster: Cluster, virt: Libvirt, names=(), batch: str = "auto") -> None:
     """Boot the nodes (all, or those named) and return once each is usable: its guest agent
     answers and ssh works. At most `batch` nodes boot at a time, the next one starting as soon
-    as one is usable: "auto" is one more than the host has cores for (auto_batch), 0 all at once."""
+    as one is usable: "auto" is one more than the host has cores for (auto_batch), 0 all at once.
+    `doit start` is this and the shared filesystem (dali/startup.py)."""
     size = batch_size(cluster, str(batch))
     doms = defined(cluster, virt, select(cluster, names))
-    if cluster.fs.type == "ocfs2":
-        ocfs2.refuse_other_data(cluster)  # before any node boots: a refusal changes nothing
     each(doms, lambda node, dom: _boot(cluster, virt, node, dom), at_once=size)
-    if cluster.fs.type == "ocfs2":
-        ocfs2.bring_up(cluster, virt, ocfs2.running_nodes(cluster, virt))
 
 
 def panic_of(cluster: Cluster, virt: Libvirt, dom):
@@ -213,7 +210,7 @@ def _keep_a_crash(cluster: Cluster, virt: Libvirt, dom) -> None:
             log(f"{dom.name()}: had crashed; its evidence is kept in {evidence.crash_dir(cluster)}")
 
 
-def _keep_if_panicked(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:
+def keep_if_panicked(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:
     """Before a node is powered off: the evidence of a panic, kept (dali/evidence.py)."""
     from dali import evidence
     why = evidence.panicked(cluster, virt, dom)
@@ -225,7 +222,7 @@ def shutdown(cluster: Cluster, virt: Libvirt, names=()) -> None:
     doms = [(n, d) for n, d in ((n, virt.domain(n.name)) for n in select(cluster, names)) if d]
     for node, dom in doms:
         if dom.isActive():
-            _keep_if_panicked(cluster, virt, node, dom)
+            keep_if_panicked(cluster, virt, node, dom)
     each(doms, lambda node, dom: log(f"{node.name}: {virt.shutdown(dom, cluster.shutdown_timeout, log)}"))
 
 
@@ -234,21 +231,6 @@ def destroy(cluster: Cluster, virt: Libvirt, names=()) -> None:
     for node in select(cluster, names):
         dom = virt.domain(node.name)
         if dom is not None and dom.isActive():  # a crashed node too (it keeps its memory)
-            _keep_if_panicked(cluster, virt, node, dom)
+            keep_if_panicked(cluster, virt, node, dom)
             dom.destroy()
             log(f"{node.name}: forced off")
-
-
-def restart(cluster: Cluster, virt: Libvirt, names=(), batch: str = "auto") -> None:
-    """Shut the running nodes down (all, or those named) and start them again: they boot what
-    their definitions say now (a rebuilt kernel, say). Shut-off nodes stay off."""
-    batch_size(cluster, str(batch))  # a bad --batch is refused before anything is shut down
-    doms = defined(cluster, virt, select(cluster, names))
-    for node, dom in doms:
-        _keep_if_panicked(cluster, virt, node, dom)
-    running = [n for n, d in doms if virt.is_running(d)]
-    if not running:
-        log("no node to restart: none of them runs (doit start boots them)")
-        return
-    shutdown(cluster, virt, [n.name for n in running])
-    start(cluster, virt, [n.name for n in running], batch)

@@ -16,6 +16,7 @@ import stat
 from contextlib import contextmanager
 from pathlib import Path
 
+from dali.errors import DaliError
 from dali.reporter import log
 
 _held: dict[Path, int] = {}  # lock file -> open descriptor, for the life of the process
@@ -86,7 +87,6 @@ def host_lock(name: str):
     local user could plant a symlink at the lock's name (and root would create or truncate
     what it points at) or hold the lock and stall every cluster. Opened without following a
     symlink all the same."""
-    from dali.errors import DaliError  # here: dali.errors imports this module
     try:
         os.mkdir(HOST_LOCKS, 0o700)
     except FileExistsError:

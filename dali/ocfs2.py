@@ -23,7 +23,7 @@ import ipaddress
 import shlex
 import subprocess
 
-from dali import fam, guest, network
+from dali import fam, guest, lifecycle, network
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError
 from dali.fanout import each
@@ -201,8 +201,7 @@ def _say_if_threshold_waits_for_a_boot(cluster: Cluster, virt: Libvirt, node: No
 def running_nodes(cluster: Cluster, virt: Libvirt) -> list:
     """The nodes that run and are usable, without waiting for one that boots (a later doit or
     doit start takes it in)."""
-    from dali.lifecycle import running  # here: lifecycle imports this module
-    return running(cluster, virt, wait=False)[0]
+    return lifecycle.running(cluster, virt, wait=False)[0]
 
 
 def is_current(cluster: Cluster, virt: Libvirt) -> bool:

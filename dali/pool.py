@@ -210,7 +210,7 @@ class Pool:
     def marker(self, pool: libvirt.virStoragePool | None = None) -> dict | None:
         """The marker of our cluster, or None if the pool has none (or another cluster's). The
         uptodate checks of one doit share one reading until an action starts (as they share one
-        listing of the domains: dali/errors.py Checking); an action reads it anew."""
+        listing of the domains: dali/steps.py Checking); an action reads it anew."""
         return self.virt.shared_by_checks(("marker", name(self.cluster)), lambda: self._read_marker(pool))
 
     def _read_marker(self, pool: libvirt.virStoragePool | None) -> dict | None:

@@ -2,7 +2,7 @@
 
 The reporter is doit's ExecutedOnlyReporter (a task that is up to date prints nothing; `doit
 list --status` shows them all). A failure carrying no traceback came from a DaliError (see
-dali/errors.py): its message already names the setting and the fix. Tasks skipped because an
+dali/steps.py): its message already names the setting and the fix. Tasks skipped because an
 earlier one failed add nothing, so they are not listed. Anything else (a bug) keeps doit's full
 report.
 

@@ -17,7 +17,8 @@ from typing import NamedTuple
 
 import libvirt
 
-from dali.errors import Checking, DaliError
+from dali.errors import DaliError
+from dali.steps import Checking
 from dali.marks import MARK_NS, describe, mark_of
 from dali.reporter import log
 
@@ -57,7 +58,7 @@ def unless_gone(call, gone: int = libvirt.VIR_ERR_NO_DOMAIN, default=GONE):
 class Libvirt:
     """The connection, and the cluster (owner) whose mark every object dali touches must carry.
 
-    One thing is not visible where it is called: inside a doit uptodate check (dali/errors.py
+    One thing is not visible where it is called: inside a doit uptodate check (dali/steps.py
     `uptodate`, which every check of tasks/*.py goes through), domain() and our_domains()
     answer from one listing of the host's domains shared by all the checks until an action
     starts; inside an action, from libvirt at that moment. Checks only look, and a doit that
@@ -164,7 +165,7 @@ class Libvirt:
 
     def shared_by_checks(self, key, make):
         """make(), asked once by all the uptodate checks that run before the next action starts
-        and shared by them (dali/errors.py: Checking); outside checks, asked every time."""
+        and shared by them (dali/steps.py: Checking); outside checks, asked every time."""
         if not Checking.active:
             return make()
         found = self._for_checks.get(key)
@@ -174,7 +175,7 @@ class Libvirt:
 
     def _listed_for_checks(self) -> dict | None:
         """While an uptodate check runs, every domain and its mark, listed once and shared by the
-        checks until the next action starts (dali/errors.py: Checking); None outside checks."""
+        checks until the next action starts (dali/steps.py: Checking); None outside checks."""
         return self.shared_by_checks("domains", self._list_domains) if Checking.active else None
 
     def _all_domains(self, *flags: int):

@@ -11,7 +11,7 @@ from doit.tools import config_changed
 
 from dali import accel, image
 from dali.cluster import Cluster
-from dali.errors import Step
+from dali.steps import Step
 from dali.virt import Libvirt
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dali import access, network
 from dali.cluster import Cluster
-from dali.errors import Step, uptodate
+from dali.steps import Step, uptodate
 from dali.virt import Libvirt
 
 

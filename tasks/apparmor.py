@@ -7,7 +7,7 @@ from doit.tools import run_once
 
 from dali import apparmor
 from dali.cluster import Cluster
-from dali.errors import CleanStep, Step, uptodate
+from dali.steps import CleanStep, Step, uptodate
 from dali.virt import Libvirt
 
 

@@ -13,7 +13,7 @@ from doit.tools import config_changed
 
 from dali import domain, identity_disk
 from dali.cluster import Cluster
-from dali.errors import CleanStep, Step, uptodate
+from dali.steps import CleanStep, Step, uptodate
 from dali.render import template_path
 from dali.virt import Libvirt
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dali import disks, remote
 from dali.cluster import Cluster
-from dali.errors import CleanStep, Step, uptodate
+from dali.steps import CleanStep, Step, uptodate
 from dali.virt import Libvirt
 
 

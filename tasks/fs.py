@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dali import ocfs2
 from dali.cluster import Cluster
-from dali.errors import Step, uptodate
+from dali.steps import Step, uptodate
 from dali.virt import Libvirt
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dali import disks, identity_disk, remote
 from dali.cluster import Cluster
-from dali.errors import CleanStep, Step, uptodate
+from dali.steps import CleanStep, Step, uptodate
 from dali.virt import Libvirt
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dali import image_builder, image, remote
 from dali.cluster import Cluster
-from dali.errors import CleanStep, Step, uptodate
+from dali.steps import CleanStep, Step, uptodate
 from dali.reporter import log
 from dali.virt import Libvirt
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dali import own_kernel
 from dali.cluster import Cluster
-from dali.errors import CleanStep, Step, uptodate
+from dali.steps import CleanStep, Step, uptodate
 from dali.virt import Libvirt
 
 

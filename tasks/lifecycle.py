@@ -5,9 +5,9 @@ They run every time they are asked for."""
 
 from __future__ import annotations
 
-from dali import lifecycle, pssh, status
+from dali import lifecycle, pssh, startup, status
 from dali.cluster import Cluster
-from dali.errors import Step
+from dali.steps import Step
 from dali.virt import Libvirt
 
 BATCH = {"name": "batch", "long": "batch", "type": str, "default": "auto",
@@ -24,7 +24,7 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
     yield {
         "basename": "start",
         "doc": "boot every node (or those named); wait until each is up: guest agent, host key, sshd",
-        "actions": [Step("start nodes", lifecycle.start, cluster, virt, changes=cluster)],
+        "actions": [Step("start nodes", startup.start, cluster, virt, changes=cluster)],
         "pos_arg": "names", "params": [BATCH], "task_dep": ["clone"], "uptodate": [False],
     }
     yield {
@@ -43,7 +43,7 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "basename": "restart",
         "doc": "shut the running nodes (or those named) down and start them on what their "
                "definitions say now: a rebuilt kernel",
-        "actions": [Step("restart nodes", lifecycle.restart, cluster, virt, changes=cluster)],
+        "actions": [Step("restart nodes", startup.restart, cluster, virt, changes=cluster)],
         "pos_arg": "names", "params": [BATCH], "task_dep": ["clone"], "uptodate": [False],
     }
     yield {

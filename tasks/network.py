@@ -6,7 +6,7 @@ from doit.tools import config_changed
 
 from dali import network
 from dali.cluster import Cluster
-from dali.errors import CleanStep, Step, uptodate
+from dali.steps import CleanStep, Step, uptodate
 from dali.render import template_path
 from dali.virt import Libvirt
 

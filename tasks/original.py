@@ -14,7 +14,7 @@ from doit.dependency import UptodateCalculator
 
 from dali import original
 from dali.cluster import Cluster
-from dali.errors import Step, uptodate
+from dali.steps import Step, uptodate
 from dali.virt import Libvirt
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dali import preflight
 from dali.cluster import Cluster
-from dali.errors import CleanStep, DaliError, Step, uptodate
+from dali.errors import DaliError
+from dali.steps import CleanStep, Step, uptodate
 from dali.virt import Libvirt
 
 

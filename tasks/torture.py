@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from dali.cluster import Cluster
-from dali.errors import Step
+from dali.steps import Step
 from dali.virt import Libvirt
 
 # dali.torture, its workloads and dali.evidence are imported by the actions, not here: every

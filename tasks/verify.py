@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dali import verify
 from dali.cluster import Cluster
-from dali.errors import Step
+from dali.steps import Step
 from dali.virt import Libvirt
 
 

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from doit.tools import config_changed
 from dali.commands import exit_cleanly_on_signals, run
-from dali.errors import Step
+from dali.steps import Step
 from dali.reporter import DaliReporter
 
 exit_cleanly_on_signals()
@@ -115,7 +115,8 @@ def test_a_second_doit_on_the_same_cluster_waits(tiny):
 CLEAN_DODO = '''
 from pathlib import Path
 from doit.tools import config_changed
-from dali.errors import CleanStep, DaliError, Step
+from dali.errors import DaliError
+from dali.steps import CleanStep, Step
 from dali.reporter import DaliReporter
 
 HERE = Path(__file__).parent
@@ -148,7 +149,7 @@ def task_three():
 
 
 def test_a_stopped_clean_forget_keeps_what_it_forgot(tmp_path):
-    """doit clean --forget stopped by a step that cannot go on (dali.errors.CleanStep): one line,
+    """doit clean --forget stopped by a step that cannot go on (dali.steps.CleanStep): one line,
     exit 1, and the records it forgot before are gone for good (doit's own clean rolled them
     back), those of the tasks not cleaned kept."""
     (tmp_path / "dodo.py").write_text(CLEAN_DODO)

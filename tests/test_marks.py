@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from dali import disks, domain, marks, network, settings
-from dali.errors import Step, uptodate
+from dali.steps import Step, uptodate
 from dali.network import Addresses
 from dali.virt import ForeignObject, Libvirt
 
