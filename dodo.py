@@ -29,7 +29,7 @@ import sys
 
 from doit import get_var
 
-from dali import lock, settings
+from dali import lock, settings, storage
 from dali.commands import exit_cleanly_on_signals
 from dali.errors import DaliError, unforeseen
 from dali.reporter import DaliReporter
@@ -45,6 +45,7 @@ except DaliError as e:
 except Exception as e:  # still one line, never a traceback (errors.unforeseen)
     sys.exit(unforeseen("reading the settings", e))
 VIRT = Libvirt.of(CLUSTER)  # connects on first use
+FILES = storage.of(CLUSTER, VIRT)  # where the cluster's files live: a directory here, a pool there
 # A cluster that does not exist (refused before anything was made, or cleaned) leaves no doit
 # database or lock in state/ either: the last thing any doit does.
 atexit.register(lock.forget_if_gone, CLUSTER.lock_file, CLUSTER.dep_file, CLUSTER.state_dir)
@@ -69,7 +70,7 @@ DOIT_CONFIG = {
 def tasks_of(stage):
     """The stage's task dicts, or the usual one line and a non-zero exit if making them fails."""
     try:
-        made = list(stage.gen_tasks(CLUSTER, VIRT))
+        made = list(stage.gen_tasks(CLUSTER, FILES, VIRT))
     except DaliError as e:
         sys.exit(f"dali: {e}")
     except Exception as e:  # still one line, never a traceback (errors.unforeseen)

@@ -23,6 +23,7 @@ from dali import identity_disk, libvirtd
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.render import render, write_if_changed
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
@@ -40,7 +41,7 @@ def inventory_file(cluster: Cluster) -> Path:
     return cluster.state_dir / "hosts"
 
 
-def files(cluster: Cluster, addresses: dict[str, str]) -> dict[Path, str]:
+def wanted_files(cluster: Cluster, files: Storage, addresses: dict[str, str]) -> dict[Path, str]:
     """The text ssh_config and hosts must have, for the nodes' current addresses, and
     known_hosts, from the nodes' identity disks."""
     nodes = [(n.name, addresses[n.name]) for n in cluster.nodes if n.name in addresses]
@@ -51,19 +52,20 @@ def files(cluster: Cluster, addresses: dict[str, str]) -> dict[Path, str]:
                                          tag=cluster.tag, path=ssh_config_file(cluster)),
         inventory_file(cluster): render("hosts.j2", nodes=nodes, tag=cluster.tag),
     }
-    if identity_disk.used(cluster):
-        keys = {n.name: identity_disk.public_key(cluster, n) for n in cluster.nodes}
+    if identity_disk.used(cluster, files):
+        keys = {n.name: identity_disk.public_key(cluster, files, n) for n in cluster.nodes}
         wanted[known_hosts_file(cluster)] = "".join(f"{name} {key}\n" for name, key in sorted(keys.items())
                                                     if key)
     return wanted
 
 
-def are_current(cluster: Cluster, addresses: dict[str, str]) -> bool:
-    return all(path.exists() and path.read_text() == text for path, text in files(cluster, addresses).items())
+def are_current(cluster: Cluster, files: Storage, addresses: dict[str, str]) -> bool:
+    return all(path.exists() and path.read_text() == text
+               for path, text in wanted_files(cluster, files, addresses).items())
 
 
-def write(cluster: Cluster, addresses: dict[str, str]) -> None:
-    for path, text in files(cluster, addresses).items():
+def write(cluster: Cluster, files: Storage, addresses: dict[str, str]) -> None:
+    for path, text in wanted_files(cluster, files, addresses).items():
         write_if_changed(path, text)
 
 
@@ -82,7 +84,8 @@ def learn_host_keys(cluster: Cluster, virt: Libvirt, doms, wait: int = 0) -> Non
     under their names (HostKeyAlias), read through the guest agent. The agent can answer before
     sshd runs: `wait` seconds for it (doit start waits; doit status does not, and learns a late
     key next time)."""
-    if identity_disk.used(cluster):
+    doms = [(node, dom) for node, dom in doms if not identity_disk.attached(dom)]
+    if not doms:
         return  # known_hosts is written from the identity disks
     known = {}
     path = known_hosts_file(cluster)

@@ -137,12 +137,6 @@ class Cluster(NamedTuple):
     shutdown_timeout: int
     remote_netns: str = ""  # with a remote uri: the namespace of that host's guest networks
 
-    @property
-    def remote(self) -> bool:
-        """The nodes run where dali reaches only through libvirt (dali/pool.py keeps their
-        files there as volumes of a storage pool), not this machine's libvirtd."""
-        return is_remote(self.uri)
-
     # --- who we are --------------------------------------------------------------------------
 
     @property
@@ -177,62 +171,13 @@ class Cluster(NamedTuple):
         return uuid_text(uuid5(f"network:{self.id}:{self.network.name}"))
 
     # --- where things live --------------------------------------------------------------------
+    # The files of the data directory itself. Where the rest lies (the image, your kernel, the
+    # consoles) is decided by the cluster's Storage (dali/storage/), as is how any is made.
 
     @property
     def fam_path(self) -> Path:
         # Named FAM, as in the seed (a FAME/F.E.E. host shares the name).
         return self.data_dir / "FAM"
-
-    @property
-    def image_dir(self) -> Path:
-        """The built guest image: base.qcow2, vmlinuz, initrd.img (read by qemu). On a remote
-        host, in the data directory itself: a storage pool's volumes are the files of one
-        directory."""
-        return self.data_dir if self.remote else self.data_dir / "image"
-
-    @property
-    def base_disk(self) -> Path:
-        """What the original's first disk is an overlay on: the built image or the user's own."""
-        return self.image.path or self.image_dir / "base.qcow2"
-
-    @property
-    def image_kernel(self) -> Path | None:
-        """The built image's kernel (the accel probe boots it), or None with image.path."""
-        return None if self.image.path else self.image_dir / "vmlinuz"
-
-    @property
-    def kernel_dir(self) -> Path:
-        """The user's own kernel, as the nodes boot it: bzImage, initramfs.cpio, modules.img. On
-        a remote host, in the data directory itself (a pool's volumes are one directory's files)."""
-        return self.data_dir if self.remote else self.data_dir / "kernel"
-
-    @property
-    def kernel_build_dir(self) -> Path:
-        """Where those three files are made on this machine: kernel_dir itself, or, for a
-        remote host, state/<tag>/kernel/, whence they are uploaded."""
-        return self.state_dir / "kernel" if self.remote else self.kernel_dir
-
-    @property
-    def kernel_files(self) -> tuple[Path, Path, Path]:
-        """bzImage, initramfs.cpio and modules.img as made on this machine (kernel_build_dir)."""
-        d = self.kernel_build_dir
-        return d / "bzImage", d / "initramfs.cpio", d / "modules.img"
-
-    @property
-    def kernel(self) -> Path | None:
-        """The kernel booted directly, or None when a user's own disk boots itself."""
-        return self.kernel_dir / "bzImage" if self.own_kernel else self.image_kernel
-
-    @property
-    def initrd(self) -> Path | None:
-        if self.own_kernel:
-            return self.kernel_dir / "initramfs.cpio"
-        return None if self.image.path else self.image_dir / "initrd.img"
-
-    @property
-    def modules_disk(self) -> Path | None:
-        """With the user's own kernel: its modules, as a read-only disk every node mounts."""
-        return self.kernel_dir / "modules.img" if self.own_kernel else None
 
     @property
     def frozen_disk(self) -> Path:
@@ -242,14 +187,6 @@ class Cluster(NamedTuple):
     def disk(self, node: Node | str) -> Path:
         """A node's disk, by node or by domain name (a pruned node is known only by name)."""
         return self.data_dir / f"{getattr(node, 'name', node)}.qcow2"
-
-    def console_log(self, node: Node | str) -> Path:
-        """Where libvirt's virtlogd writes the node's serial console. On a remote host, in the
-        data directory, where dali reads it back as a volume of the cluster's pool."""
-        name = getattr(node, "name", node)
-        if self.remote:
-            return self.data_dir / f"{name}-console.log"
-        return Path("/var/log/libvirt/qemu") / f"{name}-console.log"
 
     def domain_xml(self, node: Node) -> Path:
         return self.state_dir / "xml" / f"{node.name}.xml"

@@ -1,10 +1,11 @@
 """The nodes' serial consoles as evidence: what each printed during a window of time, and the
 kernel's own words for a crash in it.
 
-libvirt writes every node's serial console to /var/log/libvirt/qemu/<node>-console.log
-(templates/domain.xml.j2), anew each time the node's qemu starts; on a remote libvirt host, to
-<dir>/<node>-console.log, read back as a volume of the cluster's pool (cluster.console_log). A window is the byte offset at
-its start; when the file is shorter at the end (qemu restarted) the window is the whole file.
+libvirt's virtlogd writes every node's serial console to the file the cluster's Storage names
+(dali/storage/: /var/log/libvirt/qemu/<node>-console.log here, <dir>/<node>-console.log in the
+pool of a remote host, read back as a volume), anew each time the node's qemu starts. A window
+is the byte offset at its start; when the file is shorter at the end (qemu restarted) the
+window is the whole file.
 
 The patterns are the ones kdevops' fstests watchdog and the kernel's own test bots look for:
 panics, oopses, BUG and WARNING splats, soft and hard lockups, hung tasks, and OCFS2's fencing
@@ -16,9 +17,7 @@ from __future__ import annotations
 
 import re
 
-from dali.cluster import Cluster
-from dali.pool import Pool
-from dali.virt import Libvirt
+from dali.storage import Storage
 
 PATTERNS = [  # kdevops' CRASH_PATTERNS (scripts/workflows/lib/crash.py), at the line's start
     ("panic", re.compile(r"Kernel panic - not syncing.*")),
@@ -38,28 +37,17 @@ FATAL = {"panic", "oops", "BUG", "soft lockup", "hard lockup", "fenced"}
 _TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s*")
 
 
-def mark(cluster: Cluster, name: str) -> int:
+def mark(files: Storage, name: str) -> int:
     """Where the node's console log ends now: the start of a window."""
-    if cluster.remote:
-        return Pool(cluster, Libvirt.of(cluster)).size(cluster.console_log(name).name) or 0
-    try:
-        return cluster.console_log(name).stat().st_size
-    except OSError:
-        return 0
+    return files.size(files.console_log(name)) or 0
 
 
-def since(cluster: Cluster, name: str, offset: int) -> bytes:
+def since(files: Storage, name: str, offset: int) -> bytes:
     """What the node's console printed since `offset` (the whole log if qemu started anew)."""
-    if cluster.remote:
-        pool, volume = Pool(cluster, Libvirt.of(cluster)), cluster.console_log(name).name
-        size = pool.size(volume) or 0
-        start = offset if size >= offset else 0
-        return pool.read(volume, start, size - start) if size > start else b""
-    try:
-        data = cluster.console_log(name).read_bytes()
-    except OSError:
-        return b""
-    return data[offset:] if len(data) >= offset else data
+    log = files.console_log(name)
+    size = files.size(log) or 0
+    start = offset if size >= offset else 0
+    return files.read(log, start, size - start) if size > start else b""
 
 
 def findings(text: bytes | str) -> list[tuple[str, str]]:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import libvirt
 
+from dali import cleaning, identity_disk, image, marks, own_kernel
 from dali.cluster import Cluster, Node
 from dali.initramfs import MODULES_DISK_SERIAL
-from dali import cleaning, identity_disk, marks
 from dali.marks import MARK_NS
 from dali.render import render, write_if_changed
 from dali.reporter import log
-from dali.pool import Pool
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 TEMPLATE = "domain.xml.j2"
@@ -35,17 +35,28 @@ def fam_size_text(size: int) -> str:
     return str(size)
 
 
-def template_values(cluster: Cluster, node: Node) -> dict:
+def boot_files(cluster: Cluster, files: Storage) -> tuple[Path | None, Path | None, Path | None]:
+    """The kernel, initrd and modules disk every node boots: your kernel's (kernel.path), the
+    built image's, or none for a user's own disk that boots itself."""
+    if cluster.own_kernel:
+        return tuple(own_kernel.booted(files))
+    if cluster.image.path:
+        return None, None, None
+    return image.kernel(files), files.image_dir / "initrd.img", None
+
+
+def template_values(cluster: Cluster, files: Storage, node: Node) -> dict:
     """Everything the template reads but the domain type, as JSON-able values."""
+    kernel, initrd, modules_disk = boot_files(cluster, files)
     return {
         "node": node.identity(), "suffix": node.suffix, "tag": cluster.tag,
         "mark": cluster.mark, "mark_ns": MARK_NS,
         "memory_kib": cluster.memory // KiB, "max_memory_kib": cluster.max_memory // KiB,
         "memory_slots": cluster.memory_slots, "vcpus": cluster.vcpus,
         "numa_cpus": "0" if cluster.vcpus == 1 else f"0-{cluster.vcpus - 1}",
-        "kernel": str(cluster.kernel) if cluster.kernel else None,
-        "initrd": str(cluster.initrd) if cluster.initrd else None,
-        "modules_disk": str(cluster.modules_disk) if cluster.modules_disk else None,
+        "kernel": str(kernel) if kernel else None,
+        "initrd": str(initrd) if initrd else None,
+        "modules_disk": str(modules_disk) if modules_disk else None,
         "modules_serial": MODULES_DISK_SERIAL,
         "kernel_args": cluster.kernel_args,
         # virtiofs tags: dalishare0, dalishare1, ... in config order
@@ -53,8 +64,8 @@ def template_values(cluster: Cluster, node: Node) -> dict:
                    for i, (src, dst) in enumerate(cluster.shares)],
         "gdb_socket": str(gdb_socket(cluster, node)) if cluster.gdb else None,
         "disk": str(cluster.disk(node)),
-        "console_log": str(cluster.console_log(node)),
-        "identity_disk": str(identity_disk.path(cluster, node)) if identity_disk.used(cluster) else None,
+        "console_log": str(files.console_log(node)),
+        "identity_disk": str(identity_disk.path(cluster, node)) if identity_disk.used(cluster, files) else None,
         "identity_serial": identity_disk.SERIAL, "identity_target": identity_disk.TARGET,
         "network": cluster.network.name,
         "fam": str(cluster.fam_path), "fam_size": fam_size_text(cluster.fam_size),
@@ -76,24 +87,23 @@ def make_gdb_dir(cluster: Cluster) -> None:
     os.chown(directory, pwd.getpwnam("libvirt-qemu").pw_uid, marks.qemu_gid())
 
 
-def domain_xml(cluster: Cluster, node: Node, domain_type: str) -> str:
-    return render(TEMPLATE, domain_type=domain_type, **template_values(cluster, node))
+def domain_xml(cluster: Cluster, files: Storage, node: Node, domain_type: str) -> str:
+    return render(TEMPLATE, domain_type=domain_type, **template_values(cluster, files, node))
 
 
 # --- in libvirt -------------------------------------------------------------------------------
 
-def write(cluster: Cluster, node: Node, domain_type: str) -> None:
-    write_if_changed(cluster.domain_xml(node), domain_xml(cluster, node, domain_type))
+def write(cluster: Cluster, files: Storage, node: Node, domain_type: str) -> None:
+    write_if_changed(cluster.domain_xml(node), domain_xml(cluster, files, node, domain_type))
 
 
-def define(cluster: Cluster, virt: Libvirt, node: Node) -> None:
+def define(cluster: Cluster, files: Storage, virt: Libvirt, node: Node) -> None:
     if cluster.gdb:
         make_gdb_dir(cluster)
     before = virt.domain(node.name)  # raises ForeignObject for a stranger's domain
-    if cluster.remote:
-        # virtlogd makes the console log in the cluster's pool: listed as ours before it exists,
-        # so that clean takes it, and the pool's directory, with the rest.
-        Pool(cluster, virt).record(cluster.console_log(node).name)
+    # virtlogd makes the console log: where the cluster's files are kept apart from their marks
+    # (a remote host's pool), it is written down as ours before it exists, so that clean takes it.
+    files.expect(files.console_log(node))
     old = before.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if before else None
     dom = virt.define_domain(cluster.domain_xml(node).read_text())
     if old is None:

@@ -30,8 +30,8 @@ import libvirt
 from dali import consoles
 from dali.cluster import Cluster
 from dali.errors import DaliError
-from dali.pool import Pool
 from dali.reporter import log
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 
@@ -39,7 +39,7 @@ def crash_dir(cluster: Cluster) -> Path:
     return cluster.state_dir / "crash"
 
 
-def panicked(cluster: Cluster, virt: Libvirt, dom: libvirt.virDomain) -> str | None:
+def panicked(files: Storage, virt: Libvirt, dom: libvirt.virDomain) -> str | None:
     """Why this node is down or unusable: libvirt's crashed state, or the first fatal report
     on its console since its qemu started. None for a healthy node (or one that is off)."""
     try:
@@ -48,7 +48,7 @@ def panicked(cluster: Cluster, virt: Libvirt, dom: libvirt.virDomain) -> str | N
         return None
     if state == libvirt.VIR_DOMAIN_SHUTOFF:
         return None
-    fatal = consoles.fatal(consoles.findings(consoles.since(cluster, dom.name(), 0)))
+    fatal = consoles.fatal(consoles.findings(consoles.since(files, dom.name(), 0)))
     if fatal and {kind for kind, _ in fatal} == {"fenced"} and virt.agent_answers(dom):
         fatal = []  # OCFS2 restarted it on purpose, and it is back: a fact for the run's report
     if fatal:
@@ -59,14 +59,10 @@ def panicked(cluster: Cluster, virt: Libvirt, dom: libvirt.virDomain) -> str | N
     return None
 
 
-def _boot_id(dom: libvirt.virDomain) -> str:
-    """This run of the node's qemu: libvirt's domain id, and qemu's pid (ids start again when
-    libvirtd does)."""
-    try:
-        pid = Path(f"/run/libvirt/qemu/{dom.name()}.pid").read_text().strip()
-    except OSError:
-        pid = "?"
-    return f"domain id {dom.ID()}, qemu pid {pid}"
+def _boot_id(virt: Libvirt, dom: libvirt.virDomain) -> str:
+    """This run of the node's qemu: libvirt's domain id, and the run as dali tells it from the
+    next (ids start again when libvirtd does)."""
+    return f"domain id {dom.ID()}, run {virt.run_of(dom) or '?'}"
 
 
 def _already_kept(cluster: Cluster, name: str, boot: str) -> Path | None:
@@ -86,51 +82,27 @@ def _vmlinux_line(cluster: Cluster) -> str:
             "linux-image-<version>-dbg package (/usr/lib/debug/boot/vmlinux-<version>)")
 
 
-def dump_memory(cluster: Cluster, virt: Libvirt, dom: libvirt.virDomain, path: Path) -> None:
-    """The guest's memory, compressed kdump format (crash and makedumpfile read it). libvirtd
-    opens the file and hands it to qemu; the domain is paused while it is written. The node's
-    vmcoreinfo device (templates/domain.xml.j2) tells crash where the kernel lies. On a remote
-    libvirt host the file is written there, in the cluster's pool, then brought here and
-    deleted there."""
-    partial = path.with_name(path.name + ".partial")
-    if not cluster.remote:
-        dom.coreDumpWithFormat(str(partial), libvirt.VIR_DOMAIN_CORE_DUMP_FORMAT_KDUMP_ZLIB,
-                               libvirt.VIR_DUMP_MEMORY_ONLY)
-        partial.rename(path)
-        return
-    pool = Pool(cluster, virt)
-    there = f".dump-{dom.name()}.kdump"
-    pool.delete(there)  # one a killed run left
-    pool.record(there)  # listed before libvirtd makes it: clean takes one a killed run leaves
-    dom.coreDumpWithFormat(str(cluster.data_dir / there), libvirt.VIR_DOMAIN_CORE_DUMP_FORMAT_KDUMP_ZLIB,
-                           libvirt.VIR_DUMP_MEMORY_ONLY)
-    pool.download(there, partial)
-    pool.delete(there, remade=True)
-    partial.rename(path)
-
-
-def keep(cluster: Cluster, name: str, reason: str, virt: Libvirt | None = None,
+def keep(cluster: Cluster, files: Storage, virt: Libvirt, name: str, reason: str,
          dom: libvirt.virDomain | None = None) -> Path | None:
     """Keep the evidence of `name`'s crash, once per boot; the directory, or None when the node
     is gone (nothing of its memory is left to keep, its console is in the run's report)."""
     if dom is None:
-        virt = virt or Libvirt.of(cluster)
         dom = virt.domain(name)
     if dom is None or not dom.isActive():
         return None
-    boot = _boot_id(dom)
+    boot = _boot_id(virt, dom)
     found = _already_kept(cluster, name, boot)
     if found is not None:
         return found
     where = crash_dir(cluster) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     where.mkdir(parents=True, mode=0o700)
     crash_dir(cluster).chmod(0o700)
-    (where / "console.log").write_bytes(consoles.since(cluster, name, 0))
+    (where / "console.log").write_bytes(consoles.since(files, name, 0))
     lines = [f"node: {name}", f"boot: {boot}", f"found: {reason}",
              f"kept: {time.strftime('%Y-%m-%d %H:%M:%S')}", _vmlinux_line(cluster)]
     try:
         log(f"{name}: {reason}; keeping its memory and console in {where}")
-        dump_memory(cluster, virt or Libvirt.of(cluster), dom, where / "memory.kdump")
+        files.dump_memory(dom, where / "memory.kdump")
         lines.append("memory: memory.kdump (read it with: crash vmlinux memory.kdump)")
     except libvirt.libvirtError as e:
         lines.append(f"memory: not dumped: {e.get_error_message()}")
@@ -138,19 +110,19 @@ def keep(cluster: Cluster, name: str, reason: str, virt: Libvirt | None = None,
     return where
 
 
-def keep_before_restart(cluster: Cluster, virt: Libvirt, dom: libvirt.virDomain) -> bool:
+def keep_before_restart(cluster: Cluster, files: Storage, virt: Libvirt, dom: libvirt.virDomain) -> bool:
     """Before a node is booted again: keep its evidence if it crashed, and power the crashed
     domain off (libvirt keeps it, paused, for exactly this). True if it had crashed."""
-    why = panicked(cluster, virt, dom)
+    why = panicked(files, virt, dom)
     if why is None:
         return False
-    keep(cluster, dom.name(), why, virt=virt, dom=dom)
+    keep(cluster, files, virt, dom.name(), why, dom=dom)
     if dom.isActive():
         dom.destroy()
     return True
 
 
-def dump_all(cluster: Cluster, virt: Libvirt, doms) -> Path:
+def dump_all(cluster: Cluster, files: Storage, virt: Libvirt, doms) -> Path:
     """Every node's memory at the same moment: pause all, dump each, resume all."""
     running = [(n, d) for n, d in doms if d.isActive()]
     if not running:
@@ -168,7 +140,7 @@ def dump_all(cluster: Cluster, virt: Libvirt, doms) -> Path:
         log(f"paused {', '.join(d.name() for d in paused)} at {moment}; dumping their memory")
         for node, dom in running:
             t = time.monotonic()
-            dump_memory(cluster, virt, dom, where / f"{node.name}.kdump")
+            files.dump_memory(dom, where / f"{node.name}.kdump")
             log(f"{node.name}: {where / (node.name + '.kdump')} in {time.monotonic() - t:.1f} s")
     finally:
         for dom in paused:

@@ -1,8 +1,9 @@
 """The FAM, the file behind the shared NVDIMM (seed step 2), and what it says about the device.
 
-Made once with fallocate, group libvirt-qemu, mode 0664 (qemu runs as libvirt-qemu and opens
-it read-write; 0644 fails with "can't open backing store ... Permission denied"). An existing
-FAM is never truncated or recreated: it holds the shared device's contents.
+Made once, allocated whole, wherever the cluster's files live (dali/storage/): here with group
+libvirt-qemu and mode 0664 (qemu runs as libvirt-qemu and opens it read-write; 0644 fails with
+"can't open backing store ... Permission denied"). An existing FAM is never truncated or
+recreated: it holds the shared device's contents.
 
 The namespace mode is read from the FAM itself, on the host, with no guest running. ndctl's
 fsdax and devdax modes write an info block ("NVDIMM_PFN_INFO" or "NVDIMM_DAX_INFO") at offset
@@ -16,19 +17,19 @@ from __future__ import annotations
 
 import json
 import os
-import stat
+import shlex
 import struct
+import time
 from pathlib import Path
 
-from dali import marks
+import libvirt
+
 from dali.cluster import Cluster, uuid_text
 from dali.errors import DaliError
-from dali.pool import Pool
+from dali.fanout import each
 from dali.reporter import log
+from dali.storage import Storage
 from dali.virt import Libvirt
-
-GROUP = marks.QEMU_GROUP
-MODE = 0o664
 
 INFO_BLOCK_OFFSET = 4096
 _SIGNATURES = {b"NVDIMM_PFN_INFO\0": "fsdax", b"NVDIMM_DAX_INFO\0": "devdax"}
@@ -36,63 +37,31 @@ _SIGNATURES = {b"NVDIMM_PFN_INFO\0": "fsdax", b"NVDIMM_DAX_INFO\0": "devdax"}
 # uuid[16], parent_uuid[16], flags le32, version_major le16, version_minor le16, dataoff le64,
 # npfns le64, mode le32, start_pad le32, end_trunc le32, align le32
 _PFN_SB = struct.Struct("<16s16s16sIHHQQIIII")
+INFO_BLOCK_SIZE = _PFN_SB.size
 
 
-def is_ready(cluster: Cluster) -> bool:
+def is_ready(cluster: Cluster, files: Storage) -> bool:
     if has_saved(cluster):
         return False  # bytes to put back first
-    try:
-        st = cluster.fam_path.stat()
-    except FileNotFoundError:
-        return False
-    return (st.st_size == cluster.fam_size and st.st_gid == marks.qemu_gid()
-            and stat.S_IMODE(st.st_mode) == MODE)
-
-
-def ensure(cluster: Cluster) -> None:
     fam = cluster.fam_path
-    marks.make_dir(cluster.data_dir, cluster)
-    if fam.is_symlink():
-        raise DaliError(f"{fam} is a symlink: dali sets the group and mode of the FAM itself and "
-                        "never of what a link points at; move the file itself there (mv)")
-    if fam.exists():
-        restore_saved(cluster)
-        size = fam.stat().st_size
-        if size != cluster.fam_size:
-            raise DaliError(f"{fam} is {size} bytes but fam.size asks for {cluster.fam_size}: "
-                            "dali never resizes a FAM (it holds the shared device's data); set "
-                            "fam.size to its size, or move the file away to start afresh")
-        # An existing FAM (ours, or the seed's hand-made one) gets the group and mode qemu
-        # needs: through a descriptor of the file itself, so a link put there meanwhile is
-        # never followed.
-        fd = os.open(fam, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fchown(fd, -1, marks.qemu_gid())
-            os.fchmod(fd, MODE)
-        finally:
-            os.close(fd)
-        return
-    allocate(cluster, fam, MODE, "fam.size / dir")
-    log(f"created {fam}: {cluster.fam_size} bytes, group {GROUP}, mode {MODE:o}")
+    return files.size(fam) == cluster.fam_size and files.qemu_may_use(fam)
 
 
-def allocate(cluster: Cluster, path: Path, mode: int, fix: str) -> None:
-    """A file of fam.size bytes, allocated (fallocate: qemu never meets a full disk halfway),
-    group libvirt-qemu and `mode`, marked ours. Made under a temporary name and renamed: an
-    interrupted run leaves nothing half-made behind. The FAM, and --compare-disk's shared disk."""
-    tmp = path.with_name(f".{path.name}.new")
-    with open(tmp, "wb") as f:
-        try:
-            os.posix_fallocate(f.fileno(), 0, cluster.fam_size)
-        except OSError as e:
-            tmp.unlink()
-            raise DaliError(f"fallocate of {cluster.fam_size} bytes for {path} failed "
-                            f"({e.strerror}): free space or set {fix}") from None
-    marks.mark(tmp, cluster, also=(path,))
-    os.chown(tmp, -1, marks.qemu_gid())
-    os.chmod(tmp, mode)
-    os.rename(tmp, path)  # never replaces: the callers get here only if path does not exist
-    marks.mark(path, cluster)
+def ensure(cluster: Cluster, files: Storage, virt: Libvirt) -> None:
+    """The FAM, made once (allocated whole); an existing one (ours, or the seed's hand-made one:
+    used, never deleted) gets what qemu needs, and the bytes a killed run left overwritten."""
+    fam = cluster.fam_path
+    files.prepare()
+    if not files.exists(fam):
+        files.allocate(fam, cluster.fam_size, for_qemu=True)
+        log(f"created {fam}{files.where}: {cluster.fam_size} bytes, allocated")
+    size = files.size(fam)
+    if size != cluster.fam_size:
+        raise DaliError(f"{fam}{files.where} is {size} bytes but fam.size asks for {cluster.fam_size}: "
+                        "dali never resizes a FAM (it holds the shared device's data); set "
+                        "fam.size to its size, or move the file away to start afresh")
+    files.let_qemu_use(fam)
+    restore_saved(cluster, files, virt)  # (into the FAM the bytes came from, and no other)
 
 
 def namespace(fam: Path) -> dict:
@@ -117,77 +86,49 @@ def namespace_in(block: bytes, fam_size: int) -> dict:
             "data_offset": start_pad + dataoff}
 
 
-# --- the FAM wherever it lives: a file here, or a volume of the remote host's pool -------------
+# --- the FAM as it is now, wherever it lives --------------------------------------------------
 
-def _pool(cluster: Cluster) -> Pool:
-    return Pool(cluster, Libvirt.of(cluster))
-
-
-def exists(cluster: Cluster) -> bool:
-    if cluster.remote:
-        return _pool(cluster).size(cluster.fam_path.name) is not None
-    return cluster.fam_path.exists()
-
-
-def read_at(cluster: Cluster, offset: int, length: int) -> bytes:
-    if cluster.remote:
-        return _pool(cluster).read(cluster.fam_path.name, offset, length)
-    with open(cluster.fam_path, "rb") as f:
-        return os.pread(f.fileno(), length, offset)
-
-
-def write_at(cluster: Cluster, pieces: dict[int, bytes]) -> None:
-    """Overwrite bytes of the FAM in place, durably. The nodes map it shared: what is written
-    here every node sees at once, running or not."""
-    if cluster.remote:
-        for offset, data in pieces.items():
-            _pool(cluster).write(cluster.fam_path.name, offset, data)
-        return
-    with open(cluster.fam_path, "r+b") as f:
-        for offset, data in pieces.items():
-            os.pwrite(f.fileno(), data, offset)
-        os.fsync(f.fileno())
-
-
-def held(cluster: Cluster) -> dict:
+def held(cluster: Cluster, files: Storage) -> dict:
     """The namespace the cluster's FAM holds now (mode raw if there is no FAM yet)."""
-    if not exists(cluster):
+    if not files.exists(cluster.fam_path):
         return {"mode": "raw", "size": cluster.fam_size, "data_offset": 0}
-    return namespace_in(read_at(cluster, INFO_BLOCK_OFFSET, _PFN_SB.size), cluster.fam_size)
-
-
-ZEROS = bytes(1 << 20)
-
-
-def data_mib(cluster: Cluster, start: int) -> int:
-    """How many MiB of the device (from `start` in the FAM) hold anything but zeros. On a
-    remote host the FAM is read through libvirt, in one stream."""
-    if cluster.remote:
-        return _pool(cluster).nonzero_mib(cluster.fam_path.name, start)
-    count, offset = 0, start
-    while offset < cluster.fam_size:
-        chunk = read_at(cluster, offset, min(len(ZEROS), cluster.fam_size - offset))
-        if not chunk:
-            break
-        count += chunk != ZEROS[:len(chunk)]
-        offset += len(chunk)
-    return count
+    return namespace_in(files.read(cluster.fam_path, INFO_BLOCK_OFFSET, _PFN_SB.size), cluster.fam_size)
 
 
 # --- bytes that must go back ----------------------------------------------------------------
+#
+# verify and torture overwrite bytes of the device (a test block, a workload's area) and put them
+# back at the end. They write down what they overwrite first, durably: a run that dies before it
+# puts them back leaves the record, and the next doit, verify or torture puts them back. Two
+# things must hold for that to be right:
+#   - nothing of the dead run may still write: Ctrl-C ends dali at once, and a guest program it
+#     started (a workload, a dd) goes on. The record names the latest moment one may still run
+#     (`until`) and how to find them (`writers`: an extended regular expression over their
+#     command lines, torture's run id among them): before that moment they are killed on every
+#     running node (pkill -f), or, where that cannot be done (no pattern, a node whose agent is
+#     silent), waited out;
+#   - the FAM must be the one the bytes came from: a FAM moved away and made anew, or holding
+#     another namespace, gets nothing (the record names the file and the namespace).
 
 def _saved(cluster: Cluster) -> Path:
     return cluster.state_dir / "fam-restore.json"
 
 
-def save_before_write(cluster: Cluster, pieces: dict[int, bytes]) -> None:
+def _identity(cluster: Cluster, files: Storage) -> str:
+    return f"{files.identity(cluster.fam_path)} {held(cluster, files).get('uuid', 'raw')}"
+
+
+def save_before_write(cluster: Cluster, files: Storage, pieces: dict[int, bytes], *, until: float,
+                      writers: str = "") -> None:
     """Record bytes of the FAM that are about to be overwritten ({offset: bytes}), durably,
-    before the writes: if the run dies before it puts them back, the next verify or doit does
-    (restore_saved)."""
+    before the writes; `until`: when the last guest program that may write them ends at the
+    latest (time.time()); `writers`: those programs' command lines, as pkill -f finds them (an
+    extended regular expression that does not match itself, as "[d]d" does not)."""
     record = _saved(cluster)
     tmp = record.with_name(record.name + ".new")
     with open(tmp, "w") as f:
-        json.dump({"pieces": [[offset, data.hex()] for offset, data in pieces.items()]}, f)
+        json.dump({"pieces": [[offset, data.hex()] for offset, data in pieces.items()],
+                   "fam": _identity(cluster, files), "until": until, "writers": writers}, f)
         f.flush()
         os.fsync(f.fileno())
     tmp.rename(record)
@@ -201,17 +142,51 @@ def has_saved(cluster: Cluster) -> bool:
     return _saved(cluster).exists()
 
 
-def restore_saved(cluster: Cluster) -> None:
-    """Put back bytes a killed verify left overwritten. The nodes map the FAM shared, so a write
-    to the file here is what every node sees at once, running or not."""
+def restore_saved(cluster: Cluster, files: Storage, virt: Libvirt) -> None:
+    """Put back the bytes a run that did not finish left overwritten, once nothing of that run
+    can write any more. The nodes map the FAM shared: a write to it is what every node sees at
+    once, running or not."""
     record = _saved(cluster)
     if not record.exists():
         return
     saved = json.loads(record.read_text())
+    if not files.exists(cluster.fam_path) or saved.get("fam") not in (None, _identity(cluster, files)):
+        log(f"{record}: bytes saved from another FAM than {cluster.fam_path}{files.where} (moved away, "
+            "made anew, or reconfigured since): not put back, and forgotten")
+        record.unlink()
+        return
+    _stop_writers(cluster, virt, saved.get("writers", ""), saved.get("until", 0))
     # {"offset", "data"}: one block, as dali wrote the record before verify wrote on all nodes at once.
     pieces = saved["pieces"] if "pieces" in saved else [[saved["offset"], saved["data"]]]
-    write_at(cluster, {offset: bytes.fromhex(data) for offset, data in pieces})
+    files.write(cluster.fam_path, {offset: bytes.fromhex(data) for offset, data in pieces})
     record.unlink()
-    log(f"{cluster.fam_path}: put back {len(pieces)} block(s) at offset(s) "
-        f"{', '.join(str(offset) for offset, _ in pieces)} that a doit verify that did not finish "
-        "had overwritten")
+    log(f"{cluster.fam_path}{files.where}: put back {len(pieces)} piece(s) at offset(s) "
+        f"{', '.join(str(offset) for offset, _ in pieces[:8])}{' ...' if len(pieces) > 8 else ''} that "
+        "a doit verify or torture that did not finish had overwritten")
+
+
+def _stop_writers(cluster: Cluster, virt: Libvirt, writers: str, until: float) -> None:
+    """Nothing of the run that saved the bytes writes after this returns: its programs killed on
+    every running node, or, where that cannot be asked, the moment they end waited for."""
+    if time.time() >= until:
+        return
+    running = [(n, d) for n, d in ((n, virt.domain(n.name)) for n in cluster.nodes)
+               if d is not None and virt.is_running(d)]
+
+    def stopped(node, dom) -> bool:
+        if not writers:
+            return False  # nothing to find them by
+        try:
+            # pkill exits 1 when it found nothing: both are fine; then wait until they are gone.
+            q = shlex.quote(writers)
+            return virt.run(dom, ["sh", "-c", f"pkill -KILL -f -- {q}; for i in $(seq 50); do "
+                                              f"pgrep -f -- {q} >/dev/null || exit 0; sleep 0.1; done; exit 1"],
+                            timeout=30).exitcode == 0
+        except (DaliError, libvirt.libvirtError):
+            return False  # a silent agent: nothing can be asked of the node
+    unasked = [n.name for (n, _), ok in zip(running, each(running, stopped)) if not ok]
+    if unasked and time.time() < until:
+        log(f"{', '.join(unasked)}: a run that did not finish may still write on the shared device "
+            f"until {time.strftime('%H:%M:%S', time.localtime(until))}; waiting, then putting its "
+            "bytes back (or shut those nodes down and run again)")
+        time.sleep(max(0.0, until - time.time()))

@@ -29,16 +29,15 @@ that is in it, so a node keeps its identity for as long as the file exists.
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 
-from dali import image, marks, network
+from dali import image, network
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError
-from dali.pool import Pool
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 SERIAL = "dali-identity"
@@ -52,11 +51,17 @@ def path(cluster: Cluster, node: Node | str) -> Path:
     return cluster.data_dir / f"{getattr(node, 'name', node)}.identity"
 
 
-def used(cluster: Cluster) -> bool:
+def used(cluster: Cluster, files: Storage) -> bool:
     """Only dali's image knows the disk: a user's own image (image.path) keeps what it has, and
     so does an image kept from before dali made identity disks (its nodes make their own keys
     and ask DHCP, as they were built to)."""
-    return not cluster.image.path and image.has_feature(cluster, "identity-disk")
+    return not cluster.image.path and image.has_feature(files, "identity-disk")
+
+
+def attached(dom) -> bool:
+    """Whether a node boots with its identity disk, as its definition says: how a running node
+    is waited for and reached follows what it was defined with."""
+    return f"<serial>{SERIAL}</serial>" in dom.XMLDesc(0)
 
 
 # --- what the archive holds -------------------------------------------------------------------
@@ -102,16 +107,12 @@ def read(disk: Path | bytes) -> dict[str, bytes]:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
 
-def _held(cluster: Cluster, node: Node | str) -> bytes | None:
+def _held(cluster: Cluster, files: Storage, node: Node | str) -> bytes | None:
     """The bytes of the node's identity disk if it is ours; None if there is none."""
     disk = path(cluster, node)
-    if cluster.remote:
-        pool = Pool(cluster, Libvirt.of(cluster))
-        size = pool.size(disk.name)
-        return None if size is None else pool.read(disk.name, 0, size)
-    if not disk.exists() or not marks.is_ours(disk, cluster):
+    if not files.is_ours(disk):
         return None
-    return disk.read_bytes()
+    return files.read(disk, 0, files.size(disk) or 0)
 
 
 def new_key(node: Node) -> tuple[bytes, bytes]:
@@ -123,8 +124,8 @@ def new_key(node: Node) -> tuple[bytes, bytes]:
         return key.read_bytes(), Path(f"{key}.pub").read_bytes()
 
 
-def _current_key(cluster: Cluster, node: Node | str) -> tuple[bytes, bytes] | None:
-    data = _held(cluster, node)
+def _current_key(cluster: Cluster, files: Storage, node: Node | str) -> tuple[bytes, bytes] | None:
+    data = _held(cluster, files, node)
     if data is None:
         return None
     try:
@@ -134,56 +135,33 @@ def _current_key(cluster: Cluster, node: Node | str) -> tuple[bytes, bytes] | No
         return None  # torn or not an archive: the node gets a new identity
 
 
-def wanted(cluster: Cluster, virt: Libvirt, node: Node) -> bytes | None:
+def wanted(cluster: Cluster, files: Storage, virt: Libvirt, node: Node) -> bytes | None:
     """The archive the node's disk should hold, keeping its key; None if it has no key yet."""
-    key = _current_key(cluster, node)
+    key = _current_key(cluster, files, node)
     return None if key is None else archive(*key, facts(cluster, virt, node), authorized_key(cluster))
 
 
-def is_current(cluster: Cluster, virt: Libvirt, node: Node) -> bool:
-    want = wanted(cluster, virt, node)
-    return want is not None and _held(cluster, node) == want
+def is_current(cluster: Cluster, files: Storage, virt: Libvirt, node: Node) -> bool:
+    want = wanted(cluster, files, virt, node)
+    return want is not None and _held(cluster, files, node) == want
 
 
-def ensure(cluster: Cluster, virt: Libvirt, node: Node) -> None:
-    """Write the node's identity disk: its key kept if it has one, made if not."""
+def ensure(cluster: Cluster, files: Storage, virt: Libvirt, node: Node) -> None:
+    """Write the node's identity disk: its key kept if it has one, made if not. Replaced whole
+    (Storage.put): a run killed at any point leaves the old disk or the new; on a remote host
+    an upload cut short leaves a torn archive, and the node gets a new host key (known_hosts
+    follows it), never a key half of one and another."""
     disk = path(cluster, node)
-    if cluster.remote:
-        pool = Pool(cluster, virt)
-        pool.ensure()
-        key = _current_key(cluster, node) or new_key(node)
-        data = archive(*key, facts(cluster, virt, node), authorized_key(cluster))
-        if _held(cluster, node) != data:
-            # Replaced whole: a run killed halfway leaves no disk, or a torn one, and the node
-            # gets a new host key (known_hosts follows it), never a key half of one and another.
-            pool.upload(disk.name, data)
-        return
-    if os.path.lexists(disk) and not marks.is_ours(disk, cluster):
-        raise DaliError(f"{disk} exists but dali did not make it for this cluster: move it "
-                        "away, then run doit again")
-    key = _current_key(cluster, node) or new_key(node)
+    files.have(disk)  # one dali did not make is refused before anything
+    key = _current_key(cluster, files, node) or new_key(node)
     data = archive(*key, facts(cluster, virt, node), authorized_key(cluster))
-    if disk.exists() and disk.read_bytes() == data:
-        return
-    # Written under a fixed temporary name, private before a byte of the key is in it, marked,
-    # then renamed over the old one: a run killed at any point leaves the old disk or the new.
-    marks.make_dir(cluster.data_dir, cluster)
-    tmp = disk.with_name(f".{disk.name}.new")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    marks.make_file_private(tmp, 0o640)
-    marks.mark(tmp, cluster, also=(disk,))
-    tmp.rename(disk)
-    marks.mark(disk, cluster)
+    if _held(cluster, files, node) != data:
+        files.put(disk, data)
 
 
-def public_key(cluster: Cluster, node: Node | str) -> str | None:
+def public_key(cluster: Cluster, files: Storage, node: Node | str) -> str | None:
     """The node's host key as known_hosts takes it ("ssh-ed25519 AAAA..."), if it has one."""
-    key = _current_key(cluster, node)
+    key = _current_key(cluster, files, node)
     if key is None:
         return None
     return " ".join(key[1].decode().split()[:2])

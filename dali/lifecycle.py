@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from dali import access, identity_disk
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError
 from dali.fanout import each
 from dali.reporter import log
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 
@@ -58,27 +58,27 @@ def defined(cluster: Cluster, virt: Libvirt, nodes: list[Node] | None = None) ->
     return doms
 
 
-def boot(cluster: Cluster, virt: Libvirt, names=(), batch: str = "auto") -> None:
+def boot(cluster: Cluster, files: Storage, virt: Libvirt, names=(), batch: str = "auto") -> None:
     """Boot the nodes (all, or those named) and return once each is usable: its guest agent
     answers and ssh works. At most `batch` nodes boot at a time, the next one starting as soon
     as one is usable: "auto" is one more than the host has cores for (auto_batch), 0 all at once.
     `doit start` is this and the shared filesystem (dali/startup.py)."""
     size = batch_size(cluster, str(batch))
     doms = defined(cluster, virt, select(cluster, names))
-    each(doms, lambda node, dom: _boot(cluster, virt, node, dom), at_once=size)
+    each(doms, lambda node, dom: _boot(cluster, files, virt, node, dom), at_once=size)
 
 
-def panic_of(cluster: Cluster, virt: Libvirt, dom):
+def panic_of(files: Storage, virt: Libvirt, dom):
     """For wait_for_agent: the node's panic, read from its console (dali/evidence.py)."""
     from dali import evidence  # here: a no-op doit loads lifecycle, and need not load this
-    return lambda: evidence.panicked(cluster, virt, dom)
+    return lambda: evidence.panicked(files, virt, dom)
 
 
-def _boot(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:
-    _keep_a_crash(cluster, virt, dom)
+def _boot(cluster: Cluster, files: Storage, virt: Libvirt, node: Node, dom) -> None:
+    _keep_a_crash(cluster, files, virt, dom)
     virt.start(dom)
     log(f"started {node.name}; waiting for its guest agent")
-    took = virt.wait_for_agent(dom, cluster.boot_timeout, log, crashed=panic_of(cluster, virt, dom))
+    took = virt.wait_for_agent(dom, cluster.boot_timeout, log, crashed=panic_of(files, virt, dom))
     log(f"{node.name}: guest agent answered after {took:.0f} s")
     _wait_until_usable(cluster, virt, node, dom)
 
@@ -94,8 +94,8 @@ USABLE = ("[ -e /run/dali-identity/done ] && { [ -e /dev/pmem0 ] || [ -e /dev/da
 BOOTED = "case $(systemctl is-system-running) in running|degraded) true;; *) false;; esac"
 
 
-def _usable(cluster: Cluster) -> str:
-    return USABLE if identity_disk.used(cluster) else BOOTED
+def _usable(dom) -> str:
+    return USABLE if identity_disk.attached(dom) else BOOTED
 
 
 def is_usable(cluster: Cluster, virt: Libvirt, dom) -> bool:
@@ -105,75 +105,34 @@ def is_usable(cluster: Cluster, virt: Libvirt, dom) -> bool:
 
 def usable_says_the_node(cluster: Cluster, virt: Libvirt, dom) -> bool:
     """is_usable for a node whose agent is known to answer."""
-    return virt.run(dom, ["sh", "-c", _usable(cluster)]).exitcode == 0
+    return virt.run(dom, ["sh", "-c", _usable(dom)]).exitcode == 0
 
 
 def _wait_until_usable(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:
-    if not identity_disk.used(cluster):  # a user's own image: its keys are learnt once sshd runs
+    if not identity_disk.attached(dom):  # a user's own image: its keys are learnt once sshd runs
         access.learn_host_keys(cluster, virt, [(node, dom)], wait=cluster.boot_timeout)
         return
     _wait_in_node(cluster, virt, node, dom, cluster.boot_timeout)
 
 
 def _wait_in_node(cluster: Cluster, virt: Libvirt, node: Node, dom, wait: int) -> None:
-    result = virt.run(dom, ["sh", "-c", f"for i in $(seq {wait * 5}); do {_usable(cluster)} && exit 0; "
+    result = virt.run(dom, ["sh", "-c", f"for i in $(seq {wait * 5}); do {_usable(dom)} && exit 0; "
                             "sleep 0.2; done; exit 1"], timeout=wait + 30)
     if result.exitcode != 0:
         raise DaliError(f"{node.name}: not usable after {wait} s (no ssh, or no /dev/pmem0 or "
                         f"/dev/dax0.0): see its console, /var/log/libvirt/qemu/{node.name}-console.log")
 
 
-def _qemu_process(name: str) -> tuple[int, int] | None:
-    """The pid of a local domain's qemu and when it started, in clock ticks since the host's boot."""
-    try:
-        pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
-        return pid, int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def started_at(cluster: Cluster, virt: Libvirt, dom) -> float | None:
-    """When the node's qemu started (the host's clock), from its process: no agent needed. On
-    a remote libvirt host, when dali started it (its qemu process is out of reach)."""
-    if cluster.remote:
-        return virt.started_at(dom)
-    process = _qemu_process(dom.name())
-    if process is None:
-        return None
-    try:
-        boot = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return time.time() - boot + process[1] / os.sysconf("SC_CLK_TCK")
-
-
-def run_of(cluster: Cluster, virt: Libvirt, dom) -> str | None:
-    """Which run of a running domain this is: the same string for as long as its qemu runs, and
-    another for its next start, even after the host rebooted. Here: the host's boot id and the
-    qemu process (pid, start tick). On a remote host: libvirt's id for the run with the time
-    dali started it; None for a run dali did not start (virsh start), which cannot be told
-    apart from another."""
-    if cluster.remote:
-        started = virt.started_at(dom)
-        return None if started is None else f"{dom.ID()} {started}"
-    process = _qemu_process(dom.name())
-    try:
-        host_boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-    return None if process is None else f"{host_boot} {process[0]} {process[1]}"
-
-
-def _boot_left(cluster: Cluster, virt: Libvirt, dom) -> float:
+def _boot_left(cluster: Cluster, files: Storage, virt: Libvirt, dom) -> float:
     """Seconds a node that is not usable may still take to boot (timeouts.boot since its qemu
     started); 0 for one that is not booting: a kernel that panicked, or one silent for longer."""
     from dali import evidence  # here: a no-op doit loads lifecycle, and need not load this
-    started = started_at(cluster, virt, dom)
+    started = virt.started_at(dom)
     left = cluster.boot_timeout - (time.time() - started) if started is not None else 0
-    return 0 if left <= 0 or evidence.panicked(cluster, virt, dom) else left
+    return 0 if left <= 0 or evidence.panicked(files, virt, dom) else left
 
 
-def running(cluster: Cluster, virt: Libvirt, names=(), wait: bool = True) -> tuple[list, list[str]]:
+def running(cluster: Cluster, files: Storage, virt: Libvirt, names=(), wait: bool = True) -> tuple[list, list[str]]:
     """The chosen nodes (all, or those named) that run, as (node, domain), and the names of those
     that do not. Every node returned is usable, as `doit start` leaves it: one still booting
     (started by hand, or coming back from a crash: its agent silent, or answering before its
@@ -183,13 +142,13 @@ def running(cluster: Cluster, virt: Libvirt, names=(), wait: bool = True) -> tup
     chosen = [(n, virt.domain(n.name)) for n in select(cluster, names)]
     up = [(n, d) for n, d in chosen if d is not None and virt.is_running(d)]
     ready = each(up, lambda n, d: is_usable(cluster, virt, d))
-    left = {n.name: _boot_left(cluster, virt, d) for (n, d), ok in zip(up, ready) if not ok}
+    left = {n.name: _boot_left(cluster, files, virt, d) for (n, d), ok in zip(up, ready) if not ok}
     booting = [(n, d) for n, d in up if left.get(n.name, 0) > 0]
     if booting and wait:
         log(f"{', '.join(n.name for n, _ in booting)}: still booting; waiting until usable "
             f"(up to timeouts.boot, {cluster.boot_timeout} s from its start)")
         each(booting, lambda n, d: (virt.wait_for_agent(d, int(left[n.name]) + 1, log,
-                                                        crashed=panic_of(cluster, virt, d)),
+                                                        crashed=panic_of(files, virt, d)),
                                     _wait_in_node(cluster, virt, n, d, int(left[n.name]) + 1)))
         left = {name: s for name, s in left.items() if name not in {n.name for n, _ in booting}}
     up = [(n, d) for n, d in up if n.name not in left]
@@ -197,7 +156,7 @@ def running(cluster: Cluster, virt: Libvirt, names=(), wait: bool = True) -> tup
     return up, down
 
 
-def _keep_a_crash(cluster: Cluster, virt: Libvirt, dom) -> None:
+def _keep_a_crash(cluster: Cluster, files: Storage, virt: Libvirt, dom) -> None:
     """A node that crashed (libvirt keeps it, stopped, with its memory) or that hangs in a panic
     with a silent agent: its console and memory are kept, then it is powered off, so that it
     can boot again. A node that runs and answers is left alone, whatever its console said."""
@@ -206,31 +165,31 @@ def _keep_a_crash(cluster: Cluster, virt: Libvirt, dom) -> None:
         return
     crashed = not virt.is_running(dom)
     if crashed or not virt.agent_answers(dom):
-        if evidence.keep_before_restart(cluster, virt, dom):
+        if evidence.keep_before_restart(cluster, files, virt, dom):
             log(f"{dom.name()}: had crashed; its evidence is kept in {evidence.crash_dir(cluster)}")
 
 
-def keep_if_panicked(cluster: Cluster, virt: Libvirt, node: Node, dom) -> None:
+def keep_if_panicked(cluster: Cluster, files: Storage, virt: Libvirt, node: Node, dom) -> None:
     """Before a node is powered off: the evidence of a panic, kept (dali/evidence.py)."""
     from dali import evidence
-    why = evidence.panicked(cluster, virt, dom)
+    why = evidence.panicked(files, virt, dom)
     if why:
-        evidence.keep(cluster, node.name, why, virt=virt, dom=dom)
+        evidence.keep(cluster, files, virt, node.name, why, dom=dom)
 
 
-def shutdown(cluster: Cluster, virt: Libvirt, names=()) -> None:
+def shutdown(cluster: Cluster, files: Storage, virt: Libvirt, names=()) -> None:
     doms = [(n, d) for n, d in ((n, virt.domain(n.name)) for n in select(cluster, names)) if d]
     for node, dom in doms:
         if dom.isActive():
-            keep_if_panicked(cluster, virt, node, dom)
+            keep_if_panicked(cluster, files, virt, node, dom)
     each(doms, lambda node, dom: log(f"{node.name}: {virt.shutdown(dom, cluster.shutdown_timeout, log)}"))
 
 
-def destroy(cluster: Cluster, virt: Libvirt, names=()) -> None:
+def destroy(cluster: Cluster, files: Storage, virt: Libvirt, names=()) -> None:
     """Forced off at once, like pulling the plug (`virsh destroy`): what a crash test wants."""
     for node in select(cluster, names):
         dom = virt.domain(node.name)
         if dom is not None and dom.isActive():  # a crashed node too (it keeps its memory)
-            keep_if_panicked(cluster, virt, node, dom)
+            keep_if_panicked(cluster, files, virt, node, dom)
             dom.destroy()
             log(f"{node.name}: forced off")

@@ -26,7 +26,7 @@ import libvirt
 from libvirt import VIR_NETWORK_XML_INACTIVE
 
 from dali import cleaning, libvirtd
-from dali.cluster import Cluster
+from dali.cluster import Cluster, is_remote
 from dali.errors import DaliError
 from dali.lock import host_lock
 from dali.marks import MARK_NS
@@ -84,7 +84,7 @@ def _taken_subnets(cluster: Cluster, virt: Libvirt) -> list[tuple[str, ipaddress
     networks', and the routes of this host and of libvirtd's network namespace."""
     taken = [(f"libvirt network {name}", subnet) for name, subnet in virt.network_subnets().items()
              if name != cluster.network.name]
-    if not cluster.remote:
+    if not is_remote(cluster.uri):  # this machine's own routes matter to a libvirtd that shares them
         taken += [("a route of this host", r) for r in host_routes()]
     table = libvirtd.route_table(cluster.uri)  # None: another machine's, which dali cannot read
     return taken + ([("a route in libvirtd's network namespace", r) for r in host_routes(table)] if table else [])

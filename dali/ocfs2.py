@@ -29,6 +29,7 @@ from dali.errors import DaliError
 from dali.fanout import each
 from dali.render import render
 from dali.reporter import log
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 PORT = 7777
@@ -48,7 +49,7 @@ def node_numbers(cluster: Cluster, addresses: dict[str, str], prefix: int) -> di
     return numbers
 
 
-def files(cluster: Cluster, virt: Libvirt) -> dict[str, str]:
+def config_files(cluster: Cluster, virt: Libvirt) -> dict[str, str]:
     """The files every node must hold, for the cluster as it is configured now."""
     addresses = network.addresses_of(cluster, virt)
     missing = [n.name for n in cluster.nodes if n.name not in addresses]
@@ -105,43 +106,47 @@ def configure(cluster: Cluster, virt: Libvirt, dom, wanted: dict[str, str]) -> N
     virt.run(dom, ["sh", "-c", script], timeout=600).check(f"setting up o2cb on {dom.name()}")
 
 
-def _holds_ocfs2(cluster: Cluster, found: list[str], data_offset: int) -> bool:
+def _holds_ocfs2(cluster: Cluster, files: Storage, found: list[str], data_offset: int) -> bool:
     """Given the signatures found on the device: True if it holds OCFS2, False if it is blank
     (no signature, every byte of its data area in the FAM zero); anything else is refused."""
     if "ocfs2" in found:
         return True
-    if found or fam.data_mib(cluster, data_offset):
+    if found or files.nonzero_mib(cluster.fam_path, data_offset):
         raise DaliError(f"{DEVICE} holds {', '.join(found) or 'data'}: dali formats only a blank "
                         "device. To format it anyway (its data is lost): doit mkfs --yes; or "
                         "doit reset:fam (nodes shut off) to start from a blank device")
     return False
 
 
-def refuse_other_data(cluster: Cluster) -> None:
+# blkid reads the start of the device: a filesystem's superblock lies in its first MiBs. (A
+# signature that lies further in, as a GPT's backup at the end, is data all the same, which
+# _holds_ocfs2 refuses: only "blank" or "OCFS2" get through.)
+PROBED = 64 << 20
+
+
+def refuse_other_data(cluster: Cluster, files: Storage) -> None:
     """Before a node boots: the shared device holds OCFS2 or nothing at all, as the host reads
     it in the FAM (the device's first byte lies at the namespace's data offset). blkid's probe
     finds what a node's wipefs would; a device it finds nothing on must be all zeros. A FAM with
     no fsdax namespace yet is the original's to prepare: nothing to read."""
-    if cluster.remote:
-        return  # blkid reads files of this machine: the node itself checks before it formats
-    held = fam.held(cluster)
+    held = fam.held(cluster, files)
     if held["mode"] != "fsdax":
         return
-    # blkid exits 2 when it finds nothing, 8 when signatures contradict each other
-    probe = subprocess.run(["blkid", "--probe", "--offset", str(held["data_offset"]), "--match-tag",
-                            "TYPE", "--output", "value", str(cluster.fam_path)],
-                           capture_output=True, text=True)
+    with files.fetch(cluster.fam_path, held["data_offset"], min(PROBED, held["size"])) as start:
+        # blkid exits 2 when it finds nothing, 8 when signatures contradict each other
+        probe = subprocess.run(["blkid", "--probe", "--match-tag", "TYPE", "--output", "value", str(start)],
+                               capture_output=True, text=True)
     found = probe.stdout.split() if probe.returncode == 0 else []
     if probe.returncode == 8:
         found = ["more than one signature"]
-    _holds_ocfs2(cluster, found, held["data_offset"])
+    _holds_ocfs2(cluster, files, found, held["data_offset"])
 
 
-def format_if_blank(cluster: Cluster, virt: Libvirt, dom) -> None:
+def format_if_blank(cluster: Cluster, files: Storage, virt: Libvirt, dom) -> None:
     """mkfs.ocfs2, but only on a device that holds nothing at all: asked of the node itself,
     right before it formats (refuse_other_data asked the FAM before the nodes booted)."""
-    if not _holds_ocfs2(cluster, guest.signatures(virt, dom, DEVICE),
-                        fam.held(cluster)["data_offset"]):
+    if not _holds_ocfs2(cluster, files, guest.signatures(virt, dom, DEVICE),
+                        fam.held(cluster, files)["data_offset"]):
         make_filesystem(cluster, virt, dom)
 
 
@@ -170,16 +175,16 @@ def mount(cluster: Cluster, virt: Libvirt, dom) -> None:
     result.check(f"mount {where}")
 
 
-def bring_up(cluster: Cluster, virt: Libvirt, running: list[tuple[Node, object]]) -> None:
+def bring_up(cluster: Cluster, files: Storage, virt: Libvirt, running: list[tuple[Node, object]]) -> None:
     """Every running node configured, the device formatted if it is blank, mounted everywhere."""
     if not running:
         return
-    wanted = files(cluster, virt)
+    wanted = config_files(cluster, virt)
     # Node by node, each step waits on systemd and o2cb under TCG, and each mount on the
     # heartbeat: side by side instead. Nodes mount at once at every boot anyway (fstab), which
     # is what OCFS2's superblock lock and slot map are for.
     each(running, lambda node, dom: configure(cluster, virt, dom, wanted))
-    format_if_blank(cluster, virt, running[0][1])
+    format_if_blank(cluster, files, virt, running[0][1])
 
     def mount_here(node, dom):
         mount(cluster, virt, dom)
@@ -198,30 +203,30 @@ def _say_if_threshold_waits_for_a_boot(cluster: Cluster, virt: Libvirt, node: No
             "nodes with different thresholds refuse each other)")
 
 
-def running_nodes(cluster: Cluster, virt: Libvirt) -> list:
+def running_nodes(cluster: Cluster, files: Storage, virt: Libvirt) -> list:
     """The nodes that run and are usable, without waiting for one that boots (a later doit or
     doit start takes it in)."""
-    return lifecycle.running(cluster, virt, wait=False)[0]
+    return lifecycle.running(cluster, files, virt, wait=False)[0]
 
 
-def is_current(cluster: Cluster, virt: Libvirt) -> bool:
+def is_current(cluster: Cluster, files: Storage, virt: Libvirt) -> bool:
     """Every running node holds the configuration for the cluster as it is now, and has the
     filesystem mounted."""
-    wanted = files(cluster, virt)
+    wanted = config_files(cluster, virt)
 
     def current(_node, dom) -> bool:
         return (all(virt.run(dom, ["cat", path]).stdout == text for path, text in wanted.items())
                 and virt.run(dom, ["mountpoint", "-q", cluster.fs.mountpoint]).exitcode == 0)
     # Every `doit` and `doit start` asks this of a running cluster: the nodes answer side by side.
-    return all(each(running_nodes(cluster, virt), current))
+    return all(each(running_nodes(cluster, files, virt), current))
 
 
-def mkfs(cluster: Cluster, virt: Libvirt, yes: bool = False) -> None:
+def mkfs(cluster: Cluster, files: Storage, virt: Libvirt, yes: bool = False) -> None:
     """`doit mkfs --yes`: format the shared device whatever it holds (its contents are lost)."""
     if not yes:
         raise DaliError("doit mkfs formats the shared device and destroys what it holds: "
                         "doit mkfs --yes to do it")
-    running = running_nodes(cluster, virt)
+    running = running_nodes(cluster, files, virt)
     if not running:
         raise DaliError("no node runs: doit start first (mkfs runs on a node)")
     mounted = [n.name for n, d in running

@@ -14,17 +14,18 @@ from dali import fam, guest, lifecycle
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.reporter import log
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 
-def prepared(cluster: Cluster) -> bool:
+def prepared(cluster: Cluster, files: Storage) -> bool:
     """The FAM holds the namespace device.mode asks for (made by this original, or by hand as
     in the seed). A raw FAM needs no preparation at all."""
-    return fam.exists(cluster) and fam.held(cluster)["mode"] == cluster.device_mode
+    return files.exists(cluster.fam_path) and fam.held(cluster, files)["mode"] == cluster.device_mode
 
 
-def refuse_a_mode_change(cluster: Cluster) -> None:
-    held = fam.held(cluster)["mode"]
+def refuse_a_mode_change(cluster: Cluster, files: Storage) -> None:
+    held = fam.held(cluster, files)["mode"]
     if held not in ("raw", cluster.device_mode):
         raise DaliError(f"{cluster.fam_path} holds a {held} namespace, and device.mode = "
                         f"{cluster.device_mode!r} would destroy the shared device's contents: set "
@@ -39,16 +40,16 @@ def _domain(cluster: Cluster, virt: Libvirt):
     return dom
 
 
-def boot(cluster: Cluster, virt: Libvirt) -> dict:
+def boot(cluster: Cluster, files: Storage, virt: Libvirt) -> dict:
     """Start the original and wait for its agent. Returns which run of it this is (kept by doit
     as the task's value): original:shutdown powers off that run, and no other."""
-    refuse_a_mode_change(cluster)
+    refuse_a_mode_change(cluster, files)
     dom = _domain(cluster, virt)
     virt.start(dom)
     log(f"{dom.name()}: started; waiting for its guest agent (TCG boots take a minute)")
-    took = virt.wait_for_agent(dom, cluster.boot_timeout, log, crashed=lifecycle.panic_of(cluster, virt, dom))
+    took = virt.wait_for_agent(dom, cluster.boot_timeout, log, crashed=lifecycle.panic_of(files, virt, dom))
     log(f"{dom.name()}: guest agent answered after {took:.0f} s")
-    return {"run": lifecycle.run_of(cluster, virt, dom)}
+    return {"run": virt.run_of(dom)}
 
 
 def nothing_to_shut_down(cluster: Cluster, virt: Libvirt, booted: str | None) -> bool:
@@ -58,12 +59,12 @@ def nothing_to_shut_down(cluster: Cluster, virt: Libvirt, booted: str | None) ->
     dom = virt.domain(cluster.original_node.name)
     if booted is None or dom is None or not virt.is_running(dom):
         return True
-    return lifecycle.run_of(cluster, virt, dom) != booted
+    return virt.run_of(dom) != booted
 
 
-def reconfigure(cluster: Cluster, virt: Libvirt) -> dict:
+def reconfigure(cluster: Cluster, files: Storage, virt: Libvirt) -> dict:
     """Put namespace0.0 in device.mode; returns the namespace as the FAM now holds it."""
-    refuse_a_mode_change(cluster)
+    refuse_a_mode_change(cluster, files)
     mode = cluster.device_mode
     dom = _domain(cluster, virt)
     ns = guest.namespace(virt, dom)
@@ -71,7 +72,7 @@ def reconfigure(cluster: Cluster, virt: Libvirt) -> dict:
     if ns.get("mode") != mode:
         log(f"{dom.name()}: ndctl create-namespace --reconfig={guest.NAMESPACE} --mode={mode} --force")
         ns = guest.reconfigure(virt, dom, mode)  # ndctl prints the namespace it made
-    on_fam = fam.held(cluster)
+    on_fam = fam.held(cluster, files)
     if ns.get("mode") != mode or on_fam["mode"] != mode or on_fam.get("uuid") != ns.get("uuid"):
         raise DaliError(f"{dom.name()}: {guest.NAMESPACE} is in mode {ns.get('mode')} after "
                         f"reconfiguring, and the FAM holds a {on_fam['mode']} namespace: see "

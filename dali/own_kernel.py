@@ -1,9 +1,9 @@
 """The user's own kernel (kernel.path, kernel.modules), made bootable by every node.
 
-Into DIR/kernel/ go a copy of the bzImage (libvirt relabels the files a domain boots, and the
-user may rebuild while nodes run), an initramfs made for that kernel and a disk of its modules
-(dali/initramfs.py builds both). Each is built under a temporary name, marked, then renamed:
-a running node keeps the inode it booted, the next boot gets the new one.
+Made in state/<tag>/kernel/: a copy of the bzImage (libvirt relabels the files a domain boots,
+and the user may rebuild while nodes run), an initramfs made for that kernel and a disk of its
+modules (dali/initramfs.py builds both); then put where the nodes boot them, the kernel_dir of
+the cluster's Storage (DIR/kernel/ here, the cluster's pool on a remote host).
 """
 
 from __future__ import annotations
@@ -12,17 +12,14 @@ import os
 import shutil
 from pathlib import Path
 
-from dali import disks, marks, remote
 from dali.cluster import Cluster
-from dali.errors import DaliError
-from dali.scratch import remove_abandoned_work
 from dali.initramfs import (MODULES_DISK_SERIAL, build_init, build_initramfs, build_modules_disk,
-                              kernel_release, modules_dir)
-from dali.pool import Pool
+                            kernel_release, modules_dir)
 from dali.reporter import log
-from dali.virt import Libvirt
+from dali.scratch import remove_abandoned_work
+from dali.storage import Storage
 
-__all__ = ["MODULES_DISK_SERIAL", "ensure", "inputs", "remove"]
+__all__ = ["MODULES_DISK_SERIAL", "booted", "built", "ensure", "inputs", "is_there", "remove"]
 
 
 def inputs(cluster: Cluster) -> list[Path]:
@@ -38,66 +35,59 @@ def inputs(cluster: Cluster) -> list[Path]:
     return [own.bzimage, *sorted(set(files) - generated)]
 
 
-def _install(cluster: Cluster, staged: Path, final: Path) -> None:
-    if cluster.remote:  # files of state/<tag>/, uploaded from there: no mark, no qemu group
-        os.replace(staged, final)
-        return
-    marks.make_file_private(staged)
-    marks.mark(staged, cluster, also=(final,))
-    os.replace(staged, final)
-    marks.mark(final, cluster)
+KERNEL_FILES = ("bzImage", "initramfs.cpio", "modules.img")
 
 
-def ensure(cluster: Cluster, virt: Libvirt) -> None:
-    """Make the three files (in kernel_build_dir); on a remote host, upload them to the
-    cluster's pool, where the nodes boot them."""
+def build_dir(cluster: Cluster) -> Path:
+    """Where the three files are made on this machine (state/<tag>/kernel/), whence they are
+    put where the nodes boot them (kernel_dir of the cluster's Storage)."""
+    return cluster.state_dir / "kernel"
+
+
+def built(cluster: Cluster) -> list[Path]:
+    """bzImage, initramfs.cpio and modules.img as made on this machine: doit's targets, and
+    file_deps of every node's definition (a rebuilt kernel makes them stale)."""
+    return [build_dir(cluster) / name for name in KERNEL_FILES]
+
+
+def booted(files: Storage) -> list[Path]:
+    """The same three where the nodes boot them."""
+    return [files.kernel_dir / name for name in KERNEL_FILES]
+
+
+def ensure(cluster: Cluster, files: Storage) -> None:
+    """Make the three files here (each under a temporary name, then renamed), then put them
+    where the nodes boot them: a running node keeps the file it booted, the next boot gets
+    the new one."""
     own = cluster.own_kernel
     release = kernel_release(own.bzimage)
     moddir = modules_dir(own.modules, release)
-    where = cluster.kernel_build_dir
-    if cluster.remote:
-        where.mkdir(parents=True, exist_ok=True, mode=0o700)  # under state/<tag>/, root's
-    else:
-        marks.make_dir(cluster.data_dir, cluster)
-        marks.make_dir(where, cluster)
+    where = build_dir(cluster)
+    where.mkdir(parents=True, exist_ok=True, mode=0o700)  # under state/<tag>/, root's
     remove_abandoned_work(where)
-    kernel, initrd, modules = cluster.kernel_files
-    for final in cluster.kernel_files:
-        if not cluster.remote and os.path.lexists(final) and not marks.is_ours(final, cluster):
-            raise DaliError(f"{final} exists but dali did not make it for this cluster: move it away")
+    kernel, initrd, modules = built(cluster)
     staged = where / ".bzImage.new"
     shutil.copyfile(own.bzimage, staged)
-    _install(cluster, staged, kernel)
+    os.replace(staged, kernel)
     staged = where / ".initramfs.cpio.new"
     names = build_initramfs(moddir, staged, build_init(cluster.cache_dir))
-    _install(cluster, staged, initrd)
+    os.replace(staged, initrd)
     staged = where / ".modules.img.new"
     build_modules_disk(moddir, staged)
-    _install(cluster, staged, modules)
-    if cluster.remote:
-        pool = Pool(cluster, virt)
-        pool.ensure()
-        for made, there in zip(cluster.kernel_files, (cluster.kernel, cluster.initrd, cluster.modules_disk)):
-            # A running node keeps the file it booted (deleted under it, as after a rename
-            # here); the next boot gets the new one.
-            pool.upload(there.name, made)
-        log(f"uploaded bzImage, initramfs.cpio and modules.img to {cluster.uri}")
+    os.replace(staged, modules)
+    for made, there in zip(built(cluster), booted(files)):
+        files.put(there, made)
     log(f"kernel {release}: initramfs with {', '.join(names) or 'no modules (all built in)'}; "
-        f"modules disk of {moddir}")
+        f"modules disk of {moddir}; in {files.kernel_dir}{files.where}")
 
 
-def is_there(cluster: Cluster, virt: Libvirt) -> bool:
-    """On a remote host: the three volumes are in the pool (doit's file_deps say whether the
-    files made here are current, not whether someone deleted the volumes there)."""
-    pool = Pool(cluster, virt)
-    return all(pool.volume(p.name) is not None for p in (cluster.kernel, cluster.initrd, cluster.modules_disk))
+def is_there(files: Storage) -> bool:
+    """The three are where the nodes boot them, whole (doit's file_deps say whether the files
+    made here are current, not whether someone deleted those)."""
+    return all(files.complete(p) for p in booted(files))
 
 
-def remove(cluster: Cluster, virt: Libvirt, dryrun: bool = False) -> None:
-    if cluster.remote:  # the volumes there; what was made here goes with state/<tag>/
-        for path in (cluster.kernel_dir / name for name in ("bzImage", "initramfs.cpio", "modules.img")):
-            remote.remove_volume(cluster, virt, path, dryrun)
-        return
-    for path in (cluster.kernel_dir / name for name in ("bzImage", "initramfs.cpio", "modules.img")):
-        disks.remove_file(cluster, virt, path, dryrun)
-    marks.remove_dir_if_ours(cluster.kernel_dir, cluster, dryrun)
+def remove(files: Storage, dryrun: bool = False) -> None:
+    """Where the nodes boot them; what was made here goes with state/<tag>/."""
+    for path in booted(files):
+        files.remove(path, dryrun)

@@ -20,12 +20,13 @@ from dali.cluster import Cluster
 from dali.errors import DaliError, one_line
 from dali.fanout import each
 from dali.lifecycle import running
+from dali.storage import Storage
 from dali.virt import Libvirt
 
-def _running(cluster: Cluster, virt: Libvirt, names) -> tuple[list, list[str]]:
+def _running(cluster: Cluster, files: Storage, virt: Libvirt, names) -> tuple[list, list[str]]:
     """(node, domain) of the chosen nodes that run (a booting one waited for), and the names of
     those named that do not: a node named but not there is a failure, one left out is not."""
-    up, down = running(cluster, virt, names)
+    up, down = running(cluster, files, virt, names)
     return up, down if names else []
 
 
@@ -102,11 +103,12 @@ def command_line(words: list[str], argv: list[str]) -> str:
     return " ".join(rest)
 
 
-def pssh(cluster: Cluster, virt: Libvirt, command: list[str], on: str = "", timeout: int = 3600) -> None:
+def pssh(cluster: Cluster, files: Storage, virt: Libvirt, command: list[str], on: str = "",
+         timeout: int = 3600) -> None:
     line = command_line(command, sys.argv)
     if not line:
         raise DaliError("doit pssh needs a command: doit pssh [--on b,c] CMD ...")
-    doms, down = _running(cluster, virt, [n for n in on.split(",") if n])
+    doms, down = _running(cluster, files, virt, [n for n in on.split(",") if n])
 
     def run(node, dom):
         result = virt.run(dom, ["/bin/sh", "-c", line], timeout=timeout)
@@ -115,7 +117,7 @@ def pssh(cluster: Cluster, virt: Libvirt, command: list[str], on: str = "", time
     _report(_on_each(doms, run), down, f"'{line}'")
 
 
-def pput(cluster: Cluster, virt: Libvirt, paths: list[str], on: str = "") -> None:
+def pput(cluster: Cluster, files: Storage, virt: Libvirt, paths: list[str], on: str = "") -> None:
     if len(paths) != 2:
         raise DaliError("doit pput needs a source and a destination: doit pput [--on b,c] SRC DEST")
     source, dest = Path(paths[0]), paths[1]
@@ -127,7 +129,7 @@ def pput(cluster: Cluster, virt: Libvirt, paths: list[str], on: str = "") -> Non
     if dest.endswith("/"):
         dest += source.name
     digest = hashlib.sha256(data).hexdigest()
-    doms, down = _running(cluster, virt, [n for n in on.split(",") if n])
+    doms, down = _running(cluster, files, virt, [n for n in on.split(",") if n])
 
     def put(node, dom):
         guest.put_file(virt, dom, data, dest, mode)

@@ -9,56 +9,45 @@ what they discarded. Each half is a check (disks_ready, fam_ready) and a change 
 
 The golden copy (FAM.golden) is the FAM's reserved area up to the device's data offset (ndctl's
 info block and memory map) and nothing else, kept sparse: about 18 MiB on disk for a 1 GiB FAM.
-Restoring it rewrites the FAM in place, so its inode, group, mode and dali's mark stay. Where
-the filesystem can (xfs, btrfs) the copy is a reflink, which costs nothing.
+Restoring it rewrites the FAM in place, so its inode, group, mode and dali's mark stay (and on a
+remote host its volume, and so its place in every domain). The device's data is zeroed first,
+then the reserved area written back: the FAM never changes size, so a reset killed halfway
+leaves a FAM every run accepts, and `doit reset:fam` again finishes it. Where the filesystem
+can (xfs, btrfs) the copies are reflinks, which cost nothing.
+
+Everything goes through the cluster's Storage (dali/storage/): a file here, a volume there.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from dali import disks, fam, marks
+from dali import disks, fam
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.reporter import log
+from dali.storage import Storage
 from dali.virt import Libvirt
-
 
 
 def golden(cluster: Cluster) -> Path:
     return cluster.data_dir / "FAM.golden"
 
 
-def golden_is_current(cluster: Cluster, virt: Libvirt | None = None) -> bool:
+def golden_is_current(cluster: Cluster, files: Storage) -> bool:
+    """FAM.golden is whole and holds the reserved area of the namespace the FAM holds now."""
     path = golden(cluster)
-    return (marks.is_ours(path, cluster) and cluster.fam_path.exists()
-            and path.stat().st_size == cluster.fam_path.stat().st_size
-            and fam.namespace(path) == fam.namespace(cluster.fam_path))
+    if not files.complete(path) or files.size(path) != files.size(cluster.fam_path):
+        return False
+    mine = fam.namespace_in(files.read(path, fam.INFO_BLOCK_OFFSET, fam.INFO_BLOCK_SIZE), cluster.fam_size)
+    return mine == fam.held(cluster, files)
 
 
-def make_golden(cluster: Cluster, virt: Libvirt | None = None) -> None:
-    """FAM.golden: the FAM's reserved area (the namespace's info block and memory map), the
-    rest a hole. Built under a temporary name, then renamed."""
-    ns = fam.namespace(cluster.fam_path)
-    partial = cluster.data_dir / ".FAM.golden.new"
-    with open(cluster.fam_path, "rb") as src, open(partial, "wb") as dst:
-        dst.truncate(os.fstat(src.fileno()).st_size)
-        _copy_range(src.fileno(), dst.fileno(), 0, ns["data_offset"])
-        os.fsync(dst.fileno())
-    marks.make_file_private(partial, 0o640)
-    marks.mark(partial, cluster, also=(golden(cluster),))
-    os.replace(partial, golden(cluster))
-    marks.mark(golden(cluster), cluster)
-
-
-def _copy_range(src: int, dst: int, start: int, end: int) -> None:
-    at = start
-    while at < end:
-        n = os.copy_file_range(src, dst, end - at, at, at)  # a reflink where the filesystem can
-        if n == 0:
-            break
-        at += n
+def make_golden(cluster: Cluster, files: Storage) -> None:
+    """FAM.golden: the FAM's reserved area (the namespace's info block and memory map), the rest
+    a hole, made whole or not at all."""
+    ns = fam.held(cluster, files)
+    files.put_sparse(golden(cluster), cluster.fam_size, cluster.fam_path, ns["data_offset"])
 
 
 def everything_off(cluster: Cluster, virt: Libvirt, path: Path) -> None:
@@ -79,54 +68,46 @@ def nothing_built_on(disk: Path | str, built_on_it: list) -> None:
                         "delete it, then run doit reset again")
 
 
-def fam_ready(cluster: Cluster, virt: Libvirt) -> None:
-    """Refused unless the FAM can be put back now: a golden copy of its namespace, no node on."""
-    if not golden_is_current(cluster, virt):
-        raise DaliError(f"no golden copy of {cluster.fam_path} for its namespace: run doit first "
-                        "(it makes one once the original has set the device up)")
+def fam_ready(cluster: Cluster, files: Storage, virt: Libvirt) -> None:
+    """Refused unless the FAM can go back now: a golden copy of its namespace, no node on."""
+    if not golden_is_current(cluster, files):
+        raise DaliError(f"no golden copy of {cluster.fam_path}{files.where} for its namespace: run "
+                        "doit first (it makes one once the original has set the device up)")
     everything_off(cluster, virt, cluster.fam_path)
 
 
-def put_fam_back(cluster: Cluster, virt: Libvirt) -> None:
-    ns = fam.namespace(cluster.fam_path)
-    written = fam.data_mib(cluster, ns["data_offset"])
-    size = cluster.fam_path.stat().st_size
-    with open(golden(cluster), "rb") as src, open(cluster.fam_path, "r+b") as dst:
-        # In place: drop every block, copy the golden's data back, allocate the rest again.
-        os.ftruncate(dst.fileno(), 0)
-        os.ftruncate(dst.fileno(), size)
-        _copy_range(src.fileno(), dst.fileno(), 0, ns["data_offset"])
-        os.posix_fallocate(dst.fileno(), 0, size)
-        os.fsync(dst.fileno())
+def put_fam_back(cluster: Cluster, files: Storage, virt: Libvirt) -> None:
+    """The device's data zeroed, then the golden reserved area written back over the FAM's."""
+    data_offset = fam.held(cluster, files)["data_offset"]
+    written = files.nonzero_mib(cluster.fam_path, data_offset)
+    files.zero(cluster.fam_path, data_offset)
+    files.copy_head(golden(cluster), cluster.fam_path, data_offset)
     fam.forget_saved(cluster)  # nothing a killed verify overwrote matters any more
-    log(f"{cluster.fam_path}: back to the golden copy; discarded {written} MiB of data on the device")
+    log(f"{cluster.fam_path}{files.where}: back to the golden copy; discarded {written} MiB of data "
+        "on the device")
 
 
-def disks_ready(cluster: Cluster, virt: Libvirt) -> None:
+def disks_ready(cluster: Cluster, files: Storage, virt: Libvirt) -> None:
     """Refused unless every node's disk can be put back now: a frozen disk, every node's disk
     dali's, no node on, nothing of the user's built on a disk."""
-    if not marks.is_ours(cluster.frozen_disk, cluster):
+    if not files.complete(cluster.frozen_disk):
         raise DaliError("no frozen disk to go back to: reset:disks is for a cluster with clones "
                         "(doit clone makes them)")
     for node in cluster.nodes:
         disk = cluster.disk(node)
-        if not disk.exists():
-            continue
-        if not marks.is_ours(disk, cluster):
-            raise DaliError(f"{disk} is not dali's: reset leaves it, and stops here")
-        everything_off(cluster, virt, disk)
-        nothing_built_on(disk, [p for d in (cluster.data_dir, cluster.image_dir)
-                                for p in disks.disks_built_on(disk, d)])
+        if files.have(disk):  # (one dali did not make is refused there)
+            everything_off(cluster, virt, disk)
+            nothing_built_on(f"{disk}{files.where}", [f"{p}{files.where}" for p in files.built_on(disk)[1]])
 
 
-def put_disks_back(cluster: Cluster, virt: Libvirt) -> None:
+def put_disks_back(cluster: Cluster, files: Storage, virt: Libvirt) -> None:
     for node in cluster.nodes:
         disk = cluster.disk(node)
-        if not disk.exists():
+        if not files.have(disk):
             continue
-        discarded = disk.stat().st_blocks * 512
-        # disks.create() makes the disk from the frozen one; it never overwrites a disk, so the
-        # old one goes first. A kill in between leaves no disk, which the next doit makes anew.
-        disk.unlink()
-        disks.create(cluster, node)
+        discarded = files.allocated(disk)
+        # Deleted, then made again from the frozen one: a kill in between leaves no disk, which
+        # the next doit makes anew.
+        files.discard(disk)
+        disks.create(cluster, files, node)
         log(f"{node.name}: disk back to the frozen state; discarded {discarded / 2**20:.1f} MiB")

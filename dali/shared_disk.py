@@ -7,10 +7,11 @@ cache between the nodes). It is prepared the way the NVDIMM is: with fs.type = "
 mkfs.ocfs2 options, mounted on every node at <fs.mountpoint>-disk; without a filesystem the raw
 device, found in each node by its serial (/dev/disk/by-id/virtio-dali-shared-disk).
 
-The file is dali's like everything else: made under a temporary name and marked
-(dali/marks.py), kept across runs, removed by `doit clean` (its sweep takes every marked file
-of the data directory). It is attached live only: the nodes' definitions stay as rendered, and
-a node booted again gets it back at the next --compare-disk run.
+The file is dali's like everything else, made where the cluster's files live (dali/storage/: a
+file here, a volume of the pool on a remote host), whole or not at all, kept across runs, and
+removed by `doit clean` (its sweep takes every file of ours). It is attached live only: the
+nodes' definitions stay as rendered, and a node booted again gets it back at the next
+--compare-disk run.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from pathlib import Path
 
 import libvirt
 
-from dali import fam, marks, ocfs2
+from dali import ocfs2
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.fanout import each
+from dali.render import render
 from dali.reporter import log
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 SERIAL = "dali-shared-disk"
@@ -41,25 +44,21 @@ def mountpoint(cluster: Cluster) -> str:
     return cluster.fs.mountpoint.rstrip("/") + "-disk"
 
 
-def ensure_file(cluster: Cluster) -> Path:
+def ensure_file(cluster: Cluster, files: Storage) -> Path:
     disk = path(cluster)
-    if disk.exists():
-        if not marks.is_ours(disk, cluster):
-            raise DaliError(f"{disk} exists and dali did not make it: move it away, --compare-disk "
-                            "makes its own")
-        if disk.stat().st_size != cluster.fam_size:
-            raise DaliError(f"{disk} is {disk.stat().st_size} bytes, the FAM {cluster.fam_size}: "
-                            "dali never resizes it; doit clean removes it (with the cluster)")
+    if files.have(disk):  # (one dali did not make is refused there)
+        size = files.size(disk)
+        if size != cluster.fam_size:
+            raise DaliError(f"{disk}{files.where} is {size} bytes, the FAM {cluster.fam_size}: dali "
+                            "never resizes it; doit clean removes it (with the cluster)")
         return disk
-    fam.allocate(cluster, disk, 0o660, "free some space")  # allocated, as the FAM is
-    log(f"created {disk}: {cluster.fam_size} bytes, the shared disk for --compare-disk")
+    files.allocate(disk, cluster.fam_size, for_qemu=False)  # allocated, as the FAM is
+    log(f"created {disk}{files.where}: {cluster.fam_size} bytes, the shared disk for --compare-disk")
     return disk
 
 
 def disk_xml(disk: Path) -> str:
-    return (f"<disk type='file' device='disk'><driver name='qemu' type='raw' cache='none' io='native'/>"
-            f"<source file='{disk}'/><target dev='{TARGET}' bus='virtio'/><serial>{SERIAL}</serial>"
-            "<shareable/></disk>")
+    return render("shared-disk.xml.j2", path=disk, target=TARGET, serial=SERIAL)
 
 
 def is_attached(dom: libvirt.virDomain, disk: Path) -> bool:
@@ -78,10 +77,10 @@ def attach(virt: Libvirt, dom: libvirt.virDomain, disk: Path) -> None:
              timeout=60).check(f"waiting for {DEVICE} on {dom.name()}")
 
 
-def prepare(cluster: Cluster, virt: Libvirt, doms) -> tuple[str, str]:
+def prepare(cluster: Cluster, files: Storage, virt: Libvirt, doms) -> tuple[str, str]:
     """The disk made, attached to every node of the run and prepared as the NVDIMM is; the
     target and its kind for the workloads."""
-    disk = ensure_file(cluster)
+    disk = ensure_file(cluster, files)
     each(doms, lambda n, d: attach(virt, d, disk))
     if cluster.fs.type == "none":
         return DEVICE, "block"

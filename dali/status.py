@@ -10,9 +10,7 @@ but is not yet usable as `doit start` leaves it (its device there, ssh listening
 from __future__ import annotations
 
 import ipaddress
-import os
 import time
-import stat
 import xml.etree.ElementTree as ET
 
 import libvirt
@@ -22,8 +20,8 @@ from dali.cluster import Cluster, Node
 from dali.domain import gdb_socket
 from dali.errors import DaliError
 from dali.fanout import each
-from dali.lifecycle import started_at, usable_says_the_node
-from dali.pool import Pool
+from dali.lifecycle import usable_says_the_node
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
@@ -41,28 +39,24 @@ def _duration(seconds: float) -> str:
         f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def node_row(cluster: Cluster, virt: Libvirt, node: Node, addresses: dict[str, str]) -> dict:
+def node_row(cluster: Cluster, files: Storage, virt: Libvirt, node: Node, addresses: dict[str, str]) -> dict:
     row = {"node": node.name, "state": "undefined", "address": addresses.get(node.name, "-"),
            "pmem": "-", "disk": "-", "uptime": "-"}
     disk = cluster.disk(node)
-    if cluster.remote:
-        vol = Pool(cluster, virt).volume(disk.name)
-        if vol is not None:
-            row["disk"] = f"{disk.name} ({_mib(vol.info()[2])})"  # its allocation there
-    elif disk.exists():
-        row["disk"] = f"{disk.name} ({_mib(disk.stat().st_blocks * 512)})"
+    if files.is_ours(disk):
+        row["disk"] = f"{disk.name} ({_mib(files.allocated(disk))})"  # what it wrote
     dom = virt.domain(node.name)
     if dom is None:
         return row
     row["state"] = STATES.get(dom.state()[0], "other")
     from dali import evidence  # here: a no-op doit loads status, and need not load this
-    why = evidence.panicked(cluster, virt, dom)
+    why = evidence.panicked(files, virt, dom)
     if why:
         row["state"], row["why"] = "panicked", why
         return row
     if row["state"] != "running":
         return row
-    started = started_at(cluster, virt, dom)
+    started = virt.started_at(dom)
     if started is not None:
         row["uptime"] = _duration(time.time() - started)
     silent = not virt.agent_answers(dom)
@@ -81,10 +75,10 @@ def node_row(cluster: Cluster, virt: Libvirt, node: Node, addresses: dict[str, s
     return row
 
 
-def status(cluster: Cluster, virt: Libvirt) -> list[dict]:
+def status(cluster: Cluster, files: Storage, virt: Libvirt) -> list[dict]:
     """Print the table; return the node rows."""
     addresses = network.addresses_of(cluster, virt)
-    rows = each([(n, None) for n in cluster.nodes], lambda n, _: node_row(cluster, virt, n, addresses))
+    rows = each([(n, None) for n in cluster.nodes], lambda n, _: node_row(cluster, files, virt, n, addresses))
     running = [(n, virt.domain(n.name)) for n, r in zip(cluster.nodes, rows)
                if r["pmem"] not in ("-", "(agent silent)", "?")]
     if running:
@@ -101,9 +95,9 @@ def status(cluster: Cluster, virt: Libvirt) -> list[dict]:
             print(f"{r['node']}: panicked: {r['why']}: doit start {r['node']} boots it again, its "
                   f"console and memory kept first in {evidence.crash_dir(cluster)}/")
     print(_network_line(cluster, virt))
-    print(_fam_line(cluster))
-    if cluster.image_kernel and image.node_image_is_kept(cluster, image.wanted_tarball(cluster)):
-        print(f"image {cluster.image_dir / 'base.qcow2'}: built from an older recipe (a dali upgrade, "
+    print(_fam_line(cluster, files))
+    if not cluster.image.path and image.node_image_is_kept(cluster, files, image.wanted_tarball(cluster)):
+        print(f"image {image.base(files)}{files.where}: built from an older recipe (a dali upgrade, "
               "or image.* settings changed); kept, because the nodes' disks are built on it: doit "
               "clean, then doit, moves to the new one")
     if cluster.gdb:
@@ -125,13 +119,11 @@ def _network_line(cluster: Cluster, virt: Libvirt) -> str:
             f"{'active' if net.isActive() else 'inactive'}, {kind}")
 
 
-def _fam_line(cluster: Cluster) -> str:
+def _fam_line(cluster: Cluster, files: Storage) -> str:
     path = cluster.fam_path
-    if not fam.exists(cluster):
-        return f"FAM {path}: not made yet"
-    ns = fam.held(cluster)
+    if not files.exists(path):
+        return f"FAM {path}{files.where}: not made yet"
+    ns = fam.held(cluster, files)
     holds = f"{ns['mode']} namespace {ns['uuid']}" if ns["mode"] != "raw" else "no namespace yet"
-    if cluster.remote:
-        return f"FAM {path} on {cluster.uri}: {cluster.fam_size} bytes, {holds}"
-    st = os.stat(path)
-    return f"FAM {path}: {st.st_size} bytes, mode {stat.S_IMODE(st.st_mode):04o}, {holds}"
+    usable = "" if files.qemu_may_use(path) else ", not usable by qemu yet (doit sets its group and mode)"
+    return f"FAM {path}{files.where}: {files.size(path)} bytes, {holds}{usable}"

@@ -35,6 +35,7 @@ from dali.errors import DaliError, one_line
 from dali.fanout import each
 from dali.lifecycle import running
 from dali.reporter import log
+from dali.storage import Storage
 from dali.torture_report import Report
 from dali.verify import refuse_to_write
 from dali.virt import Libvirt
@@ -117,7 +118,7 @@ def _target(cluster: Cluster, target: str) -> tuple[str, str]:
     return device, "dax" if device.startswith("/dev/dax") else "block"
 
 
-def plan(cluster: Cluster, virt: Libvirt, names: list[str], on: str, seconds: int, script: str,
+def plan(cluster: Cluster, files: Storage, virt: Libvirt, names: list[str], on: str, seconds: int, script: str,
          target: str, crash: list[str], partition: list[str], seed: int) -> Plan:
     if seconds < 1:
         raise DaliError(f"--seconds {seconds}: a run lasts at least 1 second")
@@ -141,7 +142,7 @@ def plan(cluster: Cluster, virt: Libvirt, names: list[str], on: str, seconds: in
     if len({n for n, _, _ in runs}) != len(runs):
         raise DaliError("a workload is named twice: name each once (parameters after a colon)")
 
-    nodes, down = running(cluster, virt, [n for n in on.split(",") if n])  # a booting node waited for
+    nodes, down = running(cluster, files, virt, [n for n in on.split(",") if n])  # a booting node waited for
     if down and on:
         raise DaliError(f"{', '.join(down)} not running: doit start "
                         f"{' '.join(down)} first, or leave it out of --on")
@@ -170,7 +171,7 @@ def plan(cluster: Cluster, virt: Libvirt, names: list[str], on: str, seconds: in
                 seed or secrets.randbelow(10**6))
 
 
-def _check_target(cluster: Cluster, virt: Libvirt, p: Plan) -> None:
+def _check_target(cluster: Cluster, files: Storage, virt: Libvirt, p: Plan) -> None:
     """The target is there on every node, and a device holds nothing the run could destroy."""
     test = "-d" if p.kind == "dir" else "-b" if p.kind == "block" else "-c"
     missing = [n.name for (n, _), ok in zip(p.nodes, each(p.nodes, lambda n, d: virt.run(
@@ -192,7 +193,7 @@ def _check_target(cluster: Cluster, virt: Libvirt, p: Plan) -> None:
                             f"{guest.device_path(cluster.device_mode)} only")
         refuse_to_write(virt, p.nodes, p.target)
         end = max(a[0] + a[1] for a in (j.area for j in p.jobs) if a)
-        size = fam.held(cluster)["size"]
+        size = fam.held(cluster, files)["size"]
         if end > size:
             raise DaliError(f"the workloads need {end} bytes of the device, which has {size}: "
                             "fewer nodes or smaller parameters")
@@ -233,20 +234,32 @@ def _device_span(p: Plan) -> tuple[int, int] | None:
     return 0, max(a[0] + -(-a[1] // DAX_ALIGN) * DAX_ALIGN for a in areas)
 
 
-def _save_and_zero(cluster: Cluster, span: tuple[int, int]) -> None:
+def _save_and_zero(cluster: Cluster, files: Storage, p: Plan, run_id: str, span: tuple[int, int]) -> None:
     """Record the bytes the run may overwrite (durably, before any write) and zero them: the
     workloads start from a known state. The nodes map the FAM shared: this is what they see."""
-    base = fam.held(cluster)["data_offset"]
-    old = fam.read_at(cluster, base + span[0], span[1])
-    fam.save_before_write(cluster, {base + span[0] + at: old[at:at + (1 << 20)]
-                                    for at in range(0, len(old), 1 << 20)})
-    fam.write_at(cluster, {base + span[0]: bytes(span[1])})
+    base = fam.held(cluster, files)["data_offset"]
+    old = files.read(cluster.fam_path, base + span[0], span[1])
+    # The run's programs carry its id on their command lines (and a script its path): a run that
+    # dies before it puts the bytes back has them killed by the next one, which then puts the
+    # bytes back (dali/fam.py). They end by themselves at the latest LEAD + --seconds + GRACE
+    # (the run) + GRACE (the checks) from now.
+    lead = LEAD + LEAD_PER_JOB * len(p.jobs)
+    fam.save_before_write(cluster, files, {base + span[0] + at: old[at:at + (1 << 20)]
+                                           for at in range(0, len(old), 1 << 20)},
+                          until=time.time() + lead + p.seconds + 2 * GRACE, writers=writers(run_id))
+    files.write(cluster.fam_path, {base + span[0]: bytes(span[1])})
 
 
-def _put_back(cluster: Cluster) -> None:
-    saved = json.loads((cluster.state_dir / "fam-restore.json").read_text())["pieces"]
-    fam.write_at(cluster, {offset: bytes.fromhex(data) for offset, data in saved})
-    fam.forget_saved(cluster)
+def writers(run_id: str) -> str:
+    """The run's programs on a node, as pkill -f finds them (an extended regular expression
+    that does not match the command line of the shell that runs pkill with it)."""
+    return f"{PROGRAM.replace('.', '[.]')} .*{run_id}|{SCRIPT[:-1]}[{SCRIPT[-1]}]"
+
+
+def _put_back(cluster: Cluster, files: Storage, virt: Libvirt) -> None:
+    """The bytes saved before the run, back: its programs killed first, where one still runs
+    (a node whose run timed out, say), so nothing of the run writes after them."""
+    fam.restore_saved(cluster, files, virt)
 
 
 def _run_one(virt: Libvirt, p: Plan, job: Job, index: int, node: Node, dom, run_id: str,
@@ -358,15 +371,16 @@ def options_among(words: list[str], params: list[dict], given: dict) -> tuple[li
     return rest, values
 
 
-def torture(cluster: Cluster, virt: Libvirt, workloads_named=(), on: str = "", seconds: int | None = None,
+def torture(cluster: Cluster, files: Storage, virt: Libvirt, workloads_named=(), on: str = "",
+            seconds: int | None = None,
             show_list: bool = False, script: str = "", target: str = "", crash=(), partition=(),
             seed: int = 0, compare_disk: bool = False) -> None:
     if show_list:
         print(describe_workloads())
         return
-    fam.restore_saved(cluster)  # what a run killed before it put the device back left behind
+    fam.restore_saved(cluster, files, virt)  # what a run killed before it put the device back left behind
     seconds = DEFAULT_SECONDS if seconds is None else seconds
-    p = plan(cluster, virt, list(workloads_named), on, seconds, script, target, list(crash),
+    p = plan(cluster, files, virt, list(workloads_named), on, seconds, script, target, list(crash),
              list(partition), seed)
     if compare_disk and (p.faults or target):
         raise DaliError("--compare-disk runs the same workloads on the NVDIMM, then on the disk: "
@@ -374,7 +388,7 @@ def torture(cluster: Cluster, virt: Libvirt, workloads_named=(), on: str = "", s
                         "second half); run those on their own")
     for name in faults.heal(p.nodes):
         log(f"torture: {name}'s network link was down (a run stopped during a partition); it is up again")
-    _check_target(cluster, virt, p)
+    _check_target(cluster, files, virt, p)
     for name, why in p.not_run:
         log(f"torture: {name} does not run here: {why}")
 
@@ -388,16 +402,16 @@ def torture(cluster: Cluster, virt: Libvirt, workloads_named=(), on: str = "", s
             guest.put_file(virt, dom, p.script.read_bytes(), SCRIPT, 0o755)
     each(p.nodes, ship)
     if not compare_disk:
-        report = _one_pass(cluster, virt, p, run_id, run_dir, save_device=True)
+        report = _one_pass(cluster, files, virt, p, run_id, run_dir, save_device=True)
         if report.failed:
             raise DaliError(report.failure_line())
         return
-    nvdimm = _one_pass(cluster, virt, p, run_id, run_dir / "nvdimm", save_device=True)
-    where, kind = shared_disk.prepare(cluster, virt, p.nodes)
+    nvdimm = _one_pass(cluster, files, virt, p, run_id, run_dir / "nvdimm", save_device=True)
+    where, kind = shared_disk.prepare(cluster, files, virt, p.nodes)
     on_disk = _retarget(p, where, kind)
     for name, why in on_disk.not_run:
         log(f"torture: {name} does not run on the shared disk: {why}")
-    disk = _one_pass(cluster, virt, on_disk, run_id, run_dir / "disk", save_device=False)
+    disk = _one_pass(cluster, files, virt, on_disk, run_id, run_dir / "disk", save_device=False)
     side_by_side = Report.side_by_side(nvdimm, disk)
     (run_dir / "compare.md").write_text(side_by_side + "\n")
     print(side_by_side)
@@ -428,20 +442,20 @@ def _retarget(p: Plan, where: str, kind: str) -> Plan:
     return p._replace(jobs=_with_areas(runs, len(p.nodes), kind), not_run=not_run, target=where, kind=kind)
 
 
-def _one_pass(cluster: Cluster, virt: Libvirt, p: Plan, run_id: str, run_dir: Path,
+def _one_pass(cluster: Cluster, files: Storage, virt: Libvirt, p: Plan, run_id: str, run_dir: Path,
               save_device: bool) -> Report:
     """The jobs on every node against one device, judged, reported and kept in run_dir."""
     run_dir.mkdir(mode=0o700, exist_ok=True)
-    report = Report(cluster, virt, p, run_id, run_dir)
-    windows = {n.name: consoles.mark(cluster, n.name) for n in cluster.nodes}  # every node's console
+    report = Report(cluster, files, virt, p, run_id, run_dir)
+    windows = {n.name: consoles.mark(files, n.name) for n in cluster.nodes}  # every node's console
     span = _device_span(p) if save_device and p.kind != "dir" else None
     if span:
-        _save_and_zero(cluster, span)
+        _save_and_zero(cluster, files, p, run_id, span)
     try:
         results = _execute(virt, p, run_id, report)
     finally:
         if span:
-            _put_back(cluster)
+            _put_back(cluster, files, virt)
     report.finish(results, windows)
     report.write_and_print()
     return report

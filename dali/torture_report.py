@@ -29,8 +29,9 @@ def _rate(n: float, seconds: float) -> str:
 
 
 class Report:
-    def __init__(self, cluster, virt, plan, run_id: str, run_dir: Path):
-        self.cluster, self.virt, self.plan, self.run_id, self.dir = cluster, virt, plan, run_id, run_dir
+    def __init__(self, cluster, files, virt, plan, run_id: str, run_dir: Path):
+        self.cluster, self.files, self.virt = cluster, files, virt
+        self.plan, self.run_id, self.dir = plan, run_id, run_dir
         self.kept_workdir = ""
         self.rows: list[dict] = []  # one per workload and node
         self.summary: list[dict] = []  # one per workload
@@ -56,7 +57,7 @@ class Report:
         first_fault = min((f.at for f in p.faults), default=None)
         self.results = results
         for name, offset in windows.items():
-            text = consoles.since(self.cluster, name, offset)
+            text = consoles.since(self.files, name, offset)
             (self.dir / "console").mkdir(exist_ok=True)
             (self.dir / "console" / f"{name}.log").write_bytes(text)
             found = consoles.findings(text)
@@ -66,7 +67,7 @@ class Report:
         for name, found in self.console_findings.items():
             fatal = consoles.fatal(found)
             if fatal and name not in victims:
-                kept = evidence.keep(self.cluster, name, f"{fatal[0][0]}: {fatal[0][1]}", virt=self.virt)
+                kept = evidence.keep(self.cluster, self.files, self.virt, name, f"{fatal[0][0]}: {fatal[0][1]}")
                 if kept is not None:
                     self.crash_dirs[name] = kept
                 where = f" (evidence in {kept})" if kept else ""

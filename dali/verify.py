@@ -21,23 +21,27 @@ from __future__ import annotations
 import hashlib
 import random
 import secrets
+import time
 
 from dali import fam, guest
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.fanout import each
 from dali.lifecycle import defined, running
+from dali.storage import Storage
 from dali.virt import Libvirt
 
+WRITE_TIMEOUT = 120  # seconds a guest command of verify may take (virt.run's default)
 
-def verify(cluster: Cluster, virt: Libvirt) -> list[dict]:
+
+def verify(cluster: Cluster, files: Storage, virt: Libvirt) -> list[dict]:
     """Run the checks, print the table, raise if anything failed. Returns the rows."""
     defined(cluster, virt)
-    fam.restore_saved(cluster)  # what a verify killed mid-write left overwritten
-    doms, down = running(cluster, virt)  # a booting node is waited for
+    fam.restore_saved(cluster, files, virt)  # what a verify killed mid-write left overwritten
+    doms, down = running(cluster, files, virt)  # a booting node is waited for
     if down:
         raise DaliError(f"{', '.join(down)} not running: run doit start first")
-    expected = fam.held(cluster)
+    expected = fam.held(cluster, files)
     mode, device = cluster.device_mode, guest.device_path(cluster.device_mode)
     if expected["mode"] != mode:
         raise DaliError(f"{cluster.fam_path} holds a {expected['mode']} namespace, not the "
@@ -68,7 +72,7 @@ def verify(cluster: Cluster, virt: Libvirt) -> list[dict]:
     if cluster.fs.type == "ocfs2":
         _shared_files(cluster, virt, doms, rows)  # the device is mounted: through the filesystem
     else:
-        _shared_writes(cluster, virt, doms, rows, expected["data_offset"], device)
+        _shared_writes(cluster, files, virt, doms, rows, expected["data_offset"], device)
     _print_table(rows)
     failed = [r for r in rows if r["problems"]]
     if failed:
@@ -90,7 +94,8 @@ def refuse_to_write(virt: Libvirt, doms, device: str) -> None:
                         "device with data on it")
 
 
-def _shared_writes(cluster: Cluster, virt: Libvirt, doms, rows, data_offset: int, device: str) -> None:
+def _shared_writes(cluster: Cluster, files: Storage, virt: Libvirt, doms, rows, data_offset: int,
+                   device: str) -> None:
     """Each node writes a unique marker at a random block of its own; every other node must read
     it back. The blocks' previous contents are recorded first and put back afterwards: the FAM
     may hold the user's data."""
@@ -103,8 +108,11 @@ def _shared_writes(cluster: Cluster, virt: Libvirt, doms, rows, data_offset: int
         markers[node.name] = marker + bytes(guest.BLOCK - len(marker))
     refuse_to_write(virt, doms, device)
     saved = dict(zip(blocks, each(doms, lambda n, d: guest.read_block(virt, d, blocks[n.name], device))))
-    fam.save_before_write(cluster, {data_offset + blocks[name] * guest.BLOCK: data
-                                    for name, data in saved.items()})
+    # Each write is one guest command of at most WRITE_TIMEOUT seconds, issued in the next few
+    # seconds: that long after them, nothing of this verify writes any more.
+    fam.save_before_write(cluster, files, {data_offset + blocks[name] * guest.BLOCK: data
+                                           for name, data in saved.items()},
+                          until=time.time() + 2 * WRITE_TIMEOUT)
     try:
         each(doms, lambda n, d: guest.write_block(virt, d, blocks[n.name], markers[n.name], device))
 

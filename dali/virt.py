@@ -11,12 +11,15 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import os
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import NamedTuple
 
 import libvirt
 
+from dali.cluster import is_remote
 from dali.errors import DaliError
 from dali.steps import Checking
 from dali.marks import MARK_NS, describe, mark_of
@@ -38,6 +41,15 @@ class ExecResult(NamedTuple):
             raise DaliError(f"{what} failed in the guest (exit {self.exitcode}): "
                             f"{(self.stderr or self.stdout).strip()[:300]}")
         return self
+
+
+def _qemu_process(name: str) -> tuple[int, int] | None:
+    """The pid of a local domain's qemu and when it started, in clock ticks since the host's boot."""
+    try:
+        pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+        return pid, int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 GONE = object()  # what unless_gone returns for an object libvirt no longer has
@@ -73,7 +85,7 @@ class Libvirt:
         self._conn: libvirt.virConnect | None = None
         self._for_checks: dict = {}  # shared_by_checks: {key: (actions started, value)}
         # Where start() writes when it started a domain, for a libvirtd on another host (on this
-        # machine the qemu process says: dali/lifecycle.py started_at).
+        # machine the qemu process says: started_at).
         self.starts_file = None
 
     _shared: dict[tuple[str, str], "Libvirt"] = {}
@@ -85,7 +97,7 @@ class Libvirt:
         key = (cluster.uri, cluster.id)
         if key not in cls._shared:
             cls._shared[key] = cls(cluster.uri, cluster.id)
-            if cluster.remote:
+            if is_remote(cluster.uri):  # its qemu processes are out of reach
                 cls._shared[key].starts_file = cluster.state_dir / "starts.json"
         return cls._shared[key]
 
@@ -271,12 +283,37 @@ class Libvirt:
         tmp.replace(self.starts_file)
 
     def started_at(self, dom: libvirt.virDomain) -> float | None:
-        """When start() started this run of the domain, if it did (see _record_start)."""
+        """When this run of the domain started (the host's clock): from its qemu process where
+        libvirtd runs on this machine (no agent needed); on another host, when start() started
+        it, if it did (see _record_start: its qemu process is out of reach)."""
+        if self.starts_file is None:
+            process = _qemu_process(dom.name())
+            try:
+                boot = float(Path("/proc/uptime").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                return None
+            return None if process is None else time.time() - boot + process[1] / os.sysconf("SC_CLK_TCK")
         try:
             run_id, when = json.loads(self.starts_file.read_text())[dom.name()]
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
         return when if run_id == dom.ID() else None
+
+    def run_of(self, dom: libvirt.virDomain) -> str | None:
+        """Which run of a running domain this is: the same string for as long as its qemu runs,
+        and another for its next start, even after the host rebooted. Here: the host's boot id
+        and the qemu process (pid, start tick). On another host: libvirt's id for the run with
+        the time dali started it; None for a run dali did not start (virsh start), which cannot
+        be told apart from another."""
+        if self.starts_file is not None:
+            started = self.started_at(dom)
+            return None if started is None else f"{dom.ID()} {started}"
+        process = _qemu_process(dom.name())
+        try:
+            host_boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            return None
+        return None if process is None else f"{host_boot} {process[0]} {process[1]}"
 
     # What the guest agent runs for a shutdown: an orderly one; or, for a node with nothing
     # to stop but its processes (the original, which has only made its namespace), systemd's

@@ -1,8 +1,9 @@
-"""Stage: KVM or TCG, decided once per kernel (dali/accel.py probes it).
+"""Stage: KVM or TCG, decided once per kernel on the libvirt host that runs the nodes
+(dali/accel.py probes it).
 
 Its value, {"domain_type": "kvm" | "qemu"}, reaches the render tasks through doit's getargs,
-which also makes them rerun when the verdict changes. The kernel is a file_dep: a new kernel
-is probed again, an unchanged one never.
+which also makes them rerun when the verdict changes. The image's stamp stands for its kernel:
+a new image is probed again, an unchanged one never.
 """
 
 from __future__ import annotations
@@ -12,24 +13,20 @@ from doit.tools import config_changed
 from dali import accel, image
 from dali.cluster import Cluster
 from dali.steps import Step
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 
-def decide(cluster: Cluster, virt: Libvirt) -> dict:
-    if cluster.remote:
-        return {"domain_type": accel.remote_domain_type(cluster, virt)}
-    return {"domain_type": accel.domain_type(cluster.accel, cluster.image_kernel)}
+def decide(cluster: Cluster, files: Storage, virt: Libvirt) -> dict:
+    return {"domain_type": accel.decide(cluster, files, virt)}
 
 
-def gen_tasks(cluster: Cluster, virt: Libvirt):
+def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
+    kernel = None if cluster.image.path else image.stamp(cluster, image.wanted_tarball(cluster))
     yield {
         "basename": "accel",
-        "doc": "KVM or TCG: does a KVM guest really boot here?",
-        "actions": [Step("decide between KVM and TCG", decide, cluster, virt, changes=cluster)],
-        # On a remote host the kernel is a volume there: the image's stamp stands for it.
-        "file_dep": [cluster.image_kernel] if cluster.image_kernel and not cluster.remote else [],
+        "doc": "KVM or TCG: does a KVM guest really boot there?",
+        "actions": [Step("decide between KVM and TCG", decide, cluster, files, virt, changes=cluster)],
         "task_dep": ["image"],
-        "uptodate": [config_changed({"accel": cluster.accel} if not cluster.remote else
-                                    {"accel": cluster.accel, "uri": cluster.uri,
-                                     "image": image.stamp(cluster, image.wanted_tarball(cluster))})],
+        "uptodate": [config_changed({"accel": cluster.accel, "uri": cluster.uri, "image": kernel})],
     }

@@ -4,10 +4,11 @@ written (the default target)."""
 from __future__ import annotations
 
 from dali.cluster import Cluster
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 
-def gen_tasks(cluster: Cluster, virt: Libvirt):
+def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
     yield {
         "basename": "clone",
         "doc": "the whole cluster: the original prepared, every clone defined (the default)",

@@ -1,30 +1,23 @@
-"""Stage: the FAM file behind the shared NVDIMM (seed step 2): a file here, or a volume of the
-cluster's storage pool on a remote libvirt host (dali/remote.py)."""
+"""Stage: the FAM behind the shared NVDIMM (seed step 2), where the cluster's files live
+(dali/storage/: a file here, a volume of the cluster's pool on a remote libvirt host)."""
 
 from __future__ import annotations
 
-from dali import disks, fam, remote
+from dali import fam
 from dali.cluster import Cluster
 from dali.steps import CleanStep, Step, uptodate
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 
-def gen_tasks(cluster: Cluster, virt: Libvirt):
+def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
     path = cluster.fam_path
-    if cluster.remote:
-        make = Step(f"make {path} on {cluster.uri}", remote.ensure_fam, cluster, virt, changes=cluster)
-        ready = (uptodate(remote.fam_is_ready), [cluster, virt], {})
-        remove = remote.remove_volume
-    else:
-        make = Step(f"make {path} for qemu", fam.ensure, cluster, changes=cluster)
-        ready = (uptodate(fam.is_ready), [cluster], {})
-        remove = disks.remove_file
     yield {
         "basename": "fam",
         "doc": "the FAM behind the shared NVDIMM",
-        "actions": [make],
-        "uptodate": [ready],
+        "actions": [Step(f"make {path}{files.where} for qemu", fam.ensure, cluster, files, virt, changes=cluster)],
+        "uptodate": [(uptodate(fam.is_ready), [cluster, files], {})],
         "task_dep": ["preflight"],
-        "clean": [CleanStep(f"remove {path} if dali made it and no domain uses it", remove, cluster, virt,
-                            path, changes=cluster)],
+        "clean": [CleanStep(f"remove {path}{files.where} if dali made it and no domain uses it",
+                            files.remove, path, changes=cluster)],
     }

@@ -5,14 +5,15 @@ resolver or the cluster's key changes; the host key is kept (dali/identity_disk.
 
 from __future__ import annotations
 
-from dali import disks, identity_disk, remote
+from dali import identity_disk
 from dali.cluster import Cluster
 from dali.steps import CleanStep, Step, uptodate
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 
-def gen_tasks(cluster: Cluster, virt: Libvirt):
-    if not identity_disk.used(cluster):
+def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
+    if not identity_disk.used(cluster, files):
         return
     yield {"basename": "identity", "name": None,
            "doc": "each node's identity disk: its ssh host key, address and resolver"}
@@ -21,11 +22,10 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         yield {
             "basename": "identity", "name": node.name,
             "doc": f"{node.name}'s identity disk",
-            "actions": [Step(f"write {disk}", identity_disk.ensure, cluster, virt, node, changes=cluster)],
-            "uptodate": [(uptodate(identity_disk.is_current), [cluster, virt, node], {})],
+            "actions": [Step(f"write {disk}{files.where}", identity_disk.ensure, cluster, files, virt, node,
+                             changes=cluster)],
+            "uptodate": [(uptodate(identity_disk.is_current), [cluster, files, virt, node], {})],
             "task_dep": ["preflight", "network", "image:sshkey"],
-            "clean": [CleanStep(f"remove {disk} on {cluster.uri} if dali made it", remote.remove_volume,
-                                cluster, virt, disk, changes=cluster) if cluster.remote else
-                      CleanStep(f"remove {disk} if dali made it and no domain uses it",
-                                disks.remove_file, cluster, virt, disk, changes=cluster)],
+            "clean": [CleanStep(f"remove {disk}{files.where} if dali made it and no domain uses it",
+                                files.remove, disk, changes=cluster)],
         }

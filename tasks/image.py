@@ -12,10 +12,11 @@ older recipe stays while nodes are built on it (dali/image.py: node_image_is_kep
 
 from __future__ import annotations
 
-from dali import image_builder, image, remote
+from dali import image_builder, image
 from dali.cluster import Cluster
 from dali.steps import CleanStep, Step, uptodate
 from dali.reporter import log
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 
@@ -23,7 +24,7 @@ def build_rootfs(recipe: dict, cluster: Cluster) -> None:
     image_builder.build_rootfs_tarball(recipe, cluster.cache_dir, log)
 
 
-def gen_tasks(cluster: Cluster, virt: Libvirt):
+def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
     if cluster.image.path:
         return
     recipe = image.wanted_recipe(cluster)
@@ -40,32 +41,17 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         "doc": "the debootstrap tarball, cached per recipe",
         "actions": [Step("debootstrap the guest tree", build_rootfs, recipe, cluster, changes=cluster)],
         # Its name is the recipe's hash: it is there, or the image it would make is not wanted.
-        "uptodate": [uptodate(lambda: tarball.exists() or image.node_image_is_kept(cluster, tarball))],
+        "uptodate": [uptodate(lambda: tarball.exists() or image.node_image_is_kept(cluster, files, tarball))],
         "task_dep": ["preflight"],
     }
-    if cluster.remote:
-        stamp = image.stamp(cluster, tarball)
-        yield {
-            "basename": "image", "name": "base",
-            "doc": "base.qcow2, vmlinuz and initrd.img, uploaded to the libvirt host",
-            "actions": [Step(f"upload base.qcow2, vmlinuz and initrd.img to {cluster.uri}", remote.ensure_image,
-                             cluster, virt, tarball, stamp, changes=cluster)],
-            "uptodate": [uptodate(lambda: remote.image_is_current(cluster, virt, stamp)
-                                  or remote.image_is_kept(cluster, virt, stamp))],
-            "task_dep": ["preflight", "image:sshkey", "image:rootfs"],
-            "clean": [CleanStep(f"remove the image on {cluster.uri} if dali made it", remote.remove_image,
-                                cluster, virt, changes=cluster)],
-        }
-        return
     yield {
         "basename": "image", "name": "base",
         "doc": "base.qcow2, vmlinuz and initrd.img",
-        "actions": [Step("make base.qcow2, vmlinuz and initrd.img", image.ensure_node_image,
-                         cluster, tarball, changes=cluster)],
-        "targets": [cluster.image_dir / n for n in image_builder.NODE_IMAGE_FILES],
-        "uptodate": [uptodate(lambda: image.node_image_is_current(cluster, tarball)
-                              or image.node_image_is_kept(cluster, tarball))],
+        "actions": [Step(f"make base.qcow2, vmlinuz and initrd.img{files.where}", image.ensure_node_image,
+                         cluster, files, tarball, changes=cluster)],
+        "uptodate": [uptodate(lambda: image.node_image_is_current(cluster, files, tarball)
+                              or image.node_image_is_kept(cluster, files, tarball))],
         "task_dep": ["preflight", "image:sshkey", "image:rootfs"],
-        "clean": [CleanStep("remove the image if dali made it", image.remove_node_image, cluster, virt,
-                       changes=cluster)],
+        "clean": [CleanStep(f"remove the image{files.where} if dali made it", image.remove_node_image,
+                            cluster, files, changes=cluster)],
     }

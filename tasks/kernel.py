@@ -11,10 +11,11 @@ from __future__ import annotations
 from dali import own_kernel
 from dali.cluster import Cluster
 from dali.steps import CleanStep, Step, uptodate
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 
-def gen_tasks(cluster: Cluster, virt: Libvirt):
+def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
     if cluster.own_kernel is None:
         # Nothing to make; still a task (after preflight), so that domain definitions can
         # depend on "kernel" either way.
@@ -24,12 +25,13 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
     yield {
         "basename": "kernel",
         "doc": "your kernel as the nodes boot it: bzImage, an initramfs for it, its modules disk",
-        "actions": [Step(f"make {cluster.own_kernel.bzimage} bootable", own_kernel.ensure, cluster, virt,
+        "actions": [Step(f"make {cluster.own_kernel.bzimage} bootable", own_kernel.ensure, cluster, files,
                          changes=cluster)],
         "file_dep": own_kernel.inputs(cluster),
-        "targets": list(cluster.kernel_files),
-        "uptodate": [(uptodate(own_kernel.is_there), [cluster, virt], {})] if cluster.remote else [],
+        "targets": own_kernel.built(cluster),
+        # Made here (targets), and where the nodes boot them: someone may delete those.
+        "uptodate": [(uptodate(own_kernel.is_there), [files], {})],
         "task_dep": ["preflight", "fam"],
-        "clean": [CleanStep("remove the nodes' copy of your kernel", own_kernel.remove, cluster, virt,
+        "clean": [CleanStep("remove the nodes' copy of your kernel", own_kernel.remove, files,
                             changes=cluster)],
     }

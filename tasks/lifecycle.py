@@ -8,6 +8,7 @@ from __future__ import annotations
 from dali import lifecycle, pssh, startup, status
 from dali.cluster import Cluster
 from dali.steps import Step
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 BATCH = {"name": "batch", "long": "batch", "type": str, "default": "auto",
@@ -16,46 +17,46 @@ BATCH = {"name": "batch", "long": "batch", "type": str, "default": "auto",
 ON = {"name": "on", "long": "on", "default": "", "help": "only these nodes: suffixes or names, comma-separated"}
 
 
-def show_status(cluster: Cluster, virt: Libvirt) -> None:
-    status.status(cluster, virt)
+def show_status(cluster: Cluster, files: Storage, virt: Libvirt) -> None:
+    status.status(cluster, files, virt)
 
 
-def gen_tasks(cluster: Cluster, virt: Libvirt):
+def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
     yield {
         "basename": "start",
         "doc": "boot every node (or those named); wait until each is up: guest agent, host key, sshd",
-        "actions": [Step("start nodes", startup.start, cluster, virt, changes=cluster)],
+        "actions": [Step("start nodes", startup.start, cluster, files, virt, changes=cluster)],
         "pos_arg": "names", "params": [BATCH], "task_dep": ["clone"], "uptodate": [False],
     }
     yield {
         "basename": "shutdown",
         "doc": "power every node (or those named) off gracefully, forced after timeouts.shutdown",
-        "actions": [Step("shut nodes down", lifecycle.shutdown, cluster, virt, changes=cluster)],
+        "actions": [Step("shut nodes down", lifecycle.shutdown, cluster, files, virt, changes=cluster)],
         "pos_arg": "names", "uptodate": [False],
     }
     yield {
         "basename": "destroy",
         "doc": "force every node (or those named) off at once, as pulling the plug",
-        "actions": [Step("force nodes off", lifecycle.destroy, cluster, virt, changes=cluster)],
+        "actions": [Step("force nodes off", lifecycle.destroy, cluster, files, virt, changes=cluster)],
         "pos_arg": "names", "uptodate": [False],
     }
     yield {
         "basename": "restart",
         "doc": "shut the running nodes (or those named) down and start them on what their "
                "definitions say now: a rebuilt kernel",
-        "actions": [Step("restart nodes", startup.restart, cluster, virt, changes=cluster)],
+        "actions": [Step("restart nodes", startup.restart, cluster, files, virt, changes=cluster)],
         "pos_arg": "names", "params": [BATCH], "task_dep": ["clone"], "uptodate": [False],
     }
     yield {
         "basename": "status",
         "doc": "one row per node (state, address, pmem, disk, uptime), the network and the FAM",
-        "actions": [Step("show the cluster", show_status, cluster, virt)],  # only looks: no lock
+        "actions": [Step("show the cluster", show_status, cluster, files, virt)],  # only looks: no lock
         "uptodate": [False],
     }
     yield {
         "basename": "pssh",
         "doc": "run a shell command on every running node (--on b,c: those) through the guest agent",
-        "actions": [Step("run a command on the nodes", pssh.pssh, cluster, virt)],
+        "actions": [Step("run a command on the nodes", pssh.pssh, cluster, files, virt)],
         "pos_arg": "command", "params": [ON, {"name": "timeout", "long": "timeout", "type": int,
                                               "default": 3600, "help": "seconds per node"}],
         "uptodate": [False],
@@ -63,7 +64,7 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
     yield {
         "basename": "pput",
         "doc": "put a file on every running node (--on b,c: those): doit pput SRC DEST",
-        "actions": [Step("put a file on the nodes", pssh.pput, cluster, virt)],
+        "actions": [Step("put a file on the nodes", pssh.pput, cluster, files, virt)],
         "pos_arg": "paths", "params": [ON], "uptodate": [False],
     }
 

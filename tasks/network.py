@@ -8,10 +8,11 @@ from dali import network
 from dali.cluster import Cluster
 from dali.steps import CleanStep, Step, uptodate
 from dali.render import template_path
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 
-def gen_tasks(cluster: Cluster, virt: Libvirt):
+def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
     name = cluster.network.name
     yield {
         "basename": "network",

@@ -15,23 +15,24 @@ from doit.dependency import UptodateCalculator
 from dali import original
 from dali.cluster import Cluster
 from dali.steps import Step, uptodate
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 
-def gen_tasks(cluster: Cluster, virt: Libvirt):
+def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
     name = cluster.original_node.name
-    done = (uptodate(original.prepared), [cluster], {})
+    done = (uptodate(original.prepared), [cluster, files], {})
     yield {
         "basename": "original", "name": "boot",
         "doc": f"boot {name} and wait for its guest agent",
-        "actions": [Step(f"boot {name}", original.boot, cluster, virt, changes=cluster)],
+        "actions": [Step(f"boot {name}", original.boot, cluster, files, virt, changes=cluster)],
         "task_dep": [f"define:{name}"],
         "uptodate": [done],
     }
     yield {
         "basename": "original", "name": "reconfigure",
         "doc": f"make {name}'s NVDIMM namespace fsdax",
-        "actions": [Step(f"reconfigure {name}'s namespace as fsdax", original.reconfigure, cluster, virt,
+        "actions": [Step(f"reconfigure {name}'s namespace as fsdax", original.reconfigure, cluster, files, virt,
                             changes=cluster)],
         "task_dep": ["original:boot"],
         "uptodate": [done],

@@ -1,27 +1,25 @@
 """Stage: the FAM's golden copy, made once the original has set the device up; and the
 commands that go back to the state right after cloning: `doit reset`, which does what reset:disks
-and reset:fam do (dali/reset.py; on a remote libvirt host, dali/remote.py's, through its pool).
-Every node must be shut off."""
+and reset:fam do (dali/reset.py, through the cluster's Storage). Every node must be shut off."""
 
 from __future__ import annotations
 
-from dali import disks, remote, reset
+from dali import reset
 from dali.cluster import Cluster
 from dali.steps import CleanStep, Step, uptodate
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 
-def gen_tasks(cluster: Cluster, virt: Libvirt):
-    how = remote if cluster.remote else reset  # the same six functions, files or volumes
-    remove = remote.remove_volume if cluster.remote else disks.remove_file
+def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
     golden = reset.golden(cluster)
     yield {
         "basename": "golden",
         "doc": "FAM.golden: the device as the original left it, for reset:fam",
-        "actions": [Step("keep a golden copy of the FAM", how.make_golden, cluster, virt, changes=cluster)],
-        "uptodate": [(uptodate(how.golden_is_current), [cluster, virt], {})],
+        "actions": [Step("keep a golden copy of the FAM", reset.make_golden, cluster, files, changes=cluster)],
+        "uptodate": [(uptodate(reset.golden_is_current), [cluster, files], {})],
         "task_dep": ["original"],
-        "clean": [CleanStep(f"remove {golden} if dali made it", remove, cluster, virt, golden,
+        "clean": [CleanStep(f"remove {golden}{files.where} if dali made it", files.remove, golden,
                             changes=cluster)],
     }
     # Three tasks, not a group and its two subtasks: doit runs a group's subtasks in whatever
@@ -32,7 +30,7 @@ def gen_tasks(cluster: Cluster, virt: Libvirt):
         titles = {"disks_ready": "check that every disk can go back",
                   "fam_ready": "check that the FAM can go back",
                   "put_disks_back": "put the disks back", "put_fam_back": "put the FAM back"}
-        return [Step(titles[w], getattr(how, w), cluster, virt, changes=cluster) for w in what]
+        return [Step(titles[w], getattr(reset, w), cluster, files, virt, changes=cluster) for w in what]
 
     yield {
         "basename": "reset",

@@ -7,6 +7,7 @@ import sys
 
 from dali.cluster import Cluster
 from dali.steps import Step
+from dali.storage import Storage
 from dali.virt import Libvirt
 
 # dali.torture, its workloads and dali.evidence are imported by the actions, not here: every
@@ -33,7 +34,7 @@ PARAMS = [
 ]
 
 
-def run(cluster: Cluster, virt: Libvirt, workloads_named=(), **options) -> None:
+def run(cluster: Cluster, files: Storage, virt: Libvirt, workloads_named=(), **options) -> None:
     from dali import torture
     from dali.pssh import typed_after
 
@@ -43,27 +44,27 @@ def run(cluster: Cluster, virt: Libvirt, workloads_named=(), **options) -> None:
         options = {p["name"]: p["default"] for p in PARAMS}
     typed = typed_after("torture", list(workloads_named), sys.argv)
     words, options = torture.options_among(typed, PARAMS, options)
-    torture.torture(cluster, virt, words, **options)
+    torture.torture(cluster, files, virt, words, **options)
 
 
-def dump(cluster: Cluster, virt: Libvirt, names=()) -> None:
+def dump(cluster: Cluster, files: Storage, virt: Libvirt, names=()) -> None:
     from dali import evidence
     from dali.lifecycle import defined, select
-    evidence.dump_all(cluster, virt, defined(cluster, virt, select(cluster, names)))
+    evidence.dump_all(cluster, files, virt, defined(cluster, virt, select(cluster, names)))
 
 
-def gen_tasks(cluster: Cluster, virt: Libvirt):
+def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
     yield {
         "basename": "torture",
         "doc": "workloads on every running node at once, checked; faults in the middle "
                "(doit torture --list)",
-        "actions": [Step("torture the cluster", run, cluster, virt, changes=cluster)],
+        "actions": [Step("torture the cluster", run, cluster, files, virt, changes=cluster)],
         "pos_arg": "workloads_named", "params": PARAMS, "uptodate": [False],
     }
     yield {
         "basename": "dump",
         "doc": "the memory of every running node (or those named) at the same moment: paused, "
                "dumped, resumed",
-        "actions": [Step("dump the nodes' memory", dump, cluster, virt, changes=cluster)],
+        "actions": [Step("dump the nodes' memory", dump, cluster, files, virt, changes=cluster)],
         "pos_arg": "names", "uptodate": [False],
     }

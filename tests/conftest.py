@@ -18,9 +18,10 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from dali import settings
+from dali import settings, storage
 from dali.cluster import REPO
 from dali.scratch import abandoned_work
+from dali.storage.local import LocalDir, backing_file
 from dali.virt import Libvirt
 
 DOIT = REPO / ".venv" / "bin" / "doit"
@@ -115,6 +116,18 @@ def config_in(data_dir, tmp_path):
     """The default cluster's settings, with its FAM and disks in data_dir and its state/ under
     tmp_path: another cluster than a user's default one, which it never touches."""
     return settings.load(env={"DALI_DIR": str(data_dir)}, repo=tmp_path)
+
+
+def local_files(cluster) -> LocalDir:
+    """The cluster's files in its data directory (dali/storage/local.py); its libvirt, where a
+    deletion asks which domains still use a file, libvirt's in-memory test driver."""
+    return LocalDir(cluster, Libvirt("test:///default", cluster.id))
+
+
+@pytest.fixture
+def files_in(config_in) -> LocalDir:
+    """config_in's files (local_files)."""
+    return local_files(config_in)
 
 
 @pytest.fixture
@@ -241,6 +254,8 @@ class ClusterUnderTest:
                 lines += [f"[{section}]"] + [f"{k} = {_toml(v)}" for k, v in table.items()]
         self.path.write_text("\n".join(lines) + "\n")
         self.cfg = settings.load(self.path, env={})
+        # Its files, as dali reaches them (a directory here, the pool of a remote host).
+        self.files = storage.of(self.cfg, Libvirt(self.cfg.uri, self.cfg.id))
 
     def doit(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
         run = run_doit(*args, f"config={self.path}", env=env)
@@ -419,7 +434,7 @@ def assert_built(c: ClusterUnderTest, clones: list[str]) -> None:
     """The end state of an uninterrupted `doit` of this cluster: exactly these objects and
     files, all carrying the cluster's mark, nothing half-made or left over, and nothing more to
     do. test_cluster.py holds an uninterrupted run to it, test_kill.py every interrupted one."""
-    from dali import apparmor, disks, fam, marks
+    from dali import apparmor, fam, marks
     names = [c.tag + s for s in ["a", *clones]]
     assert set(c.virt.our_domains()) == set(names)
     for name in names:
@@ -433,7 +448,7 @@ def assert_built(c: ClusterUnderTest, clones: list[str]) -> None:
     for rel in expected:
         assert marks.is_ours(c.cfg.data_dir / rel, c.cfg), rel
     if clones:
-        assert disks.backing_file(c.disk("a")) == str(c.cfg.frozen_disk)
+        assert backing_file(c.disk("a")) == str(c.cfg.frozen_disk)
     assert fam.namespace(c.cfg.fam_path)["mode"] == "fsdax"
     assert files_under(c.cfg.state_dir) == {"network.xml", "ssh", "ssh/id_ed25519", "ssh/id_ed25519.pub",
                                             "ssh/known_hosts", "ssh_config", "hosts", "xml",

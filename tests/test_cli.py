@@ -38,7 +38,7 @@ def test_an_error_while_tasks_are_made_is_one_line(monkeypatch, capsys):
     monkeypatch.setenv("DALI_TAG", "clitest")
     dodo = get_module(str(REPO / "dodo.py"))
 
-    def gen_tasks(cluster, virt):
+    def gen_tasks(cluster, files, virt):
         raise DaliError("something the user can fix: fix it")
         yield  # a generator, like every stage's
 
@@ -46,7 +46,7 @@ def test_an_error_while_tasks_are_made_is_one_line(monkeypatch, capsys):
         list(dodo.tasks_of(types.SimpleNamespace(gen_tasks=gen_tasks)))
     assert e.value.code == "dali: something the user can fix: fix it"
 
-    def unforeseen(cluster, virt):  # a bug, or an input no check knows: one line all the same
+    def unforeseen(cluster, files, virt):  # a bug, or an input no check knows: one line all the same
         raise OSError(36, "File name too long")
         yield
     with pytest.raises(SystemExit) as e:

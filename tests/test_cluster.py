@@ -22,8 +22,9 @@ import libvirt
 import pytest
 
 from conftest import FIRST_TAG, ClusterUnderTest, one_error_line
-from dali import accel, disks, fam, guest
+from dali import accel, disks, fam, guest, image
 from dali.marks import mark_of
+from dali.storage.local import backing_file
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
@@ -86,7 +87,7 @@ def test_doit_prepares_the_original(cluster):
     dom = cluster.dom("a")
     assert is_off(dom), "the original ends shut off, ready for cloning"
     assert mark_of(dom.XMLDesc(0))["id"] == cluster.cfg.id
-    if not accel.cpu_has_virtualisation():  # like this project's CI: /dev/kvm, but no vmx/svm
+    if not accel.offers_kvm(cluster.virt):  # like this project's CI: /dev/kvm, but no vmx/svm
         assert dom.XMLDesc(0).startswith("<domain type='qemu'"), "auto must not pick KVM here"
 
     fam_stat = cluster.cfg.fam_path.stat()
@@ -106,7 +107,7 @@ def test_doit_prepares_the_original(cluster):
     assert ns["mode"] == "fsdax" and ns["size"] == FSDAX_SIZE_OF_1G
 
     # Only as open as qemu needs: disks and image for root and qemu's group, the key root's.
-    for path in (cluster.disk("a"), cluster.cfg.base_disk, cluster.cfg.kernel):
+    for path in (cluster.disk("a"), disks.base_disk(cluster.cfg, cluster.files), image.kernel(cluster.files)):
         assert stat.S_IMODE(path.stat().st_mode) & 0o007 == 0, path
     assert stat.S_IMODE(cluster.cfg.ssh_key.stat().st_mode) == 0o600
     assert stat.S_IMODE(cluster.cfg.state_dir.stat().st_mode) == 0o700
@@ -114,11 +115,11 @@ def test_doit_prepares_the_original(cluster):
 
 def test_the_kvm_probe_tells_a_booting_kernel_from_a_hanging_one(built):
     cluster = built
-    kernel = cluster.cfg.kernel
+    kernel = image.kernel(cluster.files)
     # A generous limit for the positive control: TCG on a busy host is slow to print the banner.
-    assert accel.guest_boots(kernel, "tcg", seconds=120), "the image's kernel starts under TCG"
-    if not accel.cpu_has_virtualisation():
-        assert not accel.guest_boots(kernel, "kvm"), "this host's KVM must be found unusable"
+    assert accel.boots(cluster.cfg, cluster.virt, kernel, "qemu", seconds=120), "the image's kernel starts under TCG"
+    if not accel.offers_kvm(cluster.virt):
+        assert not accel.boots(cluster.cfg, cluster.virt, kernel, "kvm"), "this host's KVM must be found unusable"
 
 
 def test_second_doit_executes_nothing(built):
@@ -141,9 +142,9 @@ def test_doit_clone_makes_linked_clones(built):
     run = cluster.doit("clone")
     assert {f"define:{TAG}b", f"define:{TAG}c", "freeze"} <= set(executed(run))
     frozen = cluster.cfg.frozen_disk
-    assert disks.backing_file(cluster.disk("a")) == str(frozen), "the original keeps a disk of its own"
+    assert backing_file(cluster.disk("a")) == str(frozen), "the original keeps a disk of its own"
     for s in "bc":
-        assert disks.backing_file(cluster.disk(s)) == str(frozen)
+        assert backing_file(cluster.disk(s)) == str(frozen)
     doms = [cluster.dom(s) for s in "abc"]
     assert len({d.UUIDString() for d in doms}) == 3
     macs = {re.search(r"mac address='([^']+)'", d.XMLDesc(0)).group(1) for d in doms}
@@ -156,12 +157,12 @@ def test_a_changed_recipe_keeps_the_image_the_nodes_are_built_on(built):
     """A dali upgrade, or image.extra_packages, changes the recipe: replacing base.qcow2 would
     corrupt the disks built on it, so it is kept (no debootstrap either), and status says so."""
     cluster = built
-    base = cluster.cfg.base_disk.stat().st_ino
+    base = disks.base_disk(cluster.cfg, cluster.files).stat().st_ino
     cluster.set(image={"extra_packages": ["less"]})
     try:
         run = cluster.doit()
         assert executed(run) == []
-        assert cluster.cfg.base_disk.stat().st_ino == base
+        assert disks.base_disk(cluster.cfg, cluster.files).stat().st_ino == base
         assert "built from an older recipe" in cluster.doit("status").stdout
     finally:
         cluster.set(image={"extra_packages": []})
@@ -245,14 +246,14 @@ def test_adding_a_clone_touches_no_other_node(running):
     assert sorted(executed(run)) == sorted([f"disk:{TAG}d", f"identity:{TAG}d", f"render:{TAG}d",
                                             f"define:{TAG}d", "network", "access"])
     assert snapshot(cluster, "abc") == before
-    assert disks.backing_file(cluster.disk("d")) == str(cluster.cfg.frozen_disk)
+    assert backing_file(cluster.disk("d")) == str(cluster.cfg.frozen_disk)
 
     # A copy clone is a whole, independent disk, made from the same frozen state.
     cluster.set(clones=["b", "c", "d", "e"], clone={"mode": "copy"})
     run = cluster.doit("clone")
     assert sorted(executed(run)) == sorted([f"disk:{TAG}e", f"identity:{TAG}e", f"render:{TAG}e",
                                             f"define:{TAG}e", "network", "access"])
-    assert disks.backing_file(cluster.disk("e")) is None
+    assert backing_file(cluster.disk("e")) is None
     assert snapshot(cluster, "abc") == before
 
 

@@ -83,14 +83,14 @@ def test_a_symlinked_template_is_never_written_through(config_in, tmp_path):
     assert real.read_text() == "#include <abstractions/libvirt-qemu>\n"
 
 
-def test_a_symlink_where_the_fam_goes_is_refused_and_its_target_untouched(config_in, tmp_path):
+def test_a_symlink_where_the_fam_goes_is_refused_and_its_target_untouched(config_in, files_in, tmp_path):
     target = tmp_path / "not-a-fam"
     target.write_bytes(b"x" * 4096)
     os.chmod(target, 0o600)
     config_in.data_dir.mkdir(parents=True)
     config_in.fam_path.symlink_to(target)
     with pytest.raises(DaliError, match="is a symlink"):
-        fam.ensure(config_in)
+        fam.ensure(config_in, files_in, files_in.virt)
     st = target.stat()
     assert (st.st_mode & 0o777, st.st_gid, st.st_size) == (0o600, 0, 4096)
 

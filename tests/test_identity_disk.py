@@ -49,42 +49,42 @@ def test_the_archive_holds_a_private_key_its_public_half_and_the_network_facts(t
     assert identity_disk.archive(key, public, FACTS, CLUSTER_KEY) == data, "the same facts give the same bytes"
 
 
-def test_a_node_keeps_its_key_when_its_address_changes(config_in, fixed_facts):
+def test_a_node_keeps_its_key_when_its_address_changes(config_in, files_in, fixed_facts):
     image.ensure_ssh_key(config_in)
     node = config_in.nodes[1]
-    identity_disk.ensure(config_in, None, node)
+    identity_disk.ensure(config_in, files_in, None, node)
     disk = identity_disk.path(config_in, node)
-    first = identity_disk.public_key(config_in, node)
+    first = identity_disk.public_key(config_in, files_in, node)
     assert first.startswith("ssh-ed25519 ")
     assert oct(disk.stat().st_mode & 0o777) == "0o640", "root and qemu's group only"
-    assert identity_disk.is_current(config_in, None, node)
+    assert identity_disk.is_current(config_in, files_in, None, node)
 
     fixed_facts["text"] = FACTS.replace("192.168.7.2/", "192.168.7.9/")
-    assert not identity_disk.is_current(config_in, None, node)
-    identity_disk.ensure(config_in, None, node)
-    assert identity_disk.is_current(config_in, None, node)
-    assert identity_disk.public_key(config_in, node) == first
+    assert not identity_disk.is_current(config_in, files_in, None, node)
+    identity_disk.ensure(config_in, files_in, None, node)
+    assert identity_disk.is_current(config_in, files_in, None, node)
+    assert identity_disk.public_key(config_in, files_in, node) == first
     assert b"ADDRESS=192.168.7.9/24" in identity_disk.read(disk)["network"]
 
     other = config_in.nodes[2]
-    identity_disk.ensure(config_in, None, other)
-    assert identity_disk.public_key(config_in, other) != first, "no two nodes share a key"
+    identity_disk.ensure(config_in, files_in, None, other)
+    assert identity_disk.public_key(config_in, files_in, other) != first, "no two nodes share a key"
 
     # A new cluster key (state/<tag>/ssh/ deleted, doit made another) reaches every node's disk
     config_in.ssh_key.unlink()
     config_in.ssh_key.with_suffix(".pub").unlink()
     image.ensure_ssh_key(config_in)
-    assert not identity_disk.is_current(config_in, None, node)
-    identity_disk.ensure(config_in, None, node)
+    assert not identity_disk.is_current(config_in, files_in, None, node)
+    identity_disk.ensure(config_in, files_in, None, node)
     assert identity_disk.read(disk)["authorized_keys"] == config_in.ssh_key.with_suffix(".pub").read_bytes()
-    assert identity_disk.public_key(config_in, node) == first, "the node keeps its host key"
+    assert identity_disk.public_key(config_in, files_in, node) == first, "the node keeps its host key"
 
 
-def test_a_file_dali_did_not_make_is_left_alone(config_in, fixed_facts):
+def test_a_file_dali_did_not_make_is_left_alone(config_in, files_in, fixed_facts):
     node = config_in.nodes[0]
     disk = identity_disk.path(config_in, node)
     disk.parent.mkdir(parents=True)
     disk.write_text("the user's")
     with pytest.raises(DaliError, match="dali did not make it"):
-        identity_disk.ensure(config_in, None, node)
+        identity_disk.ensure(config_in, files_in, None, node)
     assert disk.read_text() == "the user's"

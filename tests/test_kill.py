@@ -173,7 +173,7 @@ def test_a_killed_image_build_converges(own_recipe):
     assert not abandoned_work(c.cfg.cache_dir), "abandoned work"
     built = _node_image(c)
     for name in ("base.qcow2", "vmlinuz", "initrd.img"):
-        assert (c.cfg.image_dir / name).read_bytes() == (built / name).read_bytes(), name
+        assert (c.files.image_dir / name).read_bytes() == (built / name).read_bytes(), name
     assert re.findall(r"^\.  (\S+)", c.doit("image:base").stdout, re.M) == [], "and nothing left to do"
 
 

@@ -9,8 +9,10 @@ import socket
 
 import pytest
 
-from dali import libvirtd, settings
+from dali import storage, libvirtd, settings
 from dali.cluster import is_remote
+from dali.storage.pool import LibvirtPool
+from dali.virt import Libvirt
 
 
 @pytest.mark.parametrize("uri, remote", [
@@ -55,9 +57,11 @@ def test_the_jump_logs_in_as_libvirt_does(tmp_path):
 def test_a_remote_dir_is_taken_as_written(tmp_path):
     """A path on the libvirt host: not resolved against this machine's symlinks."""
     c = remote_cluster(tmp_path, "qemu+ssh://lab/system")
-    assert str(c.data_dir) == f"/var/lib/dali/{c.tag}" and c.remote
-    assert c.image_dir == c.data_dir  # a pool's volumes are the files of one directory
-    assert c.console_log(c.original_node) == c.data_dir / f"{c.original_node.name}-console.log"
+    assert str(c.data_dir) == f"/var/lib/dali/{c.tag}"
+    files = storage.of(c, Libvirt(c.uri, c.id))  # (connects only when asked something)
+    assert isinstance(files, LibvirtPool)
+    assert files.image_dir == c.data_dir  # a pool's volumes are the files of one directory
+    assert files.console_log(c.original_node) == c.data_dir / f"{c.original_node.name}-console.log"
 
 
 def test_the_daemon_behind_a_socket_is_found_by_asking_the_socket(tmp_path):

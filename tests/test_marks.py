@@ -7,9 +7,11 @@ import shutil
 
 import pytest
 
-from dali import disks, domain, marks, network, settings
+from conftest import local_files
+from dali import domain, marks, network, settings
 from dali.steps import Step, uptodate
 from dali.network import Addresses
+from dali.storage.local import LocalDir
 from dali.virt import ForeignObject, Libvirt
 
 FOREIGN_DOMAIN = """<domain type="test"><name>{name}</name><memory>65536</memory>
@@ -36,7 +38,7 @@ def test_a_foreign_domain_is_refused_never_adopted(test_driver):
 
 def test_another_clusters_domain_is_refused(test_driver):
     other = settings.load(env={"DALI_TAG": "ivp2"})  # not our tag
-    xml = domain.domain_xml(other, other.original_node, "test").replace(
+    xml = domain.domain_xml(other, local_files(other), other.original_node, "test").replace(
         "<name>ivp2a</name>", "<name>ivpa</name>")
     test_driver.conn.defineXML(for_test_driver(xml))
     with pytest.raises(ForeignObject, match="dali cluster 'ivp2'"):
@@ -47,7 +49,7 @@ def test_the_same_tag_from_another_dir_is_another_cluster(test_driver, config):
     """Two DALI_DIRs (or two checkouts) with one tag: the second is refused, never adopted."""
     twin = settings.load(env={"DALI_DIR": "/srv/elsewhere"})
     assert twin.tag == config.tag and twin.id != config.id
-    test_driver.conn.defineXML(for_test_driver(domain.domain_xml(twin, twin.original_node, "test")))
+    test_driver.conn.defineXML(for_test_driver(domain.domain_xml(twin, local_files(twin), twin.original_node, "test")))
     with pytest.raises(ForeignObject, match="dali cluster 'ivp' of checkout .* with dir /srv/elsewhere"):
         test_driver.domain("ivpa")
     assert test_driver.our_domains() == {}
@@ -55,14 +57,14 @@ def test_the_same_tag_from_another_dir_is_another_cluster(test_driver, config):
 
 
 def test_our_marked_domain_is_found(test_driver, config):
-    test_driver.conn.defineXML(for_test_driver(domain.domain_xml(config, config.original_node, "test")))
+    test_driver.conn.defineXML(for_test_driver(domain.domain_xml(config, local_files(config), config.original_node, "test")))
     test_driver.conn.defineXML(FOREIGN_DOMAIN.format(name="somebodyelse"))
     assert test_driver.domain("ivpa").name() == "ivpa"
     assert set(test_driver.our_domains()) == {"ivpa"}
 
 
 def test_a_domain_using_a_file_is_found(test_driver, config):
-    test_driver.conn.defineXML(for_test_driver(domain.domain_xml(config, config.original_node, "test")))
+    test_driver.conn.defineXML(for_test_driver(domain.domain_xml(config, local_files(config), config.original_node, "test")))
     assert test_driver.domains_using(config.disk(config.original_node)) == ["ivpa"]
     assert test_driver.domains_using(config.disk(config.clone_nodes[0])) == []
 
@@ -102,10 +104,10 @@ def test_a_file_is_ours_only_with_our_mark(config_in, ours, capfd):
     foreign.write_bytes(b"y")
     assert marks.is_ours(ours, config_in) and not marks.is_ours(foreign, config_in)
     assert not marks.is_ours(ours, settings.load(env={"DALI_TAG": "other"}))
-    disks.remove_file(config_in, virt, ours, dryrun=True)
+    LocalDir(config_in, virt).remove(ours, dryrun=True)
     assert ours.exists() and "would remove" in capfd.readouterr().err
-    disks.remove_file(config_in, virt, ours)
-    disks.remove_file(config_in, virt, foreign)
+    LocalDir(config_in, virt).remove(ours)
+    LocalDir(config_in, virt).remove(foreign)
     assert not ours.exists() and foreign.exists()
     assert "did not create" in capfd.readouterr().err
 
@@ -115,7 +117,7 @@ def test_a_copy_is_not_ours(config_in, ours):
     shutil.copy2(ours, copy)  # like cp -a: the xattr travels with it
     os.setxattr(copy, marks.XATTR, os.getxattr(ours, marks.XATTR))
     assert not marks.is_ours(copy, config_in)
-    disks.remove_file(config_in, Libvirt("test:///default", config_in.id), copy)
+    LocalDir(config_in, Libvirt("test:///default", config_in.id)).remove(copy)
     assert copy.exists()
 
 
@@ -152,7 +154,7 @@ def test_checks_share_one_listing_until_an_action_starts(test_driver, config):
     an action, and every check after one, sees libvirt as it is now."""
     is_defined = uptodate(lambda: test_driver.domain("ivpa") is not None)
     assert not is_defined()  # the listing of this check: no ivpa
-    test_driver.conn.defineXML(for_test_driver(domain.domain_xml(config, config.original_node, "test")))
+    test_driver.conn.defineXML(for_test_driver(domain.domain_xml(config, local_files(config), config.original_node, "test")))
     assert not is_defined()  # no action started since: the checks' listing stands
     assert test_driver.domain("ivpa") is not None  # outside a check: asked now
     seen = []

@@ -4,13 +4,14 @@ cluster tests hold the same rule on qemu:///system: test_cluster.py's original e
 `doit` with the original started by `doit start` runs nothing (test_a_removed_clone_...);
 test_kill.py kills a cold run at every step around it."""
 
-from dali import domain, lifecycle, original
+from conftest import local_files
+from dali import domain, original
 from test_marks import for_test_driver
 
 
 def test_only_the_run_boot_started_is_shut_down(test_driver, config, monkeypatch):
-    monkeypatch.setattr(lifecycle, "run_of", lambda cluster, virt, dom: f"run {dom.ID()}")
-    dom = test_driver.conn.defineXML(for_test_driver(domain.domain_xml(config, config.original_node, "test")))
+    monkeypatch.setattr(type(test_driver), "run_of", lambda virt, dom: f"run {dom.ID()}")
+    dom = test_driver.conn.defineXML(for_test_driver(domain.domain_xml(config, local_files(config), config.original_node, "test")))
     assert original.nothing_to_shut_down(config, test_driver, None), "off, never booted"
     dom.create()
     booted = f"run {dom.ID()}"
@@ -28,4 +29,4 @@ def test_only_the_run_boot_started_is_shut_down(test_driver, config, monkeypatch
 def test_a_run_is_told_from_the_next(test_driver, config):
     """run_of, here: without a qemu process of that name (the test driver's), no run to name."""
     dom = test_driver.conn.lookupByName("test")
-    assert lifecycle.run_of(config, test_driver, dom) is None
+    assert test_driver.run_of(dom) is None

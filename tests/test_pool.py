@@ -10,7 +10,7 @@ import pytest
 from conftest import unique_tag
 from dali import settings
 from dali.errors import DaliError
-from dali.pool import MARKER, SLOT, Pool, name
+from dali.storage.pool import MARKER, SLOT, Pool, name
 from dali.virt import Libvirt
 
 pytestmark = pytest.mark.libvirt

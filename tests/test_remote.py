@@ -23,7 +23,7 @@ import pytest
 from conftest import ClusterUnderTest, one_error_line, run_until, unique_tag
 from remote_host import RemoteHost
 
-from dali import fam
+from dali import fam, own_kernel
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
@@ -141,7 +141,7 @@ def test_your_kernel_is_built_here_and_booted_there(host, tmp_path):
     try:
         c.doit()
         there = on_host(host, c)
-        for made in c.cfg.kernel_files:
+        for made in own_kernel.built(c.cfg):
             assert (there / made.name).read_bytes() == made.read_bytes(), made.name
         dom = c.dom("a").XMLDesc(0)
         assert f"<kernel>{c.cfg.data_dir}/bzImage</kernel>" in dom

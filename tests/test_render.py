@@ -5,6 +5,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from conftest import local_files
 from dali import domain, network, settings
 from dali.marks import mark_of
 from dali.network import Addresses
@@ -16,7 +17,7 @@ QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
 
 def test_domain_has_the_seeds_stanzas(config):
     node = config.original_node
-    text = domain.domain_xml(config, node, "qemu")
+    text = domain.domain_xml(config, local_files(config), node, "qemu")
     root = ET.fromstring(text)
     assert "xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'".replace("'", '"') in text
     assert root.get("type") == "qemu"  # TCG; the seed's 'kvm' hangs on hosts like CI
@@ -34,7 +35,7 @@ def test_domain_has_the_seeds_stanzas(config):
 
 def test_domain_devices_and_identity(config):
     node = config.clone_nodes[0]
-    root = ET.fromstring(domain.domain_xml(config, node, "qemu"))
+    root = ET.fromstring(domain.domain_xml(config, local_files(config), node, "qemu"))
     assert root.find("name").text == "ivpb" and root.find("uuid").text == node.uuid
     assert root.find("devices/disk/source").get("file") == "/var/lib/dali/ivp/ivpb.qcow2"
     assert root.find("devices/interface/mac").get("address") == node.mac
@@ -53,13 +54,13 @@ def test_own_image_boots_from_disk(tmp_path):
     own.write_bytes(b"")
     (tmp_path / "c.toml").write_text(f'[image]\npath = "{own}"\n')
     c = settings.load(tmp_path / "c.toml", env={})
-    root = ET.fromstring(domain.domain_xml(c, c.original_node, "qemu"))
+    root = ET.fromstring(domain.domain_xml(c, local_files(c), c.original_node, "qemu"))
     assert root.find("os/kernel") is None and root.find("os/boot").get("dev") == "hd"
 
 
 def test_paths_are_escaped(tmp_path):
     c = settings.load(env={"DALI_DIR": str(tmp_path / "a&b<c")})
-    root = ET.fromstring(domain.domain_xml(c, c.original_node, "qemu"))  # still parses
+    root = ET.fromstring(domain.domain_xml(c, local_files(c), c.original_node, "qemu"))  # still parses
     assert "a&b<c" in root.find("devices/disk/source").get("file")
 
 
@@ -80,7 +81,7 @@ def test_network_xml(config):
 
 @pytest.mark.parametrize("kind", ["domain", "network"])
 def test_valid_against_libvirt_schema(config, tmp_path, kind):
-    text = (domain.domain_xml(config, config.original_node, "qemu") if kind == "domain"
+    text = (domain.domain_xml(config, local_files(config), config.original_node, "qemu") if kind == "domain"
             else network.network_xml(config, SEED_ADDRESSES))
     f = tmp_path / f"{kind}.xml"
     f.write_text(text)

@@ -1,8 +1,9 @@
 """The cluster's files on a remote libvirt host: volumes of one storage pool, made, read,
-written and deleted through libvirt's API only (docs/remote.md).
+written and deleted through libvirt's API only (docs/remote.md). LibvirtPool, at the end, is
+the Storage (dali/storage/) of such a cluster; Pool beneath it speaks to the pool.
 
-On this machine the FAM and the disks are files dali writes itself (dali/fam.py, dali/disks.py).
-With a uri naming another host (cluster.remote) the same files live in a directory pool at the
+On this machine the FAM and the disks are files dali writes itself (dali/storage/local.py).
+With a uri naming another host (or a daemon's own socket) the same files live in a directory pool at the
 cluster's `dir` on that host, named dali-<tag>-<first 8 of the cluster id>. Nothing is written
 there but by libvirtd: the FAM is a volume created fully allocated, the disks are qcow2 volumes
 (overlays name their backing volume), what dali builds here (the image, the identity disks) is
@@ -30,7 +31,10 @@ import hashlib
 import json
 import os
 import re
+import secrets
+import tempfile
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from pathlib import Path
 
 import libvirt
@@ -38,7 +42,9 @@ import libvirt
 from dali import cleaning
 from dali.cluster import Cluster
 from dali.errors import DaliError
+from dali.render import render
 from dali.reporter import log
+from dali.storage.base import Storage
 from dali.virt import Libvirt, unless_gone
 
 MARKER = ".dali-cluster.json"
@@ -100,15 +106,16 @@ class Pool:
         if left is not None and not left.isPersistent() and self._target(left) == str(c.data_dir):
             left.destroy()
         try:
-            trial = self.virt.conn.storagePoolCreateXML(
-                f"<pool type='dir'><name>{trial_name}</name>"
-                f"<target><path>{c.data_dir}</path></target></pool>", 0)
+            trial = self.virt.conn.storagePoolCreateXML(render("pool.xml.j2", name=trial_name, path=c.data_dir), 0)
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR and "No such file" in e.get_error_message():
                 return None  # not there yet: libvirt makes it with the pool
             # Another pool has that directory ("Storage source conflict"), or it cannot be read.
             return f"dir (DALI_DIR) {c.data_dir} on {c.uri}: {e.get_error_message()}: pick another dir"
         try:
+            shared = _shared_directory(trial, c)
+            if shared:
+                return shared
             found = trial.listVolumes()
             if MARKER in found and self._read_marker(trial) is not None:
                 found = []  # ours, the pool undefined meanwhile (virsh pool-undefine): made again
@@ -118,6 +125,11 @@ class Pool:
             return (f"dir (DALI_DIR) {c.data_dir} on {c.uri} holds {', '.join(sorted(found)[:3])} "
                     "that dali did not make for this cluster: pick another dir")
         return None
+
+    def shared_directory(self) -> str | None:
+        """Why the pool's directory is unsafe (see _shared_directory), or None."""
+        pool = self._active()
+        return None if pool is None else _shared_directory(pool, self.cluster)
 
     def _active(self) -> libvirt.virStoragePool | None:
         """The pool, started, if it exists."""
@@ -162,9 +174,7 @@ class Pool:
                             f"dir {c.data_dir}: remove that pool (virsh pool-undefine), or set dir to it")
         made_now = pool is None
         if made_now:
-            pool = self.virt.conn.storagePoolDefineXML(
-                f"<pool type='dir'><name>{name(c)}</name>"
-                f"<target><path>{c.data_dir}</path></target></pool>", 0)
+            pool = self.virt.conn.storagePoolDefineXML(render("pool.xml.j2", name=name(c), path=c.data_dir), 0)
         built = False
         try:
             if not pool.isActive():
@@ -245,7 +255,9 @@ class Pool:
             vol = pool.createXML(_volume_xml(MARKER, MARKER_SIZE, "raw", mode="0600"), 0)
         self._upload(vol, marker["generation"] % 2 * SLOT, slot.ljust(SLOT, b" "))
 
-    def _listing(self, names: list[str], add: bool, **facts) -> None:
+    def _listing(self, names: list[str], add: bool, fresh: bool = False, **facts) -> None:
+        """Names added to the marker (with facts; `fresh`: a volume made anew, whose old facts
+        are gone with the old volume) or taken out of it."""
         pool = self._active()
         marker = self.marker(pool)
         if marker is None:
@@ -253,7 +265,7 @@ class Pool:
                             "this cluster: run doit, which makes it")
         for n in names:
             if add:
-                marker["volumes"][n] = {**marker["volumes"].get(n, {}), **facts}
+                marker["volumes"][n] = {**({} if fresh else marker["volumes"].get(n, {})), **facts}
             else:
                 marker["volumes"].pop(n, None)
         self._write_marker(pool, marker)
@@ -293,17 +305,20 @@ class Pool:
         self._listing([vol_name], True, **facts)
 
     def create(self, vol_name: str, capacity: int, fmt: str = "raw", *, allocation: int = 0,
-               backing: Path | None = None, mode: str = "0600") -> libvirt.virStorageVol:
+               backing: Path | None = None, mode: str = "0600", filled_later: bool = False) -> libvirt.virStorageVol:
         """A new volume: listed in the marker first, then made by libvirt. A raw volume with
-        allocation = capacity is fully allocated on the host, as fallocate does."""
-        self._listing([vol_name], True)
+        allocation = capacity is fully allocated on the host, as fallocate does. filled_later:
+        its bytes are uploaded next, so it is listed as not complete until record(complete=True)."""
+        # `made`: what tells this volume from one made later under the same name (identity()).
+        self._listing([vol_name], True, fresh=True, made=secrets.token_hex(8),
+                      **({"complete": False} if filled_later else {}))
         pool = self._active()
         return pool.createXML(_volume_xml(vol_name, capacity, fmt, allocation=allocation,
                                           backing=backing, mode=mode), 0)
 
     def copy(self, vol_name: str, source: str, fmt: str = "qcow2") -> libvirt.virStorageVol:
         """A standalone copy of our volume `source` (a qcow2 chain comes out flattened)."""
-        self._listing([vol_name], True)
+        self._listing([vol_name], True, fresh=True, made=secrets.token_hex(8))
         pool = self._active()
         src = self.volume(source)
         capacity = src.info()[1]
@@ -318,17 +333,16 @@ class Pool:
         if old is not None:
             old.delete(0)
         if isinstance(local, bytes):
-            self._upload(self.create(vol_name, len(local), "raw"), 0, local)
+            self._upload(self.create(vol_name, len(local), "raw", filled_later=True), 0, local)
         else:
             size = local.stat().st_size
-            vol = self.create(vol_name, size, "raw")
+            vol = self.create(vol_name, size, "raw", filled_later=True)
             with open(local, "rb") as f:
                 stream = self.virt.conn.newStream(0)
                 vol.upload(stream, 0, size, 0)
                 stream.sendAll(lambda _s, n, _f: f.read(min(n, CHUNK)), None)
                 stream.finish()
-        if facts:
-            self.record(vol_name, **facts)
+        self.record(vol_name, complete=True, **facts)
 
     def read(self, vol_name: str, offset: int, length: int) -> bytes:
         vol = self._must(vol_name)
@@ -514,6 +528,23 @@ class Pool:
         stream.finish()
 
 
+def _shared_directory(pool: libvirt.virStoragePool, c: Cluster) -> str | None:
+    """The pool's directory, as libvirt reads it on its host: one that is not root's, or that a
+    group or others may write, is refused, as dir is on this machine (dali/storage/local.py):
+    another user of that host could swap the cluster's files for links that libvirtd (root)
+    follows. (Only the directory itself: libvirt says nothing of the ones on the way to it.)"""
+    perms = ET.fromstring(pool.XMLDesc(0)).find("target/permissions")
+    if perms is None:
+        return None
+    owner, group, mode = perms.findtext("owner", "0"), perms.findtext("group", "0"), perms.findtext("mode", "0")
+    writable = int(mode, 8) & (0o002 | (0o020 if group != "0" else 0))
+    if owner != "0" or writable:
+        return (f"dir (DALI_DIR) {c.data_dir} on {c.uri} is owned by uid {owner}, mode {mode}: users "
+                f"other than root there could change dali's files: chown root and chmod go-w it on "
+                "that host, or pick another dir")
+    return None
+
+
 def _newest_slot(data: bytes) -> dict | None:
     """The marker of the newest slot whose checksum holds; None if neither does (the first
     write of the marker cut short, or a file that is not dali's marker)."""
@@ -536,9 +567,235 @@ _CUT_SHORT = re.compile(rb"\0*\Z|[0-9a-f]{1,63}\0*\Z|[0-9a-f]{64}\n")
 
 def _volume_xml(vol_name: str, capacity: int, fmt: str, *, allocation: int = 0,
                 backing: Path | None = None, mode: str = "0600") -> str:
-    backing_xml = (f"<backingStore><path>{backing}</path><format type='qcow2'/></backingStore>"
-                   if backing else "")
-    return (f"<volume><name>{vol_name}</name><capacity unit='bytes'>{capacity}</capacity>"
-            f"<allocation unit='bytes'>{allocation}</allocation>"
-            f"<target><format type='{fmt}'/><permissions><mode>{mode}</mode></permissions></target>"
-            f"{backing_xml}</volume>")
+    return render("volume.xml.j2", name=vol_name, capacity=capacity, allocation=allocation,
+                  format=fmt, mode=mode, backing=backing)
+
+
+# --- the cluster's files as volumes of its pool: the Storage of a remote libvirt host -----------
+
+class LibvirtPool(Storage):
+    """The Storage of a cluster whose libvirtd is reached through its API only (dali/storage/):
+    every file a volume of the cluster's pool (Pool above), named by its path in `dir`."""
+
+    def __init__(self, cluster: Cluster, virt: Libvirt):
+        super().__init__(cluster, virt)
+        self.pool = Pool(cluster, virt)
+        self.where = f" on {cluster.uri}"
+
+    # A pool's volumes are the files of one directory: the image and your kernel sit in it too.
+    @property
+    def image_dir(self) -> Path:
+        return self.cluster.data_dir
+
+    @property
+    def kernel_dir(self) -> Path:
+        return self.cluster.data_dir
+
+    def console_log(self, node) -> Path:
+        """In the pool, where dali reads it back as a volume (virtlogd writes it there)."""
+        return self.cluster.data_dir / f"{getattr(node, 'name', node)}-console.log"
+
+    def _name(self, path: Path) -> str:
+        return volume_name(self.cluster, path)
+
+    # --- the place itself ---------------------------------------------------------------------
+
+    def problem(self) -> str | None:
+        """Its pool, if there is one, is ours and has room for the FAM; one not made yet is
+        tried (Pool.problem). The directory must be root's and writable by nobody else."""
+        c, found = self.cluster, self.pool
+        if not found.exists():
+            return found.problem()
+        try:
+            if found.marker() is None and not found.is_empty():
+                return (f"dir (DALI_DIR): storage pool {name(c)} on {c.uri} has no marker of "
+                        "this cluster: remove that pool (virsh pool-undefine), or pick another tag")
+            shared = found.shared_directory()
+            if shared:
+                return shared
+            if not self.exists(c.fam_path):
+                free = found.available()
+                if c.fam_size > free:
+                    return (f"fam.size: {c.fam_size} bytes do not fit in the {free} bytes free in "
+                            f"{c.data_dir} on {c.uri}: lower fam.size, free space there, or set "
+                            "dir (DALI_DIR) elsewhere")
+        except DaliError as e:
+            return str(e)
+        return None
+
+    def prepare(self) -> None:
+        self.pool.ensure()
+
+    def bytes_free(self) -> int:
+        return self.pool.available()
+
+    # --- facts --------------------------------------------------------------------------------
+
+    def exists(self, path: Path) -> bool:
+        pool = self.pool._active()
+        return pool is not None and self.pool._find(pool, self._name(path)) is not None
+
+    def is_ours(self, path: Path) -> bool:
+        try:
+            return self.pool.volume(self._name(path)) is not None
+        except DaliError:
+            return False
+
+    def have(self, path: Path) -> bool:
+        return self.pool.volume(self._name(path)) is not None  # refused there if not ours
+
+    def identity(self, path: Path) -> str:
+        return f"made {self.fact(path, 'made')}"
+
+    def complete(self, path: Path) -> bool:
+        facts = self.pool.facts(self._name(path))
+        return facts is not None and facts.get("complete", True)  # (listed before 'complete' was kept)
+
+    def size(self, path: Path) -> int | None:
+        return self.pool.size(self._name(path))
+
+    def allocated(self, path: Path) -> int:
+        vol = self.pool.volume(self._name(path))
+        return 0 if vol is None else vol.info()[2]
+
+    def fact(self, path: Path, key: str) -> str | None:
+        return (self.pool.facts(self._name(path)) or {}).get(key)
+
+    def backing(self, path: Path) -> str | None:
+        return self.pool.backing(self._name(path))
+
+    def built_on(self, path: Path) -> tuple[list[Path], list[Path]]:
+        ours, theirs = self.pool.built_on(path)
+        return [self.cluster.data_dir / v for v in ours], [self.cluster.data_dir / v for v in theirs]
+
+    def our_files(self) -> list[Path]:
+        listed = (self.pool.marker() or {}).get("volumes", {})
+        return [self.cluster.data_dir / v for v in sorted(listed)]
+
+    # --- bytes --------------------------------------------------------------------------------
+
+    def read(self, path: Path, offset: int, length: int) -> bytes:
+        return self.pool.read(self._name(path), offset, length)
+
+    def write(self, path: Path, pieces: dict[int, bytes]) -> None:
+        for offset, data in pieces.items():
+            self.pool.write(self._name(path), offset, data)
+
+    def nonzero_mib(self, path: Path, start: int) -> int:
+        return self.pool.nonzero_mib(self._name(path), start)
+
+    def zero(self, path: Path, start: int) -> None:
+        """virStorageVolWipe: zeros written by the libvirt host, not sent from here. It wipes
+        the whole volume: the caller writes back what lay below `start`."""
+        self.pool._must(self._name(path)).wipe(0)
+
+    # --- making -------------------------------------------------------------------------------
+
+    def allocate(self, path: Path, size: int, *, for_qemu: bool) -> None:
+        # mode 0660: qemu's user gets the file from libvirt itself, which labels a <memory
+        # model='nvdimm'> or <disk> source for the domain that uses it: no group to set here.
+        self.pool.ensure()
+        self.pool.create(self._name(path), size, "raw", allocation=size, mode="0660")
+
+    def qemu_may_use(self, path: Path) -> bool:
+        return True  # libvirt labels what a domain uses
+
+    def let_qemu_use(self, path: Path) -> None:
+        pass
+
+    def put(self, path: Path, data: Path | bytes, **facts: str) -> None:
+        self.pool.ensure()
+        self.pool.upload(self._name(path), data, **facts)
+
+    def put_sparse(self, path: Path, size: int, head_of: Path, length: int) -> None:
+        vol_name = self._name(path)
+        self.pool.ensure()
+        self.pool.delete(vol_name)
+        self.pool.create(vol_name, size, "raw", filled_later=True)
+        self.copy_head(head_of, path, length)
+        self.pool.record(vol_name, complete=True)
+
+    def copy_head(self, source: Path, target: Path, length: int) -> None:
+        """Read there and written back, 16 MiB at a time."""
+        step = CHUNK * 16
+        for offset in range(0, length, step):
+            self.pool.write(self._name(target), offset, self.read(source, offset, min(step, length - offset)))
+
+    def overlay(self, path: Path, backing: Path, size: int) -> None:
+        self.pool.ensure()
+        self.pool.create(self._name(path), size, "qcow2", backing=backing)
+
+    def copy(self, path: Path, source: Path) -> None:
+        self.pool.ensure()
+        self.pool.copy(self._name(path), self._name(source))
+
+    def move(self, source: Path, target: Path) -> None:
+        """A volume cannot be renamed: `target` is made a copy of `source`, written down as
+        complete, then `source` is deleted. Each step is decided from what the pool holds:
+        a complete target means only the deletion may be left to do; an incomplete one is a
+        copy cut short, made again (nothing can be built on it yet)."""
+        src, dst = self._name(source), self._name(target)
+        if not self.complete(target):
+            if self.pool.volume(dst) is not None:
+                ours, theirs = self.pool.built_on(target)
+                if ours or theirs:
+                    raise DaliError(f"{target}{self.where} has disks built on it ({', '.join(ours + theirs)}) "
+                                    f"but is not complete: move them away, then run doit again")
+                self.pool.delete(dst)
+            if self.pool.volume(src) is None:
+                raise DaliError(f"{source}{self.where} is not there to make {target.name} of: run doit")
+            self.pool.copy(dst, src)
+            self.pool.record(dst, complete=True)
+        if self.pool.volume(src) is not None:
+            self.pool.delete(src, remade=True)
+
+    def expect(self, path: Path) -> None:
+        self.pool.record(self._name(path))  # listed before libvirtd makes it: clean takes it
+
+    def dump_memory(self, dom, local: Path) -> None:
+        """Written by libvirtd in the pool, brought here, deleted there."""
+        there = self.cluster.data_dir / f".dump-{dom.name()}.kdump"
+        partial = local.with_name(local.name + ".partial")
+        self.pool.delete(there.name)  # one a killed run left
+        self.expect(there)
+        dom.coreDumpWithFormat(str(there), libvirt.VIR_DOMAIN_CORE_DUMP_FORMAT_KDUMP_ZLIB,
+                               libvirt.VIR_DUMP_MEMORY_ONLY)
+        self.pool.download(there.name, partial)
+        self.pool.delete(there.name, remade=True)
+        partial.rename(local)
+
+    @contextmanager
+    def fetch(self, path: Path, offset: int, length: int):
+        with tempfile.NamedTemporaryFile(prefix=".dali-fetch-", dir=self.cluster.state_dir) as f:
+            f.write(self.read(path, offset, length))
+            f.flush()
+            yield Path(f.name)
+
+    # --- deleting -----------------------------------------------------------------------------
+
+    def remove(self, path: Path, dryrun: bool = False) -> None:
+        """Our volume, unless something is built on it (as LocalDir.remove)."""
+        pool = self.pool
+        if not pool.exists():
+            return
+        vol_name = self._name(path)
+        where = f"{path}{self.where}"
+        try:
+            vol = pool.volume(vol_name)
+        except DaliError:
+            cleaning.kept(where, "dali did not make it for this cluster", dryrun)
+            return
+        if vol is not None:
+            ours, theirs = pool.built_on(path)
+            if theirs:
+                cleaning.kept(where, f"{', '.join(theirs)} is built on it", dryrun)
+                return
+            if ours and not dryrun:
+                return  # our disks on it go first; the pool's removal at the end takes it then
+        pool.delete(vol_name, dryrun)
+
+    def discard(self, path: Path) -> None:
+        self.pool.delete(self._name(path), remade=True)
+
+    def sweep(self, dryrun: bool = False) -> None:
+        self.pool.remove(dryrun)
