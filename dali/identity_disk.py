@@ -32,6 +32,7 @@ import io
 import subprocess
 import tarfile
 import tempfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from dali import image, network
@@ -61,7 +62,7 @@ def used(cluster: Cluster, files: Storage) -> bool:
 def attached(dom) -> bool:
     """Whether a node boots with its identity disk, as its definition says: how a running node
     is waited for and reached follows what it was defined with."""
-    return f"<serial>{SERIAL}</serial>" in dom.XMLDesc(0)
+    return any(d.findtext("serial") == SERIAL for d in ET.fromstring(dom.XMLDesc(0)).iterfind("devices/disk"))
 
 
 # --- what the archive holds -------------------------------------------------------------------

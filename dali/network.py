@@ -71,12 +71,22 @@ def plan(cluster: Cluster, virt: Libvirt, existing=_LOOK) -> Addresses:
 def _refuse_a_taken_subnet(cluster: Cluster, virt: Libvirt) -> None:
     """network.address's subnet, checked before the network is defined: libvirt would define
     it, then refuse to start it, and leave a network behind."""
+    found = subnet_problem(cluster, virt)
+    if found:
+        raise DaliError(found)
+
+
+def subnet_problem(cluster: Cluster, virt: Libvirt) -> str | None:
+    """Why network.address cannot be this cluster's (another network or a route has its subnet),
+    for a network not made yet; None if it can, or dali picks one, or the network is there."""
+    if not cluster.network.address or virt.network(cluster.network.name) is not None:
+        return None
     wanted = ipaddress.IPv4Network(f"{cluster.network.address}/{cluster.network.prefix}", strict=False)
     for what, subnet in _taken_subnets(cluster, virt):
         if wanted.overlaps(subnet):
-            raise DaliError(f"network.address = {cluster.network.address}: {wanted} overlaps {subnet} "
-                            f"of {what}: pick a free subnet, or leave network.address empty for "
-                            "dali to pick one")
+            return (f"network.address = {cluster.network.address}: {wanted} overlaps {subnet} of {what}: "
+                    "pick a free subnet, or leave network.address empty for dali to pick one")
+    return None
 
 
 def _taken_subnets(cluster: Cluster, virt: Libvirt) -> list[tuple[str, ipaddress.IPv4Network]]:
@@ -181,9 +191,9 @@ def _add_host(net, host: Host) -> None:
     if net.isActive():
         flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
     net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
-               -1, f"<host mac='{host.mac}' name='{host.name}' ip='{host.ip}'/>", flags)
+               -1, render("dhcp-host.xml.j2", host=host), flags)
     net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, libvirt.VIR_NETWORK_SECTION_DNS_HOST,
-               -1, f"<host ip='{host.ip}'><hostname>{host.name}</hostname></host>", flags)
+               -1, render("dns-host.xml.j2", host=host), flags)
 
 
 def forget_host(cluster: Cluster, virt: Libvirt, name: str) -> None:
@@ -196,9 +206,9 @@ def forget_host(cluster: Cluster, virt: Libvirt, name: str) -> None:
     if net.isActive():
         flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
     net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
-               -1, f"<host mac='{host.mac}' name='{host.name}' ip='{host.ip}'/>", flags)
+               -1, render("dhcp-host.xml.j2", host=host), flags)
     net.update(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, libvirt.VIR_NETWORK_SECTION_DNS_HOST,
-               -1, f"<host ip='{host.ip}'><hostname>{host.name}</hostname></host>", flags)
+               -1, render("dns-host.xml.j2", host=host), flags)
 
 
 # --- the network itself ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 
-from dali import cleaning
+from dali import cleaning, network
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.storage import Storage
@@ -31,7 +31,8 @@ def problem(cluster: Cluster, files: Storage, virt: Libvirt) -> str | None:
             virt.domain(node.name)
     except DaliError as e:
         return str(e)
-    return files.problem()  # where the files go: a directory here, a pool there (dali/storage/)
+    # Before anything is made, not by the network task: by then state/<tag>/ would exist.
+    return network.subnet_problem(cluster, virt) or files.problem()  # files: dali/storage/
 
 
 def make_state_dir(cluster: Cluster) -> None:

@@ -204,6 +204,9 @@ class Shares:
             if not Path(source).is_dir():
                 raise Invalid(f"source {source!r} is not a directory: make it, or fix the path")
             real = os.path.realpath(source)
+            if _MARKUP & set(real):
+                raise Invalid(f"source {source!r} holds one of ' < > & \", which XML reads as markup: "
+                              "share a directory without them")
             if _is_system(real, VIRTUAL_TREES):
                 raise Invalid(f"source {source!r} is the host's own system directory {real}: every "
                               "node (running a kernel under development, as root) could write "
@@ -441,6 +444,9 @@ def _read(path: Path) -> dict[str, Any]:
 # In a path, these are AppArmor glob and quoting characters (a rule "/x/{a,b}/FAM" would allow
 # other files), or break qemu's -object option list (a comma) or the rule's quotes.
 _PATH_SPECIALS = set('*?[]{}^"\\,')  # (control characters: FilePath refuses them first)
+# XML's own: every path reaches libvirt's XML through one escaping path (Jinja's autoescape,
+# dali/render.py), and is refused here all the same, so that no mistake there can inject.
+_MARKUP = set("'<>&\"")
 
 
 def _check_data_dir(data_dir: Path, where: str) -> None:
@@ -453,11 +459,11 @@ def _check_data_dir(data_dir: Path, where: str) -> None:
         FilePath().parse(text)
     except Invalid as e:
         raise ConfigError(f"{where} = {text!r} {e}") from None
-    bad = sorted(_PATH_SPECIALS & set(str(data_dir)))
+    bad = sorted((_PATH_SPECIALS | _MARKUP) & set(str(data_dir)))
     if bad:
         raise ConfigError(f"{where} = {str(data_dir)!r} contains {' '.join(repr(c) for c in bad)}, which AppArmor "
-                          "reads as a pattern or qemu as a separator: pick a path without "
-                          "* ? [ ] { } ^ \" \\ or commas")
+                          "reads as a pattern, qemu as a separator or XML as markup: pick a path "
+                          "without * ? [ ] { } ^ \" ' < > & \\ or commas")
 
 
 def _parse(s: Setting, value: Any, where) -> Any:
@@ -570,11 +576,21 @@ def _check_network(v: dict, where) -> None:
 
 def _real_path(raw: str, base: Path, where: str) -> Path:
     """raw (~ expanded; relative to base) with every symlink resolved: the path the kernel,
-    AppArmor and qemu meet. A ~user that does not exist or a symlink loop is one line."""
+    AppArmor and qemu meet. A ~user that does not exist or a symlink loop is one line, and so is
+    a path (or what its links lead to) with characters XML reads as markup."""
     try:
-        return (base / Path(raw).expanduser()).resolve()
+        real = (base / Path(raw).expanduser()).resolve()
     except (RuntimeError, OSError) as e:  # RuntimeError: no such ~user, a symlink loop
         raise ConfigError(f"{where} = {raw!r}: {e}: give a path that exists, or can") from None
+    _refuse_markup(real, where)
+    return real
+
+
+def _refuse_markup(path: Path | str, where: str) -> None:
+    bad = sorted(_MARKUP & set(str(path)))
+    if bad:
+        raise ConfigError(f"{where} = {str(path)!r} contains {' '.join(repr(c) for c in bad)}, which XML "
+                          "reads as markup: rename it, or point to it through a path without them")
 
 
 def _own_kernel(v: dict, path: Path) -> Kernel | None:

@@ -65,7 +65,13 @@ def test_every_preflight_failure_leaves_nothing(tmp_path):
     os.chmod(big, 0o755)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
+    # Someone else's network, on a subnet a cluster file then asks for.
+    other_subnet = f"10.{secrets.randbelow(200) + 20}.{secrets.randbelow(250)}"
+    other = libvirt.open("qemu:///system").networkCreateXML(
+        f"<network><name>{tag}-other</name><bridge name='{tag[:8]}o'/>"
+        f"<ip address='{other_subnet}.1' prefix='24'/></network>")
     cases = [
+        ({"DALI_DIR": str(big / "c"), "config_extra": f'address = "{other_subnet}.254"'}, "overlaps"),
         ({"DALI_DIR": str(home / "c")}, "libvirt-qemu"),  # qemu cannot enter it
         ({"DALI_DIR": str(shared / "c")}, "users other than root"),
         ({"DALI_DIR": str(blocker / "c")}, "not writable"),
@@ -84,6 +90,7 @@ def test_every_preflight_failure_leaves_nothing(tmp_path):
             assert tag not in [n.name() for n in conn.listAllNetworks()]
             assert not [d.name() for d in conn.listAllDomains() if d.name().startswith(tag)]
     finally:
+        other.destroy()
         for d in (home, shared, big):
             os.chmod(d, 0o755)
             os.rmdir(d) if not any(d.iterdir()) else None

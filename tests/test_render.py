@@ -58,10 +58,55 @@ def test_own_image_boots_from_disk(tmp_path):
     assert root.find("os/kernel") is None and root.find("os/boot").get("dev") == "hd"
 
 
-def test_paths_are_escaped(tmp_path):
-    c = settings.load(env={"DALI_DIR": str(tmp_path / "a&b<c")})
+HOSTILE = "/srv/x'/><source file='/etc/shadow'/></disk><disk><p a=\"&amp;</path><permissions><mode>0777"
+
+
+def test_paths_are_escaped(config):
+    """settings refuse ' < > & " in every path (test_settings.py); were one to get through, the
+    XML still holds it as text: one element with that very path, and nothing more."""
+    c = config._replace(data_dir=__import__("pathlib").Path(HOSTILE))
     root = ET.fromstring(domain.domain_xml(c, local_files(c), c.original_node, "qemu"))  # still parses
-    assert "a&b<c" in root.find("devices/disk/source").get("file")
+    sources = [s.get("file") for s in root.iterfind("devices/disk/source")]
+    assert f"{HOSTILE}/ivpa.qcow2" in sources and "/etc/shadow" not in sources
+
+
+def test_every_piece_of_libvirt_xml_goes_through_the_one_escaping_path():
+    """No module builds libvirt XML as text (an f-string that opens an element): each piece is
+    a template of templates/, rendered with autoescape (dali/render.py), or an ElementTree."""
+    import ast
+    from dali.cluster import REPO
+    built_as_text = []
+    for path in sorted((REPO / "dali").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            head = node.values[0] if isinstance(node, ast.JoinedStr) and node.values else None
+            text = head.value.lstrip() if isinstance(head, ast.Constant) and isinstance(head.value, str) else ""
+            if text.startswith("<") and text[1:2].isalpha():
+                built_as_text.append(f"{path.name}:{node.lineno}")
+    assert built_as_text == []
+
+
+@pytest.mark.parametrize("template, values, where", [
+    ("pool.xml.j2", {"name": "p", "path": HOSTILE}, "target/path"),
+    ("volume.xml.j2", {"name": "v", "capacity": 1, "allocation": 0, "format": "qcow2", "mode": "0600",
+                       "backing": HOSTILE}, "backingStore/path"),
+    ("shared-disk.xml.j2", {"path": HOSTILE, "target": "vdz", "serial": "s"}, "source[@file]"),
+    ("dhcp-host.xml.j2", {"host": network.Host("52:54:00:00:00:01", HOSTILE, "10.0.0.2")}, "."),
+    ("accel-probe.xml.j2", {"domain_type": "kvm", "name": "p", "mark_ns": "urn:x", "mark": {"dir": HOSTILE},
+                            "kernel": HOSTILE}, "os/kernel"),
+])
+def test_hostile_text_stays_text_in_every_template(template, values, where):
+    """The same elements as with a plain path (nothing added, nothing closed early), and the
+    hostile path whole where the plain one was."""
+    from dali.render import render
+
+    def with_path(path):
+        swap = lambda v: path if v == HOSTILE else v._replace(name=path) if isinstance(v, network.Host) else v
+        return ET.fromstring(render(template, **{k: ({kk: swap(vv) for kk, vv in v.items()} if isinstance(v, dict)
+                                                     else swap(v)) for k, v in values.items()}))
+    plain, hostile = with_path("/srv/plain"), with_path(HOSTILE)
+    assert [e.tag for e in hostile.iter()] == [e.tag for e in plain.iter()]
+    found = hostile.find(where)
+    assert HOSTILE in (found.text or "", *found.attrib.values())
 
 
 def test_fam_size_spelling():

@@ -167,6 +167,12 @@ BAD_VALUES = [
     ('dir = "/usr/local/dali"', {}, ["dir", "system directory"]),
     ('dir = "/"', {}, ["dir", "system directory"]),
     ('dir = ""', {}, ["dir", "is empty"]),
+    # XML's markup in a path: escaped on its way into libvirt's XML, and refused here all the same
+    ('dir = "/srv/a\'b"', {}, ["dir", "XML", "markup"]),
+    ('dir = "/srv/x</path><path>/etc"', {}, ["dir", "'<'", "markup"]),
+    ('', {"DALI_DIR": "/srv/a&b"}, ["DALI_DIR", "'&'"]),
+    ('[image]\npath = "/srv/own<image>.qcow2"', {}, ["image.path", "markup"]),
+    ('[kernel]\npath = "/srv/linux\'s/bzImage"\nmodules = "/srv"', {}, ["kernel.path", "markup"]),
     ('', {"DALI_DIR": "/proc/dali"}, ["DALI_DIR", "system directory"]),
     ('[node]\nvcpus = "' + "9" * 5000 + '"', {}, ["node.vcpus", "(5002 characters)", "whole number"]),
     ('[node]\nvcpus = ' + "9" * 5000, {}, ["not valid TOML", "4300 digits"]),
