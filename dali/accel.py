@@ -11,7 +11,7 @@ the probe only when the kernel changes (tasks/accel.py).
 
 from __future__ import annotations
 
-import time
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -79,29 +79,38 @@ def boots(cluster: Cluster, virt: Libvirt, kernel: Path, domain_type: str, secon
         dom = virt.conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_AUTODESTROY)
     except libvirt.libvirtError:
         return False  # refused to start: not a KVM that boots
-    stream = virt.conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
-    seen = b""
+    # A blocking stream read in a thread of its own: a non-blocking one needs libvirt's event
+    # loop, which dali does not run (without it, recv() never had data to give). Destroying the
+    # domain at the end closes the console and so ends the thread's read.
+    stream = virt.conn.newStream(0)
+    seen = bytearray()
+    banner = threading.Event()
+
+    def read() -> None:
+        try:
+            while True:
+                got = stream.recv(4096)
+                if not isinstance(got, bytes) or not got:
+                    return  # the console closed: the domain is gone (a panic reboots it, on_reboot destroys it)
+                seen.extend(got)
+                if b"Linux version" in seen[-8192:]:
+                    banner.set()
+        except libvirt.libvirtError:
+            pass
+        finally:
+            banner.set()  # nothing more will come
+
     try:
         dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        threading.Thread(target=read, daemon=True).start()
         dom.resume()
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and b"Linux version" not in seen:
-            got = stream.recv(4096)
-            if got == -2:  # nothing yet
-                time.sleep(0.1)
-            elif not got:  # the domain is gone (a panic reboots it, on_reboot destroys it)
-                break
-            else:
-                seen = (seen + got)[-8192:]
+        banner.wait(seconds)
     except libvirt.libvirtError:
         pass  # the probe failed to run: not a KVM that boots
     finally:
-        try:
-            stream.abort()
-        except libvirt.libvirtError:
-            pass
-        try:
-            dom.destroy()
-        except libvirt.libvirtError:
-            pass
-    return b"Linux version" in seen
+        for end_it in (dom.destroy, stream.abort):
+            try:
+                end_it()
+            except libvirt.libvirtError:
+                pass
+    return b"Linux version" in bytes(seen)

@@ -207,7 +207,7 @@ def test_a_killed_verify_has_its_bytes_put_back(running):
     a = cluster.dom("a")
     original = guest.read_block(cluster.virt, a, 999)
     offset = fam.namespace(cluster.cfg.fam_path)["data_offset"] + 999 * 4096
-    fam.save_before_write(cluster.cfg, {offset: original})
+    fam.save_before_write(cluster.cfg, cluster.files, {offset: original}, until=0)  # (nothing left running)
     guest.write_block(cluster.virt, a, 999, b"verify's marker".ljust(4096, b"\0"))  # ...killed here
     cluster.doit("verify")
     assert guest.read_block(cluster.virt, a, 999) == original
