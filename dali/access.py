@@ -47,10 +47,11 @@ def wanted_files(cluster: Cluster, files: Storage, addresses: dict[str, str]) ->
     nodes = [(n.name, addresses[n.name]) for n in cluster.nodes if n.name in addresses]
     proxy = libvirtd.ssh_proxy(cluster)
     wanted = {
-        ssh_config_file(cluster): _render_lines("ssh_config.j2", ssh_config_file(cluster), nodes=nodes,
+        ssh_config_file(cluster): _render_lines("ssh_config.j2", path=ssh_config_file(cluster), nodes=nodes,
                                                 key=cluster.ssh_key, known_hosts=known_hosts_file(cluster),
                                                 proxy=proxy, tag=cluster.tag),
-        inventory_file(cluster): _render_lines("hosts.j2", inventory_file(cluster), nodes=nodes, tag=cluster.tag),
+        inventory_file(cluster): _render_lines("hosts.j2", path=inventory_file(cluster), nodes=nodes,
+                                               tag=cluster.tag),
     }
     if identity_disk.used(cluster, files):
         keys = {n.name: identity_disk.public_key(cluster, files, n) for n in cluster.nodes}
@@ -65,12 +66,12 @@ def _render_lines(template: str, path: Path, **values) -> str:
     line break, from a uri the settings let through or a network definition read from libvirt,
     would add a line of its own, like `Match exec` running a command. Refused, whatever let it
     through, and nothing is written."""
-    for name, value in values.items():
+    for name, value in {"path": path, **values}.items():
         for text in _texts(value):
-            if not text.isprintable():
-                raise DaliError(f"{path}: {name} {text!r:.100} holds a control or line-break character, "
-                                "which would start a line of its own there: not written; fix where "
-                                "it comes from (uri, the checkout's path, the network's definition)")
+            if not text.isprintable():  # (path.name is dali's own: safe to show as it is)
+                raise DaliError(f"not writing {path.name}: {name} {text!r:.100} holds a control or "
+                                "line-break character, which would start a line of its own there; fix "
+                                "where it comes from (uri, the checkout's path, the network's definition)")
     return render(template, path=path, **values)
 
 

@@ -291,7 +291,7 @@ def _check_uri_place(uri: LibvirtUri) -> None:
             raise Invalid(f"its {what} (decoded) {e}") from None
     if uri.fragment:
         raise Invalid("has a #fragment, which libvirt does not read: remove it")
-    if uri.port and not (re.fullmatch(r"\d{1,5}", uri.port) and 1 <= int(uri.port) <= 65535):
+    if uri.port and not (re.fullmatch(r"[0-9]{1,5}", uri.port) and 1 <= int(uri.port) <= 65535):
         brackets = " (an IPv6 address goes in brackets: [::1]:22)" if ":" in uri.port else ""
         raise Invalid(f"port {_shown(uri.port)} is not a number from 1 to 65535{brackets}")
     if not uri.host:

@@ -215,6 +215,7 @@ BAD_VALUES = [
     ('uri = "qemu+ssh://lab:0/system"', {}, ["uri", "port '0'", "1 to 65535"]),
     ('uri = "qemu+ssh://lab:65536/system"', {}, ["uri", "port '65536'", "1 to 65535"]),
     ('uri = "qemu+ssh://lab:' + "9" * 30 + '/system"', {}, ["uri", "1 to 65535"]),
+    ('uri = "qemu+ssh://lab:\uff12\uff12/system"', {}, ["uri", "1 to 65535"]),  # fullwidth digits
     ('uri = "qemu+ssh://[::1/system"', {}, ["uri", "'[::1'", "brackets"]),
     ('uri = "qemu+ssh://::1/system"', {}, ["uri", "brackets"]),
     ('uri = "qemu+ssh://[lab]/system"', {}, ["uri", "'[lab]'", "IPv6"]),
