@@ -238,8 +238,8 @@ _SSH_AUTH = "(agent|privkey|password|keyboard-interactive)"
 _ON_OFF = Choice(("0", "1"))
 
 # The uri parameters dali passes on to libvirt: the transports each is for, and its value's type.
-# Every other is refused (_REFUSED_PARAMETERS says why for libvirt's own); a parameter libvirt
-# does not know goes on to the driver unread.
+# Every other is refused: _REFUSED_PARAMETERS says why for libvirt's own, and one libvirt does
+# not know it passes on to the driver, unchecked.
 URI_PARAMETERS: dict[str, tuple[tuple[str, ...], Any]] = {
     # Over ssh, libvirt hands the socket to a shell on the host: plain characters only.
     "socket": (("unix", *SSH_TRANSPORTS), Text(r"/[A-Za-z0-9._+@/-]*", "an absolute path of letters, "
@@ -294,10 +294,13 @@ def _check_uri_place(uri: LibvirtUri) -> None:
     if uri.port and not (re.fullmatch(r"[0-9]{1,5}", uri.port) and 1 <= int(uri.port) <= 65535):
         brackets = " (an IPv6 address goes in brackets: [::1]:22)" if ":" in uri.port else ""
         raise Invalid(f"port {_shown(uri.port)} is not a number from 1 to 65535{brackets}")
-    if not uri.host:
-        if uri.user or uri.port:
-            raise Invalid("names a user or a port but no host: add the host, or remove them")
-        return
+    if uri.host:
+        _check_uri_host(uri)
+    elif uri.user or uri.port:
+        raise Invalid("names a user or a port but no host: add the host, or remove them")
+
+
+def _check_uri_host(uri: LibvirtUri) -> None:
     if uri.transport == "unix":
         raise Invalid("qemu+unix reaches a socket of this machine: remove the host, or use qemu+ssh")
     if uri.host.startswith("-"):
