@@ -47,16 +47,38 @@ def wanted_files(cluster: Cluster, files: Storage, addresses: dict[str, str]) ->
     nodes = [(n.name, addresses[n.name]) for n in cluster.nodes if n.name in addresses]
     proxy = libvirtd.ssh_proxy(cluster)
     wanted = {
-        ssh_config_file(cluster): render("ssh_config.j2", nodes=nodes, key=cluster.ssh_key,
-                                         known_hosts=known_hosts_file(cluster), proxy=proxy,
-                                         tag=cluster.tag, path=ssh_config_file(cluster)),
-        inventory_file(cluster): render("hosts.j2", nodes=nodes, tag=cluster.tag),
+        ssh_config_file(cluster): _render_lines("ssh_config.j2", path=ssh_config_file(cluster), nodes=nodes,
+                                                key=cluster.ssh_key, known_hosts=known_hosts_file(cluster),
+                                                proxy=proxy, tag=cluster.tag),
+        inventory_file(cluster): _render_lines("hosts.j2", path=inventory_file(cluster), nodes=nodes,
+                                               tag=cluster.tag),
     }
     if identity_disk.used(cluster, files):
         keys = {n.name: identity_disk.public_key(cluster, files, n) for n in cluster.nodes}
         wanted[known_hosts_file(cluster)] = "".join(f"{name} {key}\n" for name, key in sorted(keys.items())
                                                     if key)
     return wanted
+
+
+def _render_lines(template: str, path: Path, **values) -> str:
+    """The template's text, each value within the line the template gives it. ssh reads its
+    config line by line (and a user's ~/.ssh/config may Include this one): a value holding a
+    line break, from a uri the settings let through or a network definition read from libvirt,
+    would add a line of its own, like `Match exec` running a command. Refused, whatever let it
+    through, and nothing is written."""
+    for name, value in {"path": path, **values}.items():
+        for text in _texts(value):
+            if not text.isprintable():  # (path.name is dali's own: safe to show as it is)
+                raise DaliError(f"not writing {path.name}: {name} {text!r:.100} holds a control or "
+                                "line-break character, which would start a line of its own there; fix "
+                                "where it comes from (uri, the checkout's path, the network's definition)")
+    return render(template, path=path, **values)
+
+
+def _texts(value) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in _texts(item)]
+    return [] if value is None else [str(value)]
 
 
 def are_current(cluster: Cluster, files: Storage, addresses: dict[str, str]) -> bool:

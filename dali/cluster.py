@@ -8,9 +8,10 @@ run and need no record that a killed run could lose.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_ROOT = Path("/var/lib/dali")  # traversable by libvirt-qemu on any host, unlike ~
@@ -40,8 +41,63 @@ def is_remote(uri: str) -> bool:
     this machine's files: a URI naming a host (qemu+ssh://host/system), or a libvirtd's own
     socket (qemu+unix:///system?socket=PATH: another daemon, perhaps in another mount
     namespace, that sees other files at the same paths). See docs/remote.md."""
-    parts = urlsplit(uri)
-    return bool(parts.netloc) or "socket" in parse_qs(parts.query)
+    parts = read_uri(uri)
+    return bool(parts.host) or "socket" in dict(parts.parameters)
+
+
+SSH_TRANSPORTS = ("ssh", "libssh", "libssh2")
+
+
+class LibvirtUri(NamedTuple):
+    """A libvirt URI's parts as libvirt reads them (its viruri.c, over libxml2's parser)."""
+    driver: str
+    transport: str  # as libvirt picks it: named in the scheme, else tls with a host, unix without
+    user: str       # user, host, path and parameters percent-decoded, as libvirt uses them
+    host: str       # an IPv6 address without its brackets
+    port: str       # the text after the host's ':' ("" for the transport's own), unchecked
+    path: str
+    fragment: str
+    parameters: tuple[tuple[str, str], ...]  # in order, a name given twice twice
+
+
+# user@host:port, the user and the port optional; an IPv6 address in brackets.
+_NETLOC = re.compile(r"(?:(?P<user>[^@]*)@)?(?P<host>\[[^\[\]@]*\]|[^:\[\]@]*)(?::(?P<port>[^@]*))?")
+_URI = re.compile(r"(?P<scheme>[^:/?#]+)://(?P<netloc>[^/?#]*)(?P<path>[^?#]*)"
+                  r"(?:\?(?P<query>[^#]*))?(?:#(?P<fragment>.*))?", re.DOTALL)
+
+
+def _decoded(text: str) -> str:
+    """%XX as libvirt decodes it, to bytes; bytes that are not UTF-8 become lone surrogates
+    (which no check of printable text lets through), never a printable stand-in."""
+    return unquote(text, errors="surrogateescape")
+
+
+def read_uri(uri: str) -> LibvirtUri:
+    """`uri` in parts, or ValueError saying which part cannot be read. Parameters are split at
+    every '&' as libvirt does, and not at '+' (Python's parse_qs reads '+' as a space); a ';'
+    is refused, since libvirt splits at it too when the rest holds no '&'."""
+    whole = _URI.fullmatch(uri)
+    if not whole:
+        raise ValueError("is not of the form driver[+transport]://[user@][host][:port]/path[?parameters]")
+    netloc = _NETLOC.fullmatch(whole["netloc"])
+    if not netloc:
+        raise ValueError(f"cannot read {whole['netloc']!r} as [user@]host[:port] (an IPv6 address "
+                         "goes in brackets: [::1]:22)")
+    query = whole["query"] or ""
+    if ";" in query:
+        raise ValueError("has a ';' in its parameters, where libvirt may split them: write '&' "
+                         "between parameters, %3B in a value")
+    driver, _, transport = whole["scheme"].partition("+")
+    host = netloc["host"]
+    if host.startswith("[") and ":" not in host:
+        raise ValueError(f"{host!r} is not an IPv6 address, the only kind written in brackets")
+    return LibvirtUri(
+        driver=driver, transport=transport or ("tls" if host else "unix"),
+        user=_decoded(netloc["user"] or ""), host=_decoded(host.removeprefix("[").removesuffix("]")),
+        port=netloc["port"] or "", path=_decoded(whole["path"]),
+        fragment=whole["fragment"] or "",
+        parameters=tuple((_decoded(name), _decoded(value)) for name, _, value in
+                         (part.partition("=") for part in query.split("&") if part)))
 
 
 class Network(NamedTuple):

@@ -20,9 +20,8 @@ import shlex
 import socket
 import struct
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
-from dali.cluster import Cluster
+from dali.cluster import SSH_TRANSPORTS, Cluster, LibvirtUri, read_uri
 
 PID_FILE = Path("/run/libvirtd.pid")  # libvirtd's own, however it was started
 
@@ -61,11 +60,11 @@ def _socket_pid(path: str) -> int | None:
 
 def local_pid(uri: str) -> int | None:
     """The pid of the uri's libvirtd if it runs on this machine; None if not, or not found."""
-    parts = urlsplit(uri)
-    if parts.netloc:
+    parts = read_uri(uri)
+    if parts.host:
         return None
-    sockets = parse_qs(parts.query).get("socket")
-    return _socket_pid(sockets[0]) if sockets else _system_pid()
+    socket_path = dict(parts.parameters).get("socket")
+    return _socket_pid(socket_path) if socket_path else _system_pid()
 
 
 def namespace_prefix(pid: int | None) -> list[str]:
@@ -90,33 +89,43 @@ def route_table(uri: str) -> Path | None:
     """The routing table the uri's libvirtd sees, if it runs on this machine."""
     pid = local_pid(uri)
     if pid is None:
-        return None if urlsplit(uri).netloc else Path("/proc/net/route")
+        return None if read_uri(uri).host else Path("/proc/net/route")
     return Path(f"/proc/{pid}/net/route")
 
 
-def _ssh_as_libvirt_does(query: str) -> list[str]:
-    """ssh as the uri tells libvirt to run it (its ssh transport's parameters): the program
-    (command=), the key (keyfile=), and no host key check (no_verify=1). The jump to the
-    nodes reaches the same host as libvirt does, so it logs in the same way."""
-    params = {k: v[-1] for k, v in parse_qs(query).items()}
-    ssh = [params.get("command") or "ssh"]
-    if params.get("keyfile"):
-        ssh += ["-i", params["keyfile"]]
-    if params.get("no_verify") not in (None, "", "0"):
+def _ssh_as_libvirt_does(uri: LibvirtUri) -> list[str]:
+    """ssh with the key (keyfile=) and host key policy (no_verify=1) the uri gives libvirt's ssh
+    transports: the jump to the nodes reaches the same host, so it logs in the same way. tls's
+    no_verify= is about certificates, not ssh. Never command=: the settings refuse it, a
+    program libvirt would run as root."""
+    if uri.transport not in SSH_TRANSPORTS:
+        return ["ssh"]
+    parameters = dict(uri.parameters)
+    ssh = ["ssh"]
+    if parameters.get("keyfile"):
+        ssh += ["-i", parameters["keyfile"]]
+    if parameters.get("no_verify") == "1":
         ssh += ["-o", "StrictHostKeyChecking=no"]
     return ssh
+
+
+def _to_node(words: list[str]) -> str:
+    """A ProxyCommand: `words`, each one word for the shell ssh runs it with, and then nc to the
+    node's address and port. ssh reads '%' in a ProxyCommand as its own %h, %p, ... first: a
+    '%' of the uri's is written %%."""
+    return " ".join(shlex.quote(w) for w in [*words, "nc"]).replace("%", "%%") + " %h %p"
 
 
 def ssh_proxy(cluster: Cluster) -> str | None:
     """ssh_config's ProxyCommand to the nodes (%h %p: a node's address and port), or None
     where they are reachable from here as they are."""
-    parts = urlsplit(cluster.uri)
-    if parts.netloc:
-        host = parts.hostname or ""
-        login = ["-l", parts.username] if parts.username else []
-        port = ["-p", str(parts.port)] if parts.port else []
-        there = (["ip", "netns", "exec", cluster.remote_netns] if cluster.remote_netns else []) + ["nc", "%h", "%p"]
+    uri = read_uri(cluster.uri)
+    if uri.host:
+        login = ["-l", uri.user] if uri.user else []
+        port = ["-p", uri.port] if uri.port else []
+        there = ["ip", "netns", "exec", cluster.remote_netns] if cluster.remote_netns else []
         # -W would be ProxyJump's own forwarding; nc lets the forward start in remote.netns.
-        return " ".join(map(shlex.quote, [*_ssh_as_libvirt_does(parts.query), *login, *port, host, *there]))
+        # "--": nothing after it is an option of ssh's, whatever the host's name.
+        return _to_node([*_ssh_as_libvirt_does(uri), *login, *port, "--", uri.host, *there])
     prefix = namespace_prefix(local_pid(cluster.uri))
-    return " ".join([*map(shlex.quote, prefix), "nc", "%h", "%p"]) if prefix else None
+    return _to_node(prefix) if prefix else None

@@ -20,9 +20,9 @@ import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
-from urllib.parse import urlsplit
 
-from dali.cluster import DEFAULT_DATA_ROOT, REPO, Cluster, Filesystem, Image, Kernel, Network, is_remote
+from dali.cluster import (DEFAULT_DATA_ROOT, REPO, SSH_TRANSPORTS, Cluster, Filesystem, Image, Kernel, Network,
+                          LibvirtUri, is_remote, read_uri)
 from dali.errors import DaliError
 
 DEFAULT_CONFIG = REPO / "cluster.toml"
@@ -237,6 +237,115 @@ class IPv4:
                           "to let dali pick") from None
 
 
+_SSH_AUTH = "(agent|privkey|password|keyboard-interactive)"
+_ON_OFF = Choice(("0", "1"))
+
+# The uri parameters dali passes on to libvirt: the transports each is for, and its value's type.
+# Every other is refused: _REFUSED_PARAMETERS says why for libvirt's own, and one libvirt does
+# not know it passes on to the driver, unchecked.
+URI_PARAMETERS: dict[str, tuple[tuple[str, ...], Any]] = {
+    # Over ssh, libvirt hands the socket to a shell on the host: plain characters only.
+    "socket": (("unix", *SSH_TRANSPORTS), Text(r"/[A-Za-z0-9._+@/-]*", "an absolute path of letters, "
+                                                "digits and . _ + @ -")),
+    "mode": (("unix", *SSH_TRANSPORTS), Choice(("auto", "direct", "legacy"))),
+    # Absolute: ssh_config's ProxyCommand copies it, and runs wherever the user starts ssh.
+    "keyfile": (SSH_TRANSPORTS, FilePath(absolute=True)),
+    "no_verify": (("ssh", "tls"), _ON_OFF),
+    "no_tty": (("ssh",), _ON_OFF),
+    "known_hosts": (("libssh", "libssh2"), FilePath(absolute=True)),
+    "known_hosts_verify": (("libssh", "libssh2"), Choice(("normal", "auto", "ignore"))),
+    "sshauth": (("libssh", "libssh2"), Text(rf"{_SSH_AUTH}(,{_SSH_AUTH})*", "a comma-separated list "
+                                            "of agent, privkey, password, keyboard-interactive")),
+    "pkipath": (("tls",), FilePath(absolute=True)),
+}
+_REFUSED_PARAMETERS = {
+    "command": "names a program libvirt runs here, as root, when it connects: remove it (for "
+               "another ssh, put it first in PATH)",
+    "netcat": "names a program libvirt runs on the libvirt host: remove it",
+    "proxy": "picks the program libvirt runs on the libvirt host: remove it",
+    "name": "hands the libvirt host another uri to open: remove it",
+}
+
+
+class Uri:
+    """A libvirt URI that libvirt, dali and ssh (reading the ssh_config made from it) all read
+    alike, and that names no program to run. The ext transport runs one; command= and
+    netcat= name one for the others."""
+    form = Text(r"(qemu|test)(\+(unix|ssh|libssh|libssh2|tls|tcp))?://\S*",
+                "a libvirt URI like qemu:///system or qemu+unix:///system?socket=PATH "
+                "(transports unix, ssh, libssh, libssh2, tls, tcp; not ext)")
+
+    def parse(self, value: Any) -> str:
+        uri = self.form.parse(value)
+        try:
+            parts = read_uri(uri)
+        except ValueError as e:
+            raise Invalid(str(e)) from None
+        _check_uri_place(parts)
+        _check_uri_parameters(parts)
+        return uri
+
+
+def _check_uri_place(uri: LibvirtUri) -> None:
+    for what, text in (("user", uri.user), ("host", uri.host), ("path", uri.path)):
+        try:
+            _refuse_unprintable(text)
+        except Invalid as e:
+            raise Invalid(f"its {what} (decoded) {e}") from None
+    if uri.fragment:
+        raise Invalid("has a #fragment, which libvirt does not read: remove it")
+    if uri.port and not (re.fullmatch(r"[0-9]{1,5}", uri.port) and 1 <= int(uri.port) <= 65535):
+        brackets = " (an IPv6 address goes in brackets: [::1]:22)" if ":" in uri.port else ""
+        raise Invalid(f"port {_shown(uri.port)} is not a number from 1 to 65535{brackets}")
+    if uri.host:
+        _check_uri_host(uri)
+    elif uri.user or uri.port:
+        raise Invalid("names a user or a port but no host: add the host, or remove them")
+
+
+def _check_uri_host(uri: LibvirtUri) -> None:
+    if uri.transport == "unix":
+        raise Invalid("qemu+unix reaches a socket of this machine: remove the host, or use qemu+ssh")
+    if uri.host.startswith("-"):
+        raise Invalid(f"host {_shown(uri.host)} starts with '-', which ssh reads as an option: give "
+                      "the host's name or address")
+    if not (_is_ipv6(uri.host) if ":" in uri.host else re.fullmatch(r"[A-Za-z0-9_.-]+", uri.host)):
+        raise Invalid(f"host {_shown(uri.host)} is neither a host name (letters, digits, '.', '-', "
+                      "'_') nor an IPv6 address in brackets")
+    if ":" in uri.user:
+        raise Invalid("holds a password (user:password@), which would be copied into ssh_config: "
+                      "log in with a key (keyfile=) or ssh-agent")
+
+
+def _is_ipv6(host: str) -> bool:
+    address, _, zone = host.partition("%")
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        return False
+    return not zone or bool(re.fullmatch(r"[A-Za-z0-9_.-]+", zone))
+
+
+def _check_uri_parameters(uri: LibvirtUri) -> None:
+    names = [name for name, _ in uri.parameters]
+    for name, value in uri.parameters:
+        if name in _REFUSED_PARAMETERS:
+            raise Invalid(f"parameter {name}= {_REFUSED_PARAMETERS[name]}")
+        if name not in URI_PARAMETERS:
+            raise Invalid(f"parameter {_shown(name)} is not one dali passes on to libvirt: remove it "
+                          f"(allowed: {', '.join(URI_PARAMETERS)})")
+        transports, kind = URI_PARAMETERS[name]
+        if uri.transport not in transports:
+            raise Invalid(f"parameter {name}= is for the {', '.join(transports)} transports, not "
+                          f"{uri.transport}: remove it")
+        if names.count(name) > 1:
+            raise Invalid(f"gives parameter {name}= twice: keep one")
+        try:
+            kind.parse(value)
+        except Invalid as e:
+            raise Invalid(f"parameter {name}={_shown(value)}: {e}") from None
+
+
 # The host's system directories. dir is never one of them nor below a tree; a share's source
 # is never one of them (a node writing into the host's /etc or /) nor below a virtual tree;
 # nothing is mounted over one of them in a node (it would not boot).
@@ -300,10 +409,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dir", FilePath(), Derived("/var/lib/dali/<tag>", lambda v: str(DEFAULT_DATA_ROOT / v["tag"])),
             "where the FAM and the disks live; relative to the shell (env) or to the file",
             env="DALI_DIR"),
-    # Not libvirt's ext transport: it runs a program named in the URI.
-    Setting("uri", Text(r"(qemu|test)(\+(unix|ssh|libssh|libssh2|tls|tcp))?://\S*",
-                        "a libvirt URI like qemu:///system or qemu+unix:///system?socket=PATH "
-                        "(transports unix, ssh, libssh, libssh2, tls, tcp; not ext)"), "qemu:///system",
+    Setting("uri", Uri(), "qemu:///system",
             "the libvirt connection: this machine's, or a server's (qemu+ssh://root@host/system; "
             "see docs/remote.md)", env="LIBVIRT_DEFAULT_URI"),
     Setting("accel", Choice(("auto", "kvm", "tcg")), "auto",
@@ -470,9 +576,13 @@ def _parse(s: Setting, value: Any, where) -> Any:
     try:
         return s.type.parse(value)
     except Invalid as e:
-        shown = repr(value)
-        shown = shown if len(shown) <= 80 else shown[:60] + f"... ({len(shown)} characters)"
-        raise ConfigError(f"{where(s.key)} = {shown}: {e}") from None
+        raise ConfigError(f"{where(s.key)} = {_shown(value)}: {e}") from None
+
+
+def _shown(value: Any) -> str:
+    """repr(value), cut short to fit in a line."""
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:60] + f"... ({len(shown)} characters)"
 
 
 def _check_together(v: dict, where) -> None:
@@ -519,7 +629,7 @@ def _check_remote(v: dict, where) -> None:
         raise ConfigError(f"{where('share')}: shares are directories of the machine that runs the "
                           f"nodes, which is not this one with uri {uri}: remove the [[share]] "
                           "entries")
-    if urlsplit(uri).scheme.startswith("test"):
+    if read_uri(uri).driver == "test":
         raise ConfigError(f"{where('uri')} = {uri!r}: libvirt's test driver has no storage for a "
                           "remote cluster; use qemu+unix://, qemu+ssh:// or qemu+tls://")
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dali import apparmor, fam, lock, scratch
+from conftest import one_error_line, run_doit, unique_tag
+from dali import access, apparmor, fam, lock, scratch
+from dali.cluster import REPO
 from dali.errors import DaliError
 from dali.pssh import visible
 
@@ -105,3 +107,41 @@ def test_a_cluster_that_is_gone_leaves_no_records(tmp_path):
     state.rmdir()
     lock.forget_if_gone(lk, dep, state)
     assert not dep.exists() and not lk.exists()
+
+
+def test_a_uri_naming_a_program_runs_nothing(tmp_path):
+    """libvirt runs a uri's command= as it connects, as root: a plain `doit list` ran it. The
+    uri is refused as the settings load, from the cluster file or from LIBVIRT_DEFAULT_URI,
+    before libvirt is asked anything."""
+    ran = tmp_path / "ran"
+    program = tmp_path / "program"
+    program.write_text(f"#!/bin/sh\ntouch {ran}\n")
+    program.chmod(0o755)
+    tag = unique_tag("cmd")
+    uri = f"qemu+ssh://lab/system?command={program}"
+    in_file, in_env = tmp_path / "in-file.toml", tmp_path / "in-env.toml"
+    in_file.write_text(f'tag = "{tag}"\nuri = "{uri}"\n[device]\nstyle = "native"\n')
+    in_env.write_text(f'tag = "{tag}"\n[device]\nstyle = "native"\n')
+    line = one_error_line(run_doit("list", f"config={in_file}"))
+    assert line.startswith(f"dali: {in_file}: uri = ") and "command=" in line and "remove it" in line
+    line = one_error_line(run_doit("list", f"config={in_env}", env={"LIBVIRT_DEFAULT_URI": uri}))
+    assert line.startswith("dali: LIBVIRT_DEFAULT_URI (setting uri) = ") and "command=" in line
+    assert not ran.exists(), "the uri's program ran"
+    assert not (REPO / "state" / tag).exists()
+
+
+def test_ssh_config_gets_no_line_a_value_did_not_mean(config_in, files_in):
+    """The last line of defence: whatever let a line break through (a uri that skipped the
+    settings' checks, an address read from libvirt's network definition), ssh_config and hosts
+    are not written with it. In ssh_config a `Match exec` on a line of its own runs its command
+    at `ssh -G` already, in every ~/.ssh/config that Includes the file."""
+    match_exec = "Match exec \"touch /tmp/dali-owned\""
+    node = config_in.original_node.name
+    cases = [(config_in._replace(uri="qemu+ssh://lab/system?keyfile=/k%0A" + match_exec.replace(" ", "%20")
+                                 .replace('"', "%22")), {node: "192.168.7.2"}),
+             (config_in, {node: f"192.168.7.2\n{match_exec}"})]
+    for cluster, addresses in cases:
+        with pytest.raises(DaliError, match="control or line-break character") as refused:
+            access.write(cluster, files_in, addresses)
+        assert "\n" not in str(refused.value)
+        assert not access.ssh_config_file(cluster).exists() and not access.inventory_file(cluster).exists()

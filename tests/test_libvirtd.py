@@ -38,20 +38,35 @@ def remote_cluster(tmp_path, uri, netns=""):
 
 def test_ssh_jumps_through_the_libvirt_host(tmp_path):
     c = remote_cluster(tmp_path, "qemu+ssh://admin@lab.example:2222/system")
-    assert libvirtd.ssh_proxy(c) == "ssh -l admin -p 2222 lab.example nc %h %p"
+    assert libvirtd.ssh_proxy(c) == "ssh -l admin -p 2222 -- lab.example nc %h %p"
     assert libvirtd.route_table(c.uri) is None  # another machine's: not readable from here
     c = remote_cluster(tmp_path, "qemu+ssh://lab/system", netns="dali")
-    assert libvirtd.ssh_proxy(c) == "ssh lab ip netns exec dali nc %h %p"
+    assert libvirtd.ssh_proxy(c) == "ssh -- lab ip netns exec dali nc %h %p"
+    c = remote_cluster(tmp_path, "qemu+ssh://[fe80::1%25eth0]:22/system")
+    assert libvirtd.ssh_proxy(c) == "ssh -p 22 -- fe80::1%%eth0 nc %h %p"
 
 
 def test_the_jump_logs_in_as_libvirt_does(tmp_path):
-    """The uri's parameters for libvirt's ssh transport: the jump uses the same program, key
-    and host key policy, or it would ask for what libvirt was told."""
+    """The uri's parameters for libvirt's ssh transports: the jump uses the same key and host
+    key policy, or it would ask for what libvirt was told. Not tls's no_verify=, which is about
+    certificates."""
     c = remote_cluster(tmp_path, "qemu+ssh://root@lab/system?keyfile=/home/me/.ssh/lab%20key&no_verify=1")
     assert libvirtd.ssh_proxy(c) == ("ssh -i '/home/me/.ssh/lab key' -o StrictHostKeyChecking=no "
-                                     "-l root lab nc %h %p")
-    c = remote_cluster(tmp_path, "qemu+ssh://lab/system?command=/opt/ssh/bin/ssh&no_verify=0")
-    assert libvirtd.ssh_proxy(c) == "/opt/ssh/bin/ssh lab nc %h %p"
+                                     "-l root -- lab nc %h %p")
+    c = remote_cluster(tmp_path, "qemu+libssh2://lab/system?keyfile=/k/lab&known_hosts_verify=auto")
+    assert libvirtd.ssh_proxy(c) == "ssh -i /k/lab -- lab nc %h %p"
+    c = remote_cluster(tmp_path, "qemu+ssh://lab/system?no_verify=0")
+    assert libvirtd.ssh_proxy(c) == "ssh -- lab nc %h %p"
+    c = remote_cluster(tmp_path, "qemu+tls://lab/system?no_verify=1&pkipath=/etc/pki/lab")
+    assert libvirtd.ssh_proxy(c) == "ssh -- lab nc %h %p"
+
+
+def test_a_percent_of_the_uri_reaches_ssh_as_itself(tmp_path):
+    """ssh expands %h, %p, %r ... in a ProxyCommand before the shell sees it, quotes or not: a
+    '%' of the user's name or the key's path is written %%, or ssh would take `%r` for the
+    login name (and refuse `%/`)."""
+    c = remote_cluster(tmp_path, "qemu+ssh://50%25r@lab/system?keyfile=/keys/100%25/k%25r")
+    assert libvirtd.ssh_proxy(c) == "ssh -i /keys/100%%/k%%r -l 50%%r -- lab nc %h %p"
 
 
 def test_a_remote_dir_is_taken_as_written(tmp_path):

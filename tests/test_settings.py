@@ -190,9 +190,71 @@ BAD_VALUES = [
     ('[remote]\nnetns = "dali"', {}, ["remote.netns", "another host"]),
     ('uri = "qemu+ssh://lab/system"\n[remote]\nnetns = "a b"', {}, ["remote.netns", "namespace"]),
     ('uri = "qemu:///system\\n"', {}, ["uri"]),
+    # A uri that would run a program, here as root or on the libvirt host (libvirt runs command=
+    # as it connects, dali copied it into ssh_config), or that libvirt, dali and ssh would read
+    # differently: refused before libvirt is asked anything.
+    ('uri = "qemu+ssh://lab/system?command=/bin/sh"', {}, ["uri", "command=", "remove it"]),
+    ('uri = "qemu+tls://lab/system?command=/bin/sh"', {}, ["uri", "command=", "remove it"]),
+    ('', {"LIBVIRT_DEFAULT_URI": "qemu+ssh://lab/system?command=/bin/sh"}, ["LIBVIRT_DEFAULT_URI", "uri", "command="]),
+    ('uri = "qemu+ssh://lab/system?comm%61nd=/bin/sh"', {}, ["uri", "command=", "remove it"]),
+    ('uri = "qemu+ssh://lab/system?keyfile=/k;command=/bin/sh"', {}, ["uri", "';'", "'&'"]),
+    ('uri = "qemu+ssh://lab/system?netcat=/tmp/nc"', {}, ["uri", "netcat=", "remove it"]),
+    ('uri = "qemu+ssh://lab/system?proxy=netcat"', {}, ["uri", "proxy=", "remove it"]),
+    ('uri = "qemu+ssh://lab/system?name=qemu%2Bext:///system"', {}, ["uri", "name=", "remove it"]),
+    ('uri = "qemu+ssh://lab/system?foo=1"', {}, ["uri", "'foo'", "keyfile, no_verify"]),
+    ('uri = "qemu+tls://lab/system?keyfile=/k"', {}, ["uri", "keyfile=", "not tls"]),
+    ('uri = "qemu+ssh://lab/system?keyfile=/a&keyfile=/b"', {}, ["uri", "keyfile=", "twice"]),
+    ('uri = "qemu+ssh://lab/system?keyfile=k"', {}, ["uri", "keyfile=", "absolute"]),
+    ('uri = "qemu+ssh://lab/system?no_verify=yes"', {}, ["uri", "no_verify=", "0, 1"]),
+    ('uri = "qemu+ssh://lab/system?socket=/run/a%20b;x"', {}, ["uri", "';'"]),
+    ('uri = "qemu+ssh://lab/system?socket=/run/$(x)"', {}, ["uri", "socket=", "letters, digits"]),
+    ('uri = "qemu+ssh://lab/system?keyfile=/k%0AMatch%20exec%20%22touch%20/tmp/x%22"', {},
+     ["uri", "keyfile=", "'\\n'", "line-break"]),
+    ('uri = "qemu+ssh://lab/system?keyfile=/k%E2%80%A8x"', {}, ["uri", "keyfile=", "'\\u2028'"]),
+    ('uri = "qemu+ssh://lab/system?keyfile=/k%FF"', {}, ["uri", "keyfile=", "non-UTF-8"]),
+    ('uri = "qemu+ssh://me%0AMatch@lab/system"', {}, ["uri", "user", "'\\n'"]),
+    ('uri = "qemu+ssh://lab%0D/system"', {}, ["uri", "host", "'\\r'"]),
+    ('uri = "qemu+ssh://lab/sys%0Atem"', {}, ["uri", "path", "'\\n'"]),
+    ('uri = "qemu+ssh://-oProxyCommand=sh/system"', {}, ["uri", "'-oProxyCommand=sh'", "starts with '-'"]),
+    ('uri = "qemu+ssh://%2Doat/system"', {}, ["uri", "starts with '-'"]),
+    ('uri = "qemu+ssh://lab:x/system"', {}, ["uri", "port 'x'", "1 to 65535"]),
+    ('uri = "qemu+ssh://lab:0/system"', {}, ["uri", "port '0'", "1 to 65535"]),
+    ('uri = "qemu+ssh://lab:65536/system"', {}, ["uri", "port '65536'", "1 to 65535"]),
+    ('uri = "qemu+ssh://lab:' + "9" * 30 + '/system"', {}, ["uri", "1 to 65535"]),
+    ('uri = "qemu+ssh://lab:\uff12\uff12/system"', {}, ["uri", "1 to 65535"]),  # fullwidth digits
+    ('uri = "qemu+ssh://[::1/system"', {}, ["uri", "'[::1'", "brackets"]),
+    ('uri = "qemu+ssh://::1/system"', {}, ["uri", "brackets"]),
+    ('uri = "qemu+ssh://[lab]/system"', {}, ["uri", "'[lab]'", "IPv6"]),
+    ('uri = "qemu+ssh://[::g]/system"', {}, ["uri", "'::g'", "IPv6"]),
+    ('uri = "qemu+ssh://lab%20-oX/system"', {}, ["uri", "host name"]),
+    ('uri = "qemu+ssh://me:secret@lab/system"', {}, ["uri", "password"]),
+    ('uri = "qemu+ssh://me@/system"', {}, ["uri", "no host"]),
+    ('uri = "qemu+unix://lab/system"', {}, ["uri", "remove the host"]),
+    ('uri = "qemu+ssh://lab/system#x"', {}, ["uri", "#fragment"]),
     ('clones = [' + ", ".join(f'"n{i}"' for i in range(20000)) + ']', {}, ["clones", "at most 250"]),
     ('[kernel]\ncmdline = "quiet\\u0085init=/bin/sh"', {}, ["kernel.cmdline", "line-break"]),
 ]
+
+
+# What a user of qemu+ssh, qemu+tls or qemu+unix needs from a uri still loads.
+GOOD_URIS = [
+    "qemu:///system", "qemu:///session", "test:///default",
+    "qemu+unix:///system?socket=/run/libvirt/libvirt-sock", "qemu:///system?mode=legacy",
+    "qemu+ssh://root@lab/system", "qemu+ssh://user@host:2222/system?keyfile=/k&no_verify=1",
+    "qemu+ssh://lab/system?no_tty=1&socket=/var/run/libvirt/libvirt-sock&mode=direct",
+    "qemu+ssh://me@lab/system?keyfile=/home/me/.ssh/lab%20key", "qemu+ssh://lab.example./system",
+    "qemu+libssh2://me@lab/system?known_hosts=/root/.ssh/known_hosts&known_hosts_verify=auto&sshauth=privkey,agent",
+    "qemu+libssh://lab/system?keyfile=/k&sshauth=agent",
+    "qemu+tls://host/system", "qemu://host/system?no_verify=1&pkipath=/etc/pki/dali",
+    "qemu+tcp://host:16509/system", "qemu+ssh://[::1]:22/system", "qemu+ssh://[fe80::1%25eth0]/system",
+]
+
+
+@pytest.mark.parametrize("uri", GOOD_URIS)
+def test_the_uris_a_user_needs_load(tmp_path, uri):
+    assert load(write(tmp_path, f'uri = "{uri}"\n[device]\nstyle = "native"\n'), env={}).uri == uri
+    native = write(tmp_path, '[device]\nstyle = "native"\n')
+    assert load(native, env={"LIBVIRT_DEFAULT_URI": uri}).uri == uri
 
 
 @pytest.mark.parametrize("toml, env, words", BAD_VALUES)
