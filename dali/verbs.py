@@ -17,7 +17,7 @@ pyproject.toml, as `clean` is) that
   through doit's task options (loader.task_opts, as doit's own API run_tasks does): the task
   declares one option, dali.steps.GIVEN, and its action takes the values from it (values()).
 
-Nothing else in dali/ or tasks/ reads sys.argv.
+Nothing else in dali/ or tasks/ reads doit's command line (tests/test_verbs.py checks).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Verb(Run):
     doc_purpose = ""  # one line, for `doit help` and the top of -h
     usage = None  # argparse's, unless it says less than it should
     free_words = ""  # the dest of the positional that takes every word that is not an option
-    options_first = False  # True: options only before the first other word (pssh: the command's own follow)
+    options_first = False  # True: options only before the first other word (pssh's command has its own)
 
     @staticmethod
     def declare(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +73,7 @@ class Verb(Run):
         parser = cls.parser()
         if cls.options_first:
             given, left = parser.parse_known_args(words)
-        else:  # Python 3.11's intermixed parsing reads options after a `--` too: those words are added here
+        else:  # the words after `--` added here: Python 3.11's intermixed parsing reads options there
             end = words.index("--") if "--" in words else len(words)
             given, left = parser.parse_known_intermixed_args(words[:end])
             getattr(given, cls.free_words).extend(words[end + 1:])
@@ -94,9 +94,7 @@ class Verb(Run):
         except DaliError as e:
             print(f"dali: {self.name}: {e}", file=sys.stderr)
             return USAGE_ERROR
-        reset_vars()  # doit also took the verb's own words with a '=' for variables
-        for word in variables:
-            set_var(*word.split("=", 1))
+        _variables_are(variables)
         self.loader.task_opts = {self.name: {GIVEN["name"]: given}}
         params, _ = self.cmdparser.parse([])  # doit's own options: the defaults and DOIT_CONFIG
         params.update(self.opt_vals)
@@ -106,6 +104,14 @@ class Verb(Run):
 def _is_variable(word: str) -> bool:
     """What doit takes for a command-line variable (doit.doit_cmd.DoitMain.process_args)."""
     return not word.startswith("-") and "=" in word
+
+
+def _variables_are(words: list[str]) -> None:
+    """doit's command-line variables these NAME=VALUE words, and no others: doit also took the
+    verb's own words with a '=' for variables."""
+    reset_vars()
+    for word in words:
+        set_var(*word.split("=", 1))
 
 
 def typed_after(kept: list[str], argv: list[str]) -> tuple[list[str], list[str]]:
