@@ -5,12 +5,17 @@ cluster file. Through the real doit, on a cluster of libvirt's in-memory test dr
 node runs: what a verb understood shows in the one line it fails with."""
 
 import ast
+import fcntl
+import os
 import re
+import signal
+import types
 
 import pytest
 
 import structure
-from conftest import one_error_line, run_doit, unique_tag
+from conftest import one_error_line, run_doit, run_until, unique_tag
+from dali.cluster import REPO
 from dali.errors import DaliError
 
 TAG = unique_tag("verbs")
@@ -83,6 +88,23 @@ def test_the_cluster_file_before_the_verb(cluster_file):
     assert one_error_line(run) == "dali: torture: --seconds 0: a run lasts at least 1 second"
     line = one_error_line(run_doit(f"config={cluster_file}", "dump", "b"))
     assert line == f"dali: dump: {TAG}b not defined: run doit clone first"
+
+
+def test_a_verb_takes_the_clusters_lock_and_stops_on_ctrl_c(cluster_file):
+    """The verb's task runs as any doit does: it waits for the cluster's lock (held here), and
+    Ctrl-C ends it with dali's one line and exit 130 (run_until checks both)."""
+    lock = REPO / "state" / f"{TAG}.lock"
+    lock.parent.mkdir(exist_ok=True)
+    held = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        stopped, _ = run_until(types.SimpleNamespace(path=cluster_file), r"^waiting: another doit",
+                               signal.SIGINT, 0, "torture", "append", "--seconds", "5")
+        assert stopped
+    finally:
+        os.close(held)
+        for leftover in REPO.joinpath("state").glob(f"{TAG}.*"):
+            leftover.unlink()
 
 
 @pytest.mark.parametrize("words, said", [
