@@ -29,6 +29,7 @@ def cluster_file(tmp_path_factory):
     path.write_text(f'uri = "test:///default"\ntag = "{TAG}"\ndir = "{where / "data"}"\n')
     yield path
     assert not (where / "data").exists(), "a verb on a cluster that does not exist made its files"
+    assert not list((REPO / "state").glob(f"{TAG}*")), "or left its doit records and lock"
 
 
 def failing(cluster_file, *words: str) -> str:
