@@ -80,34 +80,9 @@ def _report(statuses: dict[str, str], down: list[str], what: str) -> None:
         raise DaliError("no node is running: doit start first")
 
 
-def typed_after(task: str, words: list[str], argv: list[str]) -> list[str]:
-    """The words as typed after `task` on the command line. doit takes every word with a '=' in
-    it (rc=$?, FOO=bar, lock:kind=flock) for one of its own variables and leaves it out of the
-    task's arguments, so they come from the command line itself: what follows the task's name,
-    but a last config=PATH, which is dali's."""
-    if task not in argv:
-        return list(words)
-    rest = argv[argv.index(task) + 1:]
-    while rest and rest[-1].startswith("config="):
-        rest = rest[:-1]
-    return rest
-
-
-def command_line(words: list[str], argv: list[str]) -> str:
-    """The command as typed after `pssh` and its options (see typed_after)."""
-    if "pssh" not in argv:
-        return " ".join(words)
-    rest = typed_after("pssh", words, argv)
-    while rest and rest[0].startswith("--"):
-        rest = rest[1:] if "=" in rest[0] else rest[2:]  # --on b,c / --on=b,c / --timeout N
-    return " ".join(rest)
-
-
 def pssh(cluster: Cluster, files: Storage, virt: Libvirt, command: list[str], on: str = "",
          timeout: int = 3600) -> None:
-    line = command_line(command, sys.argv)
-    if not line:
-        raise DaliError("doit pssh needs a command: doit pssh [--on b,c] CMD ...")
+    line = " ".join(command)
     doms, down = _running(cluster, files, virt, [n for n in on.split(",") if n])
 
     def run(node, dom):
@@ -117,10 +92,7 @@ def pssh(cluster: Cluster, files: Storage, virt: Libvirt, command: list[str], on
     _report(_on_each(doms, run), down, f"'{line}'")
 
 
-def pput(cluster: Cluster, files: Storage, virt: Libvirt, paths: list[str], on: str = "") -> None:
-    if len(paths) != 2:
-        raise DaliError("doit pput needs a source and a destination: doit pput [--on b,c] SRC DEST")
-    source, dest = Path(paths[0]), paths[1]
+def pput(cluster: Cluster, files: Storage, virt: Libvirt, source: Path, dest: str, on: str = "") -> None:
     try:
         data = source.read_bytes()
         mode = source.stat().st_mode & 0o7777

@@ -8,7 +8,8 @@ and undefine ivpa'"), and it takes the cluster's lock before it changes anything
 (dali/lock.py). `CleanStep` is a Step for `doit clean`: its failure stops the whole clean, with
 a non-zero exit, instead of doit's habit of printing it and carrying on. `uptodate()` wraps a
 check, and `Checking` says to the libvirt adapter whether one runs (dali/virt.py shares one
-listing of the domains between checks).
+listing of the domains between checks). `GIVEN` is the one option of the tasks of the verbs that
+take free words (torture, pssh, pput, dump): what their doit commands parsed (dali/verbs.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from doit.exceptions import TaskFailed
 
 from dali import lock
 from dali.errors import DaliError, one_line
+
+# A verb's task option, set by its doit command. No long name: doit itself never reads it from
+# the command line. The task run otherwise (`doit run torture`) gets None: the verb's defaults.
+GIVEN = {"name": "given", "default": None}
 
 
 def action(fn):

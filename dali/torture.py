@@ -334,43 +334,6 @@ def _run_dir(cluster: Cluster) -> tuple[str, Path]:
     raise DaliError(f"{base}: cannot make a run directory")
 
 
-def options_among(words: list[str], params: list[dict], given: dict) -> tuple[list[str], dict]:
-    """doit reads a task's options only before its positional words; `doit torture append
-    --seconds 60` is what people type. The options among the words are read here, as doit
-    would have (params: the task's option specs), the rest are workloads."""
-    by_long = {f"--{p['long']}": p for p in params}
-    values, rest, i = dict(given), [], 0
-    while i < len(words):
-        word = words[i]
-        key, eq, value = word.partition("=")
-        spec = by_long.get(key)
-        if spec is None:
-            if word.startswith("--"):
-                raise DaliError(f"{word}: no such option of doit torture: doit help torture lists them")
-            rest.append(word)
-            i += 1
-            continue
-        if spec.get("type") is bool:
-            values[spec["name"]] = True
-            i += 1
-            continue
-        if not eq:
-            if i + 1 >= len(words):
-                raise DaliError(f"{word} needs a value")
-            value, i = words[i + 1], i + 1
-        i += 1
-        if spec.get("type") is int:
-            try:
-                value = int(value)
-            except ValueError:
-                raise DaliError(f"{key} {value}: give a whole number") from None
-        if spec.get("type") is list:
-            values[spec["name"]] = [*values.get(spec["name"], []), value]
-        else:
-            values[spec["name"]] = value
-    return rest, values
-
-
 def torture(cluster: Cluster, files: Storage, virt: Libvirt, workloads_named=(), on: str = "",
             seconds: int | None = None,
             show_list: bool = False, script: str = "", target: str = "", crash=(), partition=(),

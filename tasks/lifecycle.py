@@ -1,24 +1,34 @@
 """Commands on the running cluster, for every node or the ones named (`doit start b c`):
 `doit start`, `doit shutdown`, `doit destroy`, `doit restart`, `doit status`, `doit pssh`,
 `doit pput`.
-They run every time they are asked for."""
+They run every time they are asked for; pssh and pput with what their doit commands parsed from
+the words after their names (dali/verbs.py)."""
 
 from __future__ import annotations
 
 from dali import lifecycle, pssh, startup, status
 from dali.cluster import Cluster
-from dali.steps import Step
+from dali.steps import GIVEN, Step
 from dali.storage import Storage
 from dali.virt import Libvirt
 
 BATCH = {"name": "batch", "long": "batch", "type": str, "default": "auto",
          "help": "boot this many nodes at a time, the next ones once those are up; 0: all at once; "
                  "auto: one node per host core (per node.vcpus cores)"}
-ON = {"name": "on", "long": "on", "default": "", "help": "only these nodes: suffixes or names, comma-separated"}
 
 
 def show_status(cluster: Cluster, files: Storage, virt: Libvirt) -> None:
     status.status(cluster, files, virt)
+
+
+def run_command(cluster: Cluster, files: Storage, virt: Libvirt, given=None) -> None:
+    from dali import verbs  # argparse: a millisecond that a doit without pssh does not spend
+    pssh.pssh(cluster, files, virt, **verbs.values("pssh", given))
+
+
+def put_file(cluster: Cluster, files: Storage, virt: Libvirt, given=None) -> None:
+    from dali import verbs
+    pssh.pput(cluster, files, virt, **verbs.values("pput", given))
 
 
 def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
@@ -56,15 +66,13 @@ def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
     yield {
         "basename": "pssh",
         "doc": "run a shell command on every running node (--on b,c: those) through the guest agent",
-        "actions": [Step("run a command on the nodes", pssh.pssh, cluster, files, virt)],
-        "pos_arg": "command", "params": [ON, {"name": "timeout", "long": "timeout", "type": int,
-                                              "default": 3600, "help": "seconds per node"}],
-        "uptodate": [False],
+        "actions": [Step("run a command on the nodes", run_command, cluster, files, virt)],
+        "params": [GIVEN], "uptodate": [False],
     }
     yield {
         "basename": "pput",
         "doc": "put a file on every running node (--on b,c: those): doit pput SRC DEST",
-        "actions": [Step("put a file on the nodes", pssh.pput, cluster, files, virt)],
-        "pos_arg": "paths", "params": [ON], "uptodate": [False],
+        "actions": [Step("put a file on the nodes", put_file, cluster, files, virt)],
+        "params": [GIVEN], "uptodate": [False],
     }
 

@@ -73,14 +73,6 @@ def test_preflight_stops_before_anything_is_made():
         (REPO / "state" / "clitest.doit.sqlite").unlink(missing_ok=True)
 
 
-def test_a_pssh_command_keeps_words_with_an_equals_sign():
-    """doit takes NAME=VALUE words for its own variables; pssh reads them back from the line."""
-    from dali.pssh import command_line
-    argv = ["doit", "pssh", "--on", "b", "echo", "rc=$?", "FOO=bar", "config=x.toml"]
-    assert command_line(["echo"], argv) == "echo rc=$? FOO=bar"
-    assert command_line(["uname", "-a"], ["doit", "config=x.toml", "pssh", "uname", "-a"]) == "uname -a"
-
-
 def test_start_batch_sizes(config_in, monkeypatch):
     """doit start --batch: a number, 0 for all at once, or auto (one node more than the host's
     cores hold: every core stays busy to the end of a boot)."""

@@ -191,19 +191,6 @@ def test_fault_times_and_nodes():
         faults.check_plan([faults.Fault("crash", "ivpb", 3, 0), faults.Fault("partition", "ivpb", 5, 2)])
 
 
-def test_options_typed_after_the_workloads():
-    from tasks.torture import PARAMS
-    defaults = {p["name"]: p["default"] for p in PARAMS}
-    words, values = torture.options_among(["append", "--seconds", "60", "lock:kind=none", "--crash=c@5",
-                                           "--crash", "b@9", "--compare-disk"], PARAMS, defaults)
-    assert words == ["append", "lock:kind=none"]
-    assert values["seconds"] == 60 and values["crash"] == ["c@5", "b@9"] and values["compare_disk"]
-    with pytest.raises(DaliError, match="--nosuch: no such option"):
-        torture.options_among(["--nosuch"], PARAMS, defaults)
-    with pytest.raises(DaliError, match="whole number"):
-        torture.options_among(["--seconds", "ten"], PARAMS, defaults)
-
-
 def test_workload_parameters_are_checked():
     assert torture._parse_workload("lock:kind=flock")[2] == {"kind": "flock"}
     assert torture._parse_workload("namespace:files=4,racers=2")[2] == {"files": 4, "racers": 2}
