@@ -88,18 +88,15 @@ class Libvirt:
         # machine the qemu process says: started_at).
         self.starts_file = None
 
-    _shared: dict[tuple[str, str], "Libvirt"] = {}
-
     @classmethod
     def of(cls, cluster) -> "Libvirt":
-        """The one connection of this process to the cluster's libvirtd (dodo.py's, and what
-        a library function without one reaches the cluster's storage pool through)."""
-        key = (cluster.uri, cluster.id)
-        if key not in cls._shared:
-            cls._shared[key] = cls(cluster.uri, cluster.id)
-            if is_remote(cluster.uri):  # its qemu processes are out of reach
-                cls._shared[key].starts_file = cluster.state_dir / "starts.json"
-        return cls._shared[key]
+        """The cluster's connection (dodo.py makes it once and hands it to every stage): for a
+        libvirtd on another host, with the file where start() notes when it started a domain,
+        as that host's qemu processes are out of reach."""
+        virt = cls(cluster.uri, cluster.id)
+        if is_remote(cluster.uri):
+            virt.starts_file = cluster.state_dir / "starts.json"
+        return virt
 
     @property
     def conn(self) -> libvirt.virConnect:
