@@ -37,7 +37,10 @@ def namespace(virt: Libvirt, dom, wait: int = 120) -> dict:
         listed = [listed] if isinstance(listed, dict) else listed
         for ns in listed:
             if ns.get("dev") == NAMESPACE:
-                if "blockdev" in ns or "chardev" in ns:
+                # Settled: its device there and its size known. An ndctl that a killed run
+                # started may still be at work in the node (a Ctrl-C stops dali, not the guest's
+                # programs): its namespace shows the new mode before it has a size.
+                if ("blockdev" in ns or "chardev" in ns) and "size" in ns:
                     return ns
                 seen = ns
         if time.monotonic() > deadline:

@@ -123,6 +123,8 @@ def ensure_node_image(cluster: Cluster, files: Storage, tarball: Path) -> None:
     for name in sorted(NODE_IMAGE_FILES, key=lambda n: n == "base.qcow2"):
         if name == "base.qcow2" or not files.complete(files.image_dir / name) \
                 or files.fact(files.image_dir / name, "stamp") != made:
+            size = (cached / name).stat().st_size
+            log(f"copying {name} ({size / 2**20:.0f} MiB) to {files.image_dir}{files.where}")
             facts = {"stamp": made} | ({"features": " ".join(IMAGE_FEATURES)} if name == "base.qcow2" else {})
             files.put(files.image_dir / name, cached / name, **facts)
     log(f"node image ready: {base(files)}{files.where}")

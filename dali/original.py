@@ -69,7 +69,7 @@ def reconfigure(cluster: Cluster, files: Storage, virt: Libvirt) -> dict:
     dom = _domain(cluster, virt)
     ns = guest.namespace(virt, dom)
     log(f"{dom.name()}: {guest.NAMESPACE} is in mode {ns.get('mode')}, size {ns.get('size')}")
-    if ns.get("mode") != mode:
+    if ns.get("mode") != mode or "size" not in ns:  # (an ndctl cut short: made again)
         log(f"{dom.name()}: ndctl create-namespace --reconfig={guest.NAMESPACE} --mode={mode} --force")
         ns = guest.reconfigure(virt, dom, mode)  # ndctl prints the namespace it made
     on_fam = fam.held(cluster, files)
@@ -78,7 +78,7 @@ def reconfigure(cluster: Cluster, files: Storage, virt: Libvirt) -> dict:
                         f"reconfiguring, and the FAM holds a {on_fam['mode']} namespace: see "
                         "ndctl's output in the guest")
     device = ns.get("blockdev") or ns.get("chardev") or (ns.get("daxregion", {}).get("devices") or [{}])[0].get("chardev")
-    log(f"{dom.name()}: {guest.NAMESPACE} {mode}, size {ns['size']}, device {device}")
+    log(f"{dom.name()}: {guest.NAMESPACE} {mode}, size {ns.get('size')}, device {device}")
     return on_fam
 
 

@@ -99,14 +99,14 @@ def test_killed_uploading_or_cleaning_there_converges(host, tmp_path):
     job, from what the pool holds then (doit's records of a killed run are lost)."""
     c = ClusterUnderTest(tmp_path / "cluster.toml", KILLED, remote=host)
     try:
-        hit, _ = run_until(c, r"uploading base\.qcow2", signal.SIGKILL, 0.3, "image:base")
+        hit, _ = run_until(c, r"copying base\.qcow2", signal.SIGKILL, 0.3, "image:base")
         assert hit
         c.doit("image:base")
         cached = next(c.cfg.cache_dir.glob("image-*/base.qcow2"))
         there = on_host(host, c)
         for name in ("base.qcow2", "vmlinuz", "initrd.img"):
             assert (there / name).read_bytes() == (cached.parent / name).read_bytes(), name
-        assert c.doit("image:base").stdout.count("uploading") == 0  # current: nothing sent again
+        assert said(c.doit("image:base")).count("copying") == 0  # current: nothing sent again
 
         # A qcow2 of the user's built on base.qcow2, there: clean keeps both, and says why.
         keep = there / "keep.qcow2"
