@@ -12,6 +12,7 @@ import base64
 import ipaddress
 import json
 import os
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -87,6 +88,7 @@ class Libvirt:
         # Where start() writes when it started a domain, for a libvirtd on another host (on this
         # machine the qemu process says: started_at).
         self.starts_file = None
+        self._starts_lock = threading.Lock()
 
     @classmethod
     def of(cls, cluster) -> "Libvirt":
@@ -270,14 +272,15 @@ class Libvirt:
     def _record_start(self, dom: libvirt.virDomain) -> None:
         """{name: [libvirt's id of this run, when it started]}: an id that no longer matches
         is a run started otherwise (virsh start), whose start time is not known."""
-        try:
-            starts = json.loads(self.starts_file.read_text())
-        except (OSError, ValueError):
-            starts = {}
-        starts[dom.name()] = [dom.ID(), time.time()]
-        tmp = self.starts_file.with_name(self.starts_file.name + ".new")
-        tmp.write_text(json.dumps(starts))
-        tmp.replace(self.starts_file)
+        with self._starts_lock:  # nodes boot side by side, each thread noting its own start
+            try:
+                starts = json.loads(self.starts_file.read_text())
+            except (OSError, ValueError):
+                starts = {}
+            starts[dom.name()] = [dom.ID(), time.time()]
+            tmp = self.starts_file.with_name(self.starts_file.name + ".new")
+            tmp.write_text(json.dumps(starts))
+            tmp.replace(self.starts_file)
 
     def started_at(self, dom: libvirt.virDomain) -> float | None:
         """When this run of the domain started (the host's clock): from its qemu process where

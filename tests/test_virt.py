@@ -7,6 +7,7 @@ import time
 import pytest
 
 from dali.errors import DaliError
+from dali.virt import Libvirt
 
 
 def test_a_node_that_panics_while_booting_fails_the_wait_at_once(test_driver):
@@ -18,3 +19,19 @@ def test_a_node_that_panics_while_booting_fails_the_wait_at_once(test_driver):
     with pytest.raises(DaliError, match="test died while booting .panic: IO-APIC"):
         test_driver.wait_for_agent(dom, 900, crashed=lambda: "panic: IO-APIC + timer doesn't work!")
     assert time.monotonic() - t0 < 10
+
+
+def test_starts_noted_by_nodes_booting_side_by_side_are_all_kept(tmp_path):
+    """On a remote host start() notes each node's start in one file; nodes boot in threads of
+    their own, and two notes at once lost one (or failed: the second rename found no file)."""
+    import threading
+    from types import SimpleNamespace
+    virt = Libvirt("test:///default", "x")
+    virt.starts_file = tmp_path / "starts.json"
+    doms = [SimpleNamespace(name=lambda n=n: f"node{n}", ID=lambda n=n: n) for n in range(40)]
+    threads = [threading.Thread(target=virt._record_start, args=(d,)) for d in doms]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(virt.started_at(d) is not None for d in doms)
