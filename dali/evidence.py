@@ -32,6 +32,7 @@ from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.reporter import log
 from dali.storage import Storage
+from dali.text import visible_line
 from dali.virt import Libvirt
 
 
@@ -101,7 +102,7 @@ def keep(cluster: Cluster, files: Storage, virt: Libvirt, name: str, reason: str
     lines = [f"node: {name}", f"boot: {boot}", f"found: {reason}",
              f"kept: {time.strftime('%Y-%m-%d %H:%M:%S')}", _vmlinux_line(cluster)]
     try:
-        log(f"{name}: {reason}; keeping its memory and console in {where}")
+        log(f"{name}: {visible_line(reason)}; keeping its memory and console in {where}")
         files.dump_memory(dom, where / "memory.kdump")
         lines.append("memory: memory.kdump (read it with: crash vmlinux memory.kdump)")
     except libvirt.libvirtError as e:

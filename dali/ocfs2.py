@@ -30,6 +30,7 @@ from dali.fanout import each
 from dali.render import render
 from dali.reporter import log
 from dali.storage import Storage
+from dali.text import visible_line
 from dali.virt import Libvirt
 
 PORT = 7777
@@ -112,7 +113,7 @@ def _holds_ocfs2(cluster: Cluster, files: Storage, found: list[str], data_offset
     if "ocfs2" in found:
         return True
     if found or files.nonzero_mib(cluster.fam_path, data_offset):
-        raise DaliError(f"{DEVICE} holds {', '.join(found) or 'data'}: dali formats only a blank "
+        raise DaliError(f"{DEVICE} holds {visible_line(', '.join(found)) or 'data'}: dali formats only a blank "
                         "device. To format it anyway (its data is lost): doit mkfs --yes; or "
                         "doit reset:fam (nodes shut off) to start from a blank device")
     return False
@@ -198,7 +199,7 @@ def _say_if_threshold_waits_for_a_boot(cluster: Cluster, virt: Libvirt, node: No
     fs.heartbeat_threshold waits in /etc/default/o2cb for the node's next boot."""
     live = virt.run(dom, ["cat", f"/sys/kernel/config/cluster/{cluster_name(cluster)}/heartbeat/dead_threshold"])
     if live.exitcode == 0 and live.stdout.strip() not in ("", str(cluster.fs.heartbeat_threshold)):
-        log(f"{node.name}: heartbeat threshold {live.stdout.strip()} until it boots again; "
+        log(f"{node.name}: heartbeat threshold {visible_line(live.stdout)} until it boots again; "
             f"fs.heartbeat_threshold = {cluster.fs.heartbeat_threshold} then: doit restart (every node: "
             "nodes with different thresholds refuse each other)")
 

@@ -15,6 +15,7 @@ from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.reporter import log
 from dali.storage import Storage
+from dali.text import visible_line
 from dali.virt import Libvirt
 
 
@@ -68,17 +69,17 @@ def reconfigure(cluster: Cluster, files: Storage, virt: Libvirt) -> dict:
     mode = cluster.device_mode
     dom = _domain(cluster, virt)
     ns = guest.namespace(virt, dom)
-    log(f"{dom.name()}: {guest.NAMESPACE} is in mode {ns.get('mode')}, size {ns.get('size')}")
+    log(visible_line(f"{dom.name()}: {guest.NAMESPACE} is in mode {ns.get('mode')}, size {ns.get('size')}"))
     if ns.get("mode") != mode or "size" not in ns:  # (an ndctl cut short: made again)
         log(f"{dom.name()}: ndctl create-namespace --reconfig={guest.NAMESPACE} --mode={mode} --force")
         ns = guest.reconfigure(virt, dom, mode)  # ndctl prints the namespace it made
     on_fam = fam.held(cluster, files)
     if ns.get("mode") != mode or on_fam["mode"] != mode or on_fam.get("uuid") != ns.get("uuid"):
-        raise DaliError(f"{dom.name()}: {guest.NAMESPACE} is in mode {ns.get('mode')} after "
-                        f"reconfiguring, and the FAM holds a {on_fam['mode']} namespace: see "
-                        "ndctl's output in the guest")
+        raise DaliError(visible_line(f"{dom.name()}: {guest.NAMESPACE} is in mode {ns.get('mode')} after "
+                                     f"reconfiguring, and the FAM holds a {on_fam['mode']} namespace: see "
+                                     "ndctl's output in the guest"))
     device = ns.get("blockdev") or ns.get("chardev") or (ns.get("daxregion", {}).get("devices") or [{}])[0].get("chardev")
-    log(f"{dom.name()}: {guest.NAMESPACE} {mode}, size {ns.get('size')}, device {device}")
+    log(visible_line(f"{dom.name()}: {guest.NAMESPACE} {mode}, size {ns.get('size')}, device {device}"))
     return on_fam
 
 

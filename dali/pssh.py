@@ -21,6 +21,7 @@ from dali.errors import DaliError, one_line
 from dali.fanout import each
 from dali.lifecycle import running
 from dali.storage import Storage
+from dali.text import visible
 from dali.virt import Libvirt
 
 def _running(cluster: Cluster, files: Storage, virt: Libvirt, names) -> tuple[list, list[str]]:
@@ -28,24 +29,6 @@ def _running(cluster: Cluster, files: Storage, virt: Libvirt, names) -> tuple[li
     those named that do not: a node named but not there is a failure, one left out is not."""
     up, down = running(cluster, files, virt, names)
     return up, down if names else []
-
-
-def visible(text: str) -> str:
-    """A node's output as it may reach a terminal: lines and tabs as they are, every other
-    control character shown as cat -v shows it (ESC as ^[, a carriage return as ^M), and a
-    Unicode line separator or control as \\uXXXX. A program on a node, running a kernel under
-    development, must not be able to move the cursor, retitle the window or hide a line."""
-    if text.isprintable():
-        return text
-    out = []
-    for c in text:
-        if c in "\n\t" or c.isprintable():
-            out.append(c)
-        elif ord(c) < 0x20 or c == "\x7f":
-            out.append("^" + chr(ord(c) ^ 0x40))
-        else:
-            out.append(f"\\u{ord(c):04x}")
-    return "".join(out)
 
 
 def _on_each(doms, work) -> dict[str, str]:

@@ -22,6 +22,7 @@ from dali.errors import DaliError
 from dali.fanout import each
 from dali.lifecycle import usable_says_the_node
 from dali.storage import Storage
+from dali.text import visible_line
 from dali.virt import Libvirt
 
 STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
@@ -69,7 +70,7 @@ def node_row(cluster: Cluster, files: Storage, virt: Libvirt, node: Node, addres
         return row
     try:
         ns = guest.namespace(virt, dom, wait=0)
-        row["pmem"] = f"{ns.get('mode')} {ns.get('size')}"
+        row["pmem"] = visible_line(f"{ns.get('mode')} {ns.get('size')}")  # as ndctl on the node says
     except (DaliError, libvirt.libvirtError):
         row["pmem"] = "?"  # a busy node: status waits for nothing
     return row
@@ -92,7 +93,7 @@ def status(cluster: Cluster, files: Storage, virt: Libvirt) -> list[dict]:
     for r in rows:
         if "why" in r:
             from dali import evidence
-            print(f"{r['node']}: panicked: {r['why']}: doit start {r['node']} boots it again, its "
+            print(f"{r['node']}: panicked: {visible_line(r['why'])}: doit start {r['node']} boots it again, its "
                   f"console and memory kept first in {evidence.crash_dir(cluster)}/")
     print(_network_line(cluster, virt))
     print(_fam_line(cluster, files))

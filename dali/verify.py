@@ -29,6 +29,7 @@ from dali.errors import DaliError
 from dali.fanout import each
 from dali.lifecycle import defined, running
 from dali.storage import Storage
+from dali.text import visible_line
 from dali.virt import Libvirt
 
 WRITE_TIMEOUT = 120  # seconds a guest command of verify may take (virt.run's default)
@@ -76,8 +77,9 @@ def verify(cluster: Cluster, files: Storage, virt: Libvirt) -> list[dict]:
     _print_table(rows)
     failed = [r for r in rows if r["problems"]]
     if failed:
-        raise DaliError(f"verify failed on {', '.join(r['node'] for r in failed)}: " +
-                        "; ".join(f"{r['node']}: {', '.join(r['problems'])}" for r in failed))
+        # A problem may quote what a node said of itself (its hostname, its namespace).
+        raise DaliError(f"verify failed on {', '.join(r['node'] for r in failed)}: " + visible_line(
+            "; ".join(f"{r['node']}: {', '.join(r['problems'])}" for r in failed)))
     return rows
 
 
@@ -90,7 +92,7 @@ def refuse_to_write(virt: Libvirt, doms, device: str) -> None:
                         "it (and puts them back): unmount it on every node first")
     signatures = sorted({sig for _, sigs in found for sig in sigs})
     if signatures:
-        raise DaliError(f"{device} holds {', '.join(signatures)}: verify writes nothing on a "
+        raise DaliError(f"{device} holds {visible_line(', '.join(signatures))}: verify writes nothing on a "
                         "device with data on it")
 
 
@@ -181,7 +183,8 @@ def _print_table(rows) -> None:
     for r in rows:
         r["result"] = "FAIL" if r["problems"] else "ok"
         r.setdefault("wrote", "-")
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    cells = [{c: visible_line(str(r[c])) for c in cols} for r in rows]  # what the nodes said of themselves
+    widths = {c: max(len(c), *(len(r[c]) for r in cells)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    for r in cells:
+        print("  ".join(r[c].ljust(widths[c]) for c in cols))

@@ -25,6 +25,7 @@ from dali.errors import DaliError
 from dali.steps import Checking
 from dali.marks import MARK_NS, describe, mark_of
 from dali.reporter import log
+from dali.text import visible_line
 
 
 class ForeignObject(DaliError):
@@ -40,7 +41,7 @@ class ExecResult(NamedTuple):
     def check(self, what: str) -> "ExecResult":
         if self.exitcode != 0:
             raise DaliError(f"{what} failed in the guest (exit {self.exitcode}): "
-                            f"{(self.stderr or self.stdout).strip()[:300]}")
+                            f"{visible_line(self.stderr or self.stdout)[:300]}")
         return self
 
 
@@ -393,7 +394,7 @@ class Libvirt:
                 next_look += 2
                 why = crashed()
                 if why:
-                    raise DaliError(f"{dom.name()} died while booting ({why}): doit start keeps its "
+                    raise DaliError(f"{dom.name()} died while booting ({visible_line(why)}): doit start keeps its "
                                     "console and memory and boots it again")
             if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 raise DaliError(f"{dom.name()} is paused (a debugger attached to its gdb stub stops "

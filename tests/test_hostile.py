@@ -13,7 +13,7 @@ from conftest import one_error_line, run_doit, unique_tag
 from dali import access, apparmor, fam, lock, scratch
 from dali.cluster import REPO
 from dali.errors import DaliError
-from dali.pssh import visible
+from dali.text import visible
 
 
 def test_host_locks_live_in_a_directory_only_root_can_enter(tmp_path, monkeypatch):
