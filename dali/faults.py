@@ -36,9 +36,15 @@ class Fault(NamedTuple):
         return f"{self.node} cut from the network at {self.at:g} s for {self.duration:g} s"
 
 
-_SPEC = {"crash": re.compile(r"^([\w.-]+)@(\d+(?:\.\d+)?)$"),
-         "partition": re.compile(r"^([\w.-]+)@(\d+(?:\.\d+)?)\+(\d+(?:\.\d+)?)$")}
+# Numbers of 0-9 only: \d also takes other scripts' digits, which float() reads as a number
+# nobody typed.
+_SPEC = {"crash": re.compile(r"^([\w.-]+)@([0-9]+(?:\.[0-9]+)?)$"),
+         "partition": re.compile(r"^([\w.-]+)@([0-9]+(?:\.[0-9]+)?)\+([0-9]+(?:\.[0-9]+)?)$")}
 _FORM = {"crash": "NODE@SECONDS (--crash c@10)", "partition": "NODE@SECONDS+DURATION (--partition c@10+20)"}
+# The longest a run, or a partition in it, may last: a week of soak is far beyond any test, and
+# far below what a thread can wait for at once (threading.TIMEOUT_MAX, 292 years: a longer wait
+# raises OverflowError).
+LONGEST = 7 * 24 * 3600
 
 
 def parse(kind: str, spec: str, resolve, seconds: float) -> Fault:
@@ -53,6 +59,9 @@ def parse(kind: str, spec: str, resolve, seconds: float) -> Fault:
                         "pick an earlier time or raise --seconds")
     if kind == "partition" and duration <= 0:
         raise DaliError(f"--partition {spec}: the duration must be more than 0 s")
+    if duration > LONGEST:
+        raise DaliError(f"--partition {spec}: a partition lasts at most {LONGEST} s (a week): "
+                        "give a shorter DURATION")
     return Fault(kind, resolve(m.group(1)), at, duration)
 
 
@@ -116,29 +125,53 @@ class Injector:
         self._thread.start()
 
     def _run(self, t0: float, events) -> None:
-        down = set()
+        cut: list[Fault] = []  # the partitions whose link this thread has taken down, not yet up
+        try:
+            self._inject(t0, events, cut)
+        except Exception as e:  # whatever stops it (a wait too long for the clock): the run fails with it
+            self.errors.append(f"injecting the faults stopped: {_why(e)}")
+        finally:
+            for fault in list(cut):  # a node is never left cut off, whatever happened above
+                self._do(t0, fault, "up", cut)
+
+    def _inject(self, t0: float, events, cut: list[Fault]) -> None:
+        begun = set()
         for at, fault, what in events:
             stopped = self._stop.wait(max(0.0, t0 + at - time.monotonic()))
-            if stopped and not (what == "up" and fault in down):
+            if stopped and not (what == "up" and fault in begun):
                 continue  # the run ended first; a link that went down still comes back up
-            down.add(fault)
+            begun.add(fault)
+            self._do(t0, fault, what, cut)
+
+    def _do(self, t0: float, fault: Fault, what: str, cut: list[Fault]) -> None:
+        """One step of a fault (crash, down, up), recorded as it happened or as an error. A link
+        is asked up once: one that stays down is an error, and the next doit torture heals it."""
+        if what == "up" and fault in cut:
+            cut.remove(fault)
+        when = round(time.monotonic() - t0, 2)  # as it is asked for: a destroy takes a second
+        try:
             dom = self.domains[fault.node]
-            when = round(time.monotonic() - t0, 2)  # as it is asked for: a destroy takes a second
-            try:
-                if what == "crash":
-                    dom.destroy()
-                    text = f"{fault.node} forced off"
-                else:
-                    set_link(dom, what == "up")
-                    text = f"{fault.node} link {what}"
-            except libvirt.libvirtError as e:
-                self.errors.append(f"{fault.node}: {what}: {e.get_error_message()}")
-                continue
-            self.happened.append((when, text))
-            log(f"torture: {text} at {when:.1f} s")
+            if what == "crash":
+                dom.destroy()
+            else:
+                set_link(dom, what == "up")
+        except Exception as e:  # any: the thread goes on with the other faults, and brings links up
+            self.errors.append(f"{fault.node}: {what}: {_why(e)}")
+            return
+        if what == "down":
+            cut.append(fault)
+        text = f"{fault.node} forced off" if what == "crash" else f"{fault.node} link {what}"
+        self.happened.append((when, text))
+        log(f"torture: {text} at {when:.1f} s")
 
     def finish(self) -> None:
         """Let pending link-ups happen (a partition never outlives the run), skip the rest."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, libvirt.libvirtError):
+        return e.get_error_message()
+    return str(e) if isinstance(e, DaliError) else f"{type(e).__name__}: {e}"

@@ -40,6 +40,7 @@ from dali.errors import DaliError
 from dali.initramfs import build_initramfs
 from dali.scratch import (forget_process_group, record_process_group, remove_abandoned_work, remove_tree,
                           work_dir)
+from dali.text import is_digits
 
 # Bump when the customisation code below changes what ends up in the tree, so cached tarballs
 # made by older code are not reused. (Changes to templates/guest/ are noticed by their hash.)
@@ -537,4 +538,4 @@ def _has_pvh_entry(elf: bytes) -> bool:
 
 
 def _version_key(version: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", version)]
+    return [int(part) if is_digits(part) else part for part in re.split(r"([0-9]+)", version)]

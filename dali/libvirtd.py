@@ -22,6 +22,7 @@ import struct
 from pathlib import Path
 
 from dali.cluster import SSH_TRANSPORTS, Cluster, LibvirtUri, read_uri
+from dali.text import is_digits
 
 PID_FILE = Path("/run/libvirtd.pid")  # libvirtd's own, however it was started
 
@@ -33,7 +34,7 @@ def _candidates():
         yield PID_FILE.read_text().strip()
     except OSError:
         pass
-    yield from (p for p in os.listdir("/proc") if p.isdigit())
+    yield from (p for p in os.listdir("/proc") if is_digits(p))
 
 
 def _system_pid() -> int | None:

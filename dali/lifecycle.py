@@ -16,6 +16,7 @@ from dali.errors import DaliError
 from dali.fanout import each
 from dali.reporter import log
 from dali.storage import Storage
+from dali.text import is_digits
 from dali.virt import Libvirt
 
 
@@ -23,7 +24,7 @@ def batch_size(cluster: Cluster, batch: str) -> int | None:
     """`doit start --batch`: how many nodes boot together; None: all at once (0)."""
     if batch == "auto":
         return auto_batch(cluster)
-    if not batch.isdigit():
+    if not is_digits(batch):
         raise DaliError(f"--batch {batch}: give a number of nodes (0: all at once) or auto")
     return int(batch) or None
 

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from dali.errors import DaliError
+from dali.text import is_digits
 
 _WORK_PREFIX = ".dali-work."
 
@@ -53,7 +54,7 @@ def abandoned_work(parent: Path) -> list[Path]:
     found = []
     for work in parent.glob(f"{_WORK_PREFIX}*"):
         pid = work.name[len(_WORK_PREFIX):].split(".")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if is_digits(pid) and not Path(f"/proc/{pid}").exists():
             found.append(work)
     return found
 
