@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import secrets
 import shlex
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import libvirt
 
@@ -36,9 +37,11 @@ from dali.fanout import each
 from dali.lifecycle import running
 from dali.reporter import log
 from dali.storage import Storage
-from dali.torture_report import Report
+from dali.text import is_digits, visible_line
+from dali.torture_report import Outcome, Report, Results, Status
 from dali.verify import refuse_to_write
-from dali.virt import Libvirt
+from dali.virt import ExecResult, Libvirt
+from dali.workloads.common import Context, Verdict
 from dali.workloads.guest import RESULT
 
 DEFAULT_SECONDS = 30
@@ -52,10 +55,111 @@ GRACE = 600  # seconds a node may take beyond --seconds: an OCFS2 recovery stall
 LEAD, LEAD_PER_JOB = 4.0, 3.0  # measured: 4 workloads on 3 one-vCPU nodes under TCG were ready after 8-12 s
 
 
+class Workload(Protocol):
+    """What a run asks of each of its workloads, the same of all: a checker of dali/workloads
+    (Checker) or your --script (Script). args: the node's part in the run (_args)."""
+    NAME: str
+    DOC: str
+    NEEDS: tuple[str, ...]  # the targets it runs on: "dir", "block", "dax"
+    WHY_NOT: dict[str, str]  # {target: why it does not run there}
+    PARAMS: dict
+    OWN_DIRECTORY: bool  # it works in <target>/.dali-torture-<run>/<NAME> (kept if it found violations)
+
+    def area_size(self, nodes: int, params: dict) -> int:
+        """The bytes of a device it works on (0: none of them)."""
+
+    def run(self, virt: Libvirt, dom, args: dict, t0: float) -> tuple[dict | None, str, str]:
+        """On one node, from now until the common start (t0, the host's monotonic clock) plus
+        --seconds: (what it returned, what it printed, why it failed or "")."""
+
+    def check(self, virt: Libvirt, dom, args: dict) -> dict:
+        """On one node still up after the run: what it sees now (DaliError if it cannot say)."""
+
+    def judge(self, ctx: Context, states: dict, checks: dict) -> Verdict:
+        """Here: the violations the runs' states and the nodes' checks show together."""
+
+
+class Checker:
+    """A module of dali/workloads as the run drives it: run by each node's python3 from the zip
+    (its setup first, then the common start), checked by every node still up, judged here."""
+    OWN_DIRECTORY = True
+
+    def __init__(self, module):
+        self.module = module
+        self.NAME, self.DOC, self.NEEDS, self.PARAMS = module.NAME, module.DOC, module.NEEDS, module.PARAMS
+        self.WHY_NOT = getattr(module, "WHY_NOT", {})
+
+    def area_size(self, nodes: int, params: dict) -> int:
+        return self.module.area_size(nodes, params) if hasattr(self.module, "area_size") else DAX_ALIGN
+
+    def run(self, virt: Libvirt, dom, args: dict, t0: float) -> tuple[dict | None, str, str]:
+        r = virt.run(dom, ["python3", PROGRAM, "run", json.dumps(args)],
+                     timeout=max(0.0, t0 - time.monotonic()) + args["seconds"] + GRACE)
+        result = _parse_result(r.stdout)
+        failed = r.exitcode != 0 or result is None
+        return result, r.stdout + r.stderr, f"exit {r.exitcode}: {_last_line(r)}" if failed else ""
+
+    def check(self, virt: Libvirt, dom, args: dict) -> dict:
+        r = virt.run(dom, ["python3", PROGRAM, "check", json.dumps(args)], timeout=GRACE)
+        result = _parse_result(r.stdout)
+        if r.exitcode != 0 or result is None:
+            raise DaliError(f"{args['name']}: checking {self.NAME} failed: {visible_line(_last_line(r))}")
+        return result
+
+    def judge(self, ctx: Context, states: dict, checks: dict) -> Verdict:
+        return self.module.judge(ctx, states, checks)
+
+
+class Script:
+    """Your --script as a workload: run as it is on every node at the common start (it has no
+    setup to wait for), told its part through DALI_* variables. Its exit status is its verdict,
+    so a node has nothing to check afterwards and the judge nothing to add."""
+    DOC = ("your own executable, run on every node with DALI_NODE, DALI_NODE_INDEX, DALI_NODES, "
+           "DALI_TARGET, DALI_SECONDS; its exit status counts")
+    NEEDS = ("dir", "block", "dax")
+    WHY_NOT: dict[str, str] = {}
+    PARAMS: dict = {}
+    OWN_DIRECTORY = False  # it works where it likes: DALI_TARGET is the target itself
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.NAME = path.name
+
+    def area_size(self, nodes: int, params: dict) -> int:
+        return 0  # none saved and zeroed: a script on a raw device is the user's own business
+
+    def run(self, virt: Libvirt, dom, args: dict, t0: float) -> tuple[dict | None, str, str]:
+        time.sleep(max(0.0, t0 - time.monotonic()))
+        started = time.monotonic()
+        r = virt.run(dom, [SCRIPT], timeout=args["seconds"] + GRACE, env=self._env(args))
+        took = round(time.monotonic() - started, 3)
+        ok = r.exitcode == 0
+        result = {"ops": 1, "bytes": 0, "elapsed": took, "max_latency": took, "stalls": [],
+                  "notes": {}, "state": {}, "violations": {} if ok else {f"exit {r.exitcode}": 1},
+                  "examples": [] if ok else [f"{SCRIPT} exited {r.exitcode}"]}
+        return result, r.stdout + r.stderr, ""
+
+    @staticmethod
+    def _env(args: dict) -> dict[str, str]:
+        return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME": "/root", "DALI_NODE": args["name"], "DALI_NODE_INDEX": str(args["index"]),
+                "DALI_NODES": str(args["nodes"]), "DALI_TARGET": args["target"],
+                "DALI_SECONDS": f"{args['seconds']:g}"}
+
+    def check(self, virt: Libvirt, dom, args: dict) -> dict:
+        return {}
+
+    def judge(self, ctx: Context, states: dict, checks: dict) -> Verdict:
+        return Verdict()
+
+
+CHECKERS = {name: Checker(module) for name, module in workloads.WORKLOADS.items()}
+
+
 class Job(NamedTuple):
-    """One workload of the run: a module of dali/workloads (None for --script) and its values."""
+    """One workload of the run, with its values."""
     name: str
-    module: object | None
+    workload: Workload
     params: dict
     area: tuple[int, int] | None  # the device bytes it works on (raw-device targets)
 
@@ -73,43 +177,61 @@ class Plan(NamedTuple):
 
 
 def describe_workloads() -> str:
-    lines = [f"{name:10} {m.DOC}" for name, m in workloads.WORKLOADS.items()]
-    lines.append(f"{'--script':10} your own executable, run on every node with DALI_NODE, "
-                 "DALI_NODE_INDEX, DALI_NODES, DALI_TARGET, DALI_SECONDS; its exit status counts")
+    lines = [f"{name:10} {c.DOC}" for name, c in CHECKERS.items()]
+    lines.append(f"{'--script':10} {Script.DOC}")
     lines.append("parameters: WORKLOAD:key=value,... e.g. lock:kind=flock; defaults: " + "; ".join(
-        f"{name} {', '.join(f'{k}={v}' for k, v in m.PARAMS.items())}"
-        for name, m in workloads.WORKLOADS.items()))
+        f"{name} {', '.join(f'{k}={v}' for k, v in c.PARAMS.items())}" for name, c in CHECKERS.items()))
     return "\n".join(lines)
 
 
 # --- 1. the plan -----------------------------------------------------------------------------
 
-def _parse_workload(word: str) -> tuple[str, object, dict]:
+def _parse_workload(word: str) -> tuple[str, Checker, dict]:
     name, _, rest = word.partition(":")
-    module = workloads.WORKLOADS.get(name)
-    if module is None:
-        raise DaliError(f"no workload '{name}': one of {', '.join(workloads.WORKLOADS)} "
+    checker = CHECKERS.get(name)
+    if checker is None:
+        raise DaliError(f"no workload '{name}': one of {', '.join(CHECKERS)} "
                         "(doit torture --list), or --script PATH for your own")
-    params = dict(module.PARAMS)
+    params = dict(checker.PARAMS)
     for pair in filter(None, rest.split(",")):
         key, eq, value = pair.partition("=")
         if not eq or key not in params:
             raise DaliError(f"{word}: {name} takes {', '.join(f'{k}=' for k in params)} "
                             f"(as {name}:{next(iter(params))}=...)")
         if isinstance(params[key], int):
-            if not value.isdigit() or int(value) < 1:
+            if not is_digits(value) or int(value) < 1:
                 raise DaliError(f"{word}: {key} must be a whole number of at least 1")
             value = int(value)
-        elif name == "lock" and value not in module.KINDS:
-            raise DaliError(f"{word}: kind is one of {', '.join(module.KINDS)}")
+        elif name == "lock" and value not in checker.module.KINDS:
+            raise DaliError(f"{word}: kind is one of {', '.join(checker.module.KINDS)}")
         params[key] = value
-    return name, module, params
+    return name, checker, params
+
+
+def _script(given: str) -> Script:
+    path = Path(given)
+    if not path.is_file():
+        raise DaliError(f"--script {given}: no such file")
+    if not os.access(path, os.X_OK):
+        raise DaliError(f"--script {given}: not executable: chmod +x {given}")
+    # A run's results, outputs and report know a workload by its name: a script named like one
+    # of dali's would pass for it, and beside it overwrite its results. Refused, not renamed
+    # ("script:append"): that would change every script's rows and files, and put a ':' in
+    # nodes/<node>/<workload>.out, a name CI systems' artifact uploads refuse.
+    if path.name in CHECKERS:
+        raise DaliError(f"--script {given}: named like the workload {path.name}, which the report "
+                        f"could not tell it from: rename the script (or run a copy, say my-{path.name})")
+    return Script(path)
 
 
 def _target(cluster: Cluster, target: str) -> tuple[str, str]:
     if target:
-        if not target.startswith("/") or any(c.isspace() for c in target):
-            raise DaliError(f"--target {target}: give an absolute path on the nodes, without spaces")
+        if not target.startswith("/") or any(c.isspace() for c in target) or ".." in target.split("/"):
+            raise DaliError(f"--target {target}: give an absolute path on the nodes, without spaces "
+                            "or '..'")
+        # The path, not the text typed: /data/ and /data/. are fs.mountpoint, whose mount is
+        # checked. normpath keeps a leading // (POSIX leaves its meaning open): one slash here.
+        target = "/" + posixpath.normpath(target).lstrip("/")
         return target, ("dax" if target.startswith("/dev/dax") else
                         "block" if target.startswith("/dev/") else "dir")
     if cluster.fs.type != "none":
@@ -122,25 +244,23 @@ def plan(cluster: Cluster, files: Storage, virt: Libvirt, names: list[str], on: 
          target: str, crash: list[str], partition: list[str], seed: int) -> Plan:
     if seconds < 1:
         raise DaliError(f"--seconds {seconds}: a run lasts at least 1 second")
+    if seconds > faults.LONGEST:
+        raise DaliError(f"--seconds {seconds}: a run lasts at most {faults.LONGEST} s (a week): give fewer")
     parsed = [_parse_workload(w) for w in names]
-    script_path = None
-    if script:
-        script_path = Path(script)
-        if not script_path.is_file():
-            raise DaliError(f"--script {script}: no such file")
-        if not os.access(script_path, os.X_OK):
-            raise DaliError(f"--script {script}: not executable: chmod +x {script}")
+    yours = _script(script) if script else None
     where, kind = _target(cluster, target)
-    if not parsed and script_path is None:  # every workload; those that cannot run here say why
-        parsed = [(n, m, dict(m.PARAMS)) for n, m in workloads.WORKLOADS.items()]
+    if not parsed and yours is None:  # every workload; those that cannot run here say why
+        parsed = [(n, c, dict(c.PARAMS)) for n, c in CHECKERS.items()]
     runs, not_run = [], []
-    for name, module, params in parsed:
-        if kind in module.NEEDS:
-            runs.append((name, module, params))
+    for name, checker, params in parsed:
+        if kind in checker.NEEDS:
+            runs.append(Job(name, checker, params, None))
         else:
-            not_run.append((name, getattr(module, "WHY_NOT", {}).get(kind, f"it does not run on {where}")))
-    if len({n for n, _, _ in runs}) != len(runs):
+            not_run.append((name, checker.WHY_NOT.get(kind, f"it does not run on {where}")))
+    if len({j.name for j in runs}) != len(runs):
         raise DaliError("a workload is named twice: name each once (parameters after a colon)")
+    if yours is not None:
+        runs.append(Job(yours.NAME, yours, {}, None))
 
     nodes, down = running(cluster, files, virt, [n for n in on.split(",") if n])  # a booting node waited for
     if down and on:
@@ -161,13 +281,10 @@ def plan(cluster: Cluster, files: Storage, virt: Libvirt, names: list[str], on: 
     planned += [faults.parse("partition", s, resolve, seconds) for s in partition]
     faults.check_plan(planned)
 
-    jobs = _with_areas([Job(name, module, params, None) for name, module, params in runs],
-                       len(nodes), kind)
-    if script_path is not None:
-        jobs.append(Job(script_path.name, None, {}, None))
+    jobs = _with_areas(runs, len(nodes), kind)
     if not jobs:
         raise DaliError(f"no workload runs on {where}: " + "; ".join(f"{n}: {why}" for n, why in not_run))
-    return Plan(jobs, not_run, nodes, where, kind, float(seconds), planned, script_path,
+    return Plan(jobs, not_run, nodes, where, kind, float(seconds), planned, yours and yours.path,
                 seed or secrets.randbelow(10**6))
 
 
@@ -227,6 +344,11 @@ def _parse_result(out: str) -> dict | None:
     return None
 
 
+def _last_line(r: ExecResult) -> str:
+    """What a program that failed said last (a traceback's last line says what it was)."""
+    return (r.stderr.strip() or r.stdout.strip() or "no output").splitlines()[-1]
+
+
 def _device_span(p: Plan) -> tuple[int, int] | None:
     areas = [j.area for j in p.jobs if j.area]
     if not areas:
@@ -263,54 +385,15 @@ def _put_back(cluster: Cluster, files: Storage, virt: Libvirt) -> None:
 
 
 def _run_one(virt: Libvirt, p: Plan, job: Job, index: int, node: Node, dom, run_id: str,
-             t0: float, start_at: float) -> dict:
-    """One workload on one node; what it returned, as the report wants it. t0: the common
-    start on the host's monotonic clock; start_at: the same moment on the node's clock."""
-    out = {"node": node.name, "workload": job.name, "started": 0.0, "result": None}
+             t0: float, start_at: float) -> Outcome:
+    """One workload on one node. t0: the common start on the host's monotonic clock; start_at:
+    the same moment on the node's clock."""
     try:
-        if job.module is None:
-            time.sleep(max(0.0, t0 - time.monotonic()))  # a script has no setup: started at t0
-            started = time.monotonic() - t0
-            env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                   "HOME": "/root", "DALI_NODE": node.name, "DALI_NODE_INDEX": str(index),
-                   "DALI_NODES": str(len(p.nodes)), "DALI_TARGET": p.target,
-                   "DALI_SECONDS": f"{p.seconds:g}"}
-            r = virt.run(dom, [SCRIPT], timeout=p.seconds + GRACE, env=env)
-            out["output"] = r.stdout + r.stderr
-            took = time.monotonic() - t0 - started
-            out["result"] = {"ops": 1, "bytes": 0, "elapsed": round(took, 3), "max_latency": round(took, 3),
-                             "stalls": [], "notes": {}, "state": {},
-                             "violations": {} if r.exitcode == 0 else {f"exit {r.exitcode}": 1},
-                             "examples": [] if r.exitcode == 0 else [f"{SCRIPT} exited {r.exitcode}"]}
-            out["status"] = "ok" if r.exitcode == 0 else "violations"
-            return out
-        r = virt.run(dom, ["python3", PROGRAM, "run",
-                           json.dumps(_args(p, job, index, node, run_id, start_at))],
-                     timeout=max(0.0, t0 - time.monotonic()) + p.seconds + GRACE)
-        out["output"] = r.stdout + r.stderr
-        out["result"] = _parse_result(r.stdout)
-        if out["result"]:
-            out["started"] = out["result"].get("late", 0.0)
-        if r.exitcode != 0 or out["result"] is None:
-            last = (r.stderr.strip() or r.stdout.strip() or "no output").splitlines()[-1]
-            out["status"] = f"failed: exit {r.exitcode}: {last}"
-            out["result"] = None
-        else:
-            out["status"] = "violations" if out["result"]["violations"] else "ok"
+        args = _args(p, job, index, node, run_id, start_at)
+        result, output, failure = job.workload.run(virt, dom, args, t0)
     except (DaliError, libvirt.libvirtError) as e:
-        out["status"] = f"failed: {one_line(e)}"
-        out.setdefault("output", "")
-    return out
-
-
-def _check_one(virt: Libvirt, p: Plan, job: Job, index: int, node: Node, dom, run_id: str) -> dict | None:
-    r = virt.run(dom, ["python3", PROGRAM, "check", json.dumps(_args(p, job, index, node, run_id))],
-                 timeout=GRACE)
-    result = _parse_result(r.stdout)
-    if r.exitcode != 0 or result is None:
-        last = (r.stderr.strip() or r.stdout.strip() or "no output").splitlines()[-1]
-        raise DaliError(f"{node.name}: checking {job.name} failed: {last}")
-    return result
+        result, output, failure = None, "", one_line(e)
+    return Outcome.of(node.name, job.name, result, output, failure)
 
 
 def _up(virt: Libvirt, dom) -> bool:
@@ -388,10 +471,9 @@ def _with_areas(jobs: list[Job], nodes: int, kind: str) -> list[Job]:
     2 MiB boundary (device-dax maps no less); none on a filesystem, nor for a script."""
     placed, offset = [], 0
     for job in jobs:
+        size = job.workload.area_size(nodes, job.params) if kind != "dir" else 0
         area = None
-        if job.module is not None and kind != "dir":
-            size = (job.module.area_size(nodes, job.params) if hasattr(job.module, "area_size")
-                    else DAX_ALIGN)
+        if size:
             area, offset = (offset, size), offset + -(-size // DAX_ALIGN) * DAX_ALIGN
         placed.append(job._replace(area=area))
     return placed
@@ -399,9 +481,8 @@ def _with_areas(jobs: list[Job], nodes: int, kind: str) -> list[Job]:
 
 def _retarget(p: Plan, where: str, kind: str) -> Plan:
     """The same run against another device (the shared disk): the jobs that run there."""
-    runs = [j for j in p.jobs if j.module is None or kind in j.module.NEEDS]
-    not_run = [(j.name, getattr(j.module, "WHY_NOT", {}).get(kind, f"not on {where}"))
-               for j in p.jobs if j not in runs]
+    runs = [j for j in p.jobs if kind in j.workload.NEEDS]
+    not_run = [(j.name, j.workload.WHY_NOT.get(kind, f"not on {where}")) for j in p.jobs if j not in runs]
     return p._replace(jobs=_with_areas(runs, len(p.nodes), kind), not_run=not_run, target=where, kind=kind)
 
 
@@ -424,7 +505,7 @@ def _one_pass(cluster: Cluster, files: Storage, virt: Libvirt, p: Plan, run_id: 
     return report
 
 
-def _execute(virt: Libvirt, p: Plan, run_id: str, report: Report) -> dict:
+def _execute(virt: Libvirt, p: Plan, run_id: str, report: Report) -> Results:
     """Every job on every node at once, the faults on time; then the checks and the judges."""
     injector = faults.Injector(p.faults, {n.name: d for n, d in p.nodes})
     log(f"torture: {', '.join(j.name for j in p.jobs)} on {', '.join(n.name for n, _ in p.nodes)} "
@@ -441,43 +522,50 @@ def _execute(virt: Libvirt, p: Plan, run_id: str, report: Report) -> dict:
     log(f"torture: the runs ended after {time.monotonic() - t0:.0f} s; checking what every node sees")
 
     survivors = [(i, n, d) for i, (n, d) in enumerate(p.nodes) if _up(virt, d)]
-    verdicts, check_errors = {}, {}
-    judged = [job for job in p.jobs if job.module is not None]
+    checked, check_errors = _check_all(virt, p, run_id, survivors)
+    verdicts = {}
+    for job in p.jobs:
+        checks = {node.name: checked[(job.name, node.name)] for _, node, _ in survivors}
+        states = {n.name: (runs[(job.name, n.name)].result or {}).get("state") for n, _ in p.nodes}
+        ctx = Context(_args(p, job, 0, p.nodes[0][0], run_id))
+        verdicts[job.name] = job.workload.judge(ctx, states, checks)
+    if p.kind == "dir" and survivors:
+        _tidy(virt, p, run_id, runs, verdicts, survivors[0][2], report)
+    return Results(runs, verdicts, check_errors, [n.name for _, n, _ in survivors], injector.happened,
+                   injector.errors, time.monotonic() - t0)
+
+
+def _check_all(virt: Libvirt, p: Plan, run_id: str, survivors) -> tuple[dict, dict]:
+    """What every node still up sees of every job: ({(job, node): what}, {(job, node): why it
+    could not say}). Every check at once, as the runs were: a checker's starts python3 on a
+    node, seconds of TCG time, and one after the other a run waited for jobs x nodes of them."""
+    errors = {}
 
     def check(job, i, node, dom):
         try:
-            return _check_one(virt, p, job, i, node, dom, run_id)
+            return job.workload.check(virt, dom, _args(p, job, i, node, run_id))
         except (DaliError, libvirt.libvirtError) as e:
-            check_errors[(job.name, node.name)] = one_line(e)
+            errors[(job.name, node.name)] = one_line(e)
             return None
-    # Every check at once, as the runs were: each starts python3 on a node, seconds of TCG
-    # time, and one after the other a run waited for jobs x nodes of them.
     checking = time.monotonic()
-    pairs = [((job, i, node), dom) for job in judged for i, node, dom in survivors]
+    pairs = [((job, i, node), dom) for job in p.jobs for i, node, dom in survivors]
     results = each(pairs, lambda key, dom: check(key[0], key[1], key[2], dom))
     checked = {(job.name, node.name): r for ((job, _, node), _), r in zip(pairs, results)}
-    check_errors = {key: check_errors[key] for key in checked if key in check_errors}  # in run order
     log(f"torture: checked in {time.monotonic() - checking:.0f} s")
-    for job in judged:
-        checks = {node.name: checked[(job.name, node.name)] for _, node, _ in survivors}
-        states = {n.name: (runs[(job.name, n.name)]["result"] or {}).get("state")
-                  for n, _ in p.nodes}
-        ctx = workloads.common.Context({**_args(p, job, 0, p.nodes[0][0], run_id)})
-        verdicts[job.name] = job.module.judge(ctx, states, checks)
-    clean = p.kind == "dir" and survivors
-    if clean:
-        victims = {f.node for f in p.faults}
-        kept = [j.name for j in p.jobs if j.module and (verdicts[j.name].by_node or any(
-            runs[(j.name, n.name)]["status"] != "ok" for n, _ in p.nodes if n.name not in victims))]
-        _, node, dom = survivors[0]
-        workdir = f"{p.target}/.dali-torture-{run_id}"
-        if kept:
-            virt.run(dom, ["sh", "-c", " ; ".join(
-                f"rm -rf {shlex.quote(workdir + '/' + j.name)}" for j in p.jobs
-                if j.module and j.name not in kept)])
-            report.kept_workdir = f"{workdir} ({', '.join(kept)}: kept for a look, it showed violations)"
-        else:
-            virt.run(dom, ["rm", "-rf", workdir], timeout=GRACE)
-    return {"runs": runs, "verdicts": verdicts, "check_errors": check_errors,
-            "survivors": [n.name for _, n, _ in survivors], "faults": injector.happened,
-            "fault_errors": injector.errors, "elapsed": time.monotonic() - t0}
+    return checked, {key: errors[key] for key in checked if key in errors}  # in run order
+
+
+def _tidy(virt: Libvirt, p: Plan, run_id: str, runs: dict, verdicts: dict, dom, report: Report) -> None:
+    """On a filesystem, a run that passed leaves nothing; a workload that showed violations
+    (on a node that was no fault's victim) leaves its directory for a look."""
+    victims = {f.node for f in p.faults}
+    own = [j for j in p.jobs if j.workload.OWN_DIRECTORY]
+    kept = [j.name for j in own if verdicts[j.name].by_node or any(
+        runs[(j.name, n.name)].status is not Status.OK for n, _ in p.nodes if n.name not in victims)]
+    workdir = f"{p.target}/.dali-torture-{run_id}"
+    if kept:
+        virt.run(dom, ["sh", "-c", " ; ".join(
+            f"rm -rf {shlex.quote(workdir + '/' + j.name)}" for j in own if j.name not in kept)])
+        report.kept_workdir = f"{workdir} ({', '.join(kept)}: kept for a look, it showed violations)"
+    else:
+        virt.run(dom, ["rm", "-rf", workdir], timeout=GRACE)

@@ -17,11 +17,83 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 
 from dali import consoles, evidence
+from dali.text import visible_line, xml_safe
 
 SHOWN = 12  # violations printed; report.md has them all
+
+
+class Status(Enum):
+    """How one workload ended on one node: one of these, each said as the report says it."""
+    OK = "ok"
+    VIOLATIONS = "violations"  # it ran to its end and found some (your script: it exited non-zero)
+    FAILED = "failed"  # it, or its check afterwards, did not finish: the detail says why
+    FORCED_OFF = "forced off (fault)"  # its node was a --crash victim: what befell it is no failure
+    CUT_OFF = "cut off (fault)"  # its node was a --partition victim, and it failed meanwhile
+
+    def said(self, detail: str = "") -> str:
+        return f"{self.value}: {detail}" if detail else self.value
+
+
+class Outcome(NamedTuple):
+    """One workload's run on one node, as it ended."""
+    node: str
+    workload: str
+    started: float  # how late it began after the common start (its setup outlasted the lead)
+    result: dict | None  # what it returned (workloads.common.Recorder.result); None if it failed
+    output: str  # everything it printed
+    status: Status
+    detail: str = ""  # why it failed: the error, or its exit status and last line
+
+    @classmethod
+    def of(cls, node: str, workload: str, result: dict | None, output: str, failure: str) -> "Outcome":
+        """From what it returned and printed; failure: why it did not finish ("" if it did)."""
+        started = (result or {}).get("late", 0.0)
+        if failure:
+            return cls(node, workload, started, None, output, Status.FAILED, failure)
+        status = Status.VIOLATIONS if result["violations"] else Status.OK
+        return cls(node, workload, started, result, output, status)
+
+    def as_json(self) -> dict:
+        """Its record in run.json (its output has a file of its own)."""
+        return {"node": self.node, "workload": self.workload, "started": self.started,
+                "result": self.result, "status": self.status.said(self.detail)}
+
+
+class Results(NamedTuple):
+    """What a run's jobs did, for its report."""
+    runs: dict[tuple[str, str], Outcome]  # by (workload, node)
+    verdicts: dict  # by workload: its judge's workloads.common.Verdict
+    check_errors: dict[tuple[str, str], str]  # (workload, node): why its check after the run failed
+    survivors: list[str]  # the nodes still up after the run, which checked
+    faults: list[tuple[float, str]]  # (seconds from the start, what happened)
+    fault_errors: list[str]
+    elapsed: float
+
+
+class Row(NamedTuple):
+    """One workload on one node as the report judges it: a fault's victim told from a failure."""
+    workload: str
+    node: str
+    status: Status
+    detail: str
+    ops: int
+    bytes: int
+    elapsed: float
+    worst: float
+    violations: dict[str, int]  # by kind: its own and its judge's
+    examples: list[str]
+    notes: dict[str, int]
+    stall: tuple[float, float] | None
+    output: str
+    late: float
+
+    def said(self) -> str:
+        return self.status.said(self.detail)
 
 
 def _rate(n: float, seconds: float) -> str:
@@ -33,29 +105,36 @@ class Report:
         self.cluster, self.files, self.virt = cluster, files, virt
         self.plan, self.run_id, self.dir = plan, run_id, run_dir
         self.kept_workdir = ""
-        self.rows: list[dict] = []  # one per workload and node
+        self.rows: list[Row] = []
         self.summary: list[dict] = []  # one per workload
         self.faults: list[str] = []
         self.problems: list[str] = []  # the failure's reasons, one phrase each
         self.examples: list[str] = []
         self.console_findings: dict[str, list[tuple[str, str]]] = {}
         self.crash_dirs: dict[str, Path] = {}
+        self.victims = {f.node for f in plan.faults}
+        self.crashed = {f.node for f in plan.faults if f.kind == "crash"}
 
     @property
     def failed(self) -> bool:
         return bool(self.problems)
 
     def failure_line(self) -> str:
-        return f"{'; '.join(self.problems)}: see {self.dir}/report.md"
+        return f"{visible_line('; '.join(self.problems))}: see {self.dir}/report.md"
 
     # --- judging ------------------------------------------------------------------------------
 
-    def finish(self, results: dict, windows: dict[str, int]) -> None:
-        p = self.plan
-        victims = {f.node for f in p.faults}
-        crashed = {f.node for f in p.faults if f.kind == "crash"}
-        first_fault = min((f.at for f in p.faults), default=None)
+    def finish(self, results: Results, windows: dict[str, int]) -> None:
         self.results = results
+        self._read_consoles(windows)
+        for job in self.plan.jobs:
+            self._judge(job)
+        self.faults = [f"{what} at {at:g} s" for at, what in results.faults]
+        self.problems += [f"fault not injected: {e}" for e in results.fault_errors]
+
+    def _read_consoles(self, windows: dict[str, int]) -> None:
+        """Every node's console during the run, kept; a fatal report on a node that is no
+        fault's victim fails the run, and its evidence is kept."""
         for name, offset in windows.items():
             text = consoles.since(self.files, name, offset)
             (self.dir / "console").mkdir(exist_ok=True)
@@ -63,11 +142,12 @@ class Report:
             found = consoles.findings(text)
             if found:
                 self.console_findings[name] = found
-        run_nodes = [n.name for n, _ in p.nodes]
+        run_nodes = [n.name for n, _ in self.plan.nodes]
         for name, found in self.console_findings.items():
             fatal = consoles.fatal(found)
-            if fatal and name not in victims:
-                kept = evidence.keep(self.cluster, self.files, self.virt, name, f"{fatal[0][0]}: {fatal[0][1]}")
+            if fatal and name not in self.victims:
+                kept = evidence.keep(self.cluster, self.files, self.virt, name,
+                                     f"{fatal[0][0]}: {fatal[0][1]}")
                 if kept is not None:
                     self.crash_dirs[name] = kept
                 where = f" (evidence in {kept})" if kept else ""
@@ -75,62 +155,63 @@ class Report:
                                      if name in run_nodes else
                                      f"{name} (not in the run): {fatal[0][0]}: {fatal[0][1]}{where}")
 
-        for job in p.jobs:
-            verdict = results["verdicts"].get(job.name)
-            failed_on = []
-            total = {"workload": job.name, "nodes": 0, "ops": 0, "bytes": 0, "violations": 0,
-                     "worst": 0.0, "elapsed": 0.0}
-            for node, _ in p.nodes:
-                run = results["runs"][(job.name, node.name)]
-                result = run["result"] or {}
-                kinds = dict(result.get("violations", {}))
-                for kind, count in (verdict.by_node.get(node.name, {}) if verdict else {}).items():
-                    kinds[kind] = kinds.get(kind, 0) + count
-                status = run["status"]
-                if (job.name, node.name) in results["check_errors"]:
-                    status = f"failed: {results['check_errors'][(job.name, node.name)]}"
-                if node.name in crashed and status.startswith("failed"):
-                    status = "forced off (fault)"
-                elif node.name in victims and status.startswith("failed"):
-                    status = f"cut off (fault): {status[len('failed: '):]}"
-                elif status.startswith("failed"):
-                    failed_on.append(node.name)
-                stall = self._stall(run, first_fault) if node.name not in victims else None
-                row = {"workload": job.name, "node": node.name, "status": status,
-                       "ops": result.get("ops", 0), "bytes": result.get("bytes", 0),
-                       "elapsed": result.get("elapsed", 0.0), "worst": result.get("max_latency", 0.0),
-                       "violations": kinds, "examples": result.get("examples", []),
-                       "notes": result.get("notes", {}), "stall": stall, "output": run.get("output", ""),
-                       "late": result.get("late", 0.0)}
-                self.rows.append(row)
-                count = sum(kinds.values())
-                total["nodes"] += 1
-                total["ops"] += row["ops"]
-                total["bytes"] += row["bytes"]
-                total["violations"] += count
-                total["worst"] = max(total["worst"], row["worst"])
-                total["elapsed"] = max(total["elapsed"], row["elapsed"])
-                self.examples += [f"{job.name} {node.name}: {e}" for e in row["examples"]]
-            if verdict:
-                self.examples += [f"{job.name} {e}" for e in verdict.examples]
-            if total["violations"]:
-                self.problems.append(f"{job.name}: {total['violations']} violation(s)")
-            if failed_on:
-                self.problems.append(f"{job.name} failed on {', '.join(failed_on)}")
-            self.summary.append(total)
-        for at, what in results["faults"]:
-            self.faults.append(f"{what} at {at:g} s")
-        self.problems += [f"fault not injected: {e}" for e in results["fault_errors"]]
+    def _judge(self, job) -> None:
+        """One workload's rows, its line of the summary, and its part of the failure."""
+        verdict = self.results.verdicts.get(job.name)
+        first_fault = min((f.at for f in self.plan.faults), default=None)
+        rows = [self._row(self.results.runs[(job.name, node.name)], verdict, first_fault)
+                for node, _ in self.plan.nodes]
+        self.rows += rows
+        total = {"workload": job.name, "nodes": len(rows), "ops": sum(r.ops for r in rows),
+                 "bytes": sum(r.bytes for r in rows),
+                 "violations": sum(sum(r.violations.values()) for r in rows),
+                 "worst": max([0.0] + [r.worst for r in rows]),
+                 "elapsed": max([0.0] + [r.elapsed for r in rows])}
+        for r in rows:
+            self.examples += [f"{job.name} {r.node}: {e}" for e in r.examples]
+        if verdict:
+            self.examples += [f"{job.name} {e}" for e in verdict.examples]
+        if total["violations"]:
+            self.problems.append(f"{job.name}: {total['violations']} violation(s)")
+        failed_on = [r.node for r in rows if r.status is Status.FAILED]
+        if failed_on:
+            self.problems.append(f"{job.name} failed on {', '.join(failed_on)}")
+        self.summary.append(total)
+
+    def _row(self, run: Outcome, verdict, first_fault: float | None) -> Row:
+        result = run.result or {}
+        kinds = dict(result.get("violations", {}))
+        for kind, count in (verdict.by_node.get(run.node, {}) if verdict else {}).items():
+            kinds[kind] = kinds.get(kind, 0) + count
+        status, detail = self._ended(run)
+        stall = self._stall(run, first_fault) if run.node not in self.victims else None
+        return Row(run.workload, run.node, status, detail, result.get("ops", 0), result.get("bytes", 0),
+                   result.get("elapsed", 0.0), result.get("max_latency", 0.0), kinds,
+                   result.get("examples", []), result.get("notes", {}), stall, run.output,
+                   result.get("late", 0.0))
+
+    def _ended(self, run: Outcome) -> tuple[Status, str]:
+        """How it ended, judged: a check that failed afterwards fails it too; a fault's victim
+        that failed did what the fault made it do."""
+        status, detail = run.status, run.detail
+        check_error = self.results.check_errors.get((run.workload, run.node))
+        if check_error is not None:
+            status, detail = Status.FAILED, check_error
+        if status is Status.FAILED and run.node in self.crashed:
+            return Status.FORCED_OFF, ""
+        if status is Status.FAILED and run.node in self.victims:
+            return Status.CUT_OFF, detail
+        return status, detail
 
     @staticmethod
-    def _stall(run: dict, first_fault: float | None) -> tuple[float, float] | None:
+    def _stall(run: Outcome, first_fault: float | None) -> tuple[float, float] | None:
         """The longest stall of this node's operations that ended after the first fault: when
         (seconds from the run's start) and how long. None without faults or stalls."""
-        if first_fault is None or not run["result"]:
+        if first_fault is None or not run.result:
             return None
         best = None
-        for start, length in run["result"]["stalls"]:
-            at = run["started"] + start
+        for start, length in run.result["stalls"]:
+            at = run.started + start
             if at + length >= first_fault and (best is None or length > best[1]):
                 best = (round(at, 1), length)
         return best or (round(first_fault, 1), 0.0)
@@ -150,10 +231,10 @@ class Report:
         lines = ["| workload | node | status | ops | violations | worst op (s) | stall after the fault |",
                  "|---|---|---|---:|---|---:|---|"]
         for r in self.rows:
-            kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["violations"].items())) or "0"
-            stall = f"{r['stall'][1]:.1f} s from {r['stall'][0]:g} s" if r["stall"] else "-"
-            lines.append(f"| {r['workload']} | {r['node']} | {r['status']} | {r['ops']} | {kinds} | "
-                         f"{r['worst']:.3f} | {stall} |")
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(r.violations.items())) or "0"
+            stall = f"{r.stall[1]:.1f} s from {r.stall[0]:g} s" if r.stall else "-"
+            lines.append(f"| {r.workload} | {r.node} | {r.said()} | {r.ops} | {kinds} | "
+                         f"{r.worst:.3f} | {stall} |")
         return lines
 
     def _survivors_lines(self) -> list[str]:
@@ -161,16 +242,17 @@ class Report:
             return []
         stalls = {}
         for r in self.rows:
-            if r["stall"]:
-                stalls[r["node"]] = max(stalls.get(r["node"], 0.0), r["stall"][1])
+            if r.stall:
+                stalls[r.node] = max(stalls.get(r.node, 0.0), r.stall[1])
         held = "hold" if not any(t["violations"] for t in self.summary) else "do NOT hold"
         return [f"faults: {'; '.join(self.faults) or 'none happened'}",
                 "survivors stalled: " + (", ".join(f"{n} {s:.1f} s" for n, s in sorted(stalls.items()))
                                          or "-"),
                 f"the workloads' checks {held} afterwards (checked on "
-                f"{', '.join(self.results['survivors']) or 'no node'})"]
+                f"{', '.join(self.results.survivors) or 'no node'})"]
 
     def text(self) -> str:
+        """What doit torture prints: what the nodes said shown as visible_line shows it."""
         p = self.plan
         head = (f"torture run {self.run_id}: {', '.join(j.name for j in p.jobs)} on "
                 f"{len(p.nodes)} node(s) for {p.seconds:g} s against {p.target} (seed {p.seed})")
@@ -180,17 +262,18 @@ class Report:
         lines = [head, ""] + ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                         for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
         for r in self.rows:
-            if r["status"] not in ("ok", "violations"):
-                lines.append(f"{r['node']} {r['workload']}: {r['status']}")
-            elif r["late"] >= 1:
-                lines.append(f"{r['node']} {r['workload']}: began {r['late']:.1f} s after the others "
+            if r.status not in (Status.OK, Status.VIOLATIONS):
+                lines.append(f"{r.node} {r.workload}: {visible_line(r.said())}")
+            elif r.late >= 1:
+                lines.append(f"{r.node} {r.workload}: began {r.late:.1f} s after the others "
                              "(its setup outlasted the common start)")
         lines += self._survivors_lines()
         for name, found in self.console_findings.items():
-            lines.append(f"{name} console: " + "; ".join(f"{k}: {line}" for k, line in found[:3]))
+            lines.append(f"{name} console: " + "; ".join(f"{k}: {visible_line(line)}"
+                                                         for k, line in found[:3]))
         if self.examples:
             lines.append("violations:")
-            lines += [f"  {e}" for e in self.examples[:SHOWN]]
+            lines += [f"  {visible_line(e)}" for e in self.examples[:SHOWN]]
             if len(self.examples) > SHOWN:
                 lines.append(f"  ... {len(self.examples) - SHOWN} more in report.md")
         if self.kept_workdir:
@@ -219,21 +302,22 @@ class Report:
         return "\n".join(out) + "\n"
 
     def junit(self) -> str:
+        """One testcase per workload and node; what the nodes said, as XML can hold it."""
         suite = ET.Element("testsuite", name=f"dali torture {self.run_id}", tests=str(len(self.rows)))
         failures = 0
         for r in self.rows:
-            case = ET.SubElement(suite, "testcase", classname=f"torture.{r['workload']}",
-                                 name=r["node"], time=f"{r['elapsed']:.3f}")
-            bad = sum(r["violations"].values())
-            if bad or r["status"].startswith("failed"):
+            case = ET.SubElement(suite, "testcase", classname=xml_safe(f"torture.{r.workload}"),
+                                 name=r.node, time=f"{r.elapsed:.3f}")
+            bad = sum(r.violations.values())
+            if bad or r.status is Status.FAILED:
                 failures += 1
-                message = (f"{bad} violation(s): " + ", ".join(f"{k} {v}" for k, v in r["violations"].items())
-                           if bad else r["status"])
-                failure = ET.SubElement(case, "failure", message=message)
-                failure.text = "\n".join(r["examples"])
-            elif r["status"] != "ok":
-                ET.SubElement(case, "skipped", message=r["status"])
-            ET.SubElement(case, "system-out").text = r["output"][-20000:]
+                message = (f"{bad} violation(s): " + ", ".join(f"{k} {v}" for k, v in r.violations.items())
+                           if bad else r.said())
+                failure = ET.SubElement(case, "failure", message=xml_safe(message))
+                failure.text = xml_safe("\n".join(r.examples))
+            elif r.status is not Status.OK:
+                ET.SubElement(case, "skipped", message=xml_safe(r.said()))
+            ET.SubElement(case, "system-out").text = xml_safe(r.output[-20000:])
         suite.set("failures", str(failures))
         return ET.tostring(suite, encoding="unicode", xml_declaration=True)
 
@@ -258,15 +342,14 @@ class Report:
 
     def write_and_print(self) -> None:
         for r in self.rows:
-            out = self.dir / "nodes" / r["node"]
+            out = self.dir / "nodes" / r.node
             out.mkdir(parents=True, exist_ok=True)
-            (out / f"{r['workload']}.out").write_text(r["output"])
+            (out / f"{r.workload}.out").write_text(r.output)
         (self.dir / "report.md").write_text(self.markdown())
         (self.dir / "junit.xml").write_text(self.junit())
-        raw = {f"{w} {n}": {k: v for k, v in run.items() if k != "output"}
-               for (w, n), run in self.results["runs"].items()}
+        raw = {f"{w} {n}": run.as_json() for (w, n), run in self.results.runs.items()}
         (self.dir / "run.json").write_text(json.dumps(
-            {"runs": raw, "faults": self.results["faults"], "survivors": self.results["survivors"],
+            {"runs": raw, "faults": self.results.faults, "survivors": self.results.survivors,
              "verdicts": {w: {"by_node": v.by_node, "examples": v.examples}
-                          for w, v in self.results["verdicts"].items()}}, indent=1))
+                          for w, v in self.results.verdicts.items()}}, indent=1))
         print(self.text())
