@@ -135,18 +135,18 @@ class Injector:
                 self._do(t0, fault, "up", cut)
 
     def _inject(self, t0: float, events, cut: list[Fault]) -> None:
-        begun = set()
         for at, fault, what in events:
             stopped = self._stop.wait(max(0.0, t0 + at - time.monotonic()))
-            if stopped and not (what == "up" and fault in begun):
+            if what == "up" and fault not in cut:
+                continue  # its link never went down: the run ended first, or cutting it failed
+            if stopped and what != "up":
                 continue  # the run ended first; a link that went down still comes back up
-            begun.add(fault)
             self._do(t0, fault, what, cut)
 
     def _do(self, t0: float, fault: Fault, what: str, cut: list[Fault]) -> None:
         """One step of a fault (crash, down, up), recorded as it happened or as an error. A link
         is asked up once: one that stays down is an error, and the next doit torture heals it."""
-        if what == "up" and fault in cut:
+        if what == "up":
             cut.remove(fault)
         when = round(time.monotonic() - t0, 2)  # as it is asked for: a destroy takes a second
         try:

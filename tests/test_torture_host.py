@@ -1,0 +1,275 @@
+"""doit torture's host side without guests: the plan's refusals, the fault injector on domains
+that only record what they are asked, and the run loop and its report on nodes whose agent is
+a fake (what each node "printed" chosen by the test). What a user sees: the lines printed, the
+one line a refusal is, a link brought up again, files a machine can read."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import xml.etree.ElementTree as ET
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import one_error_line, run_doit, unique_tag
+from dali import faults, torture
+from dali.errors import DaliError
+from dali.torture_report import Outcome, Report, Results, Status
+from dali.virt import ExecResult
+from dali.workloads.common import Verdict
+from dali.workloads.guest import RESULT
+
+
+# --- fakes ---------------------------------------------------------------------------------------
+
+class Domain:
+    """A running libvirt domain that records what it is asked: its link's state, a destroy."""
+
+    def __init__(self, name: str, interface: bool = True):
+        self._name, self.interface = name, interface
+        self.link, self.destroyed = "up", False
+
+    def name(self) -> str:
+        return self._name
+
+    def XMLDesc(self, _flags=0) -> str:
+        iface = f"<interface type='network'><link state='{self.link}'/></interface>" if self.interface else ""
+        return f"<domain><name>{self._name}</name><devices>{iface}</devices></domain>"
+
+    def updateDeviceFlags(self, xml: str, _flags) -> None:
+        self.link = ET.fromstring(xml).find("link").get("state")
+
+    def destroy(self) -> None:
+        self.destroyed = True
+
+    def isActive(self) -> bool:
+        return not self.destroyed
+
+
+class Consoles:
+    """The part of a cluster's Storage a report reads: each node's console log."""
+
+    def __init__(self, logs: dict[str, bytes]):
+        self.logs = logs
+
+    def console_log(self, name: str) -> str:
+        return name
+
+    def size(self, path: str) -> int:
+        return len(self.logs.get(path, b""))
+
+    def read(self, path: str, start: int, size: int) -> bytes:
+        return self.logs[path][start:start + size]
+
+
+def result(**values) -> dict:
+    """What a workload's run returns (workloads.common.Recorder.result), as the test wants it."""
+    return {"ops": 10, "late": 0.0, "bytes": 0, "elapsed": 5.0, "max_latency": 0.1, "stalls": [],
+            "violations": {}, "examples": [], "notes": {}, "state": {}, **values}
+
+
+def plan_of(cluster, jobs: list[str], **values) -> torture.Plan:
+    nodes = [(n, Domain(n.name)) for n in cluster.nodes[:2]]
+    return torture.Plan([torture.Job(name, torture.CHECKERS[name], {}, None) for name in jobs], [], nodes,
+                        "/data", "dir", 5.0, [], None, 7)._replace(**values)
+
+
+def report_of(cluster, tmp_path, p: torture.Plan, runs: list[Outcome], logs: dict[str, bytes],
+              verdicts: dict | None = None) -> Report:
+    """The report of a run whose jobs ended as `runs` say, the nodes' consoles holding `logs`."""
+    virt = SimpleNamespace(domain=lambda name: None)  # a node gone: no memory to keep
+    report = Report(cluster, Consoles(logs), virt, p, "test", tmp_path)
+    report.finish(Results({(r.workload, r.node): r for r in runs},
+                          verdicts or {j.name: Verdict() for j in p.jobs}, {},
+                          [n.name for n, _ in p.nodes], [], [], 5.0),
+                  {name: 0 for name in logs})
+    return report
+
+
+# --- what the nodes printed, as the terminal gets it --------------------------------------------
+
+def test_what_the_nodes_printed_reaches_the_terminal_visible_and_the_files_as_it_came(config_in, tmp_path, capsys):
+    a, b = (n.name for n in config_in.nodes[:2])
+    p = plan_of(config_in, ["namespace"])
+    runs = [Outcome(a, "namespace", 0.0, None, "", Status.FAILED, "exit 1: \x1b]0;owned\x07OSError: gone"),
+            Outcome.of(b, "namespace", result(violations={"lost": 1}, examples=["\x1b[2Jo1-3 lost\nforged line"]),
+                       "", "")]
+    report = report_of(config_in, tmp_path, p, runs,
+                       {a: b"", b: b"[ 9.0] Kernel panic - not syncing: \x1b[31mred\r\n"})
+    report.write_and_print()
+    printed = capsys.readouterr().out
+    assert f"{a} namespace: failed: exit 1: ^[]0;owned^GOSError: gone\n" in printed
+    assert f"{b} console: panic: Kernel panic - not syncing: ^[[31mred\n" in printed
+    assert f"  namespace {b}: ^[[2Jo1-3 lost | forged line\n" in printed
+    assert "\x1b" not in printed and "\x07" not in printed
+    assert report.failure_line() == (f"{b}: panic: Kernel panic - not syncing: ^[[31mred; namespace: 1 "
+                                     f"violation(s); namespace failed on {a}: see {tmp_path}/report.md")
+    assert "`Kernel panic - not syncing: \x1b[31mred`" in (tmp_path / "report.md").read_text()
+    kept = json.loads((tmp_path / "run.json").read_text())["runs"][f"namespace {a}"]
+    assert kept["status"] == "failed: exit 1: \x1b]0;owned\x07OSError: gone"
+
+
+def test_junit_is_xml_whatever_the_nodes_printed(config_in, tmp_path, capsys):
+    a, b = (n.name for n in config_in.nodes[:2])
+    p = plan_of(config_in, ["append"])
+    runs = [Outcome(a, "append", 0.0, None, "out\x00put \x1b[0m\n", Status.FAILED, "exit 1: \x00\x1b[1m"),
+            Outcome.of(b, "append", result(), "fine\n", "")]
+    report = report_of(config_in, tmp_path, p, runs,
+                       {a: b"[ 1.0] BUG: \x00\x1b[2J at fs/x.c:1\n", b: b""})
+    report.write_and_print()
+    cases = {c.get("name"): c for c in ET.parse(tmp_path / "junit.xml").getroot().iter("testcase")}
+    assert cases[a].find("failure").get("message") == "failed: exit 1: ^@^[[1m"
+    assert cases[a].find("system-out").text == "out^@put ^[[0m\n"
+    assert cases[b].find("failure") is None and cases[b].find("system-out").text == "fine\n"
+    assert (tmp_path / "nodes" / a / "append.out").read_text() == "out\x00put \x1b[0m\n", "kept as it came"
+
+
+# --- the plan's refusals ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def no_cluster(tmp_path_factory):
+    """A cluster file on libvirt's in-memory test driver, where no node runs."""
+    where = tmp_path_factory.mktemp("torture")
+    path = where / "cluster.toml"
+    path.write_text(f'uri = "test:///default"\ntag = "{unique_tag("tort")}"\ndir = "{where / "data"}"\n')
+    return path
+
+
+def test_a_run_longer_than_a_week_is_one_line(no_cluster):
+    line = one_error_line(run_doit("torture", "--seconds", "100000000000", f"config={no_cluster}"))
+    assert line == "dali: torture: --seconds 100000000000: a run lasts at most 604800 s (a week): give fewer"
+
+
+def test_a_script_named_like_a_workload_is_one_line(no_cluster, tmp_path):
+    script = tmp_path / "append"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    line = one_error_line(run_doit("torture", "append", "--script", str(script), f"config={no_cluster}"))
+    assert line == (f"dali: torture: --script {script}: named like the workload append, which the "
+                    "report could not tell it from: rename the script (or run a copy, say my-append)")
+
+
+@pytest.mark.parametrize("word", ["block:blocks=²", "namespace:files=٣"])
+def test_a_parameter_in_other_digits_is_one_line(word):
+    with pytest.raises(DaliError) as refused:
+        torture._parse_workload(word)
+    assert str(refused.value) == f"{word}: {word.split(':')[1].split('=')[0]} must be a whole number of at least 1"
+
+
+def test_a_partition_longer_than_a_week_is_one_line():
+    with pytest.raises(DaliError) as refused:
+        faults.parse("partition", "c@5+99999999999", lambda n: n, 30)
+    assert str(refused.value) == ("--partition c@5+99999999999: a partition lasts at most 604800 s "
+                                  "(a week): give a shorter DURATION")
+
+
+@pytest.mark.parametrize("typed", ["/data/", "/data/.", "//data", "/data//"])
+def test_the_mountpoint_however_it_is_typed_is_checked_for_its_mount(config_in, typed):
+    node = config_in.nodes[0]
+    where, kind = torture._target(config_in, typed)
+    p = torture.Plan([], [], [(node, Domain(node.name))], where, kind, 10.0, [], None, 7)
+    virt = SimpleNamespace(run=lambda dom, argv, **_: ExecResult(1 if argv[0] == "mountpoint" else 0, "", ""))
+    with pytest.raises(DaliError) as refused:
+        torture._check_target(config_in, None, virt, p)
+    assert str(refused.value) == f"{node.name}: /data is not mounted: doit start {node.name} mounts it"
+
+
+@pytest.mark.parametrize("typed", ["/data/../etc", "/data/.."])
+def test_a_target_that_climbs_is_one_line(config_in, typed):
+    with pytest.raises(DaliError) as refused:
+        torture._target(config_in, typed)
+    assert str(refused.value) == f"--target {typed}: give an absolute path on the nodes, without spaces or '..'"
+
+
+# --- the fault injector ------------------------------------------------------------------------
+
+def wait_until(condition, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not in time"
+        time.sleep(0.01)
+
+
+def test_a_partition_too_long_for_the_clock_fails_the_run_and_the_link_comes_back():
+    """faults.parse refuses it now; the injector must survive one all the same (a wait longer
+    than threading.TIMEOUT_MAX raises OverflowError): no thread dies silently with a link down."""
+    c = Domain("c")
+    injector = faults.Injector([faults.Fault("partition", "c", 0.0, 1e11)], {"c": c})
+    injector.start(time.monotonic())
+    wait_until(lambda: len(injector.happened) == 2)  # not at the run's end: the injector stopped
+    injector.finish()
+    assert c.link == "up"
+    assert [what for _, what in injector.happened] == ["c link down", "c link up"]
+    assert len(injector.errors) == 1 and injector.errors[0].startswith(
+        "injecting the faults stopped: OverflowError: "), injector.errors
+
+
+def test_a_fault_that_fails_stops_no_other():
+    b, c = Domain("b", interface=False), Domain("c")
+    injector = faults.Injector([faults.Fault("partition", "b", 0.0, 1.0), faults.Fault("crash", "c", 0.1, 0.0)],
+                               {"b": b, "c": c})
+    injector.start(time.monotonic())
+    wait_until(lambda: c.destroyed)
+    injector.finish()
+    assert [what for _, what in injector.happened] == ["c forced off"]
+    assert injector.errors == ["b: down: b has no network interface to cut"]
+
+
+# --- one run loop for every workload, your script too --------------------------------------------
+
+class Nodes:
+    """The run's libvirt: every node answers; what each command prints is the test's."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.lock = threading.Lock()
+
+    def agent(self, dom, command, **_):
+        return int(time.time() * 1e9)  # guest-get-time: the host's clock
+
+    def run(self, dom, argv, **_) -> ExecResult:
+        return self.answers(dom.name(), argv)
+
+    def is_running(self, dom) -> bool:
+        return True
+
+    def agent_answers(self, dom) -> bool:
+        return True
+
+
+def test_a_script_and_a_checker_run_through_one_loop_and_are_reported_alike(config_in, tmp_path, monkeypatch,
+                                                                           capsys):
+    monkeypatch.setattr(torture, "LEAD", 0.0)
+    monkeypatch.setattr(torture, "LEAD_PER_JOB", 0.0)
+    a, b = (n.name for n in config_in.nodes[:2])
+    script = tmp_path / "probe.sh"
+    judged = {}
+    fake = SimpleNamespace(NAME="fake", DOC="", NEEDS=("dir",), PARAMS={},
+                           judge=lambda ctx, runs, checks: judged.update(runs=runs, checks=checks) or Verdict())
+
+    def answers(node, argv):
+        if argv == [torture.SCRIPT]:
+            return ExecResult(3 if node == b else 0, f"hello from {node}\n", "")
+        what = argv[2]  # python3 PROGRAM run|check ARGS
+        if what == "run" and node == b:
+            return ExecResult(1, "", "Traceback (most recent call last):\nOSError: [Errno 5] EIO\n")
+        return ExecResult(0, RESULT + json.dumps(result(state={"node": node}) if what == "run" else {"saw": node}) + "\n", "")
+    virt = Nodes(answers)
+    p = plan_of(config_in, [])._replace(jobs=[torture.Job("fake", torture.Checker(fake), {}, None),
+                                              torture.Job("probe.sh", torture.Script(script), {}, None)])
+    report = Report(config_in, Consoles({}), virt, p, "test", tmp_path)
+    monkeypatch.setattr(torture, "_tidy", lambda *args: None)  # nothing on a filesystem here
+    report.finish(torture._execute(virt, p, "test", report), {})
+    report.write_and_print()
+    printed = capsys.readouterr().out
+    assert judged == {"runs": {a: {"node": a}, b: None}, "checks": {a: {"saw": a}, b: {"saw": b}}}
+    assert f"{b} fake: failed: exit 1: OSError: [Errno 5] EIO\n" in printed
+    assert f"  probe.sh {b}: {torture.SCRIPT} exited 3\n" in printed
+    assert report.failure_line() == f"fake failed on {b}; probe.sh: 1 violation(s): see {tmp_path}/report.md"
+    assert (tmp_path / "nodes" / a / "probe.sh.out").read_text() == f"hello from {a}\n"
+    runs = json.loads((tmp_path / "run.json").read_text())["runs"]
+    assert {key: r["status"] for key, r in runs.items()} == {
+        f"fake {a}": "ok", f"fake {b}": "failed: exit 1: OSError: [Errno 5] EIO",
+        f"probe.sh {a}": "ok", f"probe.sh {b}": "violations"}
