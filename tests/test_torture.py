@@ -50,6 +50,8 @@ def test_bad_input_is_one_line_and_starts_nothing(cluster, tmp_path):
         (["namespace", "--crash", "zz@3"], "zz: not a running node"),
         (["namespace", "--on", "a,b", "--partition", "c@3+5"], "c: not a running node of this run"),
         (["namespace", "--crash", "c@99", "--seconds", "10"], "not within the run's 10 s"),
+        (["namespace", "--partition", "c@3+99999999999"], "a partition lasts at most 604800 s"),
+        (["block:blocks=²"], "blocks must be a whole number of at least 1"),
     ]
     for args, expected in cases:
         line = one_error_line(cluster.doit("torture", *args, check=False))
@@ -120,6 +122,27 @@ def test_your_own_script_runs_everywhere_and_its_exit_counts(cluster, tmp_path):
         assert f"node={name} index={index} of={count} target=/data seconds=5" in out
     assert [(n, failed) for _, n, failed in junit(run_dir)] == [(n, n == nodes(cluster)[1])
                                                                for n in nodes(cluster)]
+
+
+def test_what_a_node_prints_reaches_the_terminal_visible(cluster, tmp_path):
+    """A kernel line with an escape sequence on b's console (through /dev/kmsg at level 2: the
+    nodes boot quiet, which prints only levels 0-3): a warning, which fails nothing. The report
+    prints it as cat -v would; report.md and the console log keep it as it came; junit.xml stays
+    XML. --target /data/ is fs.mountpoint, taken as the path it is."""
+    b = nodes(cluster)[1]
+    script = tmp_path / "kmsg.sh"
+    script.write_text('#!/bin/sh\n[ "$DALI_NODE_INDEX" != 1 ] || '
+                      "printf '<2>WARNING: CPU: 0 PID: 1 at \\033]0;owned\\007fs/dali.c:1\\n' > /dev/kmsg\n"
+                      'test "$DALI_TARGET" = /data\n')
+    script.chmod(0o755)
+    run = cluster.doit("torture", "--script", str(script), "--target", "/data/", "--seconds", "5")
+    assert " against /data (seed " in run.stdout
+    assert f"{b} console: warning: WARNING: CPU: 0 PID: 1 at ^[]0;owned^Gfs/dali.c:1\n" in run.stdout
+    assert "\x1b" not in run.stdout + run.stderr and "\x07" not in run.stdout + run.stderr
+    run_dir = runs(cluster)[-1]
+    assert "\x1b]0;owned\x07fs/dali.c:1" in (run_dir / "report.md").read_text()
+    assert b"\x1b]0;owned\x07fs/dali.c:1" in (run_dir / "console" / f"{b}.log").read_bytes()
+    assert not any(failed for *_, failed in junit(run_dir))
 
 
 def test_a_node_forced_off_mid_run_stalls_the_others_and_the_checks_hold(cluster):
