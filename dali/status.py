@@ -93,8 +93,8 @@ def status(cluster: Cluster, files: Storage, virt: Libvirt) -> list[dict]:
     for r in rows:
         if "why" in r:
             from dali import evidence
-            print(f"{r['node']}: panicked: {visible_line(r['why'])}: doit start {r['node']} boots it again, its "
-                  f"console and memory kept first in {evidence.crash_dir(cluster)}/")
+            print(f"{r['node']}: panicked: {visible_line(r['why'])}: doit start {r['node']} boots it "
+                  f"again, its console and memory kept first in {evidence.crash_dir(cluster)}/")
     print(_network_line(cluster, virt))
     print(_fam_line(cluster, files))
     if not cluster.image.path and image.node_image_is_kept(cluster, files, image.wanted_tarball(cluster)):

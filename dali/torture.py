@@ -284,8 +284,8 @@ def plan(cluster: Cluster, files: Storage, virt: Libvirt, names: list[str], on: 
     jobs = _with_areas(runs, len(nodes), kind)
     if not jobs:
         raise DaliError(f"no workload runs on {where}: " + "; ".join(f"{n}: {why}" for n, why in not_run))
-    return Plan(jobs, not_run, nodes, where, kind, float(seconds), planned, yours and yours.path,
-                seed or secrets.randbelow(10**6))
+    return Plan(jobs, not_run, nodes, where, kind, float(seconds), planned,
+                yours.path if yours else None, seed or secrets.randbelow(10**6))
 
 
 def _check_target(cluster: Cluster, files: Storage, virt: Libvirt, p: Plan) -> None:

@@ -394,8 +394,8 @@ class Libvirt:
                 next_look += 2
                 why = crashed()
                 if why:
-                    raise DaliError(f"{dom.name()} died while booting ({visible_line(why)}): doit start keeps its "
-                                    "console and memory and boots it again")
+                    raise DaliError(f"{dom.name()} died while booting ({visible_line(why)}): doit start "
+                                    "keeps its console and memory and boots it again")
             if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 raise DaliError(f"{dom.name()} is paused (a debugger attached to its gdb stub stops "
                                 f"it): detach, or virsh resume {dom.name()}")

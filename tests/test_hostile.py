@@ -14,8 +14,8 @@ import pytest
 
 import dali.virt
 from conftest import one_error_line, run_doit, unique_tag
-from dali import (access, apparmor, evidence, fam, image, image_builder, lifecycle, lock, ocfs2, scratch, status,
-                  verify)
+from dali import (access, apparmor, evidence, fam, image, image_builder, lifecycle, lock, ocfs2, scratch,
+                  status, verify)
 from dali.cluster import REPO
 from dali.errors import DaliError
 from dali.text import visible
@@ -140,7 +140,8 @@ def test_a_crash_kept_says_so_as_the_terminal_can_and_its_readme_as_it_came(conf
     where = evidence.keep(config_in, Console(), SimpleNamespace(run_of=lambda dom: "1"), c,
                           "panic: Kernel panic - not syncing: \x1b]0;owned\x07\x1b[2J", dom=Crashed(c))
     assert said == [f"{c}: {SHOWN}; keeping its memory and console in {where}"]
-    assert "found: panic: Kernel panic - not syncing: \x1b]0;owned\x07\x1b[2J\n" in (where / "README").read_text()
+    readme = (where / "README").read_text()
+    assert "found: panic: Kernel panic - not syncing: \x1b]0;owned\x07\x1b[2J\n" in readme
 
 
 def test_a_node_that_dies_while_booting_is_one_visible_line(monkeypatch):
@@ -164,7 +165,9 @@ def test_a_guest_commands_failure_is_one_visible_line():
 
 def wipefs_says(signatures: str):
     """A node's agent: lsblk finds no mount, wipefs prints these signatures."""
-    return SimpleNamespace(run=lambda dom, argv, **_: ExecResult(0, signatures if argv[0] == "wipefs" else "", ""))
+    def run(dom, argv, **_):
+        return ExecResult(0, signatures if argv[0] == "wipefs" else "", "")
+    return SimpleNamespace(run=run)
 
 
 def test_verify_shows_what_the_nodes_said_as_the_terminal_can(config_in, capsys):
