@@ -37,7 +37,9 @@ from dali.virt import Libvirt
 from tasks import (access, accel, apparmor, clone, disks, domain, fam, freeze, fs, identity_disk, image,
                    kernel, lifecycle, network, original, preflight, prune, reset, torture, verify)
 
-exit_cleanly_on_signals()  # Ctrl-C: one line, exit 130, the programs dali started stopped
+# Ctrl-C: one line, exit 130, the programs dali started stopped. Done already by dali's task
+# loader (dali/loader.py) when doit runs in the checkout; here for a doit run elsewhere (-f).
+exit_cleanly_on_signals()
 try:
     CLUSTER = settings.load(get_var("config"), os.environ)
 except DaliError as e:

@@ -8,15 +8,24 @@ cleaning than that: every action builds under a temporary name and renames at th
 next run simply carries on. A SIGKILL gives dali no chance to do anything: the kernel then
 kills each program with it (PR_SET_PDEATHSIG), and what they left half-made is removed by the
 next run (see scratch.remove_abandoned_work()).
+
+A stop undoes first what must not outlive dali (undone_if_stopped: the nodes `doit dump` paused).
+The handlers are installed as early as doit lets dali run code (dali/loader.py), and the last
+thing dali does before Python exits is to honour a signal that came too late for them
+(_honour_a_late_signal). docs/reliability.md says what is left: the first tens of milliseconds
+of a doit, before any of dali runs, and the last few, after its last look.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
+from typing import Callable
 
 from dali.errors import DaliError
 
@@ -80,10 +89,34 @@ def stop_children() -> None:
 
 
 _EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+_handled: set[signal.Signals] = set()  # those of _EXIT not ignored when dali started
+_undo: list[Callable[[], None]] = []
+_installed = [False]
+_stopping = [False]
+
+
+@contextmanager
+def undone_if_stopped(undo: Callable[[], None]):
+    """For the with-block: a stop by Ctrl-C, SIGTERM or SIGHUP runs undo() before dali exits
+    (the stop ends the process where it stands, and no finally runs). The block must still
+    undo on its own way out, and what a SIGKILL would leave needs a record the next run reads."""
+    _undo.append(undo)
+    try:
+        yield
+    finally:
+        _undo.remove(undo)
 
 
 def _stopped(signum, _frame) -> None:
+    if _stopping[0]:
+        return  # a second signal while the first one's stop runs: one stop, one line
+    _stopping[0] = True
     stop_children()
+    for undo in reversed(_undo):
+        try:
+            undo()
+        except Exception:
+            pass  # what it could not undo, its record tells the next run
     name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
     sys.__stderr__.write(f"dali: stopped by {name}; what was done is kept and nothing is half-made: "
                          "run the same doit command again to carry on\n")
@@ -91,8 +124,31 @@ def _stopped(signum, _frame) -> None:
     os._exit(_EXIT[signum])  # now: threads waiting on a guest must not hold the exit up
 
 
+def _honour_a_late_signal() -> None:
+    """The last atexit callback (registered before any other of dali's). After atexit, Python
+    gives every signal it handles back to the default action, so a Ctrl-C landing as a run
+    ends killed it by SIGINT, without dali's line. Blocked here (which runs the handler of
+    one that arrived already), a signal still pending is honoured; ignored from then on, one
+    that comes later cannot kill the run in its last milliseconds, and the run, finished,
+    exits with its own status. Ignored rather than blocked: other threads may still be there."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _handled)
+    late = signal.sigpending() & _handled
+    if late:
+        _stopped(min(late), None)
+    for signum in _handled:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def exit_cleanly_on_signals() -> None:
-    for signum in _EXIT:
+    """Ctrl-C, SIGTERM and SIGHUP stop dali as the module says, from now to the end of the
+    process. Called as early as doit lets dali run (dali/loader.py) and again by dodo.py (a
+    doit run outside the checkout reads no loader from its pyproject.toml): once is enough."""
+    if not _installed[0]:
+        _installed[0] = True
+        # Ignored when dali started (nohup, a script's background job): it stays ignored.
+        _handled.update(s for s in _EXIT if signal.getsignal(s) != signal.SIG_IGN)
+        atexit.register(_honour_a_late_signal)
+    for signum in _handled:
         signal.signal(signum, _stopped)
     # `doit pssh ... | head`: when the reader goes away, end at once and quietly, as any Unix
     # tool does, rather than with a BrokenPipeError traceback. Safe anywhere, like a SIGKILL:

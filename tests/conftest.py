@@ -25,6 +25,8 @@ from dali.storage.local import LocalDir, backing_file
 from dali.virt import Libvirt
 
 DOIT = REPO / ".venv" / "bin" / "doit"
+PYTHON = REPO / ".venv" / "bin" / "python"
+HELD_DOIT = REPO / "tests" / "support" / "held_doit.py"  # doit, held at a point of a test's choosing
 
 # Appended to every real test cluster's tag: two test runs at once (two checkouts, or a run
 # beside the leftovers of a killed one) never meet on a domain or network name.
@@ -52,6 +54,27 @@ def run_doit(*args: str, env: dict | None = None, timeout: int = 3600) -> subpro
     return run
 
 
+def as_at_a_terminal(ignored: tuple[signal.Signals, ...] = ()):
+    """For a child, between fork and exec: SIGINT as a terminal's Ctrl-C delivers it, whatever
+    this process inherited (a non-interactive shell starts its background jobs with SIGINT
+    ignored, and Python keeps it so), and `ignored` ignored, as nohup does SIGHUP."""
+    def reset() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for signum in ignored:
+            signal.signal(signum, signal.SIG_IGN)
+    return reset
+
+
+def start_doit(*args: str, hold: tuple[str, ...] = (), env: dict | None = None,
+               ignored: tuple[signal.Signals, ...] = (), **popen) -> subprocess.Popen:
+    """`doit ARGS` from the checkout, as a user starts it at a terminal, not waited for. `hold`:
+    tests/support/held_doit.py's options, holding the run at a point (it says `held at ...` on
+    stderr when it is there)."""
+    command = [str(PYTHON), "-P", str(HELD_DOIT), *hold, "--", *args] if hold else [str(DOIT), *args]
+    return subprocess.Popen(command, cwd=REPO, env=user_env(**(env or {})), text=True,
+                            preexec_fn=as_at_a_terminal(ignored), **popen)
+
+
 def run_until(c: ClusterUnderTest, pattern: str, sig: signal.Signals, delay: float, *args: str) -> tuple[bool, str]:
     """Run doit; when it prints a line matching pattern, wait `delay` s and send `sig`.
     Returns whether that happened, and everything doit printed.
@@ -66,7 +89,7 @@ def run_until(c: ClusterUnderTest, pattern: str, sig: signal.Signals, delay: flo
         env["DALI_HOLD_AT_TASK"] = title.group(1)
     process = subprocess.Popen([str(DOIT), *args, f"config={c.path}"], cwd=REPO,
                                env=env, text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+                               stderr=subprocess.STDOUT, preexec_fn=as_at_a_terminal())
     said, hit = [], threading.Event()
     for line in process.stdout:
         said.append(line)

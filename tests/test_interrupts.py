@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DOIT, user_env
+from conftest import DOIT, as_at_a_terminal, user_env
 
 DODO = '''
 import os
@@ -50,7 +50,7 @@ def tiny(tmp_path):
 
 def start(where: Path, **env) -> subprocess.Popen:
     return subprocess.Popen([str(DOIT)], cwd=where, env=user_env(**env), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=as_at_a_terminal())
 
 
 def wait_for_sleep(doit: subprocess.Popen, seconds: str, timeout: float = 30) -> int:
