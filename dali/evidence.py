@@ -17,17 +17,20 @@ dali keeps state/<tag>/crash/<node>-<time>/:
 Once per boot of the node: its libvirt domain id names the boot.
 
 `doit dump` takes the memory of every running node at the same moment: all paused, dumped one
-after the other, resumed together, for a distributed deadlock where no node panics.
+after the other, resumed together (however the run ends: dali/pauses.py), for a distributed
+deadlock where no node panics. Each dump in a directory of its own,
+state/<tag>/dumps/<time>[-N] (N for a second dump in the same second).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
 import libvirt
 
-from dali import consoles
+from dali import consoles, pauses
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.reporter import log
@@ -123,32 +126,35 @@ def keep_before_restart(cluster: Cluster, files: Storage, virt: Libvirt, dom: li
     return True
 
 
+def _new_dump_dir(cluster: Cluster) -> Path:
+    """state/<tag>/dumps/<time>, or <time>-2, -3, ... for more dumps in the same second."""
+    dumps = cluster.state_dir / "dumps"
+    dumps.mkdir(parents=True, mode=0o700, exist_ok=True)
+    dumps.chmod(0o700)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in itertools.count(1):
+        where = dumps / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            where.mkdir(mode=0o700)
+            return where
+        except FileExistsError:
+            continue
+
+
 def dump_all(cluster: Cluster, files: Storage, virt: Libvirt, doms) -> Path:
-    """Every node's memory at the same moment: pause all, dump each, resume all."""
+    """Every node's memory at the same moment: pause all, dump each, resume all (however the
+    run ends: dali/pauses.py)."""
     running = [(n, d) for n, d in doms if d.isActive()]
     if not running:
         raise DaliError("no node is running: doit start first")
-    where = cluster.state_dir / "dumps" / time.strftime("%Y%m%d-%H%M%S")
-    where.mkdir(parents=True, mode=0o700)
-    (cluster.state_dir / "dumps").chmod(0o700)
-    paused = []
-    try:
-        for _, dom in running:
-            if dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
-                dom.suspend()
-                paused.append(dom)
+    where = _new_dump_dir(cluster)
+    with pauses.paused_together(cluster, virt, [d for _, d in running]) as paused:
         moment = time.strftime("%Y-%m-%d %H:%M:%S")
         log(f"paused {', '.join(d.name() for d in paused)} at {moment}; dumping their memory")
         for node, dom in running:
             t = time.monotonic()
             files.dump_memory(dom, where / f"{node.name}.kdump")
             log(f"{node.name}: {where / (node.name + '.kdump')} in {time.monotonic() - t:.1f} s")
-    finally:
-        for dom in paused:
-            try:
-                dom.resume()
-            except libvirt.libvirtError:
-                pass
     (where / "README").write_text(
         f"nodes: {', '.join(n.name for n, _ in running)}\npaused together at: {moment}\n"
         f"{_vmlinux_line(cluster)}\nread one with: crash vmlinux <node>.kdump\n")

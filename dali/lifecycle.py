@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from dali import access, identity_disk
+from dali import access, identity_disk, pauses
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError
 from dali.fanout import each
@@ -51,8 +51,16 @@ def select(cluster: Cluster, names: list[str] | tuple[str, ...] = ()) -> list[No
     return [n for n in cluster.nodes if n.name in chosen]
 
 
+def domains(cluster: Cluster, virt: Libvirt, nodes: list[Node]) -> list:
+    """The nodes with their domains (None: not defined), as every command on the running
+    cluster gets them: with what a killed `doit dump` left paused resumed first
+    (dali/pauses.py), since a paused node counts as running."""
+    pauses.resume_left_paused(cluster, virt)
+    return [(n, virt.domain(n.name)) for n in nodes]
+
+
 def defined(cluster: Cluster, virt: Libvirt, nodes: list[Node] | None = None) -> list:
-    doms = [(n, virt.domain(n.name)) for n in (cluster.nodes if nodes is None else nodes)]
+    doms = domains(cluster, virt, cluster.nodes if nodes is None else nodes)
     missing = [n.name for n, d in doms if d is None]
     if missing:
         raise DaliError(f"{', '.join(missing)} not defined: run doit clone first")
@@ -140,7 +148,7 @@ def running(cluster: Cluster, files: Storage, virt: Libvirt, names=(), wait: boo
     device is there) is waited for, up to timeouts.boot from its start, with one line saying
     so. wait=False, a node that panicked, or one silent for longer than a boot: counted among
     those that do not run."""
-    chosen = [(n, virt.domain(n.name)) for n in select(cluster, names)]
+    chosen = domains(cluster, virt, select(cluster, names))
     up = [(n, d) for n, d in chosen if d is not None and virt.is_running(d)]
     ready = each(up, lambda n, d: is_usable(cluster, virt, d))
     left = {n.name: _boot_left(cluster, files, virt, d) for (n, d), ok in zip(up, ready) if not ok}
@@ -179,7 +187,7 @@ def keep_if_panicked(cluster: Cluster, files: Storage, virt: Libvirt, node: Node
 
 
 def shutdown(cluster: Cluster, files: Storage, virt: Libvirt, names=()) -> None:
-    doms = [(n, d) for n, d in ((n, virt.domain(n.name)) for n in select(cluster, names)) if d]
+    doms = [(n, d) for n, d in domains(cluster, virt, select(cluster, names)) if d]
     for node, dom in doms:
         if dom.isActive():
             keep_if_panicked(cluster, files, virt, node, dom)
@@ -188,8 +196,7 @@ def shutdown(cluster: Cluster, files: Storage, virt: Libvirt, names=()) -> None:
 
 def destroy(cluster: Cluster, files: Storage, virt: Libvirt, names=()) -> None:
     """Forced off at once, like pulling the plug (`virsh destroy`): what a crash test wants."""
-    for node in select(cluster, names):
-        dom = virt.domain(node.name)
+    for node, dom in domains(cluster, virt, select(cluster, names)):
         if dom is not None and dom.isActive():  # a crashed node too (it keeps its memory)
             keep_if_panicked(cluster, files, virt, node, dom)
             dom.destroy()

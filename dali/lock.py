@@ -46,6 +46,28 @@ def hold(lock_file: Path, cluster: str) -> None:
     _held[lock_file] = fd
 
 
+@contextmanager
+def held_unless_busy(lock_file: Path):
+    """For the with-block: whether this process holds the cluster's lock, as it did already or
+    taken now, without waiting, when no other doit holds it (and given back at the end). For
+    a change a command that only looks (doit status) makes only while no other doit changes
+    the cluster."""
+    if lock_file in _held:
+        yield True
+        return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free = _is_still_at(fd, lock_file)
+        except BlockingIOError:
+            free = False
+        yield free
+    finally:
+        os.close(fd)
+
+
 def _is_still_at(fd: int, path: Path) -> bool:
     try:
         st = os.stat(path, follow_symlinks=False)

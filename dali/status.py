@@ -20,7 +20,7 @@ from dali.cluster import Cluster, Node
 from dali.domain import gdb_socket
 from dali.errors import DaliError
 from dali.fanout import each
-from dali.lifecycle import usable_says_the_node
+from dali.lifecycle import domains, usable_says_the_node
 from dali.storage import Storage
 from dali.text import visible_line
 from dali.virt import Libvirt
@@ -40,13 +40,12 @@ def _duration(seconds: float) -> str:
         f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def node_row(cluster: Cluster, files: Storage, virt: Libvirt, node: Node, addresses: dict[str, str]) -> dict:
+def node_row(cluster: Cluster, files: Storage, virt: Libvirt, node: Node, dom, addresses: dict[str, str]) -> dict:
     row = {"node": node.name, "state": "undefined", "address": addresses.get(node.name, "-"),
            "pmem": "-", "disk": "-", "uptime": "-"}
     disk = cluster.disk(node)
     if files.is_ours(disk):
         row["disk"] = f"{disk.name} ({_mib(files.allocated(disk))})"  # what it wrote
-    dom = virt.domain(node.name)
     if dom is None:
         return row
     row["state"] = STATES.get(dom.state()[0], "other")
@@ -79,9 +78,9 @@ def node_row(cluster: Cluster, files: Storage, virt: Libvirt, node: Node, addres
 def status(cluster: Cluster, files: Storage, virt: Libvirt) -> list[dict]:
     """Print the table; return the node rows."""
     addresses = network.addresses_of(cluster, virt)
-    rows = each([(n, None) for n in cluster.nodes], lambda n, _: node_row(cluster, files, virt, n, addresses))
-    running = [(n, virt.domain(n.name)) for n, r in zip(cluster.nodes, rows)
-               if r["pmem"] not in ("-", "(agent silent)", "?")]
+    doms = domains(cluster, virt, cluster.nodes)
+    rows = each(doms, lambda n, dom: node_row(cluster, files, virt, n, dom, addresses))
+    running = [(n, d) for (n, d), r in zip(doms, rows) if r["pmem"] not in ("-", "(agent silent)", "?")]
     if running:
         access.learn_host_keys(cluster, virt, running)
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from conftest import FIRST_TAG, one_error_line, torture_table
+from conftest import FIRST_TAG, one_error_line, run_until, torture_table
 from dali import access, evidence, fam, guest
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
@@ -269,6 +270,22 @@ def test_dump_takes_the_nodes_named_at_the_same_moment(cluster):
     assert not (where / f"{TAG}c.kdump").exists()
     assert "paused together at" in (where / "README").read_text()
     assert identity(cluster, "abc") == before, "nobody rebooted"
+    assert cluster.doit("pssh", "--on", "a,b", "true").returncode == 0
+    assert not (cluster.cfg.state_dir / "paused.json").exists(), "its record of the pause gone"
+
+
+def test_a_dump_stopped_by_ctrl_c_resumes_its_nodes(cluster):
+    """Ctrl-C while libvirt dumps the first node's memory (3 s or so): the dump ends with its one
+    line and exit 130 (run_until checks both) once that node's dump returns, and both nodes run
+    on, the same boots, their agents answering. tests/test_dump.py has the rest on libvirt's
+    test driver: the other signals, a SIGKILL, a doit beside a dump."""
+    before = identity(cluster, "ab")
+    stopped, _ = run_until(cluster, r"^paused .*; dumping their memory", signal.SIGINT, 0.5, "dump", "a", "b")
+    assert stopped, "the dump paused the nodes"
+    for s in "ab":
+        assert cluster.dom(s).state()[0] == libvirt.VIR_DOMAIN_RUNNING, "resumed"
+    assert identity(cluster, "ab") == before, "nobody rebooted"
+    assert not (cluster.cfg.state_dir / "paused.json").exists()
     assert cluster.doit("pssh", "--on", "a,b", "true").returncode == 0
 
 
