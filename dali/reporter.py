@@ -10,19 +10,9 @@ doit keeps what it learns about a run in memory and writes it to its database wh
 ends: a run killed with SIGKILL, SIGTERM or SIGHUP loses every record, even of the tasks that
 finished. doit calls the reporter right after it records a task's success or failure, so the
 reporter commits those records to the sqlite3 database there and then (save_records_now).
-
-One hook for tests/test_kill.py, which kills a run at every task boundary: with
-DALI_HOLD_AT_TASK set to a regular expression, the run waits at the start of the first task
-whose name matches it (its title printed, the records of the tasks before it committed, its
-action not begun) for up to a minute, so that a signal sent when the title is read lands right
-there rather than wherever the run has got to by then (a render and a define take
-milliseconds). No user needs it.
 """
 
-import os
-import re
 import sys
-import time
 
 from doit.dependency import SqliteDB
 from doit.exceptions import UnmetDependency
@@ -54,17 +44,6 @@ def save_records_now() -> None:
 
 class DaliReporter(ExecutedOnlyReporter):
     desc = "doit's output for executed tasks; user errors as one line; records saved per task"
-
-    def __init__(self, outstream, options):
-        super().__init__(outstream, options)
-        self.hold_at = os.environ.get("DALI_HOLD_AT_TASK")
-
-    def execute_task(self, task):
-        super().execute_task(task)
-        if self.hold_at and task.actions and re.fullmatch(self.hold_at, task.name):
-            self.hold_at = None  # the first such task only
-            self.outstream.flush()
-            time.sleep(60)  # a signal's handler (dali/commands.py) ends the run from here
 
     def add_success(self, task):
         if task.actions:  # a group task's record is rebuilt for free: no commit (and fsync) for it

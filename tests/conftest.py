@@ -75,21 +75,21 @@ def start_doit(*args: str, hold: tuple[str, ...] = (), env: dict | None = None,
                             preexec_fn=as_at_a_terminal(ignored), **popen)
 
 
-def run_until(c: ClusterUnderTest, pattern: str, sig: signal.Signals, delay: float, *args: str) -> tuple[bool, str]:
+def run_until(c: ClusterUnderTest, pattern: str, sig: signal.Signals, delay: float, *args: str,
+              hold: tuple[str, ...] = ()) -> tuple[bool, str]:
     """Run doit; when it prints a line matching pattern, wait `delay` s and send `sig`.
     Returns whether that happened, and everything doit printed.
 
     A pattern that is a task's title (`^\\.  TASK$`) with no delay is a kill on the boundary
-    before TASK: the run is held there (DALI_HOLD_AT_TASK, dali/reporter.py) until the signal
+    before TASK: the run is held there (tests/support/held_doit.py --at-task) until the signal
     comes, which would otherwise land wherever the run had got to by then, a task or two later
-    at times."""
-    env = user_env()
+    at times. `hold`: held_doit.py's options for another point the run is held at, one it
+    reaches after the pattern's line (say, the step after the last one that prints a line)."""
     title = re.fullmatch(r"\^\\\.  (.+)\$", pattern)
     if title and delay == 0:
-        env["DALI_HOLD_AT_TASK"] = title.group(1)
-    process = subprocess.Popen([str(DOIT), *args, f"config={c.path}"], cwd=REPO,
-                               env=env, text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, preexec_fn=as_at_a_terminal())
+        hold = ("--at-task", title.group(1), *hold)
+    process = start_doit(*args, f"config={c.path}", hold=hold, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
     said, hit = [], threading.Event()
     for line in process.stdout:
         said.append(line)

@@ -80,18 +80,21 @@ NODE_IMAGE = [  # doit image:base: the node image cached for that recipe, then t
 # Clean says one line per object it removes (dali/cleaning.py), in doit's clean order, which
 # depends on what is left: a node shut down and undefined, then its disk; the image's files and
 # the identity disks, the network, the FAM and its AppArmor rule; then the sweep (what was built
-# on, the directories, state/<tag>/). Each kill lands right after one of those lines.
-CLEAN = [
-    (rf"^{TAG}[ab]: shutting down", KILL, 1),                # shutting a running node down
-    (rf"^removed node {TAG}[ab]$", INT, 0),                   # a node undefined, its disk still there
-    (rf"^removed file .*/{TAG}a\.qcow2$", KILL, 0),          # the nodes' disks going
-    (r"^removed file .*/image/initrd\.img$", INT, 0),        # the image going
-    (r"^removed network ", KILL, 0),                         # the network gone, the FAM still there
-    (r"^removed AppArmor rule ", INT, 0),                    # the FAM and its rule gone, the sweep to come
+# on, the directories, state/<tag>/). Each kill lands right after one of those lines; the last,
+# with the run held as the sweep begins (tests/support/held_doit.py): the rest of the clean
+# takes milliseconds, and the Ctrl-C sent on the line landed once as the process exited (-2).
+SWEEP = ("--before", "dali.preflight:sweep")
+CLEAN = [  # (what clean prints, signal, seconds to wait after it, where the run is held)
+    (rf"^{TAG}[ab]: shutting down", KILL, 1, ()),              # shutting a running node down
+    (rf"^removed node {TAG}[ab]$", INT, 0, ()),                 # a node undefined, its disk still there
+    (rf"^removed file .*/{TAG}a\.qcow2$", KILL, 0, ()),        # the nodes' disks going
+    (r"^removed file .*/image/initrd\.img$", INT, 0, ()),      # the image going
+    (r"^removed network ", KILL, 0, ()),                       # the network gone, the FAM still there
+    (r"^removed AppArmor rule ", INT, 0, SWEEP),               # the FAM and its rule gone, the sweep to come
 ]
 # (No point inside the sweep itself: its rmdirs take microseconds, and a kill sent on one of its
-# lines lands after the rest. Each point above is followed by a step that takes milliseconds at
-# least, a libvirt call or apparmor_parser, before the next point's object goes.)
+# lines lands after the rest. Each point but the last is followed by a step that takes
+# milliseconds at least, a libvirt call or apparmor_parser, before the next point's object goes.)
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +202,8 @@ def test_a_cold_run_killed_at_every_step_converges(cluster):
 
 def test_a_clean_killed_at_every_step_converges(cluster):
     cluster.doit("start")  # so that clean has running nodes to shut down
-    for pattern, sig, delay in CLEAN:
-        reached, _ = run_until(cluster, pattern, sig, delay, "clean")
+    for pattern, sig, delay, hold in CLEAN:
+        reached, _ = run_until(cluster, pattern, sig, delay, "clean", hold=hold)
         assert reached, f"kill point never reached: {pattern}"
     cluster.doit("clean")
     assert not cluster.virt.our_domains()

@@ -1,7 +1,10 @@
-"""The tree's structure: no import circles, nothing imported from a layer above, and the
-drawing in docs/design.md is the tree's own (tests/structure.py draws it)."""
+"""The tree's structure: no import circles, nothing imported from a layer above, the drawing in
+docs/design.md is the tree's own (tests/structure.py draws it), and the environment is read
+where the settings are, not by hooks for tests."""
 
 from __future__ import annotations
+
+import re
 
 import structure
 
@@ -34,3 +37,12 @@ def test_the_design_doc_shows_the_tree_as_it_is():
     assert "```\n" + structure.drawing() + "```" in text, (
         "docs/design.md's structure drawing is out of date: paste the output of "
         ".venv/bin/python tests/structure.py there")
+
+
+def test_the_environment_is_read_where_the_settings_are_and_nowhere_for_tests():
+    """dodo.py hands the environment to the settings (every DALI_* variable is a setting); beside
+    them only DALI_TRACEBACK (errors.unforeseen) and the environment a debootstrap inherits. A
+    hook for tests (DALI_HOLD_AT_TASK was one, in the reporter) lives in tests/support/."""
+    readers = {name for name, path in structure.modules().items()
+               if re.search(r"\bos\.environ\b|\bgetenv\b|from os import .*environ", path.read_text())}
+    assert readers == {"dali.errors", "dali.image_builder"}
