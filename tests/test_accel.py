@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import libvirt
 import pytest
 
-from conftest import local_files
 from dali import accel
 from dali.errors import DaliError
+from support.files import local_files
 
 CPU = "<capabilities><host><cpu><model>Broadwell</model>{features}</cpu></host></capabilities>"
 

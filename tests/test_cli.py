@@ -9,9 +9,9 @@ import libvirt
 import pytest
 from doit.loader import get_module
 
-from conftest import one_error_line, run_doit
 from dali.cluster import REPO
 from dali.errors import DaliError
+from support.doit import one_error_line, run_doit
 
 
 def test_bad_config_value(tmp_path):

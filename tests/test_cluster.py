@@ -21,10 +21,11 @@ import subprocess
 import libvirt
 import pytest
 
-from conftest import FIRST_TAG, ClusterUnderTest, one_error_line
 from dali import accel, disks, fam, guest, image
 from dali.marks import mark_of
 from dali.storage.local import backing_file
+from support.cluster import FIRST_TAG, ClusterUnderTest
+from support.doit import one_error_line
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from conftest import FIRST_TAG, one_error_line, run_until, torture_table
 from dali import access, evidence, fam, guest
+from support.cluster import FIRST_TAG, torture_table
+from support.doit import one_error_line, run_until
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 

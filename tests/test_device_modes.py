@@ -9,8 +9,9 @@ import os
 
 import pytest
 
-from conftest import torture_table, ClusterUnderTest, one_error_line, unique_tag
 from dali import fam, guest
+from support.cluster import ClusterUnderTest, torture_table, unique_tag
+from support.doit import one_error_line
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 

@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 
-from conftest import local_files
 from dali import disks, domain, marks
 from dali.commands import run
 from dali.errors import DaliError
 from dali.storage.local import backing_file
+from support.files import local_files
 
 
 @pytest.fixture

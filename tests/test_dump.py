@@ -23,9 +23,11 @@ import types
 import libvirt
 import pytest
 
-from conftest import local_files, start_doit, unique_tag
 from dali import domain, evidence, lifecycle, pauses, settings
 from dali.virt import Libvirt
+from support.cluster import unique_tag
+from support.doit import start_doit
+from support.files import local_files
 from test_marks import for_test_driver
 
 pytestmark = pytest.mark.libvirt

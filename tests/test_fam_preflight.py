@@ -12,11 +12,11 @@ import uuid
 import pytest
 from pathlib import Path
 
-from conftest import local_files
 from dali import fam, marks, settings
 from dali.errors import DaliError
 from dali.preflight import make_state_dir
 from dali.storage.local import data_dir_problem
+from support.files import local_files
 
 
 def test_fam_is_made_with_the_seeds_group_and_mode(config_in, files_in):

@@ -12,9 +12,9 @@ from doit.control import TaskControl
 from doit.doit_cmd import reset_vars, set_var
 from doit.loader import get_module, load_tasks
 
-from conftest import local_files
 from dali import domain, settings
 from dali.cluster import REPO
+from support.files import local_files
 
 
 @pytest.fixture

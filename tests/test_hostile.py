@@ -13,13 +13,14 @@ import libvirt
 import pytest
 
 import dali.virt
-from conftest import one_error_line, run_doit, unique_tag
 from dali import (access, apparmor, evidence, fam, image, image_builder, lifecycle, lock, ocfs2, scratch,
                   status, verify)
 from dali.cluster import REPO
 from dali.errors import DaliError
 from dali.text import visible
 from dali.virt import ExecResult, Libvirt
+from support.cluster import unique_tag
+from support.doit import one_error_line, run_doit
 
 
 def test_host_locks_live_in_a_directory_only_root_can_enter(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DOIT, as_at_a_terminal, user_env
+from support.doit import DOIT, as_at_a_terminal, user_env
 
 DODO = '''
 import os

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ClusterUnderTest, one_error_line, unique_tag
 from dali import fam, guest, reset
 from dali.cluster import REPO
 from dali.domain import gdb_socket
+from support.cluster import ClusterUnderTest, unique_tag
+from support.doit import one_error_line
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 

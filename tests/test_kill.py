@@ -2,7 +2,7 @@
 SIGINT as Ctrl-C sends it) at every task boundary of a cold run and in the middle of every long
 step, each time followed by a `doit` that carries on from where it was stopped; then the same
 for `doit clean`. The end is held to exactly what an uninterrupted run leaves
-(conftest.assert_built), and to nothing at all after the clean.
+(support.cluster.assert_built), and to nothing at all after the clean.
 
 The kills are chained: the run after a kill is the one that meets the next kill point, so every
 run has to pick up what the previous one left. The cold run builds on the debootstrap tarball
@@ -21,9 +21,10 @@ import subprocess
 
 import pytest
 
-from conftest import ClusterUnderTest, assert_built, debootstrap_of, files_under, run_until, unique_tag
 from dali.image_builder import kept_tree
 from dali.scratch import abandoned_work, remove_tree
+from support.cluster import ClusterUnderTest, assert_built, debootstrap_of, files_under, unique_tag
+from support.doit import run_until
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 

@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 
-from conftest import local_files
 from dali import domain, marks, network, settings
 from dali.steps import Step, uptodate
 from dali.network import Addresses
 from dali.storage.local import LocalDir
 from dali.virt import ForeignObject, Libvirt
+from support.files import local_files
 
 FOREIGN_DOMAIN = """<domain type="test"><name>{name}</name><memory>65536</memory>
 <os><type>hvm</type></os></domain>"""

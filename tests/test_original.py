@@ -4,8 +4,8 @@ cluster tests hold the same rule on qemu:///system: test_cluster.py's original e
 `doit` with the original started by `doit start` runs nothing (test_a_removed_clone_...);
 test_kill.py kills a cold run at every step around it."""
 
-from conftest import local_files
 from dali import domain, original
+from support.files import local_files
 from test_marks import for_test_driver
 
 

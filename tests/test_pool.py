@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import unique_tag
 from dali import settings
 from dali.errors import DaliError
 from dali.storage.pool import MARKER, SLOT, Pool, name
 from dali.virt import Libvirt
+from support.cluster import unique_tag
 
 pytestmark = pytest.mark.libvirt
 

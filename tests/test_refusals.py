@@ -12,8 +12,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from conftest import one_error_line, run_doit
 from dali.cluster import REPO
+from support.doit import one_error_line, run_doit
 from test_settings import BAD_VALUES
 
 STATE = REPO / "state"

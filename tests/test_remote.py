@@ -1,6 +1,6 @@
 """A cluster on another libvirt host, driven from this checkout (docs/remote.md).
 
-The "remote host" is a second libvirtd on this machine (tests/remote_host.py): its own network
+The "remote host" is a second libvirtd on this machine (tests/support/remote_host.py): its own network
 namespace, and its own mount namespace in which /var/lib/libvirt, /run/libvirt and
 /var/lib/dali are directories of its own. A file dali wrote on this machine instead of through
 libvirt would simply not be there for its VMs, and the test would fail. A local cluster runs
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ClusterUnderTest, one_error_line, run_until, unique_tag
-from remote_host import RemoteHost
-
 from dali import fam, own_kernel
+from support.cluster import ClusterUnderTest, unique_tag
+from support.doit import one_error_line, run_until
+from support.remote_host import RemoteHost
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 

@@ -5,10 +5,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import local_files
 from dali import domain, network, settings
 from dali.marks import mark_of
 from dali.network import Addresses
+from support.files import local_files
 
 SEED_ADDRESSES = Addresses("192.168.7.254", 24, "192.168.7.1", "192.168.7.20")
 

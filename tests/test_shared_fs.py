@@ -10,8 +10,9 @@ import subprocess
 
 import pytest
 
-from conftest import one_error_line, unique_tag
 from dali import fam
+from support.cluster import unique_tag
+from support.doit import one_error_line
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 

@@ -16,8 +16,9 @@ import subprocess
 
 import pytest
 
-from conftest import as_at_a_terminal, start_doit, unique_tag
 from dali.cluster import REPO
+from support.cluster import unique_tag
+from support.doit import as_at_a_terminal, start_doit
 
 TAG = unique_tag("sig")
 STOPPED = ("dali: stopped by {}; what was done is kept and nothing is half-made: run the same "

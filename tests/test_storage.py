@@ -16,13 +16,13 @@ import time
 
 import pytest
 
-from conftest import unique_tag
 from dali import fam, reset, settings, shared_disk
 from dali.errors import DaliError
 from dali.preflight import make_state_dir
 from dali.storage.local import LocalDir
 from dali.storage.pool import LibvirtPool, name
 from dali.virt import Libvirt
+from support.cluster import unique_tag
 
 pytestmark = pytest.mark.libvirt
 MiB = 1 << 20

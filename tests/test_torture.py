@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import one_error_line, torture_runs as runs, torture_table as table, unique_tag
+from support.cluster import torture_runs as runs, torture_table as table, unique_tag
+from support.doit import one_error_line
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 

@@ -13,13 +13,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import one_error_line, run_doit, unique_tag
 from dali import faults, torture
 from dali.errors import DaliError
 from dali.torture_report import Outcome, Report, Results, Status
 from dali.virt import ExecResult
 from dali.workloads.common import Verdict
 from dali.workloads.guest import RESULT
+from support.cluster import unique_tag
+from support.doit import one_error_line, run_doit
 
 
 # --- fakes ---------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from conftest import DOIT, ClusterUnderTest, one_error_line, run_doit, unique_tag, user_env
+from support.cluster import ClusterUnderTest, unique_tag
+from support.doit import DOIT, one_error_line, run_doit, user_env
 
 ONE, TWO, THREE = unique_tag("dalione"), unique_tag("dalitwo"), unique_tag("dalithree")
 from dali import settings

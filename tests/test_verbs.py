@@ -14,9 +14,10 @@ import types
 import pytest
 
 import structure
-from conftest import one_error_line, run_doit, run_until, unique_tag
 from dali.cluster import REPO
 from dali.errors import DaliError
+from support.cluster import unique_tag
+from support.doit import one_error_line, run_doit, run_until
 
 TAG = unique_tag("verbs")
 VERBS = ["dump", "pput", "pssh", "torture"]

@@ -1,6 +1,6 @@
 """`doit ARGS`, held at one chosen point for a while, so that a signal sent once the run says it
 is held lands exactly there, whatever the host's speed: the tests' way to stop a run at an
-instant they choose (conftest.run_until, for tests/test_kill.py; tests/test_signals.py). dali
+instant they choose (support.doit.run_until, for tests/test_kill.py; tests/test_signals.py). dali
 itself has no such hook.
 
     .venv/bin/python -P tests/support/held_doit.py [HOLD ...] [--seconds N] -- ARGS...

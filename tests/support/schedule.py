@@ -1,0 +1,59 @@
+"""Which of the two pytest workers (pyproject.toml: -n 2) runs which module, and in what order:
+tests/conftest.py's hooks hand pytest and xdist these (docs/testing.md, "Time")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# A module that boots guests builds its cluster once, in a module or session fixture, so all its
+# tests run in one worker; the modules of a group below share one session cluster, and run in one
+# worker, in the order listed (each lives in what the one before leaves). Longest first, so that the two
+# workers finish together (docs/testing.md has the figures). The modules without guests come
+# right after the first group: the first worker takes that group, the second the quick modules,
+# meanwhile the first builds the checkout's image (on a fresh checkout, a minute and a half of
+# debootstrap, which any cluster the second worker started would only wait for), then the rest.
+# Every module marked guest must be listed here.
+CLUSTER_MODULES = [
+    # the OCFS2 cluster (conftest.ocfs2_cluster); test_remote.py runs its remote cluster beside it
+    ("test_shared_fs.py", "test_remote.py", "test_torture.py"),
+    ("test_cluster.py", "test_cluster_living.py"),  # the first cluster (conftest.first_cluster)
+    ("test_kill.py",),
+    ("test_device_modes.py",),
+    ("test_kernel_loop.py",),
+    ("test_two_clusters.py",),
+]
+GROUP_OF = {module: group for group, modules in enumerate(CLUSTER_MODULES) for module in modules}
+PLACE_IN_GROUP = {module: place for modules in CLUSTER_MODULES for place, module in enumerate(modules)}
+
+
+QUICK_AFTER = 1  # the modules without guests go after this many groups of CLUSTER_MODULES
+
+
+def in_order(items) -> None:
+    """The first QUICK_AFTER groups of CLUSTER_MODULES, the modules without guests in file
+    order, then the other groups; a group's modules in the order it lists them."""
+    unlisted = sorted({item.path.name for item in items
+                       if item.get_closest_marker("guest") and item.path.name not in GROUP_OF})
+    if unlisted:
+        raise pytest.UsageError(f"{', '.join(unlisted)}: a module marked guest must be listed in "
+                                "tests/support/schedule.py's CLUSTER_MODULES (which worker runs it)")
+    order = {id(item): n for n, item in enumerate(items)}
+    items.sort(key=lambda item: (GROUP_OF.get(item.path.name, QUICK_AFTER - 0.5),
+                                 PLACE_IN_GROUP.get(item.path.name, 0), order[id(item)]))
+
+
+def by_cluster(config, log):
+    """xdist's loadfile, with each group of CLUSTER_MODULES one unit of work, in the order
+    collected. (Not xdist_group marks: pytest 9 ignores the node ids xdist 3.8 rewrites for them.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByCluster(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            group = GROUP_OF.get(Path(path).name)
+            return path if group is None else CLUSTER_MODULES[group][0]
+
+    config.option.loadscopereorder = False  # the collection's order: longest first
+    return ByCluster(config, log)
