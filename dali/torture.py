@@ -338,9 +338,15 @@ def _clock_offsets(virt: Libvirt, nodes) -> dict[str, float]:
 
 
 def _parse_result(out: str) -> dict | None:
+    """The result a workload printed last; None if it printed none, or one that is not JSON (a
+    kernel under test may garble a node's output): that node's run then failed, with its output."""
     for line in reversed(out.splitlines()):
         if line.startswith(RESULT):
-            return json.loads(line[len(RESULT):])
+            try:
+                found = json.loads(line[len(RESULT):])
+            except ValueError:
+                return None
+            return found if isinstance(found, dict) else None
     return None
 
 

@@ -96,6 +96,11 @@ class Row(NamedTuple):
         return self.status.said(self.detail)
 
 
+def _cell(text: str) -> str:
+    """Text in a Markdown table's cell: a '|' of it (a node's failing line) would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def _rate(n: float, seconds: float) -> str:
     return f"{n / seconds:.1f}" if seconds > 0 else "-"
 
@@ -233,7 +238,7 @@ class Report:
         for r in self.rows:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(r.violations.items())) or "0"
             stall = f"{r.stall[1]:.1f} s from {r.stall[0]:g} s" if r.stall else "-"
-            lines.append(f"| {r.workload} | {r.node} | {r.said()} | {r.ops} | {kinds} | "
+            lines.append(f"| {r.workload} | {r.node} | {_cell(r.said())} | {r.ops} | {kinds} | "
                          f"{r.worst:.3f} | {stall} |")
         return lines
 

@@ -276,3 +276,12 @@ def test_a_script_and_a_checker_run_through_one_loop_and_are_reported_alike(conf
     assert {key: r["status"] for key, r in runs.items()} == {
         f"fake {a}": "ok", f"fake {b}": "failed: exit 1: OSError: [Errno 5] EIO",
         f"probe.sh {a}": "ok", f"probe.sh {b}": "violations"}
+
+
+def test_a_garbled_result_is_that_nodes_failure_not_the_runs_end():
+    """A node's output mangled (a kernel under test, a console line cut in): no result, so that
+    node's run failed with its output, where json.loads ended the whole run as a bug."""
+    from dali.torture import _parse_result
+    assert _parse_result(RESULT + '{"ops": 3, "viol') is None
+    assert _parse_result(RESULT + "[1, 2]") is None
+    assert _parse_result("noise\n" + RESULT + '{"ops": 3}\n') == {"ops": 3}
