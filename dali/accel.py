@@ -11,20 +11,24 @@ the probe only when the kernel changes (tasks/accel.py).
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import libvirt
 
-from dali import image
+from dali import commands, image
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.marks import MARK_NS
 from dali.render import render
 from dali.reporter import log
 from dali.storage import Storage
-from dali.virt import Libvirt
+from dali.virt import Libvirt, unless_gone
 
 PROBE_SECONDS = 10  # a working KVM prints its banner in well under a second
 
@@ -70,19 +74,44 @@ def offers_kvm(virt: Libvirt) -> bool:
 
 def boots(cluster: Cluster, virt: Libvirt, kernel: Path, domain_type: str, seconds: int = PROBE_SECONDS) -> bool:
     """Does `kernel` (a file of the libvirt host) start as a `domain_type` domain within `seconds`?
-    A transient domain there, started paused so not a byte of its console is missed, its
-    console read through libvirt until the kernel's banner. The domain is AUTODESTROY: it dies
-    with this connection, so a killed doit leaves none."""
+
+    A transient domain there, started paused so not a byte of its console is missed, its console
+    read through libvirt until the kernel's banner. All of it in a program of its own, with a
+    connection of its own (python -m dali.accel): where KVM is broken, resuming the domain can
+    hang in libvirtd for good, and a doit waiting on it would hang with it. The program is
+    killed once `seconds` (and a margin to start) have passed; its connection closes with it,
+    and libvirtd destroys the domain (AUTODESTROY), as it does when a doit is killed."""
     xml = render("accel-probe.xml.j2", domain_type=domain_type, name=f"{cluster.tag}-accel-probe",
                  mark_ns=MARK_NS, mark=cluster.mark, kernel=kernel)
+    probe = commands.spawn([sys.executable, "-m", "dali.accel", virt.uri, str(seconds)], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    said = ""
     try:
-        dom = virt.conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_AUTODESTROY)
+        said, _ = probe.communicate(xml, timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        os.killpg(probe.pid, signal.SIGKILL)
+        probe.communicate()
+    finally:
+        commands.finished(probe)
+        # libvirtd destroys it as the probe's connection closes, but not while a job of it hangs
+        # (a resume, with a KVM that never runs a guest): then it is destroyed from here.
+        left = virt.domain(f"{cluster.tag}-accel-probe")
+        if left is not None:
+            unless_gone(left.destroy, default=None)
+    return said.strip() == "boots"
+
+
+def _probe(uri: str, xml: str, seconds: float) -> bool:
+    """The probe itself, in its own program (boots())."""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    conn = libvirt.open(uri)
+    try:
+        dom = conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_AUTODESTROY)
     except libvirt.libvirtError:
         return False  # refused to start: not a KVM that boots
     # A blocking stream read in a thread of its own: a non-blocking one needs libvirt's event
-    # loop, which dali does not run (without it, recv() never had data to give). Destroying the
-    # domain at the end closes the console and so ends the thread's read.
-    stream = virt.conn.newStream(0)
+    # loop, which is not run here (without it, recv() never had data to give).
+    stream = conn.newStream(0)
     seen = bytearray()
     banner = threading.Event()
 
@@ -94,11 +123,11 @@ def boots(cluster: Cluster, virt: Libvirt, kernel: Path, domain_type: str, secon
                     return  # the console closed: the domain is gone (a panic reboots it, on_reboot destroys it)
                 seen.extend(got)
                 if b"Linux version" in seen[-8192:]:
-                    banner.set()
+                    return
         except libvirt.libvirtError:
             pass
         finally:
-            banner.set()  # nothing more will come
+            banner.set()  # the banner, or nothing more to come
 
     try:
         dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
@@ -107,10 +136,10 @@ def boots(cluster: Cluster, virt: Libvirt, kernel: Path, domain_type: str, secon
         banner.wait(seconds)
     except libvirt.libvirtError:
         pass  # the probe failed to run: not a KVM that boots
-    finally:
-        for end_it in (dom.destroy, stream.abort):
-            try:
-                end_it()
-            except libvirt.libvirtError:
-                pass
     return b"Linux version" in bytes(seen)
+
+
+if __name__ == "__main__":  # python -m dali.accel URI SECONDS < the probe domain's XML
+    booted = _probe(sys.argv[1], sys.stdin.read(), float(sys.argv[2]))
+    print("boots" if booted else "silent", flush=True)
+    os._exit(0)  # at once: the connection closes, and libvirtd destroys the domain (AUTODESTROY)
