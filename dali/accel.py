@@ -95,9 +95,11 @@ def boots(cluster: Cluster, virt: Libvirt, kernel: Path, domain_type: str, secon
         commands.finished(probe)
         # libvirtd destroys it as the probe's connection closes, but not while a job of it hangs
         # (a resume, with a KVM that never runs a guest): then it is destroyed from here.
-        left = virt.domain(f"{cluster.tag}-accel-probe")
-        if left is not None:
-            unless_gone(left.destroy, default=None)
+        def destroy_what_is_left() -> None:
+            left = virt.domain(f"{cluster.tag}-accel-probe")
+            if left is not None:
+                left.destroy()
+        unless_gone(destroy_what_is_left, default=None)  # (gone as it was looked at: done)
     return said.strip() == "boots"
 
 
