@@ -34,8 +34,8 @@ from dali.commands import exit_cleanly_on_signals
 from dali.errors import DaliError, unforeseen
 from dali.reporter import DaliReporter
 from dali.virt import Libvirt
-from tasks import (access, accel, apparmor, clone, disks, domain, fam, freeze, fs, identity_disk, image,
-                   kernel, lifecycle, network, original, preflight, prune, reset, torture, verify)
+from tasks import (access, accel, apparmor, checker, clone, disks, domain, fam, freeze, fs, identity_disk,
+                   image, kernel, lifecycle, network, original, preflight, prune, reset, torture, verify)
 
 # Ctrl-C: one line, exit 130, the programs dali started stopped. Done already by dali's task
 # loader (dali/loader.py) when doit runs in the checkout; here for a doit run elsewhere (-f).
@@ -113,6 +113,11 @@ def task_accel():
 def task_kernel():
     """your own kernel, made bootable (kernel.path); none with the image's kernel"""
     yield from tasks_of(kernel)
+
+
+def task_checker():
+    """the FAM checked as non-coherent memory: QEMU, dali's plugin, the model (device.coherence)"""
+    yield from tasks_of(checker)
 
 
 def task_disk():

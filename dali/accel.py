@@ -38,6 +38,10 @@ def decide(cluster: Cluster, files: Storage, virt: Libvirt) -> str:
     where = f"the libvirt host {cluster.uri}"
     if cluster.accel == "tcg":
         return "qemu"
+    if cluster.coherence != "off":
+        # The plugin runs in TCG only; the settings refuse accel = kvm with it.
+        log(f"accel = auto: device.coherence = {cluster.coherence} checks the FAM through TCG; using TCG")
+        return "qemu"
     offers = offers_kvm(virt)
     if cluster.accel == "kvm":
         if not offers:

@@ -192,6 +192,7 @@ class Cluster(NamedTuple):
     boot_timeout: int
     shutdown_timeout: int
     remote_netns: str = ""  # with a remote uri: the namespace of that host's guest networks
+    coherence: str = "off"  # off, strict or cached: the FAM checked as non-coherent memory (docs/coherence.md)
 
     # --- who we are --------------------------------------------------------------------------
 
@@ -234,6 +235,11 @@ class Cluster(NamedTuple):
     def fam_path(self) -> Path:
         # Named FAM, as in the seed (a FAME/F.E.E. host shares the name).
         return self.data_dir / "FAM"
+
+    @property
+    def coherence_model(self) -> Path:
+        """device.coherence: the model of the FAM's cache lines that every node's QEMU maps."""
+        return self.data_dir / "FAM.coherence"
 
     @property
     def frozen_disk(self) -> Path:

@@ -16,6 +16,7 @@ import libvirt
 
 from dali import cleaning, identity_disk, image, marks, own_kernel
 from dali.cluster import Cluster, Node
+from dali.coherence import plugin, qemu
 from dali.initramfs import MODULES_DISK_SERIAL
 from dali.marks import MARK_NS
 from dali.render import render, write_if_changed
@@ -25,6 +26,7 @@ from dali.virt import Libvirt
 
 TEMPLATE = "domain.xml.j2"
 KiB = 1024
+GiB = 1 << 30
 
 
 def fam_size_text(size: int) -> str:
@@ -70,7 +72,29 @@ def template_values(cluster: Cluster, files: Storage, node: Node) -> dict:
         "network": cluster.network.name,
         "fam": str(cluster.fam_path), "fam_size": fam_size_text(cluster.fam_size),
         "fam_kib": cluster.fam_size // KiB, "style": cluster.device_style,
+        **coherence_values(cluster, node),
     }
+
+
+def coherence_values(cluster: Cluster, node: Node) -> dict:
+    """A checked node (device.coherence) runs the backports QEMU with dali's plugin, and its
+    NVDIMM sits at an address fixed here, the one the plugin watches (docs/coherence.md)."""
+    if cluster.coherence == "off":
+        return {}
+    return {"emulator": str(qemu.emulator(cluster.cache_dir)),
+            "nvdimm_base": hex(nvdimm_base(cluster.memory)),
+            "plugin": f"{plugin.path(cluster.cache_dir)},model={cluster.coherence_model},"
+                      f"node={cluster.nodes.index(node)},base={hex(nvdimm_base(cluster.memory))}"}
+
+
+def nvdimm_base(memory: int) -> int:
+    """Where QEMU's PC machine puts the first memory device: the start of its device memory,
+    the first GiB boundary after the RAM mapped above 4 GiB (hw/i386/pc.c, pc_piix.c: RAM of
+    3.5 GiB or more keeps 3 GiB below 4 GiB). dali pins the NVDIMM there for a checked node, so
+    a QEMU that placed it elsewhere fails to start instead of being checked in the wrong place."""
+    below = 3 * GiB if memory >= 0xE0000000 else memory
+    above = memory - below
+    return -(-(4 * GiB + above) // GiB) * GiB
 
 
 def gdb_socket(cluster: Cluster, node: Node | str) -> Path:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 from dali.cluster import (DEFAULT_DATA_ROOT, REPO, SSH_TRANSPORTS, Cluster, Filesystem, Image, Kernel, Network,
                           LibvirtUri, is_remote, read_uri)
+from dali.coherence.model import NODES_MAX as COHERENCE_NODES
 from dali.errors import DaliError
 
 DEFAULT_CONFIG = REPO / "cluster.toml"
@@ -454,6 +455,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("device.style", Choice(("seed", "native")), "seed",
             "seed: the seed's qemu:commandline stanzas and an AppArmor template rule; native: "
             "libvirt's own <memory model='nvdimm'>, the template left alone"),
+    Setting("device.coherence", Choice(("off", "strict", "cached")), "off",
+            "off: the host's coherent memory, as the nodes' QEMUs share it; strict or cached: "
+            "every node's QEMU checks each load, store and flush of the FAM against a model of "
+            "non-coherent shared memory (docs/coherence.md; TCG only, nodes on this machine)"),
     Setting("fs.type", Choice(("none", "ocfs2")), "none",
             "a filesystem on the shared device, mounted on every node: none (the device as the seed "
             "leaves it) or ocfs2"),
@@ -600,6 +605,8 @@ def _check_together(v: dict, where) -> None:
                           f"raise node.max_memory to at least {v['node.memory'] + v['fam.size']} bytes")
     _check_network(v, where)
     nodes = 1 + len(v["clones"])
+    if v["device.coherence"] != "off":
+        _check_coherence(v, where, nodes)
     if v["fs.type"] != "none" and v["fs.mountpoint"] in [t for _, t in v["share"]]:
         raise ConfigError(f"{where('share')}: a share's target is fs.mountpoint {v['fs.mountpoint']}: "
                           "mount the share elsewhere")
@@ -611,6 +618,22 @@ def _check_together(v: dict, where) -> None:
             raise ConfigError(f"{where('fs.slots')} = {v['fs.slots']} is fewer than the {nodes} nodes: "
                               f"raise fs.slots to at least {nodes} (a formatted device also needs "
                               f"`doit pssh --on {v['original']} tunefs.ocfs2 -N {nodes} /dev/pmem0`)")
+
+
+def _check_coherence(v: dict, where, nodes: int) -> None:
+    """What the coherence checker cannot do, refused before anything is made (docs/coherence.md)."""
+    what = f"{where('device.coherence')} = {v['device.coherence']!r}"
+    if v["accel"] == "kvm":
+        raise ConfigError(f"{what} watches every load and store through QEMU's TCG plugins, which "
+                          "KVM does not run: set accel = \"tcg\" or \"auto\", or device.coherence = \"off\"")
+    if is_remote(v["uri"]):
+        raise ConfigError(f"{what} runs dali's QEMU plugin and a model file shared by the nodes' "
+                          f"QEMUs, both on this machine, not on {v['uri']}: set device.coherence = "
+                          "\"off\", or run the cluster on this machine's libvirt")
+    if nodes > COHERENCE_NODES:
+        raise ConfigError(f"{what} models at most {COHERENCE_NODES} nodes (a line's state is 4 bits "
+                          f"per node in one 32-bit word) and this cluster has {nodes}: remove "
+                          "clones, or set device.coherence = \"off\"")
 
 
 def _check_remote(v: dict, where) -> None:
@@ -762,7 +785,7 @@ def _cluster(v: dict, origin: dict, path: Path, repo: Path) -> Cluster:
         memory_slots=v["node.memory_slots"], vcpus=v["node.vcpus"],
         image=Image(image_path, v["image.suite"], v["image.mirror"], v["image.http_proxy"],
                     v["image.extra_packages"], v["image.disk_size"]),
-        device_mode=v["device.mode"], device_style=v["device.style"],
+        device_mode=v["device.mode"], device_style=v["device.style"], coherence=v["device.coherence"],
         fs=Filesystem(v["fs.type"], v["fs.mountpoint"], v["fs.slots"], v["fs.heartbeat_threshold"]),
         own_kernel=_own_kernel(v, path), kernel_args=v["kernel.cmdline"], shares=v["share"],
         gdb=v["debug.gdb"],

@@ -232,4 +232,16 @@ class Pput(Verb):
         return argparse.Namespace(source=Path(source), dest=dest, on=given.on)
 
 
-VERBS = {verb.name: verb for verb in (Torture, Dump, Pssh, Pput)}
+class Coherence(Verb):
+    name = "coherence"
+    doc_purpose = ("what the checked nodes found since they booted: unflushed and stale reads, lost "
+                   "writes (device.coherence; docs/coherence.md)")
+
+    @staticmethod
+    def declare(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--reset", action="store_true", help="zero the findings: count again from now")
+        p.add_argument("--binary", dest="binaries", action="append", default=[], metavar="PATH",
+                       help="a program the nodes ran (built -no-pie): its functions named (repeatable)")
+
+
+VERBS = {verb.name: verb for verb in (Torture, Dump, Pssh, Pput, Coherence)}

@@ -1,6 +1,6 @@
 """The stages of dali's pipeline, one module each, in pipeline order:
 
-    preflight  network  fam  apparmor  image  accel  disks  domain  original  freeze  prune  clone
+    preflight  network  fam  apparmor  image  accel  checker  disks  domain  original  freeze  prune  clone
     lifecycle  verify   (commands on the running cluster, outside the build)
 
 Every module exposes gen_tasks(cluster, files, virt), a generator of doit task dicts, and

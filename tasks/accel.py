@@ -28,5 +28,6 @@ def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
         "doc": "KVM or TCG: does a KVM guest really boot there?",
         "actions": [Step("decide between KVM and TCG", decide, cluster, files, virt, changes=cluster)],
         "task_dep": ["image"],
-        "uptodate": [config_changed({"accel": cluster.accel, "uri": cluster.uri, "image": kernel})],
+        "uptodate": [config_changed({"accel": cluster.accel, "uri": cluster.uri, "image": kernel,
+                                     "coherence": cluster.coherence != "off"})],
     }

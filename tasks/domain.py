@@ -41,7 +41,7 @@ def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
             "actions": [Step(f"define {node.name}", domain.define, cluster, files, virt, node, changes=cluster)],
             # With your own kernel, its files too: a rebuilt kernel makes every definition stale.
             "file_dep": [xml_file] + (own_kernel.built(cluster) if cluster.own_kernel else []),
-            "task_dep": ["preflight", "network", "fam", "apparmor", "kernel", f"disk:{node.name}"]
+            "task_dep": ["preflight", "network", "fam", "apparmor", "kernel", "checker", f"disk:{node.name}"]
                         + ([f"identity:{node.name}"] if identity_disk.used(cluster, files) else []),
             "uptodate": [(uptodate(domain.is_defined), [virt, node], {})],
             "clean": [CleanStep(f"shut down and undefine {node.name}", domain.undefine, cluster, virt, node,

@@ -157,6 +157,11 @@ class Storage(ABC):
         `head_of` at its start, the rest a hole (the FAM's golden copy)."""
 
     @abstractmethod
+    def map_shared(self, path: Path, size: int, head: bytes) -> None:
+        """Our file at `path` made new: `size` bytes, `head` at its start, the rest a hole, that
+        qemu opens read-write and maps shared from every node (the coherence model)."""
+
+    @abstractmethod
     def copy_head(self, source: Path, target: Path, length: int) -> None:
         """The first `length` bytes of `source` written over those of `target`, in place, durably."""
 

@@ -190,6 +190,15 @@ class LocalDir(Storage):
             for key, value in facts.items():
                 os.setxattr(tmp, _FACTS.get(key, f"user.dali.{key}"), value.encode())
 
+    def map_shared(self, path: Path, size: int, head: bytes) -> None:
+        self._refuse_foreign(path)
+        with self._made(path) as tmp:
+            with open(tmp, "r+b") as f:
+                f.write(head)
+                f.truncate(size)
+                os.fsync(f.fileno())
+            marks.make_file_private(tmp, 0o660)  # qemu (libvirt-qemu, qemu's group) writes it
+
     def put_sparse(self, path: Path, size: int, head_of: Path, length: int) -> None:
         self._refuse_foreign(path)
         with self._made(path) as tmp:

@@ -707,6 +707,11 @@ class LibvirtPool(Storage):
         self.pool.ensure()
         self.pool.upload(self._name(path), data, **facts)
 
+    def map_shared(self, path: Path, size: int, head: bytes) -> None:
+        # The settings refuse device.coherence with a remote uri before anything runs.
+        raise DaliError(f"{path}{self.where}: a file qemu maps from every node (device.coherence) "
+                        "is made only on this machine; set device.coherence = \"off\"")
+
     def put_sparse(self, path: Path, size: int, head_of: Path, length: int) -> None:
         vol_name = self._name(path)
         self.pool.ensure()
