@@ -80,7 +80,7 @@ def coherence_values(cluster: Cluster, node: Node) -> dict:
     """A checked node (device.coherence) runs the backports QEMU with dali's plugin, and its
     NVDIMM sits at an address fixed here, the one the plugin watches (docs/coherence.md)."""
     if cluster.coherence == "off":
-        return {}
+        return {"emulator": None, "nvdimm_base": None, "plugin": None}
     return {"emulator": str(qemu.emulator(cluster.cache_dir)),
             "nvdimm_base": hex(nvdimm_base(cluster.memory)),
             "plugin": f"{plugin.path(cluster.cache_dir)},model={cluster.coherence_model},"

@@ -32,6 +32,7 @@ import libvirt
 
 from dali import consoles, fam, faults, guest, shared_disk, workloads
 from dali.cluster import Cluster, Node
+from dali.coherence import command as coherence
 from dali.errors import DaliError, one_line
 from dali.fanout import each
 from dali.lifecycle import running
@@ -453,12 +454,16 @@ def torture(cluster: Cluster, files: Storage, virt: Libvirt, workloads_named=(),
             virt.run(dom, ["mkdir", "-p", os.path.dirname(SCRIPT)]).check(f"mkdir {os.path.dirname(SCRIPT)}")
             guest.put_file(virt, dom, p.script.read_bytes(), SCRIPT, 0o755)
     each(p.nodes, ship)
+    checked = coherence.DuringRun(cluster, files)  # device.coherence: what the plugins find meanwhile
     if not compare_disk:
         report = _one_pass(cluster, files, virt, p, run_id, run_dir, save_device=True)
-        if report.failed:
-            raise DaliError(report.failure_line())
+        failed = [report.failure_line()] if report.failed else []
+        failed += [line for line in [checked.finish(files, virt, run_dir)] if line]
+        if failed:
+            raise DaliError("; ".join(failed))
         return
     nvdimm = _one_pass(cluster, files, virt, p, run_id, run_dir / "nvdimm", save_device=True)
+    incoherent = checked.finish(files, virt, run_dir / "nvdimm")
     where, kind = shared_disk.prepare(cluster, files, virt, p.nodes)
     on_disk = _retarget(p, where, kind)
     for name, why in on_disk.not_run:
@@ -468,6 +473,7 @@ def torture(cluster: Cluster, files: Storage, virt: Libvirt, workloads_named=(),
     (run_dir / "compare.md").write_text(side_by_side + "\n")
     print(side_by_side)
     failed = [f"{what}: {r.failure_line()}" for what, r in (("NVDIMM", nvdimm), ("disk", disk)) if r.failed]
+    failed += [f"NVDIMM: {incoherent}"] if incoherent else []
     if failed:
         raise DaliError("; ".join(failed))
 

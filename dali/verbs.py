@@ -76,7 +76,10 @@ class Verb(Run):
         else:  # the words after `--` added here: Python 3.11's intermixed parsing reads options there
             end = words.index("--") if "--" in words else len(words)
             given, left = parser.parse_known_intermixed_args(words[:end])
-            getattr(given, cls.free_words).extend(words[end + 1:])
+            if cls.free_words:
+                getattr(given, cls.free_words).extend(words[end + 1:])
+            else:
+                left += words[end + 1:]
         if left:  # what argparse did not know, and the words after it
             word = next((w for w in left if w.startswith("-")), left[0])
             raise DaliError(f"{word}: no such option of doit {cls.name} "

@@ -69,3 +69,37 @@ def show(cluster: Cluster, files: Storage, virt: Libvirt, reset: bool = False,
     write(cluster, directory, named, mode)
     print(findings.text(named, counters, cluster, mode), end="")
     print(f"kept in {directory / 'coherence.md'} and {directory / 'coherence.xml'} (JUnit)")
+
+
+class DuringRun:
+    """A torture run's findings: those the model gained while it ran (what was there before
+    stays, for doit coherence), kept in the run's directory beside its report. In strict mode
+    any finding fails the run: strict is for code that must be right on non-coherent memory."""
+
+    def __init__(self, cluster: Cluster, files: Storage):
+        self.cluster = cluster
+        self.path = check_on(cluster, files) if cluster.coherence != "off" else None
+        self.before = {self._key(f): f.count for f in model.findings(self.path)} if self.path else {}
+
+    @staticmethod
+    def _key(f: model.Finding) -> tuple:
+        return f.kind, f.writer_node, f.reader_node, f.writer_pc, f.reader_pc
+
+    def finish(self, files: Storage, virt: Libvirt, run_dir: Path) -> str | None:
+        """Writes coherence.md and coherence.xml into run_dir, prints the table; the run's
+        failure line in strict mode when anything was found, else None."""
+        if self.path is None:
+            return None
+        named, counters, mode = gather(self.cluster, files, virt, [])
+        new = []
+        for n in named:
+            gained = n.finding.count - self.before.get(self._key(n.finding), 0)
+            if gained > 0:
+                new.append(n._replace(finding=n.finding._replace(count=gained)))
+        write(self.cluster, run_dir, new, mode)
+        print(findings.text(new, counters, self.cluster, mode), end="")
+        if new and mode == "strict":
+            total = sum(n.finding.count for n in new)
+            return (f"coherence: {len(new)} finding(s), {total} in all, on non-coherent memory "
+                    f"(strict mode): {run_dir / 'coherence.md'}")
+        return None
