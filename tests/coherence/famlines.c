@@ -10,10 +10,13 @@
  *   famlines clwbread OFFSET                       CLWB the line (which may keep it cached), then
  *                                                  read it
  *
+ * CLFLUSHOPT and CLWB where the CPU has them (a checked node runs TCG's "max" CPU), else CLFLUSH.
+ *
  * Built static and -no-pie on the host (the test does it), so the functions' addresses in the
  * guest are the binary's and `doit coherence --binary famlines` names them. Each step is a
  * function of its own, never inlined: the checker reports the code on both sides by name.
  */
+#include <cpuid.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -35,6 +38,24 @@ static volatile uint64_t *line_at(uint64_t offset)
     return (volatile uint64_t *)(base + offset);
 }
 
+/* CPUID leaf 7: EBX bit 23 CLFLUSHOPT, bit 24 CLWB. An unchecked node runs TCG's default CPU,
+ * which has neither: there CLFLUSH stands in (it writes back and invalidates, as both need). */
+static int has(int bit)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b >> bit & 1);
+}
+
+static inline __attribute__((always_inline)) void flush_line(volatile uint64_t *p, int clwb)
+{
+    if (clwb && has(24))
+        __asm__ volatile("clwb %0" : "+m"(*(volatile char *)p) :: "memory");
+    else if (has(23))
+        __asm__ volatile("clflushopt %0" : "+m"(*(volatile char *)p) :: "memory");
+    else
+        __asm__ volatile("clflush %0" : "+m"(*(volatile char *)p) :: "memory");
+}
+
 NOINLINE static void writer_store(volatile uint64_t *p, uint64_t value) { *p = value; }
 
 NOINLINE static void writer_store_nt(volatile uint64_t *p, uint64_t value)
@@ -44,19 +65,19 @@ NOINLINE static void writer_store_nt(volatile uint64_t *p, uint64_t value)
 
 NOINLINE static void writer_flush(volatile uint64_t *p)
 {
-    __asm__ volatile("clflushopt %0" : "+m"(*(volatile char *)p) :: "memory");
+    flush_line(p, 0);
     __asm__ volatile("sfence" ::: "memory");
 }
 
 NOINLINE static void reader_invalidate(volatile uint64_t *p)
 {
-    __asm__ volatile("clflushopt %0" : "+m"(*(volatile char *)p) :: "memory");
+    flush_line(p, 0);
     __asm__ volatile("mfence" ::: "memory");
 }
 
 NOINLINE static void reader_clwb(volatile uint64_t *p)
 {
-    __asm__ volatile("clwb %0" : "+m"(*(volatile char *)p) :: "memory");
+    flush_line(p, 1);
     __asm__ volatile("mfence" ::: "memory");
 }
 

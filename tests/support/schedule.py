@@ -21,6 +21,7 @@ CLUSTER_MODULES = [
     ("test_cluster.py", "test_cluster_living.py"),  # the first cluster (conftest.first_cluster)
     ("test_kill.py",),
     ("test_device_modes.py",),
+    ("test_coherence.py",),
     ("test_kernel_loop.py",),
     ("test_two_clusters.py",),
 ]

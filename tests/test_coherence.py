@@ -1,0 +1,172 @@
+"""The coherence checker on real guests: two nodes of one cluster share /dev/dax0.0, a small
+program of ours (tests/coherence/famlines.c) writes a value on one node and reads it on the
+other, with and without the flushes non-coherent memory needs.
+
+First with checking off: the reader always sees the right bytes, whatever was left out (the
+nodes share the host's coherent caches: the emulation alone hides every case). Then the same
+cluster with device.coherence = "strict", restarted: the correct pair is silent, and each
+mistake is reported by kind, naming the functions on both sides, at its FAM offset."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dali import guest
+from dali.coherence import model
+from dali.coherence.findings import KERNEL_START
+from support.cluster import ClusterUnderTest, unique_tag
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
+
+TAG = unique_tag("dalicoh")
+FAMLINES = "/usr/local/bin/famlines"
+DEVDAX_PAGE = 2 << 20  # offsets in /dev/dax0.0 are offsets in the FAM past the namespace's start
+
+
+@pytest.fixture(scope="module")
+def famlines(tmp_path_factory) -> Path:
+    binary = tmp_path_factory.mktemp("famlines") / "famlines"
+    subprocess.run(["gcc", "-O2", "-g", "-static", "-no-pie", "-o", str(binary),
+                    str(Path(__file__).parent / "coherence" / "famlines.c")], check=True)
+    return binary
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, famlines):
+    c = ClusterUnderTest(tmp_path_factory.mktemp(TAG) / "cluster.toml", TAG, clones=["b"],
+                         device={"style": "native", "mode": "devdax"})
+    c.doit()
+    c.doit("start")
+    for s in "ab":
+        guest.put_file(c.virt, c.dom(s), famlines.read_bytes(), FAMLINES, 0o755)
+    yield c
+    c.teardown()
+
+
+def on(c, suffix: str, *args) -> str:
+    result = c.virt.run(c.dom(suffix), [FAMLINES, *map(str, args)])
+    assert result.exitcode == 0, result
+    return result.stdout.strip()
+
+
+# Each case its own line of the device, so that one never sees another's state.
+CORRECT, NO_FLUSH, NO_INVALIDATE, TWO_WRITERS, CLWB_READ, NT_STORE = (0x1000 + 0x40 * i for i in range(6))
+
+
+def mistakes(c) -> None:
+    """Every case, as famlines runs them; the values read, as the nodes saw them."""
+    on(c, "a", "write", CORRECT, 0x11, "flush")
+    assert on(c, "b", "read", CORRECT, "invalidate") == "0x11"
+    on(c, "a", "write", NO_FLUSH, 0x22, "noflush")
+    assert on(c, "b", "read", NO_FLUSH, "invalidate") == "0x22", "the emulation hides the missing flush"
+    on(c, "b", "read", NO_INVALIDATE, "cached")
+    on(c, "a", "write", NO_INVALIDATE, 0x33, "flush")
+    assert on(c, "b", "read", NO_INVALIDATE, "cached") == "0x33", "the emulation hides the missing invalidate"
+    on(c, "a", "write", TWO_WRITERS, 0x44, "noflush")
+    on(c, "b", "write", TWO_WRITERS, 0x55, "noflush")
+    on(c, "b", "read", CLWB_READ, "cached")
+    on(c, "a", "write", CLWB_READ, 0x66, "flush")
+    assert on(c, "b", "clwbread", CLWB_READ) == "0x66"
+    on(c, "a", "write", NT_STORE, 0x77, "nt")
+    assert on(c, "b", "read", NT_STORE, "invalidate") == "0x77"
+
+
+def test_with_checking_off_the_reader_always_sees_the_right_bytes(cluster):
+    """The control: what non-coherent memory would get wrong, the emulation gets right."""
+    mistakes(cluster)
+    assert not cluster.cfg.coherence_model.exists()
+
+
+@pytest.fixture(scope="module")
+def checked(cluster):
+    cluster.set(device={"style": "native", "mode": "devdax", "coherence": "strict"})
+    cluster.doit()  # the checked QEMU, the plugin, the model; the nodes defined again
+    cluster.doit("restart")
+    return cluster
+
+
+def test_checked_nodes_load_the_plugin_where_the_nvdimm_is(checked):
+    head = model.read_header(checked.cfg.coherence_model)
+    assert (head.fam_size, head.mode) == (checked.cfg.fam_size, "strict")
+    for i, s in enumerate("ab"):
+        log = Path(f"/var/log/libvirt/qemu/{TAG}{s}.log").read_text()
+        assert f"dali-coherence: node {i} checking 0x100000000" in log
+        iomem = checked.virt.run(checked.dom(s), ["cat", "/proc/iomem"]).stdout
+        assert re.search(r"^\s*100000000-[0-9a-f]+ : Persistent Memory", iomem, re.M), iomem
+    assert all(c["boots"] >= 1 for c in model.counters(checked.cfg.coherence_model)[:2])
+
+
+def famlines_findings(c) -> list[model.Finding]:
+    """The findings in famlines' code, both sides in user space. (The kernels' own are there
+    too: each node's kernel keeps the device's struct pages on the device itself, ndctl's
+    default --map=dev, and writes them at boot: lost writes, docs/coherence.md.)"""
+    return [f for f in model.findings(c.cfg.coherence_model)
+            if f.writer_pc < KERNEL_START and f.reader_pc < KERNEL_START]
+
+
+def findings_at(c, offset: int) -> list[model.Finding]:
+    return [f for f in famlines_findings(c) if f.first_offset % DEVDAX_PAGE == offset]
+
+
+def test_each_mistake_is_found_and_the_correct_pair_is_not(checked, famlines):
+    mistakes(checked)
+    assert findings_at(checked, CORRECT) == [], "flushed, fenced and invalidated: nothing to say"
+    assert findings_at(checked, NT_STORE) == [], "a non-temporal store reaches the FAM by itself"
+    expected = {NO_FLUSH: "unflushed read", NO_INVALIDATE: "stale read",
+                TWO_WRITERS: "lost write", CLWB_READ: "CLWB kept a stale line"}
+    for offset, kind in expected.items():
+        assert [f.kind for f in findings_at(checked, offset)] == [kind], (hex(offset), findings_at(checked, offset))
+    run = checked.doit("coherence", "--binary", str(famlines))
+    rows = {}  # what the user reads: famlines' rows of the table, by kind
+    for line in run.stdout.splitlines():
+        if "(famlines)" in line:
+            rows.setdefault(line.split("  ")[0], []).append(line)
+    assert sorted(rows) == ["CLWB kept a stale line", "lost write", "stale read", "unflushed read"], run.stdout
+    (unflushed,), (stale,), (lost,), (clwb,) = (rows[k] for k in ("unflushed read", "stale read", "lost write",
+                                                                  "CLWB kept a stale line"))
+    assert re.search(rf"{TAG}a writer_store .*{TAG}b reader_load", unflushed), unflushed
+    assert re.search(rf"{TAG}a writer_flush .*{TAG}b reader_load", stale), stale  # the write-back it missed
+    assert re.search(rf"{TAG}a writer_store .*{TAG}b writer_store", lost), lost
+    assert re.search(rf"{TAG}a writer_flush .*{TAG}b reader_load", clwb), clwb
+    report = (checked.cfg.state_dir / "coherence" / "coherence.md").read_text()
+    assert "unflushed read" in report and "writer_store" in report
+    junit = (checked.cfg.state_dir / "coherence" / "coherence.xml").read_text()
+    assert "<failure" in junit
+
+
+def test_a_node_booted_again_starts_with_nothing_cached_and_nothing_found(checked):
+    """Killed and started again: the model forgets what that node held and found (the model
+    file is the one dali made; a clean removes it with the FAM, test_clean_takes_the_model)."""
+    model_file = checked.cfg.coherence_model
+    inode = model_file.stat().st_ino
+    assert {f.reader_node for f in famlines_findings(checked)} == {1}
+    boots = model.counters(model_file)[1]["boots"]
+    checked.doit("destroy", "b")
+    checked.doit("start", "b")
+    assert model.counters(model_file)[1]["boots"] == boots + 1
+    assert famlines_findings(checked) == [], "b's findings went with its boot"
+    # Before its boot b held this line stale (a wrote it back after b's read): read without
+    # invalidating, that was a stale read. After it, b's cache is empty.
+    on(checked, "b", "read", NO_INVALIDATE, "cached")
+    assert findings_at(checked, NO_INVALIDATE) == [], "nothing cached on b after its boot"
+    assert model_file.stat().st_ino == inode, "the same model: the other node's view is kept"
+
+
+def test_reset_starts_counting_again(checked):
+    on(checked, "a", "write", NO_FLUSH + 0x1000, 0x99, "noflush")
+    on(checked, "b", "read", NO_FLUSH + 0x1000, "invalidate")
+    assert [f.kind for f in findings_at(checked, NO_FLUSH + 0x1000)] == ["unflushed read"]
+    checked.doit("coherence", "--reset")
+    assert model.findings(checked.cfg.coherence_model) == []
+
+
+def test_clean_takes_the_model(checked):
+    listed = checked.doit("clean", "-n").stdout
+    assert str(checked.cfg.coherence_model) in listed
+    checked.doit("destroy")
+    checked.doit("clean")
+    assert not checked.cfg.coherence_model.exists()
