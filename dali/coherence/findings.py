@@ -79,12 +79,16 @@ class Symbols:
     def _program(self, pc: int) -> str:
         for binary in self.binaries:
             try:
-                out = subprocess.run(["addr2line", "-f", "-e", str(binary), f"{pc:#x}"], capture_output=True,
-                                     text=True, timeout=30).stdout.split("\n")
+                out = subprocess.run(["addr2line", "-f", "-i", "-e", str(binary), f"{pc:#x}"],
+                                     capture_output=True, text=True, timeout=30).stdout.splitlines()
             except (OSError, subprocess.TimeoutExpired):
                 continue
-            if out and out[0] and out[0] != "??":
-                return f"{out[0]} ({binary.name})"
+            # -i: the function the code was inlined from, then each caller it was inlined into:
+            # "flush_line in writer_flush" says both where the instruction is and whose it is.
+            functions = [f for f in out[0::2] if f and f != "??"]
+            if functions:
+                said = functions[0] if len(functions) == 1 else f"{functions[0]} in {functions[-1]}"
+                return f"{said} ({binary.name})"
         return ""
 
 
