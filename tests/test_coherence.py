@@ -1,92 +1,53 @@
-"""The coherence checker on real guests: two nodes of one cluster share /dev/dax0.0, a small
-program of ours (tests/coherence/famlines.c) writes a value on one node and reads it on the
-other, with and without the flushes non-coherent memory needs.
+"""The coherence checker on real guests: two nodes of one checked cluster (device.coherence =
+"strict") share /dev/dax0.0, and a small program of ours (tests/coherence/famlines.c) writes a
+value on one node and reads it on the other, with and without the flushes non-coherent memory
+needs. The correct pair is silent, and each mistake is reported by kind, naming the functions on
+both sides, at its FAM offset. (The same cases with checking off, where the reader always sees
+the right bytes, are test_device_modes.py's.) Then the two nodes as a checked OCFS2 cluster.
 
-First with checking off: the reader always sees the right bytes, whatever was left out (the
-nodes share the host's coherent caches: the emulation alone hides every case). Then the same
-cluster with device.coherence = "strict", restarted: the correct pair is silent, and each
-mistake is reported by kind, naming the functions on both sides, at its FAM offset."""
+The FAM is 256 MiB: every node's kernel initialises the device's struct pages at boot, each
+store of it checked (docs/coherence.md), and mkfs.ocfs2 writes the device through: a smaller
+device boots and formats faster, and shows the same."""
 
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from dali import guest
 from dali.coherence import model
 from dali.coherence.findings import KERNEL_START
+from support import famlines
 from support.cluster import ClusterUnderTest, torture_runs, torture_table, unique_tag
 from support.doit import one_error_line
+from support.famlines import CLWB_READ, CORRECT, NO_FLUSH, NO_INVALIDATE, NT_STORE, TWO_WRITERS, on
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
 TAG = unique_tag("dalicoh")
-FAMLINES = "/usr/local/bin/famlines"
 DEVDAX_PAGE = 2 << 20  # offsets in /dev/dax0.0 are offsets in the FAM past the namespace's start
+FAM = {"size": "256M"}
 
 
 @pytest.fixture(scope="module")
-def famlines(tmp_path_factory) -> Path:
-    binary = tmp_path_factory.mktemp("famlines") / "famlines"
-    subprocess.run(["gcc", "-O2", "-g", "-static", "-no-pie", "-o", str(binary),
-                    str(Path(__file__).parent / "coherence" / "famlines.c")], check=True)
-    return binary
+def famlines_binary(tmp_path_factory) -> Path:
+    return famlines.build(tmp_path_factory.mktemp("famlines"))
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, famlines):
-    c = ClusterUnderTest(tmp_path_factory.mktemp(TAG) / "cluster.toml", TAG, clones=["b"],
-                         device={"style": "native", "mode": "devdax"})
-    c.doit()
-    c.doit("start")
-    for s in "ab":
-        guest.put_file(c.virt, c.dom(s), famlines.read_bytes(), FAMLINES, 0o755)
+def cluster(tmp_path_factory, famlines_binary):
+    c = ClusterUnderTest(tmp_path_factory.mktemp(TAG) / "cluster.toml", TAG, clones=["b"], fam=FAM,
+                         device={"style": "native", "mode": "devdax", "coherence": "strict"})
     yield c
     c.teardown()
 
 
-def on(c, suffix: str, *args) -> str:
-    result = c.virt.run(c.dom(suffix), [FAMLINES, *map(str, args)])
-    assert result.exitcode == 0, result
-    return result.stdout.strip()
-
-
-# Each case its own line of the device, so that one never sees another's state.
-CORRECT, NO_FLUSH, NO_INVALIDATE, TWO_WRITERS, CLWB_READ, NT_STORE = (0x1000 + 0x40 * i for i in range(6))
-
-
-def mistakes(c) -> None:
-    """Every case, as famlines runs them; the values read, as the nodes saw them."""
-    on(c, "a", "write", CORRECT, 0x11, "flush")
-    assert on(c, "b", "read", CORRECT, "invalidate") == "0x11"
-    on(c, "a", "write", NO_FLUSH, 0x22, "noflush")
-    assert on(c, "b", "read", NO_FLUSH, "invalidate") == "0x22", "the emulation hides the missing flush"
-    on(c, "b", "read", NO_INVALIDATE, "cached")
-    on(c, "a", "write", NO_INVALIDATE, 0x33, "flush")
-    assert on(c, "b", "read", NO_INVALIDATE, "cached") == "0x33", "the emulation hides the missing invalidate"
-    on(c, "a", "write", TWO_WRITERS, 0x44, "noflush")
-    on(c, "b", "write", TWO_WRITERS, 0x55, "noflush")
-    on(c, "b", "read", CLWB_READ, "cached")
-    on(c, "a", "write", CLWB_READ, 0x66, "flush")
-    assert on(c, "b", "clwbread", CLWB_READ) == "0x66"
-    on(c, "a", "write", NT_STORE, 0x77, "nt")
-    assert on(c, "b", "read", NT_STORE, "invalidate") == "0x77"
-
-
-def test_with_checking_off_the_reader_always_sees_the_right_bytes(cluster):
-    """The control: what non-coherent memory would get wrong, the emulation gets right."""
-    mistakes(cluster)
-    assert not cluster.cfg.coherence_model.exists()
-
-
 @pytest.fixture(scope="module")
-def checked(cluster):
-    cluster.set(device={"style": "native", "mode": "devdax", "coherence": "strict"})
-    cluster.doit()  # the checked QEMU, the plugin, the model; the nodes defined again
-    cluster.doit("restart")
+def checked(cluster, famlines_binary):
+    cluster.doit()  # the checked QEMU, the plugin, the model, then the nodes
+    cluster.doit("start")
+    famlines.install(cluster, famlines_binary)
     return cluster
 
 
@@ -113,15 +74,15 @@ def findings_at(c, offset: int) -> list[model.Finding]:
     return [f for f in famlines_findings(c) if f.first_offset % DEVDAX_PAGE == offset]
 
 
-def test_each_mistake_is_found_and_the_correct_pair_is_not(checked, famlines):
-    mistakes(checked)
+def test_each_mistake_is_found_and_the_correct_pair_is_not(checked, famlines_binary):
+    famlines.play_every_case(checked)
     assert findings_at(checked, CORRECT) == [], "flushed, fenced and invalidated: nothing to say"
     assert findings_at(checked, NT_STORE) == [], "a non-temporal store reaches the FAM by itself"
     expected = {NO_FLUSH: "unflushed read", NO_INVALIDATE: "stale read",
                 TWO_WRITERS: "lost write", CLWB_READ: "CLWB kept a stale line"}
     for offset, kind in expected.items():
         assert [f.kind for f in findings_at(checked, offset)] == [kind], (hex(offset), findings_at(checked, offset))
-    run = checked.doit("coherence", "--binary", str(famlines))
+    run = checked.doit("coherence", "--binary", str(famlines_binary))
     rows = {}  # what the user reads: famlines' rows of the table, by kind
     for line in run.stdout.splitlines():
         if "(famlines)" in line:
@@ -177,8 +138,8 @@ def test_clean_takes_the_model(checked):
 def ocfs2_checked(cluster):
     """The same two nodes made again (after test_clean_takes_the_model) as an OCFS2 cluster on
     fsdax, checked: what the kernel's own pmem and OCFS2 code does on non-coherent memory."""
-    cluster.set(device={"style": "native", "mode": "fsdax", "coherence": "strict"},
-                fs={"type": "ocfs2", "mountpoint": "/data", "heartbeat_threshold": 11})
+    cluster.set(fam=FAM, device={"style": "native", "mode": "fsdax", "coherence": "strict"},
+                fs={"type": "ocfs2", "mountpoint": "/data", "slots": 2, "heartbeat_threshold": 11})
     cluster.doit()
     cluster.doit("start")
     return cluster

@@ -1,6 +1,7 @@
 """The shared device's other shapes, on qemu:///system with real guests: libvirt's own NVDIMM
 device (device.style = "native") with the host's AppArmor template left byte-identical, a
-refused mode change that leaves the FAM untouched, and devdax made on purpose on a new FAM."""
+refused mode change that leaves the FAM untouched, and devdax made on purpose on a new FAM, where
+the cases of non-coherent memory all go unseen (test_coherence.py's control)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import pytest
 
 from dali import fam, guest
+from support import famlines
 from support.cluster import ClusterUnderTest, torture_table, unique_tag
 from support.doit import one_error_line
 
@@ -76,6 +78,16 @@ def test_devdax_on_a_new_fam_on_purpose(cluster):
     rows = torture_table(torture)
     assert set(rows) == {"mmap", "block"}, torture.stdout
     assert all(int(r[1]) > 0 and r[2] == "0" for r in rows.values()), rows
+
+
+def test_with_coherent_memory_every_missing_flush_goes_unseen(cluster, tmp_path):
+    """The control of test_coherence.py, on this devdax cluster with device.coherence off: a
+    writer that never writes its line back, a reader that never invalidates, two writers on one
+    line: the reader always sees the right bytes, because the nodes share the host's coherent
+    caches. On the hardware a FAM stands for, each is a bug; test_coherence.py finds them."""
+    famlines.install(cluster, famlines.build(tmp_path))
+    famlines.play_every_case(cluster)
+    assert not cluster.cfg.coherence_model.exists()
 
 
 def test_the_template_was_never_touched(cluster):

@@ -18,10 +18,12 @@ import pytest
 CLUSTER_MODULES = [
     # the OCFS2 cluster (conftest.ocfs2_cluster); test_remote.py runs its remote cluster beside it
     ("test_shared_fs.py", "test_remote.py", "test_torture.py"),
+    # two checked clusters in turn (devdax, then OCFS2): the second worker's first cluster,
+    # after the quick modules, while the first worker runs the OCFS2 group
+    ("test_coherence.py",),
     ("test_cluster.py", "test_cluster_living.py"),  # the first cluster (conftest.first_cluster)
     ("test_kill.py",),
     ("test_device_modes.py",),
-    ("test_coherence.py",),
     ("test_kernel_loop.py",),
     ("test_two_clusters.py",),
 ]

@@ -200,13 +200,22 @@ static uint64_t userdata_pc(void *ud)
 }
 
 static uint64_t space_of(unsigned vcpu, uint64_t vaddr);
+static bool io_page_skipped(unsigned vcpu, uint64_t space, uint64_t vaddr);
+static void io_page_seen(unsigned vcpu, uint64_t space, uint64_t vaddr);
 
 static void on_mem(unsigned vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr, void *ud)
 {
-    struct qemu_plugin_hwaddr *h = qemu_plugin_get_hwaddr(info, vaddr);
-    if (!h || qemu_plugin_hwaddr_is_io(h))
+    uint64_t space = space_of(vcpu, vaddr);
+    if (io_page_skipped(vcpu, space, vaddr))
         return;
-    uint64_t pa = qemu_plugin_hwaddr_phys_addr(h), space = space_of(vcpu, vaddr);
+    struct qemu_plugin_hwaddr *h = qemu_plugin_get_hwaddr(info, vaddr);
+    if (!h)
+        return;
+    if (qemu_plugin_hwaddr_is_io(h)) {
+        io_page_seen(vcpu, space, vaddr);
+        return;
+    }
+    uint64_t pa = qemu_plugin_hwaddr_phys_addr(h);
     if (pa < base || pa - base >= model.fam_size) {
         resolve(space, vaddr, NOT_FAM);  /* a flush waiting for this page was not the FAM's */
         return;
@@ -233,10 +242,14 @@ static const char *const gpr_names[16] = {
     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
 };
 
+#define IO_PAGES 64
+
 struct vcpu {
     struct qemu_plugin_register *gpr[16], *fs_base, *gs_base;
     GByteArray *buf;  /* the vCPU's own: read_register appends to it */
     uint64_t space;   /* the page-table root it runs on (CR3 without its flags and PCID) */
+    uint64_t io_pages[IO_PAGES];  /* (space ^ vpage) | 1 of pages found to be I/O (on_mem) */
+    unsigned io_skips;
 };
 
 static struct vcpu *vcpus;
@@ -348,6 +361,38 @@ static uint64_t space_of(unsigned vcpu, uint64_t vaddr)
     if (vaddr >= KERNEL_HALF || vcpu >= vcpu_count)
         return 0;
     return __atomic_load_n(&vcpus[vcpu].space, __ATOMIC_RELAXED);
+}
+
+/* ---- memory-mapped I/O ---------------------------------------------------------------------
+ *
+ * QEMU 10.0.2's qemu_plugin_get_hwaddr can abort QEMU on memory-mapped I/O: tlb_plugin_lookup
+ * asserts in iotlb_to_section ("section_index < d->map.sections_nb"), seen about once in 40
+ * boots of a 2-vCPU guest, on the local APIC's EOI register. So each vCPU remembers the pages
+ * it found to be I/O, and asks QEMU about one again only once in IO_RECHECK accesses: the
+ * lookups, and the risk, drop to a few. A page that turns from I/O into the FAM goes unseen
+ * until then; guests do not do that. */
+
+#define IO_RECHECK 256
+
+static uint64_t *io_slot(unsigned vcpu, uint64_t space, uint64_t vaddr, uint64_t *key)
+{
+    *key = (space ^ (vaddr >> PAGE_SHIFT)) | 1;
+    return &vcpus[vcpu].io_pages[(vaddr >> PAGE_SHIFT) % IO_PAGES];
+}
+
+static bool io_page_skipped(unsigned vcpu, uint64_t space, uint64_t vaddr)
+{
+    uint64_t key;
+    if (vcpu >= vcpu_count || *io_slot(vcpu, space, vaddr, &key) != key)
+        return false;
+    return ++vcpus[vcpu].io_skips % IO_RECHECK != 0;
+}
+
+static void io_page_seen(unsigned vcpu, uint64_t space, uint64_t vaddr)
+{
+    uint64_t key;
+    if (vcpu < vcpu_count)
+        *io_slot(vcpu, space, vaddr, &key) = key;
 }
 
 static void on_mov_cr3(unsigned vcpu, void *ud)
