@@ -764,6 +764,13 @@ def _cluster(v: dict, origin: dict, path: Path, repo: Path) -> Cluster:
     else:
         data_dir = _real_path(v["dir"], Path.cwd() if "dir" in origin else path.parent, where_dir)
     _check_data_dir(data_dir, where_dir)
+    if v["device.coherence"] != "off":
+        # QEMU reads -plugin's arguments as comma-separated key=value pairs: a comma in the
+        # plugin's path (under the checkout's state/cache/) would end it early. (dir's own
+        # paths are refused with commas for every cluster.)
+        if "," in str(repo):
+            raise ConfigError(f"{path}: device.coherence hands QEMU a path under the checkout ({repo}) "
+                              "in a comma-separated option: use a checkout whose path has no comma")
     for source, _ in v["share"]:
         for what, inside in (("dir", data_dir), ("the checkout", repo)):
             if inside == Path(source) or Path(source) in inside.parents:

@@ -44,6 +44,13 @@ def test_what_checking_cannot_do_is_one_line_and_nothing_made(tmp_path, text, sa
     assert not (tmp_path / "data").exists()
 
 
+def test_a_comma_in_the_plugin_s_path_is_refused(tmp_path):
+    """The plugin lives under the checkout; -plugin's arguments are comma-separated."""
+    (tmp_path / "c.toml").write_text('[device]\ncoherence = "strict"\n')
+    with pytest.raises(settings.ConfigError, match="has no comma"):
+        settings.load(tmp_path / "c.toml", env={}, repo=tmp_path / "dali,copy")
+
+
 def test_a_checked_node_runs_the_checked_qemu_with_the_plugin_at_a_pinned_address(tmp_path):
     c = load(tmp_path, 'clones = ["b"]\n[device]\ncoherence = "strict"\nstyle = "native"\n')
     root = ET.fromstring(domain.domain_xml(c, local_files(c), c.clone_nodes[0], "qemu"))
