@@ -1,7 +1,7 @@
 """What checking costs: the same 3-node cluster with device.coherence off and strict, side by
 side in one run, with a real libvirtd and TCG guests.
 
-    .venv/bin/python bench/coherence.py [ROUNDS]   # about 15 minutes for 1 round; writes bench/coherence.md
+    .venv/bin/python bench/coherence.py [ROUNDS]   # about 6 minutes for 1 round, 3 more per round; writes bench/coherence.md
 
 Two clusters (tags benchcoh0, benchcoh1; devdax, so torture's mmap and block workloads run on
 the shared device; isolated networks) are built once. Then, alternating between them so that
