@@ -81,10 +81,10 @@ def coherence_values(cluster: Cluster, node: Node) -> dict:
     NVDIMM sits at an address fixed here, the one the plugin watches (docs/coherence.md)."""
     if cluster.coherence == "off":
         return {"emulator": None, "nvdimm_base": None, "plugin": None}
-    return {"emulator": str(qemu.emulator(cluster.cache_dir)),
-            "nvdimm_base": hex(nvdimm_base(cluster.memory)),
+    base = hex(nvdimm_base(cluster.memory))
+    return {"emulator": str(qemu.emulator(cluster.cache_dir)), "nvdimm_base": base,
             "plugin": f"{plugin.path(cluster.cache_dir)},model={cluster.coherence_model},"
-                      f"node={cluster.nodes.index(node)},base={hex(nvdimm_base(cluster.memory))}"}
+                      f"node={cluster.nodes.index(node)},base={base}"}
 
 
 def nvdimm_base(memory: int) -> int:

@@ -42,7 +42,7 @@ def gather(cluster: Cluster, files: Storage, virt: Libvirt, binaries: list[Path]
     up = {n.name: d for n, d in running(cluster, files, virt, wait=False)[0]}
     for name in sorted(findings.kernel_nodes(cluster, found)):
         if name in up:
-            result = virt.run(up[name], findings.kallsyms_command(), timeout=120)
+            result = virt.run(up[name], findings.KALLSYMS, timeout=120)
             symbols.add_kernel(name, result.stdout)
     return findings.named(cluster, found, symbols), model.counters(path), head.mode
 

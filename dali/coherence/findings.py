@@ -23,7 +23,7 @@ KERNEL_START = 0xFFFF800000000000  # x86-64: addresses from here up are the kern
 
 # Read in the guest: the text symbols of the running kernel and its modules. Only root sees
 # their addresses (the agent runs as root).
-_KALLSYMS = ["/bin/sh", "-c", "grep -i ' t ' /proc/kallsyms"]
+KALLSYMS = ["/bin/sh", "-c", "grep -i ' t ' /proc/kallsyms"]
 
 
 class Side(NamedTuple):
@@ -115,10 +115,6 @@ def kernel_nodes(cluster: Cluster, found: list[Finding]) -> set[str]:
             if pc >= KERNEL_START and node < len(names):
                 wanted.add(names[node])
     return wanted
-
-
-def kallsyms_command() -> list[str]:
-    return list(_KALLSYMS)
 
 
 def _row(n: Named) -> list[str]:

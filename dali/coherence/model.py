@@ -158,16 +158,6 @@ def reset_findings(path: Path) -> None:
         os.close(fd)
 
 
-def unpack_pc(word: int) -> tuple[int, int]:
-    """(node, pc) of a line's last-store or last-write-back word (0: nobody)."""
-    if not word >> 63:
-        return -1, 0
-    pc = word & 0xFFFFFFFFFFFF
-    if pc >> 47:
-        pc |= 0xFFFF << 48
-    return (word >> 56) & 0x7F, pc
-
-
 def resident_bytes(path: Path) -> int:
     """Bytes of the model that are not a hole (the lines nodes touched, and the header): what
     it costs in memory once every node maps it."""

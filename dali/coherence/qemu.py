@@ -16,12 +16,9 @@ at the unpacked ones (QEMU_MODULE_DIR, -L).
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import re
 import shutil
-import tarfile
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -117,7 +114,8 @@ def fetch(cache_dir: Path) -> None:
     (partial / "VERSION").write_text(wanted + "\n")
     _world_readable(partial)  # qemu runs as libvirt-qemu, not root
     wrapper.chmod(0o755)
-    shutil.rmtree(target, ignore_errors=True)  # an older one: no node runs it while the task runs
+    # What was there is incomplete (is_ready said no), so no node can have started on it.
+    shutil.rmtree(target, ignore_errors=True)
     os.rename(partial, target)
     log(f"coherence: QEMU {wanted} ready ({_reported_version(cache_dir)})")
 
@@ -143,6 +141,11 @@ def _check_new_enough(debian_version: str) -> None:
 def _plugin_header(apt: list[str], wanted: str, partial: Path) -> None:
     """include/qemu/qemu-plugin.h from Debian's source tarball of the same QEMU: no package
     ships it. The tarball is checked against the hash the suite's Sources index gives."""
+    # Here, not at the top: every doit loads this module (domain.py names the emulator), and
+    # these cost a no-op doit 8 ms (python -X importtime).
+    import hashlib
+    import tarfile
+    import urllib.request
     out = run(["apt-get", *apt, "--print-uris", "source", f"qemu={wanted}"], what="apt-get --print-uris source qemu")
     orig = re.search(r"'(\S+\.orig\.tar\.xz)' \S+ (\d+) SHA256:([0-9a-f]{64})", out)
     if not orig:
