@@ -193,6 +193,7 @@ class Cluster(NamedTuple):
     shutdown_timeout: int
     remote_netns: str = ""  # with a remote uri: the namespace of that host's guest networks
     coherence: str = "off"  # off, strict or cached: the FAM checked as non-coherent memory (docs/coherence.md)
+    known_failures: Path | None = None  # the baseline of doit torture (dali/known_failures.py)
 
     # --- who we are --------------------------------------------------------------------------
 

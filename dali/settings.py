@@ -483,6 +483,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("apparmor.template", FilePath(absolute=True, inside="/etc/apparmor.d"),
             "/etc/apparmor.d/libvirt/TEMPLATE.qemu",
             "libvirt's AppArmor template, where the FAM is allowed"),
+    Setting("torture.known_failures", FilePath(), "known-failures.toml",
+            "the failures doit torture expects, and why (relative to this file; the checkout ships "
+            "one; a missing default file: none): a run that shows only these exits 0"),
     Setting("timeouts.boot", Whole(1), 900, "seconds from start until the guest agent answers"),
     Setting("timeouts.shutdown", Whole(1), 180, "seconds of graceful shutdown (guest agent, ACPI button) before a node is forced off"),
     Setting("remote.netns", _NAME_OR_EMPTY, "",
@@ -519,7 +522,8 @@ def load(path: Path | str | None = None, env: Mapping[str, str] | None = None,
         if s.key not in values:
             values[s.key] = s.default.compute(values)
     _check_together(values, where)
-    return _cluster(values, origin, path, repo)
+    cluster = _cluster(values, origin, path, repo)
+    return cluster._replace(known_failures=_known_failures(values, "torture.known_failures" in given, path))
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -800,6 +804,19 @@ def _cluster(v: dict, origin: dict, path: Path, repo: Path) -> Cluster:
         boot_timeout=v["timeouts.boot"], shutdown_timeout=v["timeouts.shutdown"],
         remote_netns=v["remote.netns"],
     )
+
+
+def _known_failures(v: dict, named: bool, path: Path) -> Path | None:
+    """The baseline file: None when the setting is left at its default and no such file lies
+    beside the config (a cluster file elsewhere has none until it names one)."""
+    where = f"{path}: torture.known_failures"
+    found = _real_path(v["torture.known_failures"], path.parent, where)
+    if found.is_file():
+        return found
+    if named:
+        raise ConfigError(f"{where} = {v['torture.known_failures']!r}: no such file: point it at "
+                          "your baseline (the checkout's known-failures.toml, say), or remove it")
+    return None
 
 
 # --- what is generated from the declaration ------------------------------------------------------

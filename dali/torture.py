@@ -24,14 +24,16 @@ import os
 import posixpath
 import secrets
 import shlex
+import subprocess
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import libvirt
 
-from dali import consoles, fam, faults, guest, shared_disk, workloads
-from dali.cluster import Cluster, Node
+from dali import consoles, fam, faults, guest, known_failures, report_page, shared_disk, workloads
+from dali.cluster import REPO, Cluster, Node
 from dali.coherence import command as coherence
 from dali.errors import DaliError, one_line
 from dali.fanout import each
@@ -46,6 +48,7 @@ from dali.workloads.common import Context, Verdict
 from dali.workloads.guest import RESULT
 
 DEFAULT_SECONDS = 30
+MAX_COUNT = 10000  # --count: runs in one command (hundreds find a flaky bug; each is a directory)
 PROGRAM = "/run/dali-torture.pyz"  # on each node: the workloads; /run is a tmpfs, gone at reboot
 SCRIPT = "/var/lib/dali-torture/script"  # not in /run: Debian mounts it noexec
 DAX_ALIGN = 2 << 20  # device-dax maps whole 2 MiB pages: every area starts on one
@@ -175,6 +178,7 @@ class Plan(NamedTuple):
     faults: list[faults.Fault]
     script: Path | None
     seed: int
+    facts: dict = {}  # what it ran on (_facts): the report's properties, the known failures' choice
 
 
 def describe_workloads() -> str:
@@ -322,7 +326,41 @@ def _check_target(cluster: Cluster, files: Storage, virt: Libvirt, p: Plan) -> N
 def _args(p: Plan, job: Job, index: int, node: Node, run_id: str, start_at: float | None = None) -> dict:
     return {"workload": job.name, "target": p.target, "kind": p.kind, "index": index,
             "nodes": len(p.nodes), "name": node.name, "seconds": p.seconds, "seed": p.seed,
-            "run_id": run_id, "params": job.params, "area": job.area, "start_at": start_at}
+            "run_id": run_id, "params": job.params, "area": job.area, "start_at": start_at,
+            "stack": p.facts.get("stack", "")}
+
+
+def _facts(cluster: Cluster, virt: Libvirt, p: Plan) -> dict:
+    """What the run runs on, asked of the nodes now (a kernel under test is what each node
+    booted, not what the config says): each node's kernel, the target's filesystem and its
+    cluster stack; with the cluster's settings and dali's own version, for run.json, junit.xml
+    and the known failures (dali/known_failures.py)."""
+    probe = ("uname -r; findmnt -n -o FSTYPE --target \"$1\" 2>/dev/null || echo; "
+             "cat /sys/fs/ocfs2/cluster_stack 2>/dev/null || echo")
+    def ask(node, dom) -> list[str]:
+        try:
+            return virt.run(dom, ["sh", "-c", probe, "sh", p.target]).stdout.splitlines()
+        except (DaliError, libvirt.libvirtError):
+            return []  # said as "?": the run itself says what is wrong with the node
+    said = each(p.nodes, ask)
+    first = (said[0] + ["", "", ""])[:3] if said else ["", "", ""]
+    fs = first[1].strip() if p.kind == "dir" else ""
+    types = {n.name: ET.fromstring(d.XMLDesc(0)).get("type") for n, d in p.nodes}
+    return {"kernel": {n.name: visible_line((lines or ["?"])[0]) for (n, _), lines in zip(p.nodes, said)},
+            "fs": visible_line(fs), "stack": visible_line(first[2].strip()) if fs == "ocfs2" else "",
+            "device_mode": cluster.device_mode, "device_style": cluster.device_style,
+            "accel": "kvm" if "kvm" in types.values() else "tcg", "coherence": cluster.coherence,
+            "seed": p.seed, "dali_commit": _dali_version(), "count": ""}
+
+
+def _dali_version() -> str:
+    """The checkout's commit (with -dirty when it has changes), or "unknown" outside git."""
+    try:
+        r = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty", "--abbrev=12"],
+                           capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else "unknown"
 
 
 def _clock_offsets(virt: Libvirt, nodes) -> dict[str, float]:
@@ -427,10 +465,14 @@ def _run_dir(cluster: Cluster) -> tuple[str, Path]:
 def torture(cluster: Cluster, files: Storage, virt: Libvirt, workloads_named=(), on: str = "",
             seconds: int | None = None,
             show_list: bool = False, script: str = "", target: str = "", crash=(), partition=(),
-            seed: int = 0, compare_disk: bool = False) -> None:
+            seed: int = 0, compare_disk: bool = False, count: int = 1) -> None:
     if show_list:
         print(describe_workloads())
         return
+    known = known_failures.load(cluster.known_failures)  # a baseline that cannot be read: one line, nothing run
+    if count > MAX_COUNT:
+        raise DaliError(f"--count {count}: at most {MAX_COUNT} runs in one command: give fewer, "
+                        "or run it again")
     fam.restore_saved(cluster, files, virt)  # what a run killed before it put the device back left behind
     seconds = DEFAULT_SECONDS if seconds is None else seconds
     p = plan(cluster, files, virt, list(workloads_named), on, seconds, script, target, list(crash),
@@ -444,8 +486,8 @@ def torture(cluster: Cluster, files: Storage, virt: Libvirt, workloads_named=(),
     _check_target(cluster, files, virt, p)
     for name, why in p.not_run:
         log(f"torture: {name} does not run here: {why}")
+    p = p._replace(facts=_facts(cluster, virt, p))
 
-    run_id, run_dir = _run_dir(cluster)
     program = workloads.zipapp()
 
     def ship(node, dom):
@@ -454,28 +496,81 @@ def torture(cluster: Cluster, files: Storage, virt: Libvirt, workloads_named=(),
             virt.run(dom, ["mkdir", "-p", os.path.dirname(SCRIPT)]).check(f"mkdir {os.path.dirname(SCRIPT)}")
             guest.put_file(virt, dom, p.script.read_bytes(), SCRIPT, 0o755)
     each(p.nodes, ship)
+    outcomes = []
+    for n in range(count):
+        # Each run its own directory, work directory and (unless --seed fixed it) seed.
+        this = p if n == 0 or seed else p._replace(seed=secrets.randbelow(10**6))
+        if count > 1:
+            this = this._replace(facts={**this.facts, "seed": this.seed, "count": f"{n + 1}/{count}"})
+            log(f"torture: run {n + 1} of {count}")
+        outcomes.append(_one_run(cluster, files, virt, this, known, compare_disk))
+    if count > 1:
+        _series(cluster, outcomes)
+    failed = [line for _, lines in outcomes for line in lines]
+    if failed:
+        raise DaliError(failed[0] if count == 1 else
+                        f"{sum(1 for _, lines in outcomes if lines)} of {count} runs failed; the first: {failed[0]}")
+
+
+class RunOutcome(NamedTuple):
+    run_id: str
+    reports: list[Report]  # one; two with --compare-disk (NVDIMM, disk)
+
+
+def _one_run(cluster: Cluster, files: Storage, virt: Libvirt, p: Plan, known,
+             compare_disk: bool) -> tuple[RunOutcome, list[str]]:
+    """One run (both halves with --compare-disk), reported and kept: (what it was, why it
+    failed: one line per reason, none when it passed)."""
+    run_id, run_dir = _run_dir(cluster)
     checked = coherence.DuringRun(cluster, files)  # device.coherence: what the plugins find meanwhile
     if not compare_disk:
-        report = _one_pass(cluster, files, virt, p, run_id, run_dir, save_device=True)
+        report = _one_pass(cluster, files, virt, p, run_id, run_dir, known, save_device=True)
         failed = [report.failure_line()] if report.failed else []
         failed += [line for line in [checked.finish(files, virt, run_dir)] if line]
-        if failed:
-            raise DaliError("; ".join(failed))
-        return
-    nvdimm = _one_pass(cluster, files, virt, p, run_id, run_dir / "nvdimm", save_device=True)
+        return RunOutcome(run_id, [report]), ["; ".join(failed)] if failed else []
+    nvdimm = _one_pass(cluster, files, virt, p, run_id, run_dir / "nvdimm", known, save_device=True)
     incoherent = checked.finish(files, virt, run_dir / "nvdimm")
     where, kind = shared_disk.prepare(cluster, files, virt, p.nodes)
     on_disk = _retarget(p, where, kind)
+    on_disk = on_disk._replace(facts=_facts(cluster, virt, on_disk))
     for name, why in on_disk.not_run:
         log(f"torture: {name} does not run on the shared disk: {why}")
-    disk = _one_pass(cluster, files, virt, on_disk, run_id, run_dir / "disk", save_device=False)
+    disk = _one_pass(cluster, files, virt, on_disk, run_id, run_dir / "disk", known, save_device=False)
     side_by_side = Report.side_by_side(nvdimm, disk)
     (run_dir / "compare.md").write_text(side_by_side + "\n")
+    (run_dir / "report.html").write_text(report_page.compare_disk_page(nvdimm.as_json(), disk.as_json()))
     print(side_by_side)
+    print(f"kept in {run_dir} (report.html to look at)")
     failed = [f"{what}: {r.failure_line()}" for what, r in (("NVDIMM", nvdimm), ("disk", disk)) if r.failed]
     failed += [f"NVDIMM: {incoherent}"] if incoherent else []
-    if failed:
-        raise DaliError("; ".join(failed))
+    return RunOutcome(run_id, [nvdimm, disk]), ["; ".join(failed)] if failed else []
+
+
+def _series(cluster: Cluster, outcomes: list[tuple[RunOutcome, list[str]]]) -> None:
+    """--count N: per workload, how many runs failed (and the first), how many showed only
+    expected failures; printed and kept as series-<first run>.md beside the runs."""
+    stats: dict[str, dict] = {}
+    for run, _ in outcomes:
+        for report in run.reports:
+            for t in report.summary:
+                s = stats.setdefault(t["workload"], {"runs": 0, "failed": 0, "expected": 0, "first": "-"})
+                s["runs"] += 1
+                if t["verdict"] == "FAILED":
+                    s["failed"] += 1
+                    s["first"] = s["first"] if s["first"] != "-" else run.run_id
+                s["expected"] += t["verdict"] == "expected"
+    first, last = outcomes[0][0].run_id, outcomes[-1][0].run_id
+    rows = [["workload", "failed", "expected", "first failing run"]]
+    rows += [[w, f"{s['failed']}/{s['runs']}", f"{s['expected']}/{s['runs']}", s["first"]]
+             for w, s in stats.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    table = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    failing = [run.run_id for run, lines in outcomes if lines]
+    text = [f"{len(outcomes)} runs, {first} to {last}: {len(failing)} failed"] + table
+    if failing:
+        text.append(f"failing runs kept (evidence and all): {', '.join(failing)}")
+    (cluster.state_dir / "runs" / f"series-{first}.md").write_text("\n".join(text) + "\n")
+    print("\n".join(text))
 
 
 def _with_areas(jobs: list[Job], nodes: int, kind: str) -> list[Job]:
@@ -499,10 +594,10 @@ def _retarget(p: Plan, where: str, kind: str) -> Plan:
 
 
 def _one_pass(cluster: Cluster, files: Storage, virt: Libvirt, p: Plan, run_id: str, run_dir: Path,
-              save_device: bool) -> Report:
+              known, save_device: bool) -> Report:
     """The jobs on every node against one device, judged, reported and kept in run_dir."""
     run_dir.mkdir(mode=0o700, exist_ok=True)
-    report = Report(cluster, files, virt, p, run_id, run_dir)
+    report = Report(cluster, files, virt, p, run_id, run_dir, known)
     windows = {n.name: consoles.mark(files, n.name) for n in cluster.nodes}  # every node's console
     span = _device_span(p) if save_device and p.kind != "dir" else None
     if span:

@@ -16,12 +16,13 @@ fault's victim: what happens to the victim is reported, the survivors are judged
 from __future__ import annotations
 
 import json
+import time
 import xml.etree.ElementTree as ET
 from enum import Enum
 from pathlib import Path
 from typing import NamedTuple
 
-from dali import consoles, evidence
+from dali import consoles, evidence, known_failures, report_page
 from dali.text import visible_line, xml_safe
 
 SHOWN = 12  # violations printed; report.md has them all
@@ -91,6 +92,7 @@ class Row(NamedTuple):
     stall: tuple[float, float] | None
     output: str
     late: float
+    timeline: list[int]  # operations completed in each second from its start
 
     def said(self) -> str:
         return self.status.said(self.detail)
@@ -106,15 +108,20 @@ def _rate(n: float, seconds: float) -> str:
 
 
 class Report:
-    def __init__(self, cluster, files, virt, plan, run_id: str, run_dir: Path):
+    def __init__(self, cluster, files, virt, plan, run_id: str, run_dir: Path, known=()):
         self.cluster, self.files, self.virt = cluster, files, virt
         self.plan, self.run_id, self.dir = plan, run_id, run_dir
+        self.known = list(known)  # the baseline's entries (dali/known_failures.py)
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.kept_workdir = ""
         self.rows: list[Row] = []
         self.summary: list[dict] = []  # one per workload
         self.faults: list[str] = []
         self.problems: list[str] = []  # the failure's reasons, one phrase each
-        self.examples: list[str] = []
+        self.examples: list[str] = []  # the violations of workloads that failed
+        self.expected: list[str] = []  # "workload: kind count: why", failing nothing
+        self.expected_examples: list[str] = []
+        self.fixed: list[str] = []  # "workload: why": expected to fail, it did not
         self.console_findings: dict[str, list[tuple[str, str]]] = {}
         self.crash_dirs: dict[str, Path] = {}
         self.victims = {f.node for f in plan.faults}
@@ -161,26 +168,48 @@ class Report:
                                      f"{name} (not in the run): {fatal[0][0]}: {fatal[0][1]}{where}")
 
     def _judge(self, job) -> None:
-        """One workload's rows, its line of the summary, and its part of the failure."""
+        """One workload's rows, its line of the summary, and its part of the failure: its
+        violations sorted into new ones (they fail the run) and those the baseline or the
+        workload itself expects where it ran (listed apart, failing nothing)."""
         verdict = self.results.verdicts.get(job.name)
         first_fault = min((f.at for f in self.plan.faults), default=None)
         rows = [self._row(self.results.runs[(job.name, node.name)], verdict, first_fault)
                 for node, _ in self.plan.nodes]
         self.rows += rows
+        kinds: dict[str, int] = {}
+        for r in rows:
+            for kind, n in r.violations.items():
+                kinds[kind] = kinds.get(kind, 0) + n
+        where = known_failures.Where(self.plan.facts.get("fs", ""), self.plan.facts.get("stack", ""),
+                                     tuple(self.plan.facts.get("kernel", {}).values()))
+        found = known_failures.sort(kinds, verdict.expected if verdict else {},
+                                    known_failures.applying(self.known, job.name, where))
+        failed_on = [r.node for r in rows if r.status is Status.FAILED]
+        examples = [f"{job.name} {r.node}: {e}" for r in rows for e in r.examples]
+        examples += [f"{job.name} {e}" for e in verdict.examples] if verdict else []
         total = {"workload": job.name, "nodes": len(rows), "ops": sum(r.ops for r in rows),
-                 "bytes": sum(r.bytes for r in rows),
-                 "violations": sum(sum(r.violations.values()) for r in rows),
+                 "bytes": sum(r.bytes for r in rows), "violations": sum(kinds.values()),
                  "worst": max([0.0] + [r.worst for r in rows]),
                  "elapsed": max([0.0] + [r.elapsed for r in rows])}
-        for r in rows:
-            self.examples += [f"{job.name} {r.node}: {e}" for e in r.examples]
-        if verdict:
-            self.examples += [f"{job.name} {e}" for e in verdict.examples]
-        if total["violations"]:
-            self.problems.append(f"{job.name}: {total['violations']} violation(s)")
-        failed_on = [r.node for r in rows if r.status is Status.FAILED]
-        if failed_on:
-            self.problems.append(f"{job.name} failed on {', '.join(failed_on)}")
+        if found.new or failed_on:
+            total["verdict"], total["why"] = "FAILED", ""
+            if found.new:
+                self.problems.append(f"{job.name}: {sum(found.new.values())} violation(s) (" +
+                                     ", ".join(f"{k}: {n}" for k, n in sorted(found.new.items())) + ")")
+            if failed_on:
+                self.problems.append(f"{job.name} failed on {', '.join(failed_on)}")
+            self.examples += examples
+        elif found.expected:
+            why = "; ".join(sorted({w for _, w in found.expected.values()}))
+            total["verdict"], total["why"] = "expected", why
+            self.expected += [f"{job.name}: {k}: {n}, expected: {w}" for k, (n, w) in sorted(found.expected.items())]
+            self.expected_examples += examples
+        elif found.fixed:
+            total["verdict"], total["why"] = "fixed?", "; ".join(k.reason for k in found.fixed)
+            self.fixed += [f"{job.name}: passed, but the baseline expects it to fail: {k.reason}"
+                           for k in found.fixed]
+        else:
+            total["verdict"], total["why"] = "ok", ""
         self.summary.append(total)
 
     def _row(self, run: Outcome, verdict, first_fault: float | None) -> Row:
@@ -193,7 +222,7 @@ class Report:
         return Row(run.workload, run.node, status, detail, result.get("ops", 0), result.get("bytes", 0),
                    result.get("elapsed", 0.0), result.get("max_latency", 0.0), kinds,
                    result.get("examples", []), result.get("notes", {}), stall, run.output,
-                   result.get("late", 0.0))
+                   result.get("late", 0.0), result.get("timeline", []))
 
     def _ended(self, run: Outcome) -> tuple[Status, str]:
         """How it ended, judged: a check that failed afterwards fails it too; a fault's victim
@@ -224,12 +253,12 @@ class Report:
     # --- saying it ----------------------------------------------------------------------------
 
     def _tables(self) -> list[str]:
-        lines = ["| workload | nodes | ops | violations | ops/s | MiB/s | worst op (s) |",
-                 "|---|---:|---:|---:|---:|---:|---:|"]
+        lines = ["| workload | nodes | ops | violations | ops/s | MiB/s | worst op (s) | verdict |",
+                 "|---|---:|---:|---:|---:|---:|---:|---|"]
         for t in self.summary:
             lines.append(f"| {t['workload']} | {t['nodes']} | {t['ops']} | {t['violations']} | "
                          f"{_rate(t['ops'], t['elapsed'])} | {_rate(t['bytes'] / 2**20, t['elapsed'])} | "
-                         f"{t['worst']:.3f} |")
+                         f"{t['worst']:.3f} | {t['verdict']} |")
         return lines
 
     def _node_table(self) -> list[str]:
@@ -264,8 +293,10 @@ class Report:
         cells = [[c.strip() for c in line.strip("|").split("|")] for line in self._tables()
                  if not line.startswith("|---")]
         widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-        lines = [head, ""] + ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                        for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+        last = len(widths) - 1
+        lines = [head, ""] + ["  ".join(c.ljust(w) if i in (0, last) else c.rjust(w)
+                                        for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+                              for row in cells]
         for r in self.rows:
             if r.status not in (Status.OK, Status.VIOLATIONS):
                 lines.append(f"{r.node} {r.workload}: {visible_line(r.said())}")
@@ -281,10 +312,18 @@ class Report:
             lines += [f"  {visible_line(e)}" for e in self.examples[:SHOWN]]
             if len(self.examples) > SHOWN:
                 lines.append(f"  ... {len(self.examples) - SHOWN} more in report.md")
+        if self.expected:
+            lines.append(f"expected failures ({self._baseline_said()}):")
+            lines += [f"  {visible_line(e)}" for e in self.expected]
+        lines += [f"fixed? {visible_line(e)}" for e in self.fixed]
         if self.kept_workdir:
             lines.append(f"work directory {self.kept_workdir}")
-        lines.append(f"kept in {self.dir}")
+        lines.append(f"kept in {self.dir} (report.html to look at)")
         return "\n".join(lines)
+
+    def _baseline_said(self) -> str:
+        path = self.cluster.known_failures
+        return f"torture.known_failures = {path}" if path else "known to the workload where it ran"
 
     def markdown(self) -> str:
         p = self.plan
@@ -304,17 +343,36 @@ class Report:
             out += ["", "## Why it failed", ""] + [f"- {x}" for x in self.problems]
         if self.examples:
             out += ["", "## Violations", ""] + [f"- {e}" for e in self.examples]
+        if self.expected or self.fixed:
+            out += ["", f"## Expected failures ({self._baseline_said()})", ""]
+            out += [f"- {e}" for e in self.expected] + [f"- fixed? {e}" for e in self.fixed]
+            out += [f"- {e}" for e in self.expected_examples]
         return "\n".join(out) + "\n"
+
+    def properties(self) -> dict:
+        """What the run ran on (torture._facts), with where it ran and its baseline."""
+        return {**self.plan.facts, "target": self.plan.target, "seconds": self.plan.seconds,
+                "known_failures": str(self.cluster.known_failures or "")}
 
     def junit(self) -> str:
         """One testcase per workload and node; what the nodes said, as XML can hold it."""
         suite = ET.Element("testsuite", name=f"dali torture {self.run_id}", tests=str(len(self.rows)))
+        props = ET.SubElement(suite, "properties")  # as fstests' result.xml: what it ran on
+        for name, value in self.properties().items():
+            for key, v in (value.items() if isinstance(value, dict) else [(None, value)]):
+                ET.SubElement(props, "property", name=f"{name}.{key}" if key else name,
+                              value=xml_safe(str(v)))
+        verdicts = {t["workload"]: t for t in self.summary}
         failures = 0
         for r in self.rows:
             case = ET.SubElement(suite, "testcase", classname=xml_safe(f"torture.{r.workload}"),
                                  name=r.node, time=f"{r.elapsed:.3f}")
             bad = sum(r.violations.values())
-            if bad or r.status is Status.FAILED:
+            expected = verdicts.get(r.workload, {}).get("verdict") == "expected"
+            if bad and expected:  # as pytest writes an xfail: skipped, with why
+                ET.SubElement(case, "skipped", type="expected failure", message=xml_safe(
+                    "expected failure: " + verdicts[r.workload]["why"]))
+            elif bad or r.status is Status.FAILED:
                 failures += 1
                 message = (f"{bad} violation(s): " + ", ".join(f"{k} {v}" for k, v in r.violations.items())
                            if bad else r.said())
@@ -352,9 +410,30 @@ class Report:
             (out / f"{r.workload}.out").write_text(r.output)
         (self.dir / "report.md").write_text(self.markdown())
         (self.dir / "junit.xml").write_text(self.junit())
-        raw = {f"{w} {n}": run.as_json() for (w, n), run in self.results.runs.items()}
-        (self.dir / "run.json").write_text(json.dumps(
-            {"runs": raw, "faults": self.results.faults, "survivors": self.results.survivors,
-             "verdicts": {w: {"by_node": v.by_node, "examples": v.examples}
-                          for w, v in self.results.verdicts.items()}}, indent=1))
+        (self.dir / "run.json").write_text(json.dumps(self.as_json(), indent=1))
+        (self.dir / "report.html").write_text(report_page.run_page(self.as_json()))
         print(self.text())
+
+    @property
+    def verdict(self) -> str:
+        return "failed" if self.failed else "passed"
+
+    def as_json(self) -> dict:
+        """run.json: what `doit runs` lists and compares, report.html draws, and your scripts
+        read (the keys are documented in docs/torture.md)."""
+        raw = {f"{w} {n}": run.as_json() for (w, n), run in self.results.runs.items()}
+        return {
+            "run_id": self.run_id, "cluster": self.cluster.tag, "started": self.started,
+            "seconds": self.plan.seconds, "target": self.plan.target, "verdict": self.verdict,
+            "properties": self.properties(),
+            "workloads": [{k: t[k] for k in ("workload", "ops", "violations", "elapsed", "verdict", "why")}
+                          for t in self.summary],
+            "rows": [{"workload": r.workload, "node": r.node, "status": r.said(), "ops": r.ops,
+                      "violations": r.violations, "late": r.late,
+                      "stall": list(r.stall) if r.stall else None, "timeline": r.timeline}
+                     for r in self.rows],
+            "faults": self.results.faults, "problems": self.problems, "expected": self.expected,
+            "fixed": self.fixed, "examples": self.examples + self.expected_examples,
+            "runs": raw, "survivors": self.results.survivors,
+            "verdicts": {w: {"by_node": v.by_node, "examples": v.examples, "expected": v.expected}
+                         for w, v in self.results.verdicts.items()}}

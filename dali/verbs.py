@@ -175,6 +175,9 @@ class Torture(Verb):
                        help="the workloads' random seed, to repeat a run (0: a new one, printed)")
         p.add_argument("--compare-disk", action="store_true",
                        help="run each workload on the NVDIMM and on a shared virtio disk, side by side")
+        p.add_argument("--count", type=whole_number, default=1, metavar="N",
+                       help="run it N times, each from a fresh work directory; report per workload "
+                            "how many runs failed and the first (default 1)")
 
 
 class Dump(Verb):

@@ -347,6 +347,7 @@ OTHER_VALUES = {
     "kernel.cmdline": '[kernel]\ncmdline = "nokaslr"', "debug.gdb": '[debug]\ngdb = true',
     "clone.mode": '[clone]\nmode = "copy"',
     "apparmor.template": '[apparmor]\ntemplate = "/etc/apparmor.d/libvirt/OTHER"',
+    "torture.known_failures": '[torture]\nknown_failures = "BASELINE"',
     "timeouts.boot": '[timeouts]\nboot = 60', "timeouts.shutdown": '[timeouts]\nshutdown = 60',
     "remote.netns": 'uri = "qemu+ssh://lab/system"\n[device]\nstyle = "native"\n[remote]\nnetns = "dali"',
 }
@@ -358,10 +359,11 @@ def test_every_setting_reaches_the_cluster(tmp_path):
     (tmp_path / "disk.qcow2").write_bytes(b"")
     (tmp_path / "bzImage").write_bytes(b"")
     (tmp_path / "mods").mkdir()
+    (tmp_path / "mine.toml").write_text("")
     default = load(write(tmp_path, ""), env={})
     missing = [s.key for s in settings.SETTINGS if s.key not in OTHER_VALUES]
     assert not missing, f"give OTHER_VALUES a value for {missing}"
     for key, toml in OTHER_VALUES.items():
         toml = (toml.replace("BZIMAGE", str(tmp_path / "bzImage")).replace("IMAGE", str(tmp_path / "disk.qcow2"))
-                .replace("MODULES", str(tmp_path / "mods")))
+                .replace("MODULES", str(tmp_path / "mods")).replace("BASELINE", str(tmp_path / "mine.toml")))
         assert load(write(tmp_path, toml), env={}) != default, f"{key} changes nothing in the Cluster"

@@ -6,6 +6,7 @@ one line a refusal is, a link brought up again, files a machine can read."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -13,7 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from dali import faults, torture
+from dali import faults, known_failures, torture
+from dali.cluster import REPO
 from dali.errors import DaliError
 from dali.torture_report import Outcome, Report, Results, Status
 from dali.virt import ExecResult
@@ -78,10 +80,12 @@ def plan_of(cluster, jobs: list[str], **values) -> torture.Plan:
 
 
 def report_of(cluster, tmp_path, p: torture.Plan, runs: list[Outcome], logs: dict[str, bytes],
-              verdicts: dict | None = None) -> Report:
-    """The report of a run whose jobs ended as `runs` say, the nodes' consoles holding `logs`."""
+              verdicts: dict | None = None, known: bool = False) -> Report:
+    """The report of a run whose jobs ended as `runs` say, the nodes' consoles holding `logs`;
+    known: with the checkout's baseline (known-failures.toml)."""
     virt = SimpleNamespace(domain=lambda name: None)  # a node gone: no memory to keep
-    report = Report(cluster, Consoles(logs), virt, p, "test", tmp_path)
+    baseline = known_failures.load(REPO / "known-failures.toml") if known else []
+    report = Report(cluster, Consoles(logs), virt, p, "test", tmp_path, baseline)
     report.finish(Results({(r.workload, r.node): r for r in runs},
                           verdicts or {j.name: Verdict() for j in p.jobs}, {},
                           [n.name for n, _ in p.nodes], [], [], 5.0),
@@ -107,7 +111,7 @@ def test_what_the_nodes_printed_reaches_the_terminal_visible_and_the_files_as_it
     assert f"  namespace {b}: ^[[2Jo1-3 lost | forged line\n" in printed
     assert "\x1b" not in printed and "\x07" not in printed
     assert report.failure_line() == (f"{b}: panic: Kernel panic - not syncing: ^[[31mred; namespace: 1 "
-                                     f"violation(s); namespace failed on {a}: see {tmp_path}/report.md")
+                                     f"violation(s) (lost: 1); namespace failed on {a}: see {tmp_path}/report.md")
     assert "`Kernel panic - not syncing: \x1b[31mred`" in (tmp_path / "report.md").read_text()
     kept = json.loads((tmp_path / "run.json").read_text())["runs"][f"namespace {a}"]
     assert kept["status"] == "failed: exit 1: \x1b]0;owned\x07OSError: gone"
@@ -270,7 +274,7 @@ def test_a_script_and_a_checker_run_through_one_loop_and_are_reported_alike(conf
     assert judged == {"runs": {a: {"node": a}, b: None}, "checks": {a: {"saw": a}, b: {"saw": b}}}
     assert f"{b} fake: failed: exit 1: OSError: [Errno 5] EIO\n" in printed
     assert f"  probe.sh {b}: {torture.SCRIPT} exited 3\n" in printed
-    assert report.failure_line() == f"fake failed on {b}; probe.sh: 1 violation(s): see {tmp_path}/report.md"
+    assert report.failure_line() == f"fake failed on {b}; probe.sh: 1 violation(s) (exit 3: 1): see {tmp_path}/report.md"
     assert (tmp_path / "nodes" / a / "probe.sh.out").read_text() == f"hello from {a}\n"
     runs = json.loads((tmp_path / "run.json").read_text())["runs"]
     assert {key: r["status"] for key, r in runs.items()} == {
@@ -285,3 +289,88 @@ def test_a_garbled_result_is_that_nodes_failure_not_the_runs_end():
     assert _parse_result(RESULT + '{"ops": 3, "viol') is None
     assert _parse_result(RESULT + "[1, 2]") is None
     assert _parse_result("noise\n" + RESULT + '{"ops": 3}\n') == {"ops": 3}
+
+
+# --- known failures: what the baseline expects, and what a stack does by design ---------------
+
+def on_ocfs2(p: torture.Plan, kernel: str = "6.1.0-50-amd64") -> torture.Plan:
+    return p._replace(facts={"kernel": {n.name: kernel for n, _ in p.nodes}, "fs": "ocfs2", "stack": "o2cb",
+                             "seed": 7, "dali_commit": "abc", "accel": "tcg"})
+
+
+def test_only_known_failures_pass_the_run_and_are_listed_apart(config_in, tmp_path, capsys):
+    """The shipped baseline knows OCFS2's lost appends on Debian's 6.1: the run passes, the
+    append row says "expected", its lines are listed under the baseline's name; junit.xml has
+    them as skipped (as pytest writes an xfail) and carries what the run ran on."""
+    a, b = (n.name for n in config_in.nodes[:2])
+    p = on_ocfs2(plan_of(config_in, ["append"]))
+    runs = [Outcome.of(a, "append", result(), "", ""), Outcome.of(b, "append", result(), "", "")]
+    lost = Verdict()
+    lost.add(a, "lost", "1288 of its 1289 acknowledged lines are missing", 1288)
+    report = report_of(config_in, tmp_path, p, runs, {}, {"append": lost}, known=True)
+    report.write_and_print()
+    printed = capsys.readouterr().out
+    assert not report.failed
+    assert re.search(r"^append +2 +20 +1288 .* expected$", printed, re.M), printed
+    assert f"expected failures (torture.known_failures = {REPO}/known-failures.toml):\n" in printed
+    assert "  append: lost: 1288, expected: OCFS2 appends at the node's cached i_size" in printed
+    suite = ET.parse(tmp_path / "junit.xml").getroot()
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert props["kernel." + a] == "6.1.0-50-amd64" and props["fs"] == "ocfs2" and props["seed"] == "7"
+    skipped = [c.find("skipped") for c in suite.iter("testcase") if c.get("name") == a][0]
+    assert skipped.get("message").startswith("expected failure: OCFS2 appends")
+    saved = json.loads((tmp_path / "run.json").read_text())
+    assert saved["verdict"] == "passed" and saved["workloads"][0]["verdict"] == "expected"
+
+
+def test_a_new_failure_beside_a_known_one_fails_the_run_naming_it(config_in, tmp_path):
+    a, b = (n.name for n in config_in.nodes[:2])
+    p = on_ocfs2(plan_of(config_in, ["append"]))
+    runs = [Outcome.of(a, "append", result(), "", ""), Outcome.of(b, "append", result(), "", "")]
+    v = Verdict()
+    v.add(a, "lost", "lost lines", 5)
+    v.add(b, "torn", "a torn line", 1)
+    report = report_of(config_in, tmp_path, p, runs, {}, {"append": v}, known=True)
+    assert report.failed and report.failure_line().startswith("append: 1 violation(s) (torn: 1): see ")
+
+
+def test_the_known_failure_on_another_kernel_is_new(config_in, tmp_path):
+    a, b = (n.name for n in config_in.nodes[:2])
+    p = on_ocfs2(plan_of(config_in, ["append"]), kernel="6.12.95+bpo-amd64")
+    runs = [Outcome.of(a, "append", result(), "", ""), Outcome.of(b, "append", result(), "", "")]
+    v = Verdict()
+    v.add(a, "lost", "lost lines", 5)
+    assert report_of(config_in, tmp_path, p, runs, {}, {"append": v}, known=True).failed
+
+
+def test_a_known_failure_that_did_not_happen_says_fixed(config_in, tmp_path, capsys):
+    a, b = (n.name for n in config_in.nodes[:2])
+    p = on_ocfs2(plan_of(config_in, ["append"]))
+    runs = [Outcome.of(a, "append", result(), "", ""), Outcome.of(b, "append", result(), "", "")]
+    report = report_of(config_in, tmp_path, p, runs, {}, None, known=True)
+    print(report.text())
+    assert not report.failed
+    assert "fixed? append: passed, but the baseline expects it to fail: OCFS2 appends" in capsys.readouterr().out
+
+
+def test_fcntl_on_o2cb_is_not_cluster_wide_by_itself(config_in, tmp_path, capsys):
+    """No baseline: the lock workload's judge knows o2cb keeps POSIX locks node-local."""
+    from dali.workloads import lock
+    from dali.workloads.common import Context
+    a, b = (n.name for n in config_in.nodes[:2])
+    ctx = Context({"workload": "lock", "target": "/data", "kind": "dir", "index": 0, "nodes": 2, "name": a,
+                   "seconds": 5, "seed": 7, "run_id": "t", "params": {"kind": "both"}, "stack": "o2cb"})
+    seen = {"seen": {"fcntl": {"total": 15, "counts": [10, 5]}, "flock": {"total": 20, "counts": [10, 10]}}}
+    states = {a: {"made": {"fcntl": 10, "flock": 10}}, b: {"made": {"fcntl": 10, "flock": 10}}}
+    verdict = lock.judge(ctx, states, {a: seen, b: seen})
+    assert verdict.by_node == {b: {"fcntl not cluster-wide": 5}}
+    p = on_ocfs2(plan_of(config_in, ["lock"]))
+    runs = [Outcome.of(n, "lock", result(), "", "") for n in (a, b)]
+    report = report_of(config_in, tmp_path, p, runs, {}, {"lock": verdict})
+    print(report.text())
+    assert not report.failed
+    assert "lock: fcntl not cluster-wide: 5, expected: fcntl locks are not cluster-wide on this stack" \
+        in capsys.readouterr().out
+    ctx.stack = ""
+    assert lock.judge(ctx, states, {a: seen, b: seen}).by_node == {b: {"lost update": 5}}, \
+        "on another stack it is a lost update"

@@ -74,7 +74,8 @@ def violations(runs, verdict) -> dict:
     return found
 
 
-@pytest.mark.parametrize("name,params", [("namespace", {}), ("append", {}), ("lock", {}), ("mmap", {})])
+@pytest.mark.parametrize("name,params", [("namespace", {}), ("append", {}), ("append-turns", {}),
+                                         ("lock", {}), ("mmap", {})])
 def test_a_healthy_directory_shows_no_violation(program, tmp_path, name, params):
     targets = [tmp_path] * 3
     runs = run_all(program, name, targets, params=params)
@@ -211,3 +212,28 @@ def test_a_file_half_written_by_a_node_that_died_is_no_violation(program, tmp_pa
     runs["n2"] = None
     del checks["n2"]
     assert "torn" not in violations(runs, judge("namespace", targets, runs, checks))
+
+
+def test_append_turns_plays_whole_rounds_in_turn_order(program, tmp_path):
+    """Three "nodes" on one local directory (a filesystem whose appends are right): every round
+    file holds a, b, c, a's lines in that order, and each node wrote its turns."""
+    runs = run_all(program, "append-turns", [tmp_path] * 3, seconds=1.0)
+    checks = check_all(program, "append-turns", [tmp_path] * 3)
+    rounds = checks["n0"]["rounds"]
+    assert len(rounds) >= 1 and all(r["state"]["stopped"] == "" for r in runs.values())
+    for r, lines in rounds.items():
+        assert lines == [[0, int(r), 0], [1, int(r), 1], [2, int(r), 2], [0, int(r), 3]], lines
+    assert sorted(runs["n0"]["state"]["wrote"]) == sorted([int(r), t] for r in rounds for t in (0, 3))
+    assert sum(runs["n0"]["timeline"]) == runs["n0"]["ops"] == 2 * len(rounds)
+
+
+def test_append_turns_names_the_overwritten_lines():
+    """What OCFS2 on 6.1 leaves (docs/findings/ocfs2-append.md): b's append at its cached size 0
+    over a's first line, c's over b's; a's second at its own cached size."""
+    runs = {"a": {"wrote": [[0, 0], [0, 3]], "stopped": ""}, "b": {"wrote": [[0, 1]], "stopped": ""},
+            "c": {"wrote": [[0, 2]], "stopped": ""}}
+    seen = {"rounds": {"0": [[2, 0, 2], [0, 0, 3]]}, "garbled": {"0": 0}}
+    v = judge("append-turns", ["/x"] * 3, {n: {"state": s} for n, s in runs.items()},
+              {"a": seen, "b": seen, "c": seen})
+    assert v.by_node == {"a": {"overwritten": 1}, "b": {"overwritten": 1}}
+    assert any("round 0: its line of turn 0 is gone (the file holds turns [2, 3])" in e for e in v.examples)

@@ -21,9 +21,9 @@ import io
 import zipfile
 from pathlib import Path
 
-from . import append, block, lock, mmap_shared, namespace
+from . import append, append_turns, block, lock, mmap_shared, namespace
 
-WORKLOADS = {m.NAME: m for m in (namespace, append, lock, mmap_shared, block)}
+WORKLOADS = {m.NAME: m for m in (namespace, append, append_turns, lock, mmap_shared, block)}
 HERE = Path(__file__).resolve().parent
 
 

@@ -40,6 +40,9 @@ class Context:
         self.run_id = args["run_id"]
         self.params = dict(args.get("params") or {})
         self.area = tuple(args["area"]) if args.get("area") else None
+        # The cluster stack of the target's filesystem ("o2cb"; "" when it is none or a device):
+        # what cluster-wide means there (o2cb keeps POSIX locks node-local).
+        self.stack = args.get("stack", "")
         # When every node begins, on this node's clock: the host measured each node's clock
         # against its own, so the nodes begin together, after their setup, within ~0.1 s.
         self.start_at = args.get("start_at")
@@ -69,6 +72,7 @@ class Recorder:
         self.violations: dict[str, int] = {}
         self.examples: list[str] = []
         self.notes: dict[str, int] = {}
+        self.timeline: list[int] = []  # operations completed in each second from the start
 
     def begin_now(self) -> None:
         self.t0 = time.monotonic()
@@ -100,6 +104,10 @@ class Recorder:
         self.last = now
         self.ops += 1
         self.bytes += nbytes
+        second = int(now - self.t0)
+        if second >= 0:  # an operation of the setup, before begin(), is not on the run's clock
+            self.timeline += [0] * (second + 1 - len(self.timeline))
+            self.timeline[second] += 1
 
     def violation(self, kind: str, text: str) -> None:
         self.violations[kind] = self.violations.get(kind, 0) + 1
@@ -119,15 +127,19 @@ class Recorder:
                 "max_latency": round(self.max_latency, 4),
                 "stalls": sorted(self.stalls, key=lambda s: -s[1])[:5],
                 "violations": self.violations, "examples": self.examples, "notes": self.notes,
-                "state": state}
+                "timeline": self.timeline, "state": state}
 
 
 class Verdict:
-    """A judge's findings, by node: {node: {kind: count}} and examples, for the report."""
+    """A judge's findings, by node: {node: {kind: count}} and examples, for the report.
+
+    expected: {kind: why} for kinds the workload itself knows to happen where it ran (fcntl
+    locks on o2cb, which keeps POSIX locks node-local): reported as such, failing nothing."""
 
     def __init__(self):
         self.by_node: dict[str, dict[str, int]] = {}
         self.examples: list[str] = []
+        self.expected: dict[str, str] = {}
 
     def add(self, node: str, kind: str, text: str, count: int = 1) -> None:
         if count <= 0:
