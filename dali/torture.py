@@ -470,6 +470,8 @@ def torture(cluster: Cluster, files: Storage, virt: Libvirt, workloads_named=(),
         print(describe_workloads())
         return
     known = known_failures.load(cluster.known_failures)  # a baseline that cannot be read: one line, nothing run
+    if count < 1:
+        raise DaliError(f"--count {count}: give the number of runs, 1 or more")
     if count > MAX_COUNT:
         raise DaliError(f"--count {count}: at most {MAX_COUNT} runs in one command: give fewer, "
                         "or run it again")

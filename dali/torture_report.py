@@ -390,13 +390,14 @@ class Report:
         filesystem? One row per workload, the two devices next to each other."""
         on_disk = {t["workload"]: t for t in disk.summary}
         rows = [["workload", "NVDIMM ops/s", "disk ops/s", "NVDIMM violations", "disk violations",
-                 "NVDIMM worst op (s)", "disk worst op (s)"]]
+                 "NVDIMM worst op (s)", "disk worst op (s)", "NVDIMM verdict", "disk verdict"]]
         for t in nvdimm.summary:
             d = on_disk.get(t["workload"])
             rows.append([t["workload"], _rate(t["ops"], t["elapsed"]),
                          _rate(d["ops"], d["elapsed"]) if d else "not run",
                          str(t["violations"]), str(d["violations"]) if d else "-",
-                         f"{t['worst']:.3f}", f"{d['worst']:.3f}" if d else "-"])
+                         f"{t['worst']:.3f}", f"{d['worst']:.3f}" if d else "-",
+                         t["verdict"], d["verdict"] if d else "-"])
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         text = [f"side by side: {nvdimm.plan.target} (NVDIMM) and {disk.plan.target} (shared disk)"]
         text += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))

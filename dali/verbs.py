@@ -250,4 +250,17 @@ class Coherence(Verb):
                        help="a program the nodes ran (built -no-pie): its functions named (repeatable)")
 
 
-VERBS = {verb.name: verb for verb in (Torture, Dump, Pssh, Pput, Coherence)}
+class Runs(Verb):
+    name = "runs"
+    doc_purpose = ("the torture runs kept (time, workloads, kernel, verdict); `doit runs compare A B` "
+                   "side by side, per workload and run")
+    usage = "doit runs [compare RUN RUN ...]"
+    free_words = "words"
+
+    @staticmethod
+    def declare(p: argparse.ArgumentParser) -> None:
+        p.add_argument("words", nargs="*", metavar="compare RUN", help="compare these runs (ids or "
+                       "their beginnings, as doit runs lists them)")
+
+
+VERBS = {verb.name: verb for verb in (Torture, Dump, Pssh, Pput, Coherence, Runs)}

@@ -5,6 +5,7 @@ commands parsed from the words after their names (dali/verbs.py)."""
 from __future__ import annotations
 
 from dali.cluster import Cluster
+from dali.errors import DaliError
 from dali.steps import GIVEN, Step
 from dali.storage import Storage
 from dali.virt import Libvirt
@@ -26,12 +27,29 @@ def dump(cluster: Cluster, files: Storage, virt: Libvirt, given=None) -> None:
     evidence.dump_all(cluster, files, virt, defined(cluster, virt, select(cluster, names)))
 
 
+def runs(cluster: Cluster, given=None) -> None:
+    from dali import runs as kept, verbs
+    words = verbs.values("runs", given)["words"]
+    if not words:
+        print(kept.listing(cluster))
+    elif words[0] == "compare":
+        print(kept.compare(cluster, words[1:]))
+    else:
+        raise DaliError(f"{words[0]}: doit runs lists the kept runs; doit runs compare A B compares them")
+
+
 def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
     yield {
         "basename": "torture",
         "doc": "workloads on every running node at once, checked; faults in the middle "
                "(doit torture --list)",
         "actions": [Step("torture the cluster", run, cluster, files, virt, changes=cluster)],
+        "params": [GIVEN], "uptodate": [False],
+    }
+    yield {
+        "basename": "runs",
+        "doc": "the torture runs kept (time, workloads, kernel, verdict); doit runs compare A B",
+        "actions": [Step("read the kept runs", runs, cluster)],
         "params": [GIVEN], "uptodate": [False],
     }
     yield {

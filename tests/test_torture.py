@@ -5,12 +5,15 @@ before anything starts. test_living.py has the raw device (block), panics and do
 
 from __future__ import annotations
 
+import json
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from dali.cluster import REPO
+from support import browser
 from support.cluster import torture_runs as runs, torture_table as table, unique_tag
 from support.doit import one_error_line
 
@@ -22,6 +25,7 @@ TAG = unique_tag("dalifs")
 @pytest.fixture(scope="module")
 def cluster(ocfs2_cluster):
     """conftest.ocfs2_cluster, running (test_shared_fs.py may have built it, with a node d)."""
+    ocfs2_cluster.set(torture={"known_failures": str(REPO / "known-failures.toml")})  # the checkout's
     ocfs2_cluster.doit()
     ocfs2_cluster.doit("start")
     yield ocfs2_cluster
@@ -68,28 +72,50 @@ def test_list_names_every_workload(cluster):
         assert re.search(rf"^{re.escape(name)} +\S", out, re.M), out
 
 
-def test_a_healthy_filesystem_passes(cluster):
-    run = cluster.doit("torture", "namespace", "lock:kind=flock", "mmap", "--seconds", "10")
+def test_the_default_torture_on_a_healthy_cluster_passes_with_the_shipped_baseline(cluster):
+    """Every workload that runs on a filesystem, with the checkout's known-failures.toml: OCFS2's
+    overwritten appends on Debian's 6.1 are listed as expected (append-turns shows them every
+    round), fcntl on o2cb is "not cluster-wide" by the lock workload's own judgement; exit 0."""
+    run = cluster.doit("torture", "--seconds", "10")
     rows = table(run)
-    assert set(rows) == {"namespace", "lock", "mmap"}, run.stdout
-    for workload, (count, ops, violations, *_rest) in rows.items():
-        assert int(count) == len(nodes(cluster)) and int(ops) > 0 and violations == "0", (workload, rows)
+    assert set(rows) == {"namespace", "append", "append-turns", "lock", "mmap"}, run.stdout
+    for workload, (count, ops, violations, *_rest, verdict) in rows.items():
+        assert int(count) == len(nodes(cluster)) and int(ops) > 0, (workload, rows)
+        assert verdict in (("expected",) if workload == "append-turns" else ("ok", "expected", "fixed?")), rows
+        assert (verdict == "ok") == (violations == "0") or verdict == "fixed?", rows
+    assert f"expected failures (torture.known_failures = {REPO}/known-failures.toml):" in run.stdout
+    assert re.search(r"^  append-turns: overwritten: \d+, expected: OCFS2 appends at the node's cached i_size",
+                     run.stdout, re.M), run.stdout
+    if rows["lock"][-1] == "expected":
+        assert "lock: fcntl not cluster-wide:" in run.stdout and "not cluster-wide on this stack" in run.stdout
     run_dir = runs(cluster)[-1]
     assert "result **passed**" in (run_dir / "report.md").read_text()
     cases = junit(run_dir)
     assert sorted((w, n) for w, n, _ in cases) == sorted(
-        (w, n) for w in ("namespace", "lock", "mmap") for n in nodes(cluster))
+        (w, n) for w in rows for n in nodes(cluster))
     assert not any(failed for *_, failed in cases)
+    suite = ET.parse(run_dir / "junit.xml").getroot()
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert {props[f"kernel.{n}"] for n in nodes(cluster)} == {"6.1.0-50-amd64"} or all(
+        props[f"kernel.{n}"].startswith("6.1.0-") for n in nodes(cluster)), props
+    assert props["fs"] == "ocfs2" and props["stack"] == "o2cb" and props["accel"] == "tcg"
     for name in nodes(cluster):
         assert (run_dir / "console" / f"{name}.log").exists()
         assert '"ops"' in (run_dir / "nodes" / name / "namespace.out").read_text()
+    saved = json.loads((run_dir / "run.json").read_text())
+    assert saved["verdict"] == "passed" and {r["node"] for r in saved["rows"]} == set(nodes(cluster))
+    assert all(sum(r["timeline"]) == r["ops"] for r in saved["rows"]), "every operation on the timeline"
+    lanes = browser.lanes(run_dir / "report.html")
+    assert lanes == {n: 1 for n in nodes(cluster)}, "one lane per node"
     listing = cluster.doit("pssh", "ls -a /data").stdout
     assert ".dali-torture" not in listing, "a run that passed leaves nothing on the filesystem"
 
 
 def test_lock_without_the_lock_loses_updates(cluster):
+    """Broken on purpose: a failure no baseline knows fails the run, naming it."""
     run = cluster.doit("torture", "lock:kind=none", "--seconds", "10", check=False)
-    assert run.returncode != 0
+    assert run.returncode == 1
+    assert one_error_line(run).startswith("dali: torture: lock: "), run.stderr
     assert int(table(run)["lock"][2]) > 0
     assert "increments were lost" in run.stdout
     run_dir = runs(cluster)[-1]
@@ -181,7 +207,10 @@ def test_the_nvdimm_beside_a_shared_disk(cluster):
     compare = (run_dir / "compare.md").read_text()
     for workload in ("namespace", "lock"):
         row = next(line.split() for line in compare.splitlines() if line.startswith(workload))
-        assert float(row[1]) > 0 and float(row[2]) > 0 and row[3:5] == ["0", "0"], compare
+        assert float(row[1]) > 0 and float(row[2]) > 0, compare
+        # OCFS2's spurious EACCES on a racing rename is in the baseline (it happens now and then)
+        assert row[-2] in ("ok", "expected") and row[-1] in ("ok", "expected"), compare
+    assert (run_dir / "report.html").exists()
     assert (run_dir / "nvdimm" / "report.md").exists() and (run_dir / "disk" / "junit.xml").exists()
     disk = shared_disk.path(cluster.cfg)
     assert disk.stat().st_size == cluster.cfg.fam_size and marks.is_ours(disk, cluster.cfg)

@@ -167,11 +167,12 @@ def torture_runs(c: ClusterUnderTest) -> list[Path]:
 
 
 def torture_table(run: subprocess.CompletedProcess) -> dict[str, list[str]]:
-    """doit torture's summary rows by workload: nodes, ops, violations, ops/s, MiB/s, worst op."""
+    """doit torture's summary rows by workload: nodes, ops, violations, ops/s, MiB/s, worst op,
+    verdict."""
     rows = {}
     for line in run.stdout.splitlines():
         words = line.split()
-        if len(words) == 7 and words[1].isdigit() and words[2].isdigit():
+        if len(words) == 8 and words[1].isdigit() and words[2].isdigit():
             rows[words[0]] = words[1:]
     return rows
 
