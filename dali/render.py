@@ -1,7 +1,8 @@
 """The one Jinja environment: every generated file comes from a template in templates/.
 
 StrictUndefined turns a misspelt variable into an error instead of an empty string in the
-XML; autoescape (for .xml templates) keeps a path with '&' or '<' from breaking the document.
+XML; autoescape (for .xml and .html templates) keeps a path with '&' or '<' from breaking the
+document, and a node's output from becoming markup in a torture run's report.html.
 Compiled templates are cached in state/cache/templates/ (jinja2 checks each against its
 template's source): even a doit that changes nothing renders a few files to compare, and
 compiling them each time was a tenth of a no-op doit.
@@ -30,7 +31,7 @@ def _compiled_templates() -> jinja2.BytecodeCache | None:
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES)),
     undefined=jinja2.StrictUndefined,
-    autoescape=jinja2.select_autoescape(enabled_extensions=("xml", "xml.j2"), default=False),
+    autoescape=jinja2.select_autoescape(enabled_extensions=("xml", "xml.j2", "html", "html.j2"), default=False),
     keep_trailing_newline=True,
     trim_blocks=True,
     lstrip_blocks=True,

@@ -71,8 +71,9 @@ def test_paths_are_escaped(config):
 
 
 def test_every_piece_of_libvirt_xml_goes_through_the_one_escaping_path():
-    """No module builds libvirt XML as text (an f-string that opens an element): each piece is
-    a template of templates/, rendered with autoescape (dali/render.py), or an ElementTree."""
+    """No module builds libvirt XML, or report.html's HTML, as text (an f-string that opens an
+    element): each piece is a template of templates/, rendered with autoescape (dali/render.py),
+    or an ElementTree."""
     import ast
     from dali.cluster import REPO
     built_as_text = []
