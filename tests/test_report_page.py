@@ -24,7 +24,8 @@ import pytest
 
 from dali.report_page import compare_disk_page, compare_runs_page, run_page
 
-HOSTILE = "<script>alert(1)</script></svg>&amp; & \x1b[2J\x1b]0;pwned\x07"
+HOSTILE = "<script>alert(1)</script></svg>&amp; & \x1b[2J\x1b]0;pwned\x07"  # what a node could print
+HOSTILE_SHOWN = "<script>alert(1)</script></svg>&amp; & ^[[2J^[]0;pwned^G"  # as the page must show it
 PLAIN = "a plain line of text"
 CONSOLE = re.compile(r":CONSOLE(?:\(\d+\))?:?\d*\] (.*)")  # Chromium's log line of a console message
 
@@ -134,7 +135,8 @@ class Elements(HTMLParser):
 
 def chromium_command(*args: str, profile: Path) -> list[str]:
     """Chromium headless in a network namespace of its own (nothing it tries can leave the
-    machine), with its background networking, updates and proxy lookups off as well."""
+    machine; unshare needs root, as the suite does), with its background networking, updates
+    and proxy lookups off as well. --no-sandbox: Chromium's sandbox refuses to run as root."""
     chromium = shutil.which("chromium")
     assert chromium, "no chromium: scripts/setup installs it"
     return ["unshare", "--net", chromium, "--headless", "--no-sandbox", "--disable-gpu",
@@ -144,10 +146,12 @@ def chromium_command(*args: str, profile: Path) -> list[str]:
             "--enable-logging=stderr", "--v=0", *args]
 
 
-def run_chromium(*args: str) -> str:
-    """Chromium's stderr, after it ran with args; its profile and HOME (Chromium writes there
-    even with a profile directory of its own) in a directory removed afterwards, and any of
-    its processes still there killed (its own process group: nothing else)."""
+def run_chromium(*args: str) -> tuple[str, str]:
+    """Chromium's stdout and stderr, once it ran with args. Its profile and HOME (it writes
+    there even with a profile of its own) are in a directory removed afterwards. Its output is
+    read to the end, so every process of it has gone (each holds the pipes); one that outlasts
+    the timeout is killed with its process group, its own: the leader, not yet waited for,
+    keeps the group's id from being anyone else's."""
     with tempfile.TemporaryDirectory(prefix="dali-chromium-") as home:
         env = {**os.environ, "HOME": home, "XDG_CONFIG_HOME": f"{home}/.config",
                "XDG_CACHE_HOME": f"{home}/.cache"}
@@ -156,19 +160,17 @@ def run_chromium(*args: str) -> str:
                                 start_new_session=True)
         try:
             out, err = proc.communicate(timeout=60)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
         assert proc.returncode == 0, err
-        return out + "\0" + err
+        return out, err
 
 
 def open_page(text: str, path: Path) -> Page:
     path.write_text(text)
-    out, err = run_chromium("--dump-dom", path.as_uri()).split("\0", 1)
+    out, err = run_chromium("--dump-dom", path.as_uri())
     return Page(out, [m.group(1) for m in CONSOLE.finditer(err)])
 
 
@@ -183,10 +185,9 @@ def lanes(page: Page) -> Counter:
     return Counter(attrs.get("data-node") for attrs in page.elements.with_class("lane"))
 
 
-def text_stays_text(page: Page, text: str) -> None:
-    """The hostile text is on the page as its characters (the escape as ^[), and made no element."""
-    shown = page.elements.text
-    assert "<script>alert(1)</script></svg>&amp; & ^[[2J^[]0;pwned^G" in shown
+def text_stays_text(page: Page) -> None:
+    """HOSTILE is on the page as its characters (the escapes as ^[, BEL as ^G), and made no element."""
+    assert HOSTILE_SHOWN in page.elements.text
     assert "\x1b" not in page.dom and "script" not in page.elements.tags()
 
 
@@ -205,7 +206,7 @@ def test_a_run_page_in_a_browser(failed_run_page):
     verdicts = page.elements.with_class("verdict")
     assert len(verdicts) == 1 and "fail" in verdicts[0]["class"].split()
     assert "FAILED" in page.elements.text
-    text_stays_text(page, HOSTILE)
+    text_stays_text(page)
     # the lanes' marks: c forced off and b's lock failed, the stalls, the fault on every lane
     states = {a["data-node"]: a["data-state"] for a in page.elements.with_class("lane")}
     assert states == {"a": "up", "b": "down", "c": "down"}
@@ -240,7 +241,7 @@ def test_compare_disk_page(tmp_path):
     assert heads == ["NVDIMM FAILED 20261205-201500 6.1.0-50-amd64",
                      "shared disk passed 20261205-201500 6.1.0-50-amd64"]
     assert "fail" in page.elements.with_class("verdict")[0]["class"].split()  # so the comparison failed
-    text_stays_text(page, HOSTILE)
+    text_stays_text(page)
 
 
 def test_compare_runs_page(tmp_path):
