@@ -32,9 +32,14 @@ GAP = 8
 AXIS = 22
 POINTS = 720  # at most this many steps per chart: a week-long run's page stays small
 
-# How a workload's verdict looks: a CSS class each, never taken from the data.
-VERDICT_CLASS = {"passed": "pass", "failed": "fail", "expected failure": "expected",
-                 "not cluster-wide": "other", "passed (expected to fail: fixed?)": "fixed"}
+# How a verdict looks, by its words in run.json (in either spelling torture_report has used):
+# the words shown, and a CSS class, never taken from the data.
+VERDICTS = {"passed": ("passed", "pass"), "ok": ("passed", "pass"),
+            "failed": ("FAILED", "fail"),
+            "expected failure": ("expected failure", "expected"), "expected": ("expected failure", "expected"),
+            "passed (expected to fail: fixed?)": ("passed (expected to fail: fixed?)", "fixed"),
+            "fixed?": ("passed (expected to fail: fixed?)", "fixed"),
+            "not cluster-wide": ("not cluster-wide", "expected")}
 HEALTHY = ("ok", "violations")  # a row's status: anything else marks its node's lane
 
 
@@ -54,8 +59,8 @@ def run_page(run: dict) -> str:
 def compare_disk_page(nvdimm: dict, disk: dict) -> str:
     """--compare-disk's page: the same workloads on the NVDIMM and on the shared disk."""
     runs = [_run(nvdimm, label="NVDIMM"), _run(disk, label="shared disk")]
-    verdicts = {r["verdict"] for r in runs}
-    verdict = "failed" if "failed" in verdicts else "passed" if verdicts == {"passed"} else "unknown"
+    shown = {_verdict(r["verdict"])["class"] for r in runs}
+    verdict = "failed" if "fail" in shown else "passed" if shown == {"pass"} else "unknown"
     return _compare_page(runs, title=f"{runs[0]['cluster'] or 'dali'}: NVDIMM and shared disk",
                          verdict=verdict)
 
@@ -94,6 +99,7 @@ def _run(run: dict, label: str = "") -> dict:
         "faults": _faults(run),
         "problems": _texts(run.get("problems")),
         "expected": _texts(run.get("expected")),
+        "fixed": _texts(run.get("fixed")),
         "examples": _texts(run.get("examples")),
     }
 
@@ -145,11 +151,10 @@ def _faults(run: dict) -> list[tuple[float, str]]:
 
 
 def _verdict(verdict: str) -> dict:
-    """A verdict as shown: its words (a failed run's in capitals, to be seen from afar) and class."""
-    if not verdict:
-        return {"text": "-", "class": "other"}
-    shown = "FAILED" if verdict == "failed" else verdict
-    return {"text": shown, "class": VERDICT_CLASS.get(verdict, "other")}
+    """A verdict as shown: its words (a failure's in capitals, to be seen from afar) and class;
+    one the page does not know, as it came, in grey."""
+    text, css = VERDICTS.get(verdict.lower(), (verdict or "-", "other"))
+    return {"text": text, "class": css}
 
 
 # --- what the page shows of a run ---------------------------------------------------------------
@@ -164,10 +169,10 @@ def _shown(run: dict, scale: Scale) -> dict:
 
 
 def _nodes(run: dict) -> list[str]:
-    """Every node the run knows of: those with rows, and those with only a kernel recorded
-    (they returned nothing, and get an empty lane all the same)."""
-    kernels = _dict(run["properties"].get("kernel"))
-    return sorted(dict.fromkeys([r["node"] for r in run["rows"]] + [_text(n) for n in kernels]))
+    """The nodes of the rows (a node that returned nothing has rows too, with empty timelines);
+    a run without any rows, those it asked for their kernel, each with an empty lane."""
+    nodes = [r["node"] for r in run["rows"]] or [_text(n) for n in _dict(run["properties"].get("kernel"))]
+    return sorted(dict.fromkeys(nodes))
 
 
 def _properties(run: dict) -> list[tuple[str, str]]:
@@ -178,6 +183,7 @@ def _properties(run: dict) -> list[tuple[str, str]]:
              ("stack", _text(p.get("stack"))), ("device", device), ("accel", _text(p.get("accel"))),
              ("seed", _text(p.get("seed"))), ("dali commit", _text(p.get("dali_commit"))),
              ("coherence", _text(p.get("coherence"))), ("count", _text(p.get("count"))),
+             ("baseline", _text(p.get("known_failures"))),
              ("target", run["target"]), ("started", run["started"]),
              ("seconds", f"{run['seconds']:g}" if run["seconds"] else "")]
     return [(name, value) for name, value in found if value]
