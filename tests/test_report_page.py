@@ -2,19 +2,14 @@
 values shaped as torture_report.py writes them, opened in a real headless Chromium, and checked
 for what a user would look at: it loads with nothing in the browser's console, one lane per
 node, the verdict, a node's hostile text shown as text (no element of its making), a screenshot
-with something on it. Host only; Chromium runs in a network namespace of its own, with a
-profile and HOME of its own removed afterwards."""
+with something on it. Host only; Chromium as support/browser.py runs it (its own network
+namespace, profile and HOME)."""
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import shutil
-import signal
 import struct
-import subprocess
-import tempfile
 import zlib
 from collections import Counter
 from html.parser import HTMLParser
@@ -23,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from dali.report_page import compare_disk_page, compare_runs_page, run_page
+from support import browser
 
 HOSTILE = "<script>alert(1)</script></svg>&amp; & \x1b[2J\x1b]0;pwned\x07"  # what a node could print
 HOSTILE_SHOWN = "<script>alert(1)</script></svg>&amp; & ^[[2J^[]0;pwned^G"  # as the page must show it
 PLAIN = "a plain line of text"
-CONSOLE = re.compile(r":CONSOLE(?:\(\d+\))?:?\d*\] (.*)")  # Chromium's log line of a console message
 
 
 def timeline(rng: random.Random, seconds: int, rate: int, stall=None, until=None) -> list[int]:
@@ -99,7 +94,8 @@ def passing_run(run_id: str = "20261205-203000") -> dict:
 # --- Chromium -------------------------------------------------------------------------------------
 
 class Page:
-    """What Chromium made of a page: its DOM as dumped, and its console's messages."""
+    """What Chromium made of a page (support/browser.py): its DOM as dumped, its elements and
+    text, and its console's messages."""
 
     def __init__(self, dom: str, console: list[str]):
         self.dom, self.console = dom, console
@@ -133,50 +129,15 @@ class Elements(HTMLParser):
                 if name in (attrs.get("class") or "").split() and tag in ("", t)]
 
 
-def chromium_command(*args: str, profile: Path) -> list[str]:
-    """Chromium headless in a network namespace of its own (nothing it tries can leave the
-    machine; unshare needs root, as the suite does), with its background networking, updates
-    and proxy lookups off as well. --no-sandbox: Chromium's sandbox refuses to run as root."""
-    chromium = shutil.which("chromium")
-    assert chromium, "no chromium: scripts/setup installs it"
-    return ["unshare", "--net", chromium, "--headless", "--no-sandbox", "--disable-gpu",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run", "--no-default-browser-check", "--no-proxy-server",
-            "--disable-crash-reporter", "--hide-scrollbars", f"--user-data-dir={profile}",
-            "--enable-logging=stderr", "--v=0", *args]
-
-
-def run_chromium(*args: str) -> tuple[str, str]:
-    """Chromium's stdout and stderr, once it ran with args. Its profile and HOME (it writes
-    there even with a profile of its own) are in a directory removed afterwards. Its output is
-    read to the end, so every process of it has gone (each holds the pipes); one that outlasts
-    the timeout is killed with its process group, its own: the leader, not yet waited for,
-    keeps the group's id from being anyone else's."""
-    with tempfile.TemporaryDirectory(prefix="dali-chromium-") as home:
-        env = {**os.environ, "HOME": home, "XDG_CONFIG_HOME": f"{home}/.config",
-               "XDG_CACHE_HOME": f"{home}/.cache"}
-        proc = subprocess.Popen(chromium_command(*args, profile=Path(home) / "profile"), env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        try:
-            out, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise
-        assert proc.returncode == 0, err
-        return out, err
-
-
 def open_page(text: str, path: Path) -> Page:
     path.write_text(text)
-    out, err = run_chromium("--dump-dom", path.as_uri())
-    return Page(out, [m.group(1) for m in CONSOLE.finditer(err)])
+    shown = browser.show(path)
+    return Page(shown.dom, shown.errors)
 
 
 def loads_cleanly(page: Page) -> None:
     """No message in the console (the page has no script of its own: any message is an error,
-    or the Content-Security-Policy refusing something that got into it)."""
+    or the Content-Security-Policy refusing something that got into it), nothing it failed to load."""
     assert page.console == []
     assert page.elements.tags()[:2] == ["html", "head"] and "body" in page.elements.tags()
 
@@ -267,9 +228,9 @@ def test_older_and_emptier_run_json_show_what_there_is(tmp_path):
            "faults": [[3.0, "b forced off"]], "survivors": ["a"], "verdicts": {}}
     sparse = realistic_run(PLAIN)
     sparse["rows"][0]["timeline"] = []
-    sparse["properties"]["kernel"]["d"] = "6.1.0-50-amd64"
+    sparse["properties"]["kernel"]["d"] = "6.1.0-50-amd64"  # no rows: a lane only when no node has any
     del sparse["faults"], sparse["workloads"]
-    odd = {"run_id": 7, "rows": None, "faults": "x", "seconds": 10 ** 400, "properties": {"kernel": ["a"]},
+    odd = {"run_id": 7, "rows": None, "faults": "x", "seconds": 10 ** 400, "properties": {"kernel": {"a": None}},
            "workloads": [{"workload": None, "ops": "many", "elapsed": float("nan")}],
            "examples": [None, 3, "x"]}
     runs = [old, {}, sparse, odd]
@@ -279,7 +240,8 @@ def test_older_and_emptier_run_json_show_what_there_is(tmp_path):
     page = open_page(compare_runs_page(runs), tmp_path / "odd.html")
     loads_cleanly(page)
     by_run = Counter((a["data-run"], a["data-node"]) for a in page.elements.with_class("lane"))
-    assert by_run == {("", "a"): 1, ("", "b"): 1, **{(sparse["run_id"], n): 1 for n in "abcd"}}
+    assert by_run == {("", "a"): 1, ("", "b"): 1, **{(sparse["run_id"], n): 1 for n in "abc"},
+                      ("7", "a"): 1}  # odd: no rows, its nodes from its kernels
     assert "nothing returned" in page.elements.text
 
 
@@ -296,6 +258,21 @@ def test_any_key_missing_or_of_another_type_still_renders(where):
             holder[key] = other
             assert "</html>" in run_page(run), (key, other)
         holder[key] = kept
+
+
+def test_each_verdict_in_its_words_and_colour():
+    """A workload's verdict in either spelling torture_report has written (the contract's, and
+    ok / FAILED / expected / fixed?), and one the page does not know: shown as it came, grey."""
+    run = realistic_run(PLAIN)
+    said = ["passed", "failed", "expected failure", "not cluster-wide", "passed (expected to fail: fixed?)",
+            "ok", "FAILED", "expected", "fixed?", "flaky <b>"]
+    run["workloads"] = [{"workload": f"w{n}", "ops": 1, "violations": 0, "elapsed": 1.0, "verdict": v, "why": ""}
+                        for n, v in enumerate(said)]
+    cells = re.findall(r'<td class="verdict-cell (\w+)">([^<]*)', run_page(run))
+    assert cells == [("pass", "passed"), ("fail", "FAILED"), ("expected", "expected failure"),
+                     ("expected", "not cluster-wide"), ("fixed", "passed (expected to fail: fixed?)"),
+                     ("pass", "passed"), ("fail", "FAILED"), ("expected", "expected failure"),
+                     ("fixed", "passed (expected to fail: fixed?)"), ("other", "flaky &lt;b&gt;")]
 
 
 def test_a_script_that_got_into_the_page_is_refused_and_reported(tmp_path):
@@ -328,7 +305,7 @@ def test_a_screenshot_is_not_blank(tmp_path):
     page = tmp_path / "report.html"
     page.write_text(run_page(realistic_run()))
     shot = tmp_path / "report.png"
-    run_chromium(f"--screenshot={shot}", "--window-size=1200,2000", page.as_uri())
+    browser.screenshot(page, shot, 1200, 2000)
     width, height, pixels = png_rows(shot.read_bytes())
     assert (width, height) == (1200, 2000)
     colours = Counter(pixels)
