@@ -227,7 +227,8 @@ def test_older_and_emptier_run_json_show_what_there_is(tmp_path):
                                  "result": None}},
            "faults": [[3.0, "b forced off"]], "survivors": ["a"], "verdicts": {}}
     sparse = realistic_run(PLAIN)
-    sparse["rows"][0]["timeline"] = []
+    sparse["rows"][0].update(timeline=[], ops=0)  # a node that returned nothing
+    sparse["rows"][1]["timeline"] = []  # operations counted, but no timeline (an older run)
     sparse["properties"]["kernel"]["d"] = "6.1.0-50-amd64"  # no rows: a lane only when no node has any
     del sparse["faults"], sparse["workloads"]
     odd = {"run_id": 7, "rows": None, "faults": "x", "seconds": 10 ** 400, "properties": {"kernel": {"a": None}},
@@ -242,7 +243,7 @@ def test_older_and_emptier_run_json_show_what_there_is(tmp_path):
     by_run = Counter((a["data-run"], a["data-node"]) for a in page.elements.with_class("lane"))
     assert by_run == {("", "a"): 1, ("", "b"): 1, **{(sparse["run_id"], n): 1 for n in "abc"},
                       ("7", "a"): 1}  # odd: no rows, its nodes from its kernels
-    assert "nothing returned" in page.elements.text
+    assert "nothing returned" in page.elements.text and "no timeline recorded" in page.elements.text
 
 
 @pytest.mark.parametrize("where", ["run", "row", "workload", "properties"])
