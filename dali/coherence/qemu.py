@@ -22,8 +22,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from dali.apt_sources import host_apt_mirror
 from dali.commands import run
+from dali.debian_archive import PrivateApt, download
 from dali.errors import DaliError
 from dali.reporter import log
 
@@ -89,21 +89,15 @@ def fetch(cache_dir: Path) -> None:
     target = home(cache_dir)
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    (partial / "lists" / "partial").mkdir(parents=True)
-    mirror = host_apt_mirror()
-    log(f"coherence: fetching QEMU from Debian's {SUITE} ({mirror}) into {target}")
-    sources = partial / "sources.list"
-    sources.write_text(f"deb {mirror} {SUITE} main\ndeb-src {mirror} {SUITE} main\n")
-    apt = ["-q", "-o", f"Dir::Etc::sourcelist={sources}", "-o", "Dir::Etc::sourceparts=-",
-           "-o", f"Dir::State::Lists={partial / 'lists'}", "-o", "APT::Get::List-Cleanup=0"]
-    run(["apt-get", *apt, "update"], what=f"apt-get update of {SUITE} (for device.coherence)", timeout=300)
+    apt = PrivateApt(partial, SUITE, sources=True)
+    log(f"coherence: fetching QEMU from Debian's {SUITE} ({apt.mirror}) into {target}")
+    apt.update("for device.coherence")
     wanted = _candidate(apt)
     _check_new_enough(wanted)
     debs = partial / "debs"
     debs.mkdir()
-    # apt-get download writes into the current directory.
-    run(["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(debs), "apt-get", *apt, "download",
-         *(f"{p}={wanted}" for p in PACKAGES)], what=f"downloading QEMU {wanted}", timeout=600)
+    apt.get("download", *(f"{p}={wanted}" for p in PACKAGES), what=f"downloading QEMU {wanted}",
+            cwd=debs, timeout=600)
     for deb in sorted(debs.glob("*.deb")):
         run(["dpkg-deb", "-x", str(deb), str(partial / "root")], what=f"unpacking {deb.name}")
     _plugin_header(apt, wanted, partial)
@@ -120,12 +114,12 @@ def fetch(cache_dir: Path) -> None:
     log(f"coherence: QEMU {wanted} ready ({_reported_version(cache_dir)})")
 
 
-def _candidate(apt: list[str]) -> str:
-    out = run(["apt-cache", *apt, "policy", "qemu-system-x86"], what="apt-cache policy qemu-system-x86")
+def _candidate(apt: PrivateApt) -> str:
+    out = apt.cache("policy", "qemu-system-x86", what="apt-cache policy qemu-system-x86")
     versions = re.findall(r"^\s+(?:\*\*\* )?(\S+) \d+\n\s+\d+ \S+ " + re.escape(SUITE) + "/", out, re.M)
     if not versions:
         raise DaliError(f"Debian's {SUITE} has no qemu-system-x86 on the mirror the host's apt uses "
-                        f"({host_apt_mirror()}): device.coherence needs QEMU 9 or newer from there; "
+                        f"({apt.mirror}): device.coherence needs QEMU 9 or newer from there; "
                         "set device.coherence = \"off\"")
     return versions[0]
 
@@ -138,34 +132,22 @@ def _check_new_enough(debian_version: str) -> None:
                         "device.coherence = \"off\"")
 
 
-def _plugin_header(apt: list[str], wanted: str, partial: Path) -> None:
+def _plugin_header(apt: PrivateApt, wanted: str, partial: Path) -> None:
     """include/qemu/qemu-plugin.h from Debian's source tarball of the same QEMU: no package
     ships it. The tarball is checked against the hash the suite's Sources index gives."""
-    # Here, not at the top: every doit loads this module (domain.py names the emulator), and
-    # these cost a no-op doit 8 ms (python -X importtime).
-    import hashlib
-    import tarfile
-    import urllib.request
-    out = run(["apt-get", *apt, "--print-uris", "source", f"qemu={wanted}"], what="apt-get --print-uris source qemu")
-    orig = re.search(r"'(\S+\.orig\.tar\.xz)' \S+ (\d+) SHA256:([0-9a-f]{64})", out)
+    import tarfile  # here, not at the top: see debian_archive.download
+    orig = [f for f in apt.uris("source", f"qemu={wanted}", what="apt-get --print-uris source qemu")
+            if f.name.endswith(".orig.tar.xz")]
     if not orig:
         raise DaliError(f"Debian's {SUITE} lists no source tarball for qemu {wanted}: "
                         "device.coherence cannot build its plugin; set device.coherence = \"off\"")
-    url, size, sha256 = orig.group(1), int(orig.group(2)), orig.group(3)
     tarball = partial / "qemu.orig.tar.xz"
-    digest = hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=120) as response, open(tarball, "wb") as f:
-        while chunk := response.read(1 << 20):
-            digest.update(chunk)
-            f.write(chunk)
-    if digest.hexdigest() != sha256 or tarball.stat().st_size != size:
-        raise DaliError(f"{url} does not match the hash in Debian's Sources index: a broken "
-                        "download or mirror; run doit again")
+    download(orig[0], tarball)
     (partial / "include").mkdir()
     with tarfile.open(tarball) as tar:
         member = next((m for m in tar if m.name.endswith("/include/qemu/qemu-plugin.h")), None)
         if member is None:
-            raise DaliError(f"{url} holds no include/qemu/qemu-plugin.h: set device.coherence = \"off\"")
+            raise DaliError(f"{orig[0].url} holds no include/qemu/qemu-plugin.h: set device.coherence = \"off\"")
         (partial / "include" / "qemu-plugin.h").write_bytes(tar.extractfile(member).read())
     tarball.unlink()
 
