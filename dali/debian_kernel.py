@@ -130,7 +130,7 @@ def _download_newest(where: Path, series: str, flavour: str, suite: str) -> Path
             log(f"downloading {package} {version} from {suite} ({remote[0].size / 2**20:.0f} MiB) into {where}")
             started = time.monotonic()
             download(remote[0], deb, timeout=300)
-            log(f"downloaded {deb.name} in {time.monotonic() - started:.0f} s")
+            log(f"downloaded {deb.name} in {time.monotonic() - started:.1f} s")
         return deb
     finally:
         shutil.rmtree(work, ignore_errors=True)
