@@ -213,3 +213,15 @@ def test_the_command_prints_the_kernel_section(tmp_path, suite, monkeypatch, cap
     assert f'[kernel]\npath = "{tree}/boot/vmlinuz-{RELEASE}"\nmodules = "{tree}"\n' in out
     assert debian_kernel.main(["--series", "6.6"]) == 1
     assert capsys.readouterr().err.startswith("dali: Debian's bookworm-backports on file://")
+
+
+def test_the_shipped_baseline_expects_the_append_bug_on_debians_6_12_not_on_your_build():
+    """Measured on 6.12.95+deb12-amd64 (docs/findings/ocfs2-append.md): append and append-turns
+    fail there as on 6.1. A 6.12 of your own (your fix) is not Debian's release: not expected."""
+    from dali import known_failures
+    from dali.cluster import REPO
+    entries = known_failures.load(REPO / "known-failures.toml")
+    debian = known_failures.Where("ocfs2", "o2cb", (RELEASE, RELEASE))
+    for workload in ("append", "append-turns"):
+        assert known_failures.applying(entries, workload, debian), workload
+        assert not known_failures.applying(entries, workload, debian._replace(kernels=("6.12.95", "6.12.95"))), workload
