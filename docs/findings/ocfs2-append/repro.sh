@@ -9,7 +9,9 @@
 set -e -o pipefail
 CONF=${1:?the cluster file}; RUN=${2:-$(date +%H%M%S)}; F=${3:-/data}/append-repro-$RUN
 HERE=$(dirname "$0")
-doit() { .venv/bin/doit config="$CONF" "$@" 2>&1 | { grep -v -E '^\.  pssh|: exit 0$' || true; }; }
+doit() {  # what a step printed, but doit's own lines for a step that went well
+    .venv/bin/doit config="$CONF" "$@" 2>&1 | { grep -v -E '^\.  p(ssh|put)$|: exit 0$|^--- .* \(exit 0\)$' || true; }
+}
 wait_for() {  # a shell loop, run on the node, until node.py acknowledged $1
     echo "for i in \$(seq 300); do grep -qx '$1' /run/repro-$RUN.ack 2>/dev/null && break; sleep 0.1; done;" \
          "grep -qx '$1' /run/repro-$RUN.ack"
@@ -23,4 +25,7 @@ append a A1
 append b B1
 append a A2
 for n in a b; do doit pssh --on $n "echo quit > /run/repro-$RUN.fifo; $(wait_for quit)"; done
-doit pssh "cat /run/repro-$RUN.ack; python3 -c 'import sys; print(repr(open(sys.argv[1], \"rb\").read()))' $F"
+for n in a b; do
+    echo "--- $n: its acknowledgements, then the file as it reads it"
+    doit pssh --on $n "cat /run/repro-$RUN.ack; python3 -c 'import sys; print(repr(open(sys.argv[1], \"rb\").read()))' $F"
+done
