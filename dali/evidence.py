@@ -70,7 +70,10 @@ def _boot_id(virt: Libvirt, dom: libvirt.virDomain) -> str:
 
 
 def _already_kept(cluster: Cluster, name: str, boot: str) -> Path | None:
-    for d in sorted(crash_dir(cluster).glob(f"{name}-*")):
+    """Where this boot's crash of `name` was kept: the cluster's crash/ or a torture run's."""
+    runs = cluster.state_dir / "runs"
+    places = [crash_dir(cluster), *runs.glob("*/crash"), *runs.glob("*/*/crash")]
+    for d in sorted(d for place in places for d in place.glob(f"{name}-*")):
         readme = d / "README"
         if readme.exists() and f"boot: {boot}\n" in readme.read_text():
             return d
@@ -87,9 +90,10 @@ def _vmlinux_line(cluster: Cluster) -> str:
 
 
 def keep(cluster: Cluster, files: Storage, virt: Libvirt, name: str, reason: str,
-         dom: libvirt.virDomain | None = None) -> Path | None:
-    """Keep the evidence of `name`'s crash, once per boot; the directory, or None when the node
-    is gone (nothing of its memory is left to keep, its console is in the run's report)."""
+         dom: libvirt.virDomain | None = None, under: Path | None = None) -> Path | None:
+    """Keep the evidence of `name`'s crash, once per boot, in state/<tag>/crash/ or, found by
+    a torture run, under that run (`under`/crash/): the directory, or None when the node is
+    gone (nothing of its memory is left to keep, its console is in the run's report)."""
     if dom is None:
         dom = virt.domain(name)
     if dom is None or not dom.isActive():
@@ -98,9 +102,10 @@ def keep(cluster: Cluster, files: Storage, virt: Libvirt, name: str, reason: str
     found = _already_kept(cluster, name, boot)
     if found is not None:
         return found
-    where = crash_dir(cluster) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    place = under / "crash" if under is not None else crash_dir(cluster)
+    where = place / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     where.mkdir(parents=True, mode=0o700)
-    crash_dir(cluster).chmod(0o700)
+    place.chmod(0o700)
     (where / "console.log").write_bytes(consoles.since(files, name, 0))
     lines = [f"node: {name}", f"boot: {boot}", f"found: {reason}",
              f"kept: {time.strftime('%Y-%m-%d %H:%M:%S')}", _vmlinux_line(cluster)]

@@ -159,7 +159,7 @@ class Report:
             fatal = consoles.fatal(found)
             if fatal and name not in self.victims:
                 kept = evidence.keep(self.cluster, self.files, self.virt, name,
-                                     f"{fatal[0][0]}: {fatal[0][1]}")
+                                     f"{fatal[0][0]}: {fatal[0][1]}", under=self.dir)
                 if kept is not None:
                     self.crash_dirs[name] = kept
                 where = f" (evidence in {kept})" if kept else ""

@@ -20,7 +20,7 @@ import libvirt
 import pytest
 
 from dali import access, evidence, fam, guest
-from support.cluster import FIRST_TAG, torture_table
+from support.cluster import FIRST_TAG, torture_runs, torture_table
 from support.doit import one_error_line, run_until
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
@@ -242,7 +242,7 @@ def test_a_panic_mid_run_is_caught_and_its_evidence_kept(cluster, tmp_path):
                                        "--on", "a,b,c", check=False))
     assert f"{TAG}c: panic: Kernel panic - not syncing: sysrq triggered crash" in line
     kept = Path(re.search(r"evidence in (\S+)\)", line).group(1))
-    assert kept.parent == evidence.crash_dir(cluster.cfg)
+    assert kept.parent == torture_runs(cluster)[-1] / "crash", "the run's evidence lives under the run"
     release = cluster.virt.run(cluster.dom("a"), ["uname", "-r"]).stdout.strip()
     assert release_in_dump(kept / "memory.kdump") == release, "a memory dump that crash reads"
     assert b"sysrq triggered crash" in (kept / "console.log").read_bytes()
@@ -257,7 +257,8 @@ def test_a_panic_mid_run_is_caught_and_its_evidence_kept(cluster, tmp_path):
 
     cluster.doit("start", "c")
     assert rows(cluster.doit("status"))[f"{TAG}c"][1] == "running"
-    assert [p.name for p in evidence.crash_dir(cluster.cfg).iterdir()] == [kept.name], "kept once"
+    assert [p.name for p in kept.parent.iterdir()] == [kept.name], "kept once"
+    assert not evidence.crash_dir(cluster.cfg).exists(), "not again when c was started"
 
 
 def test_dump_takes_the_nodes_named_at_the_same_moment(cluster):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dali import debian_kernel
 from dali.cluster import REPO
 from support import browser
 from support.cluster import torture_runs as runs, torture_table as table, unique_tag
@@ -218,6 +219,42 @@ def test_the_nvdimm_beside_a_shared_disk(cluster):
     assert f"<source file='{disk}'" in xml and "<shareable/>" in xml and "cache='none'" in xml
     mounted = cluster.doit("pssh", "--on", "a,b,c", "findmnt -n -o FSTYPE /data-disk").stdout
     assert mounted.count("ocfs2") == 3, "prepared as the NVDIMM is: the same filesystem, on every node"
+
+
+def test_the_append_reproducer_on_two_kernels_side_by_side(cluster):
+    """append-turns on Debian's 6.1 (twice: --count) and, restarted on bookworm-backports' 6.12
+    (dali.debian_kernel, as docs/torture.md shows a user), once more: the verdict per kernel in
+    one table (doit runs compare) and in its page. Both kernels overwrite every round; the
+    shipped baseline knows both, so every run exits 0 with it listed as expected."""
+    a, b, c = nodes(cluster)[:3]
+    cluster.doit("shutdown", "c")  # two nodes reproduce it; a third's restart only costs time
+    on_61 = cluster.doit("torture", "append-turns", "--seconds", "3", "--on", "a,b", "--count", "2")
+    assert re.search(r"^2 runs, \S+ to \S+: 0 failed$", on_61.stdout, re.M), on_61.stdout
+    assert re.search(r"^append-turns +0/2 +2/2 +-$", on_61.stdout, re.M), on_61.stdout
+    first = runs(cluster)[-1]
+    assert json.loads((first / "run.json").read_text())["properties"]["count"] == "2/2"
+
+    kernel = debian_kernel.kernel(REPO / "state" / "cache" / "kernels")
+    cluster.set(kernel={"path": str(kernel.vmlinuz), "modules": str(kernel.tree)})
+    cluster.doit()
+    cluster.doit("restart")
+    assert cluster.doit("pssh", "uname -r").stdout.count(kernel.release) == 2
+    on_612 = cluster.doit("torture", "append-turns", "--seconds", "3", "--on", "a,b")
+    assert table(on_612)["append-turns"][-1] == "expected", on_612.stdout
+    second = runs(cluster)[-1]
+
+    listed = cluster.doit("runs").stdout
+    assert re.search(rf"^{second.name} .* append-turns +{re.escape(kernel.release)} +passed \(1 expected\)$",
+                     listed, re.M), listed
+    compared = cluster.doit("runs", "compare", first.name, second.name).stdout.splitlines()
+    assert f"{first.name} (6.1.0-" in compared[0] and f"{second.name} ({kernel.release})" in compared[0]
+    row = next(line for line in compared if line.startswith("append-turns"))
+    cells = re.findall(r"(\d+) ops, (\d+) violations, (\S+)", row)
+    assert len(cells) == 2 and all(int(ops) > 0 and int(bad) > 0 and verdict == "expected"
+                                   for ops, bad, verdict in cells), row
+    page = Path(compared[-1].removeprefix("kept in "))
+    assert browser.lanes(page) == {a: 2, b: 2}, "one lane per node and run"
+    assert kernel.release in browser.show(page).dom
 
 
 def test_clean_removes_the_shared_disk_too(cluster):

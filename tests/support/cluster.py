@@ -163,7 +163,7 @@ def _toml(value) -> str:
 def torture_runs(c: ClusterUnderTest) -> list[Path]:
     """The cluster's kept torture runs, oldest first."""
     base = c.cfg.state_dir / "runs"
-    return sorted(base.iterdir()) if base.exists() else []
+    return sorted(p for p in base.iterdir() if p.is_dir()) if base.exists() else []
 
 
 def torture_table(run: subprocess.CompletedProcess) -> dict[str, list[str]]:
