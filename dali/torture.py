@@ -542,7 +542,7 @@ def _one_run(cluster: Cluster, files: Storage, virt: Libvirt, p: Plan, known,
     (run_dir / "compare.md").write_text(side_by_side + "\n")
     (run_dir / "report.html").write_text(report_page.compare_disk_page(nvdimm.as_json(), disk.as_json()))
     print(side_by_side)
-    print(f"kept in {run_dir} (report.html to look at)")
+    print(f"kept in {run_dir}; to look at: {run_dir / 'report.html'}")
     failed = [f"{what}: {r.failure_line()}" for what, r in (("NVDIMM", nvdimm), ("disk", disk)) if r.failed]
     failed += [f"NVDIMM: {incoherent}"] if incoherent else []
     return RunOutcome(run_id, [nvdimm, disk]), ["; ".join(failed)] if failed else []

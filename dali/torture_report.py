@@ -318,7 +318,7 @@ class Report:
         lines += [f"fixed? {visible_line(e)}" for e in self.fixed]
         if self.kept_workdir:
             lines.append(f"work directory {self.kept_workdir}")
-        lines.append(f"kept in {self.dir} (report.html to look at)")
+        lines.append(f"kept in {self.dir}; to look at: {self.dir / 'report.html'}")
         return "\n".join(lines)
 
     def _baseline_said(self) -> str:

@@ -106,7 +106,9 @@ def test_the_default_torture_on_a_healthy_cluster_passes_with_the_shipped_baseli
     saved = json.loads((run_dir / "run.json").read_text())
     assert saved["verdict"] == "passed" and {r["node"] for r in saved["rows"]} == set(nodes(cluster))
     assert all(sum(r["timeline"]) == r["ops"] for r in saved["rows"]), "every operation on the timeline"
-    lanes = browser.lanes(run_dir / "report.html")
+    page = Path(re.search(r"^kept in \S+; to look at: (\S+)$", run.stdout, re.M).group(1))
+    assert page == run_dir / "report.html"
+    lanes = browser.lanes(page)
     assert lanes == {n: 1 for n in nodes(cluster)}, "one lane per node"
     listing = cluster.doit("pssh", "ls -a /data").stdout
     assert ".dali-torture" not in listing, "a run that passed leaves nothing on the filesystem"
