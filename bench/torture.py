@@ -36,7 +36,7 @@ SECONDS = "20"
 
 
 def newest_run(state: Path) -> Path:
-    return sorted((state / "runs").iterdir())[-1]
+    return sorted(p for p in (state / "runs").iterdir() if p.is_dir())[-1]  # not series-*.md
 
 
 def rows_of(compare_md: str) -> dict[str, list[str]]:
