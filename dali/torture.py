@@ -610,6 +610,9 @@ def _one_pass(cluster: Cluster, files: Storage, virt: Libvirt, p: Plan, run_id: 
         if span:
             _put_back(cluster, files, virt)
     report.finish(results, windows)
+    first_up = next((d for n, d in p.nodes if n.name in results.survivors), None)
+    if p.kind == "dir" and first_up is not None:
+        _tidy(virt, p, run_id, first_up, report)
     report.write_and_print()
     return report
 
@@ -638,8 +641,6 @@ def _execute(virt: Libvirt, p: Plan, run_id: str, report: Report) -> Results:
         states = {n.name: (runs[(job.name, n.name)].result or {}).get("state") for n, _ in p.nodes}
         ctx = Context(_args(p, job, 0, p.nodes[0][0], run_id))
         verdicts[job.name] = job.workload.judge(ctx, states, checks)
-    if p.kind == "dir" and survivors:
-        _tidy(virt, p, run_id, runs, verdicts, survivors[0][2], report)
     return Results(runs, verdicts, check_errors, [n.name for _, n, _ in survivors], injector.happened,
                    injector.errors, time.monotonic() - t0)
 
@@ -664,17 +665,17 @@ def _check_all(virt: Libvirt, p: Plan, run_id: str, survivors) -> tuple[dict, di
     return checked, {key: errors[key] for key in checked if key in errors}  # in run order
 
 
-def _tidy(virt: Libvirt, p: Plan, run_id: str, runs: dict, verdicts: dict, dom, report: Report) -> None:
-    """On a filesystem, a run that passed leaves nothing; a workload that showed violations
-    (on a node that was no fault's victim) leaves its directory for a look."""
-    victims = {f.node for f in p.faults}
+def _tidy(virt: Libvirt, p: Plan, run_id: str, dom, report: Report) -> None:
+    """On a filesystem, a run that passed leaves nothing; a workload that failed (a violation
+    nothing expected, or a node that failed) leaves its directory for a look. Expected
+    failures leave nothing: they are known, and every run would pile up their files."""
     own = [j for j in p.jobs if j.workload.OWN_DIRECTORY]
-    kept = [j.name for j in own if verdicts[j.name].by_node or any(
-        runs[(j.name, n.name)].status is not Status.OK for n, _ in p.nodes if n.name not in victims)]
+    failed = {t["workload"] for t in report.summary if t["verdict"] == "FAILED"}
+    kept = [j.name for j in own if j.name in failed]
     workdir = f"{p.target}/.dali-torture-{run_id}"
     if kept:
         virt.run(dom, ["sh", "-c", " ; ".join(
             f"rm -rf {shlex.quote(workdir + '/' + j.name)}" for j in own if j.name not in kept)])
-        report.kept_workdir = f"{workdir} ({', '.join(kept)}: kept for a look, it showed violations)"
+        report.kept_workdir = f"{workdir} ({', '.join(kept)}: kept for a look, it failed)"
     else:
         virt.run(dom, ["rm", "-rf", workdir], timeout=GRACE)
