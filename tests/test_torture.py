@@ -213,7 +213,7 @@ def test_the_nvdimm_beside_a_shared_disk(cluster):
         assert float(row[1]) > 0 and float(row[2]) > 0, compare
         # OCFS2's spurious EACCES on a racing rename is in the baseline (it happens now and then)
         assert row[-2] in ("ok", "expected") and row[-1] in ("ok", "expected"), compare
-    assert (run_dir / "report.html").exists()
+    assert browser.lanes(run_dir / "report.html") == {n: 2 for n in nodes(cluster)[:3]}, "a lane per node and device"
     assert (run_dir / "nvdimm" / "report.md").exists() and (run_dir / "disk" / "junit.xml").exists()
     disk = shared_disk.path(cluster.cfg)
     assert disk.stat().st_size == cluster.cfg.fam_size and marks.is_ours(disk, cluster.cfg)
