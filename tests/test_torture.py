@@ -223,14 +223,14 @@ def test_the_nvdimm_beside_a_shared_disk(cluster):
     assert mounted.count("ocfs2") == 3, "prepared as the NVDIMM is: the same filesystem, on every node"
 
 
-def a_run_of(cluster, workload: str, kernel_prefix: str) -> Path | None:
-    """The newest kept run of `workload` on nodes booted on a kernel named so."""
-    for run_dir in reversed(runs(cluster)):
-        saved = json.loads((run_dir / "run.json").read_text())
-        kernels = set(saved["properties"]["kernel"].values())
-        if any(w["workload"] == workload for w in saved["workloads"]) and all(
-                k.startswith(kernel_prefix) for k in kernels):
-            return run_dir
+def a_run_of(cluster, workload: str, kernel_prefix: str) -> str | None:
+    """The newest kept run (as doit runs names it) of `workload` on nodes booted on a kernel
+    named so."""
+    from dali import runs as kept
+    for run in reversed(kept.kept(cluster.cfg)):
+        kernels = set(run.data.get("properties", {}).get("kernel", {}).values())
+        if workload in run.workloads() and kernels and all(k.startswith(kernel_prefix) for k in kernels):
+            return run.name
     return None
 
 
@@ -244,7 +244,7 @@ def test_the_append_reproducer_on_two_kernels_side_by_side(cluster):
     on_61 = a_run_of(cluster, "append-turns", "6.1.0-")
     if on_61 is None:  # run alone: make the 6.1 run here
         cluster.doit("torture", "append-turns", "--seconds", "2", "--on", "a,b")
-        on_61 = runs(cluster)[-1]
+        on_61 = runs(cluster)[-1].name
     others = [n.suffix for n in cluster.cfg.nodes if n.suffix not in ("a", "b")]
     cluster.doit("shutdown", *others)  # two nodes reproduce it; the others' restart only costs time
 
@@ -263,9 +263,9 @@ def test_the_append_reproducer_on_two_kernels_side_by_side(cluster):
     listed = cluster.doit("runs").stdout
     assert re.search(rf"^{second.name} .* append-turns +{re.escape(kernel.release)} +passed \(1 expected\)$",
                      listed, re.M), listed
-    compared = [line for line in cluster.doit("runs", "compare", on_61.name, second.name).stdout.splitlines()
+    compared = [line for line in cluster.doit("runs", "compare", on_61, second.name).stdout.splitlines()
                 if not line.startswith(".  ")]  # doit's line naming the task
-    assert f"{on_61.name} (6.1.0-" in compared[0] and f"{second.name} ({kernel.release})" in compared[0]
+    assert f"{on_61} (6.1.0-" in compared[0] and f"{second.name} ({kernel.release})" in compared[0]
     row = next(line for line in compared if line.startswith("append-turns"))
     cells = re.findall(r"(\d+) ops, (\d+) violations, (\S+)", row)
     assert len(cells) == 2 and all(int(ops) > 0 and int(bad) > 0 and verdict == "expected"
