@@ -91,15 +91,22 @@ def _candidate(template: Path) -> Path:
 
 
 @contextmanager
-def _editing(template: Path):
-    """Hold the template's directory lock; a candidate left by a killed run is dropped first."""
+def editing_lock(template: Path):
+    """The template's directory lock, which every dali holds while its candidate exists."""
     fd = os.open(template.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        _candidate(template).unlink(missing_ok=True)
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def _editing(template: Path):
+    """Hold the template's directory lock; a candidate left by a killed run is dropped first."""
+    with editing_lock(template):
+        _candidate(template).unlink(missing_ok=True)
+        yield
 
 
 def _replace_checked(template: Path, text: str) -> None:

@@ -217,7 +217,11 @@ def assert_built(c: ClusterUnderTest, clones: list[str]) -> None:
     assert not abandoned_work(c.cfg.cache_dir), "abandoned work"
     template = c.cfg.apparmor_template.read_text()
     assert template.count(apparmor.rule(c.cfg)) == 1
-    assert not (c.cfg.apparmor_template.parent / ".TEMPLATE.qemu.dali-new").exists()
+    # Every cluster on the host edits the one template, its candidate beside it, under the
+    # directory's lock (dali/apparmor.py): looked for under that lock, a candidate is one a
+    # killed run left, not one another cluster's doit is writing this moment.
+    with apparmor.editing_lock(c.cfg.apparmor_template):
+        assert not (c.cfg.apparmor_template.parent / ".TEMPLATE.qemu.dali-new").exists()
     leftovers = subprocess.run(["pgrep", "-af", f"{debootstrap_of(c)}|qemu-img.*{c.tag}"],
                                capture_output=True, text=True).stdout.strip()
     assert not leftovers, leftovers
