@@ -72,9 +72,9 @@ def _read(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def find(cluster: Cluster, given: str) -> Kept:
-    """The kept run named exactly, or by the start of its name if only one begins so."""
-    runs = kept(cluster)
+def find(runs: list[Kept], given: str) -> Kept:
+    """Among the kept runs, the one named exactly, or by the start of its name if only one
+    begins so."""
     exact = [r for r in runs if r.name == given]
     if exact:
         return exact[0]
@@ -112,7 +112,8 @@ def compare(cluster: Cluster, names: list[str]) -> str:
     """The runs side by side, as text; the same as a page, kept beside them (its path said last)."""
     if len(names) < 2:
         raise DaliError("doit runs compare takes two runs or more: doit runs compare A B (doit runs lists them)")
-    runs = [find(cluster, n) for n in names]
+    every = kept(cluster)  # each run.json read once, however many runs are named
+    runs = [find(every, n) for n in names]
     workloads = list(dict.fromkeys(w for r in runs for w in r.workloads()))
     head = ["workload"] + [f"{r.name} ({r.kernels})" for r in runs]
     rows = [head]
