@@ -76,17 +76,21 @@ def run(ctx: Context, rec: Recorder) -> dict:
     for r in range(int(ctx.params["rounds"])):
         # Node 0 decides whether another round starts, so that every node plays the same ones.
         go, end = _marker(ctx, f"go-{r}"), _marker(ctx, "end")
+        path = _marker(ctx, f"round-{r}")
         if ctx.index == 0:
             if not rec.running():
                 _touch(end)
                 break
+            # The first node alone makes the round's file, before it says go: OCFS2 answers
+            # EEXIST to an O_CREAT racing another node's create of the same name.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             _touch(go)
         else:
             got = _wait(go, end)
             if got != go:
                 stopped = "" if got == end else f"round {r}: the first node never began it"
                 break
-        fd = os.open(_marker(ctx, f"round-{r}"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         try:
             _touch(_marker(ctx, f"open-{r}-{ctx.index}"))
             for t in mine:
