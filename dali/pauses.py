@@ -1,5 +1,5 @@
-"""Nodes dali pauses together (`doit dump`: dali/evidence.py), resumed however the run that
-paused them ends.
+"""Nodes dali pauses together (`doit dump`: dali/evidence.py; `doit snapshot`: dali/snapshot.py),
+resumed however the run that paused them ends.
 
 A paused node counts as running (its qemu runs), so one left paused holds the cluster up: its
 guest agent is silent, its OCFS2 peers fence it, every doit waits for it. The run that pauses
@@ -32,7 +32,10 @@ from dali.errors import DaliError
 from dali.reporter import log
 from dali.virt import Libvirt
 
-AS_DALI_LEFT_IT = (libvirt.VIR_DOMAIN_PAUSED_USER, libvirt.VIR_DOMAIN_PAUSED_DUMP)
+# Paused by dali (reason "user"), and kept paused while libvirt dumps its memory (doit dump) or
+# saves it (doit snapshot: libvirt says "snapshot" if its job is still under way).
+AS_DALI_LEFT_IT = (libvirt.VIR_DOMAIN_PAUSED_USER, libvirt.VIR_DOMAIN_PAUSED_DUMP,
+                   libvirt.VIR_DOMAIN_PAUSED_SNAPSHOT)
 
 
 def record_file(cluster: Cluster) -> Path:
@@ -103,14 +106,14 @@ def _put_back(virt: Libvirt, entry: dict) -> str:
     except DaliError:
         return "not ours"  # a domain of someone else's now has the name
     except libvirt.libvirtError as e:
-        log(f"{entry['name']}: left paused by a doit dump, and libvirt would not resume it "
+        log(f"{entry['name']}: left paused by a doit dump or snapshot, and libvirt would not resume it "
             f"({e.get_error_message()}): the next doit tries again")
         return "refused"
     return "resumed"
 
 
 def resume_left_paused(cluster: Cluster, virt: Libvirt) -> None:
-    """The nodes a killed `doit dump` left paused, resumed, unless another doit changes the
+    """The nodes a killed `doit dump` or `doit snapshot` left paused, resumed, unless another doit changes the
     cluster now (perhaps that dump, alive: it resumes its own)."""
     if not record_file(cluster).exists():
         return
@@ -119,5 +122,5 @@ def resume_left_paused(cluster: Cluster, virt: Libvirt) -> None:
             return
         resumed = resume(cluster, virt)
     if resumed:
-        log(f"resumed {', '.join(resumed)}: a doit dump was stopped before it could "
+        log(f"resumed {', '.join(resumed)}: a doit dump or snapshot was stopped before it could "
             f"({record_file(cluster)} said so)")

@@ -9,9 +9,11 @@ qemu-guest-agent (no network needed).
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import json
 import os
+import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -365,6 +367,42 @@ class Libvirt:
                 raise
         return "forced off"
 
+    # --- memory and device state (dali/snapshot.py, docs/snapshots.md) ------------------------
+
+    def save_memory(self, dom: libvirt.virDomain, path: Path) -> None:
+        """A paused domain's memory and device state into the file `path`, the domain left
+        paused and its qemu running: libvirt's external memory snapshot with no disk in it and
+        no metadata kept (nothing of it stays with the domain, which would stop its undefine).
+        libvirt writes it as virDomainSave does (qemuSaveImageCreate), so virDomainRestore
+        reads it back (restore_paused)."""
+        dom.snapshotCreateXML(memory_only_snapshot(dom.XMLDesc(0), path),
+                              libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA)
+
+    def restore_paused(self, path: Path) -> None:
+        """The domain saved in `path` (save_memory) running again, paused: a new qemu on the
+        domain's definition as it was saved. Its persistent definition stays as it is."""
+        self.conn.restoreFlags(str(path), None, libvirt.VIR_DOMAIN_SAVE_PAUSED)
+
+    @staticmethod
+    def definition(dom: libvirt.virDomain) -> str:
+        """A digest of the domain's persistent definition: what it boots, or is restored onto.
+        The security labels libvirt adds as it starts a domain are left out."""
+        return definition_digest(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+
+    @staticmethod
+    def live_only_disks(dom: libvirt.virDomain) -> list[str]:
+        """The disks of a running domain that its persistent definition does not have (one
+        attached live: --compare-disk's shared disk), by target."""
+        def targets(xml: str) -> set[str]:
+            return {t.get("dev") for t in ET.fromstring(xml).iterfind("devices/disk/target")}
+        return sorted(targets(dom.XMLDesc(0)) - targets(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+
+    def set_clock(self, dom: libvirt.virDomain, when: float | None = None) -> None:
+        """The guest's wall clock set to the host's (guest-set-time through its agent): a node
+        paused or restored from a snapshot runs with the time it stopped at."""
+        when = time.time() if when is None else when
+        dom.setTime({"seconds": int(when), "nseconds": int(when % 1 * 1e9)}, 0)
+
     # --- guest agent --------------------------------------------------------------------------
 
     def agent(self, dom: libvirt.virDomain, command: str, timeout: int = 10, **arguments):
@@ -438,3 +476,47 @@ class Libvirt:
             pause = min(pause * 2, 0.2)
         decode = lambda key: base64.b64decode(status.get(key, "")).decode(errors="replace")
         return ExecResult(status.get("exitcode", -1), decode("out-data"), decode("err-data"))
+
+
+# --- memory files -----------------------------------------------------------------------------
+
+def memory_only_snapshot(domain_xml: str, path: Path) -> str:
+    """A <domainsnapshot> that saves the domain's memory and device state into `path` and none
+    of its disks (each disk snapshot="no"): dali copies the disks itself, while every node is
+    paused."""
+    root = ET.Element("domainsnapshot")
+    ET.SubElement(root, "name").text = f"dali-{path.name}"
+    ET.SubElement(root, "memory", snapshot="external", file=str(path))
+    disks = ET.SubElement(root, "disks")
+    for target in ET.fromstring(domain_xml).iterfind("devices/disk/target"):
+        ET.SubElement(disks, "disk", name=target.get("dev"), snapshot="no")
+    return ET.tostring(root, encoding="unicode")
+
+
+def definition_digest(xml: str) -> str:
+    root = ET.fromstring(xml)
+    for parent in list(root.iter()):
+        for label in parent.findall("seclabel"):
+            parent.remove(label)
+    return hashlib.sha256(ET.canonicalize(ET.tostring(root, encoding="unicode"),
+                                          strip_text=True).encode()).hexdigest()
+
+
+SAVE_MAGIC = b"LibvirtQemudSave"  # libvirt's save image header (qemu_saveimage.h)
+
+
+def memory_file_domain(path: Path) -> str | None:
+    """The name of the domain a whole memory file (libvirt's save image) holds, from its header:
+    magic[16], version, data_len, was_running, compressed, cookie_offset and unused[15] as
+    32-bit words (the host's order), then the domain's XML. libvirt writes the magic of a whole
+    image last (a partial one says LibvirtQemudPart). None for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16 + 4 * 20)
+            if len(head) < 96 or head[:16] != SAVE_MAGIC:
+                return None
+            length = int.from_bytes(head[20:24], sys.byteorder)
+            xml = f.read(min(length, 16 << 20)).split(b"\0", 1)[0].decode(errors="replace")
+        return ET.fromstring(xml).findtext("name")
+    except (OSError, ET.ParseError):
+        return None

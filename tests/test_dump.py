@@ -111,7 +111,7 @@ def test_a_killed_dump_is_resumed_by_the_next_doit(nodes, command):
     after = start_doit(*command, f"config={nodes.path}", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = after.communicate(timeout=60)
     assert "Traceback" not in out + err, out + err
-    assert f"resumed {nodes.tag}a: a doit dump was stopped before it could" in err
+    assert f"resumed {nodes.tag}a: a doit dump or snapshot was stopped before it could" in err
     assert states(nodes) == {"a": (RUNNING, ids["a"]), "b": (PAUSED, ids["b"]), "c": (PAUSED, ids["c"])}
     assert not pauses.record_file(nodes.cfg).exists()
 

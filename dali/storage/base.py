@@ -193,6 +193,56 @@ class Storage(ABC):
         """A file of this machine holding `length` bytes of the file from `offset`, for a host
         program that reads files (blkid), for the length of a with-block."""
 
+    # --- snapshots (dali/snapshot.py, docs/snapshots.md) ----------------------------------------
+
+    @abstractmethod
+    def snapshot_problem(self) -> str | None:
+        """Why the cluster's snapshots cannot be kept where its files live, as one line naming
+        what to do; None if they can."""
+
+    @property
+    @abstractmethod
+    def snapshots_dir(self) -> Path:
+        """Where the snapshots live, a folder each, beside the FAM and the disks (the same
+        filesystem: a copy there can share their blocks)."""
+
+    @abstractmethod
+    def folders(self, path: Path) -> list[Path]:
+        """The folders of ours in the folder `path`, by name; none if there is no such folder."""
+
+    @abstractmethod
+    def make_folder(self, path: Path) -> None:
+        """A folder of ours at `path`, and the folders of ours between it and the data
+        directory; one already there is left as it is."""
+
+    @abstractmethod
+    def remove_folder(self, path: Path, dryrun: bool = False) -> list[str]:
+        """Our folder, with every file and folder of ours in it, whole or cut short (the
+        temporary names dali gives files it makes there are marked too); a file of someone
+        else's is left in place, and so are the folders holding it: what was left, one line
+        each, "path: why" (none: the folder is gone)."""
+
+    @abstractmethod
+    def clone_file(self, source: Path, target: Path) -> str:
+        """Our file at `target` made whole as a copy of our file `source`: its blocks shared
+        where the filesystem can (a reflink, which costs nothing until either is written), or
+        else its holes and the blocks of zeros in it left as holes; root's and qemu's group's
+        only. Says how: "reflink" or "sparse copy"."""
+
+    @abstractmethod
+    def copy_into(self, source: Path, target: Path) -> None:
+        """Every byte of our file `target` made that of `source` (the same size), in place: its
+        inode, mark, group and mode stay, and every block of it is its own and allocated (qemu
+        maps the FAM shared, and must never meet a full disk writing it). No moment of it holds
+        zeros where both have data: the data is written first, the holes made after. Run again
+        after a kill, it finishes."""
+
+    @abstractmethod
+    def save_memory(self, dom, path: Path) -> None:
+        """A paused domain's memory and device state, as libvirtd saves it (virDomainSave's
+        format, which virDomainRestore reads), into our file `path`, made whole or not at all;
+        the domain stays paused, its qemu running."""
+
     # --- deleting ------------------------------------------------------------------------------
 
     @abstractmethod

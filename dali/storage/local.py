@@ -13,6 +13,8 @@ host keys.
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import os
 import pwd
 import shutil
@@ -254,6 +256,77 @@ class LocalDir(Storage):
                 os.copy_file_range(source.fileno(), f.fileno(), length, offset, 0)
             yield Path(f.name)
 
+    # --- snapshots ----------------------------------------------------------------------------
+
+    def snapshot_problem(self) -> str | None:
+        return None
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.cluster.data_dir / "snapshots"
+
+    def folders(self, path: Path) -> list[Path]:
+        if not path.is_dir() or path.is_symlink():
+            return []
+        return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and self.is_ours(p))
+
+    def make_folder(self, path: Path) -> None:
+        d = self.cluster.data_dir
+        try:
+            parts = path.relative_to(d).parts
+        except ValueError:
+            raise DaliError(f"{path} is not in {d}, the cluster's data directory") from None
+        for n in range(len(parts) + 1):
+            folder = d.joinpath(*parts[:n])
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                raise self.foreign(folder)
+            marks.make_dir(folder, self.cluster)
+        if not self.is_ours(path):
+            raise self.foreign(path)
+
+    def remove_folder(self, path: Path, dryrun: bool = False) -> list[str]:
+        if not os.path.lexists(path):
+            return []
+        if path.is_symlink() or not path.is_dir() or not self.is_ours(path):
+            return [f"{path}: dali did not make it for this cluster"]
+        left = []
+        for p in sorted(path.iterdir()):
+            if p.is_dir() and not p.is_symlink() and self.is_ours(p):
+                left += self.remove_folder(p, dryrun)
+            elif p.is_file() and not p.is_symlink() and self.is_ours(p):  # a temporary name is marked too
+                if not dryrun:
+                    p.unlink()
+            else:
+                left.append(f"{p}: dali did not make it for this cluster")
+        if not left and not dryrun:
+            path.rmdir()
+        return left
+
+    def clone_file(self, source: Path, target: Path) -> str:
+        if not self.is_ours(source):
+            raise DaliError(f"{source} is not dali's: it is not copied")
+        self._refuse_foreign(target)
+        with self._made(target) as tmp:
+            with open(source, "rb") as src, open(tmp, "r+b") as dst:
+                how = clone_or_sparse_copy(src.fileno(), dst.fileno())
+                os.fsync(dst.fileno())
+            marks.make_file_private(tmp, PRIVATE)
+        return how
+
+    def copy_into(self, source: Path, target: Path) -> None:
+        if not self.is_ours(target):
+            raise DaliError(f"{target} is not dali's: it is not overwritten")
+        with open(source, "rb") as src, open(target, "r+b", opener=_no_follow) as dst:
+            copy_in_place(src.fileno(), dst.fileno())
+
+    def save_memory(self, dom, path: Path) -> None:
+        self._refuse_foreign(path)
+        # Made by libvirtd into a file dali made and marked first: it opens it with O_TRUNC,
+        # so the inode, and the mark on it, stay; a save that fails removes it.
+        with self._made(path) as tmp:
+            self.virt.save_memory(dom, tmp)
+            marks.make_file_private(tmp, PRIVATE)
+
     # --- deleting -----------------------------------------------------------------------------
 
     def remove(self, path: Path, dryrun: bool = False) -> None:
@@ -361,6 +434,119 @@ def disks_built_on(path: Path, where: Path) -> list[Path]:
         return []
     return sorted(p for p in where.iterdir()
                   if p.is_file() and p != path and backing_file(p) == str(path))
+
+
+# --- copies that keep holes, or share blocks ---------------------------------------------------
+
+FICLONE = 0x40049409  # ioctl(dest, FICLONE, source): the whole file's blocks shared (xfs, btrfs)
+_PIECE = 64 << 10  # a block of zeros this long (or a whole MiB) is left a hole
+
+
+def _no_follow(path, flags):
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def data_ranges(fd: int, size: int):
+    """(start, end) of each stretch of the file the filesystem says holds data (SEEK_DATA,
+    SEEK_HOLE). A stretch said to be a hole reads as zeros; one said to hold data may still
+    be zeros: on ext4 an allocated but never written stretch (fallocate) counts as data once
+    its pages are in the page cache, read by anyone (the FAM's, by every qemu that maps it)."""
+    at = 0
+    while at < size:
+        try:
+            start = os.lseek(fd, at, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # no data after `at`
+                return
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        at = end
+
+
+def _pieces(fd: int, start: int, end: int):
+    """(offset, bytes or None for zeros) over [start, end): read a MiB at a time, each piece of
+    _PIECE bytes that is all zeros given as None."""
+    for at in range(start, end, len(_ZEROS)):
+        chunk = os.pread(fd, min(len(_ZEROS), end - at), at)
+        if chunk == _ZEROS[:len(chunk)]:
+            yield at, len(chunk), None
+            continue
+        for off in range(0, len(chunk), _PIECE):
+            piece = chunk[off:off + _PIECE]
+            yield at + off, len(piece), None if piece == _ZEROS[:len(piece)] else piece
+
+
+def clone_or_sparse_copy(src: int, dst: int) -> str:
+    """The whole of src into the empty file dst: a reflink where the filesystem can, or else
+    the data written and every hole and block of zeros (_PIECE or more) left a hole."""
+    try:
+        fcntl.ioctl(dst, FICLONE, src)
+        return "reflink"
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS):
+            raise
+    sparse_copy(src, dst)
+    return "sparse copy"
+
+
+def sparse_copy(src: int, dst: int) -> None:
+    """The whole of src into the empty file dst, every hole and block of zeros left a hole."""
+    size = os.fstat(src).st_size
+    os.ftruncate(dst, size)
+    for start, end in data_ranges(src, size):
+        for at, _, piece in _pieces(src, start, end):
+            if piece is not None:
+                os.pwrite(dst, piece, at)
+
+
+def _merged(ranges) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out]
+
+
+def _overlap(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The stretches in both lists of merged ranges."""
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if start < end:
+            out.append((start, end))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def copy_in_place(src: int, dst: int) -> None:
+    """dst's bytes made src's (the same size), dst keeping its inode and every block allocated:
+    src's data written over dst, then the stretches where src holds zeros (holes, blocks of
+    zeros) and dst may hold data punched out and allocated again. A real copy, never a
+    reflink: qemu writes into dst (the FAM), which must not need new blocks to do so."""
+    size = os.fstat(dst).st_size
+    if os.fstat(src).st_size != size:
+        raise DaliError(f"a copy of {os.fstat(src).st_size} bytes cannot become a file of {size} bytes")
+    had_data = _merged(data_ranges(dst, size))
+    zeros, at = [], 0
+    for start, end in data_ranges(src, size):
+        zeros.append((at, start))
+        for offset, length, piece in _pieces(src, start, end):
+            if piece is None:
+                zeros.append((offset, offset + length))
+            else:
+                os.pwrite(dst, piece, offset)
+        at = end
+    zeros.append((at, size))
+    for start, end in _overlap(_merged(z for z in zeros if z[0] < z[1]), had_data):
+        _punch_hole(dst, start, end - start)
+    os.posix_fallocate(dst, 0, size)  # every block its own and allocated, holes included
+    os.fsync(dst)
 
 
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02

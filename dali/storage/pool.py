@@ -776,6 +776,25 @@ class LibvirtPool(Storage):
             f.flush()
             yield Path(f.name)
 
+    # --- snapshots: not kept in a pool (docs/snapshots.md, "A remote host") -----------------------
+
+    def snapshot_problem(self) -> str | None:
+        return (f"snapshots are kept beside the FAM and the disks, and this cluster's are volumes of a "
+                f"storage pool{self.where}, reached only through libvirt: dali keeps no snapshot "
+                "there (a cluster on this machine's libvirtd has them)")
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.cluster.data_dir / "snapshots"
+
+    def folders(self, path: Path) -> list[Path]:
+        return []  # a pool is one flat directory: no snapshot was ever kept in one
+
+    def _no_snapshots(self, *_args, **_kwargs):
+        raise DaliError(self.snapshot_problem())
+
+    make_folder = remove_folder = clone_file = copy_into = save_memory = _no_snapshots
+
     # --- deleting -----------------------------------------------------------------------------
 
     def remove(self, path: Path, dryrun: bool = False) -> None:
