@@ -21,7 +21,7 @@ from doit.cmd_clean import Clean as DoitClean
 
 from dali.reporter import log
 
-KINDS = ("node", "network", "AppArmor rule", "file", "directory", "storage pool", "state directory")
+KINDS = ("node", "network", "AppArmor rule", "snapshot", "file", "directory", "storage pool", "state directory")
 
 _collected: list[tuple[str, str]] | None = None  # (kind, what) while a clean -n runs
 _kept: list[str] = []
