@@ -7,6 +7,8 @@
     doit status | verify
     doit torture [WORKLOAD ...] [--seconds N] [--crash c@10] [--partition c@10+20]   doit --list
     doit dump [NODE ...] every node's memory at the same moment
+    doit snapshot NAME   every node's memory and disk and the FAM at one instant (--delete NAME)
+    doit snapshots       the snapshots kept;  doit rollback NAME   back to one, together
     doit pssh [--on b,c] CMD ...   doit pput [--on b,c] SRC DEST
     doit restart [NODE ...]   boot what the definitions say now (a rebuilt kernel)
     doit reset           nodes shut off: disks back to the frozen state, the FAM to its golden copy
@@ -35,7 +37,8 @@ from dali.errors import DaliError, unforeseen
 from dali.reporter import DaliReporter
 from dali.virt import Libvirt
 from tasks import (access, accel, apparmor, checker, clone, disks, domain, fam, freeze, fs, identity_disk,
-                   image, kernel, lifecycle, network, original, preflight, prune, reset, torture, verify)
+                   image, kernel, lifecycle, network, original, preflight, prune, reset, snapshot, torture,
+                   verify)
 
 # Ctrl-C: one line, exit 130, the programs dali started stopped. Done already by dali's task
 # loader (dali/loader.py) when doit runs in the checkout; here for a doit run elsewhere (-f).
@@ -183,3 +186,8 @@ def task_verify():
 def task_bench():  # not task_torture: doit refuses a task creator named as a command (dali/verbs.py)
     """doit torture [WORKLOAD ...]: checked workloads on every node at once, faults; doit dump"""
     yield from tasks_of(torture)
+
+
+def task_snapshots_kept():  # not task_snapshot: doit refuses a task creator named as a command
+    """doit snapshot NAME, snapshots, rollback NAME: the whole cluster at one instant"""
+    yield from tasks_of(snapshot)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from dali import access, identity_disk, pauses
+from dali import access, identity_disk, snapshot, storage
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError
 from dali.fanout import each
@@ -53,9 +53,10 @@ def select(cluster: Cluster, names: list[str] | tuple[str, ...] = ()) -> list[No
 
 def domains(cluster: Cluster, virt: Libvirt, nodes: list[Node]) -> list:
     """The nodes with their domains (None: not defined), as every command on the running
-    cluster gets them: with what a killed `doit dump` left paused resumed first
-    (dali/pauses.py), since a paused node counts as running."""
-    pauses.resume_left_paused(cluster, virt)
+    cluster gets them: with what a killed `doit dump` or `doit snapshot` left paused resumed
+    first (dali/pauses.py), since a paused node counts as running, and a rollback a stopped doit
+    began finished (dali/snapshot.py), since its nodes are off or paused until it ends."""
+    snapshot.converge(cluster, storage.of(cluster, virt), virt)
     return [(n, virt.domain(n.name)) for n in nodes]
 
 

@@ -15,6 +15,8 @@ A run, in order:
    runs did. The consoles are scanned for panics, oopses and hangs (dali/consoles.py).
 5. The report (dali/torture_report.py) is printed and kept under state/<tag>/runs/<time>/.
    The run fails (exit 1) on any violation or any node that failed.
+With --from NAME, every run (each of --count) starts with `doit rollback NAME`
+(dali/snapshot.py), and the workloads are shipped again.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import NamedTuple, Protocol
 
 import libvirt
 
-from dali import consoles, fam, faults, guest, known_failures, report_page, shared_disk, workloads
+from dali import consoles, fam, faults, guest, known_failures, report_page, shared_disk, snapshot, workloads
 from dali.cluster import REPO, Cluster, Node
 from dali.coherence import command as coherence
 from dali.errors import DaliError, one_line
@@ -465,7 +467,7 @@ def _run_dir(cluster: Cluster) -> tuple[str, Path]:
 def torture(cluster: Cluster, files: Storage, virt: Libvirt, workloads_named=(), on: str = "",
             seconds: int | None = None,
             show_list: bool = False, script: str = "", target: str = "", crash=(), partition=(),
-            seed: int = 0, compare_disk: bool = False, count: int = 1) -> None:
+            seed: int = 0, compare_disk: bool = False, count: int = 1, from_snapshot: str | None = None) -> None:
     if show_list:
         print(describe_workloads())
         return
@@ -475,6 +477,12 @@ def torture(cluster: Cluster, files: Storage, virt: Libvirt, workloads_named=(),
     if count > MAX_COUNT:
         raise DaliError(f"--count {count}: at most {MAX_COUNT} runs in one command: give fewer, "
                         "or run it again")
+    if from_snapshot:  # every run from the snapshot: the words checked before the first rollback
+        for word in workloads_named:
+            _parse_workload(word)
+        if script:
+            _script(script)
+        snapshot.rollback(cluster, files, virt, from_snapshot)
     fam.restore_saved(cluster, files, virt)  # what a run killed before it put the device back left behind
     seconds = DEFAULT_SECONDS if seconds is None else seconds
     p = plan(cluster, files, virt, list(workloads_named), on, seconds, script, target, list(crash),
@@ -500,6 +508,10 @@ def torture(cluster: Cluster, files: Storage, virt: Libvirt, workloads_named=(),
     each(p.nodes, ship)
     outcomes = []
     for n in range(count):
+        if from_snapshot and n > 0:  # back to the snapshot; what was shipped after it went with it
+            snapshot.rollback(cluster, files, virt, from_snapshot)
+            p = p._replace(nodes=[(node, virt.domain(node.name)) for node, _ in p.nodes])  # their new qemus
+            each(p.nodes, ship)
         # Each run its own directory, work directory and (unless --seed fixed it) seed.
         this = p if n == 0 or seed else p._replace(seed=secrets.randbelow(10**6))
         if count > 1:

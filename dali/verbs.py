@@ -1,5 +1,6 @@
-"""The verbs that take free words, `doit torture`, `doit pssh`, `doit pput` and `doit dump`: each
-a doit command of its own, with one parser.
+"""The verbs that take free words, `doit torture`, `doit pssh`, `doit pput`, `doit dump`, `doit
+snapshot` and `doit rollback` (and their listings, `doit runs`, `doit snapshots`): each a doit
+command of its own, with one parser.
 
 doit reads a task's options only before its positional words, and takes every word with a '='
 in it (rc=$?, FOO=bar, lock:kind=flock) for one of its command-line variables, leaving it out
@@ -134,6 +135,15 @@ def typed_after(kept: list[str], argv: list[str]) -> tuple[list[str], list[str]]
     return before + words[end:], words[:end]
 
 
+def snapshot_name(text: str) -> str:
+    """A snapshot's name as dali/snapshot_store.py allows it, or argparse's one line."""
+    from dali.snapshot_store import check_name  # here: only a doit given a name loads it
+    try:
+        return check_name(text)
+    except DaliError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def values(verb: str, given: argparse.Namespace | None) -> dict:
     """The verb's values as keyword arguments: what its command parsed (given), or its defaults
     for a task run otherwise."""
@@ -178,6 +188,9 @@ class Torture(Verb):
         p.add_argument("--count", type=whole_number, default=1, metavar="N",
                        help="run it N times, each from a fresh work directory; report per workload "
                             "how many runs failed and the first (default 1)")
+        p.add_argument("--from", dest="from_snapshot", type=snapshot_name, default=None, metavar="NAME",
+                       help="start each run (each of --count) from this snapshot: doit rollback NAME "
+                            "first (doit snapshots lists them)")
 
 
 class Dump(Verb):
@@ -263,4 +276,53 @@ class Runs(Verb):
                        "their beginnings, as doit runs lists them)")
 
 
-VERBS = {verb.name: verb for verb in (Torture, Dump, Pssh, Pput, Coherence, Runs)}
+class Snapshot(Verb):
+    name = "snapshot"
+    doc_purpose = ("every node's memory and disk and the FAM, at one instant, kept as NAME; "
+                   "--delete NAME removes one (docs/snapshots.md)")
+    usage = "doit snapshot NAME | doit snapshot --delete NAME"
+    free_words = "names"
+
+    @staticmethod
+    def declare(p: argparse.ArgumentParser) -> None:
+        p.add_argument("names", nargs="*", type=snapshot_name, metavar="NAME",
+                       help="the snapshot's name: letters, digits, '.', '_' and '-'")
+        p.add_argument("--delete", action="store_true", help="remove the snapshot NAME")
+
+    @classmethod
+    def parse(cls, words: list[str]) -> argparse.Namespace:
+        given = super().parse(words)
+        if len(given.names) != 1:
+            raise DaliError(f"doit snapshot takes one name: {cls.usage}")
+        return argparse.Namespace(name=given.names[0], delete=given.delete)
+
+
+class Snapshots(Verb):
+    name = "snapshots"
+    doc_purpose = "the snapshots kept: when, which nodes ran, their size on disk"
+
+    @staticmethod
+    def declare(p: argparse.ArgumentParser) -> None:
+        pass
+
+
+class Rollback(Verb):
+    name = "rollback"
+    doc_purpose = ("every node and the FAM back to the snapshot NAME; the nodes that ran then, "
+                   "resumed together (what runs now is thrown away)")
+    usage = "doit rollback NAME"
+    free_words = "names"
+
+    @staticmethod
+    def declare(p: argparse.ArgumentParser) -> None:
+        p.add_argument("names", nargs="*", type=snapshot_name, metavar="NAME", help="the snapshot")
+
+    @classmethod
+    def parse(cls, words: list[str]) -> argparse.Namespace:
+        given = super().parse(words)
+        if len(given.names) != 1:
+            raise DaliError(f"doit rollback takes one snapshot's name: {cls.usage} (doit snapshots lists them)")
+        return argparse.Namespace(name=given.names[0])
+
+
+VERBS = {verb.name: verb for verb in (Torture, Dump, Pssh, Pput, Coherence, Runs, Snapshot, Snapshots, Rollback)}

@@ -13,5 +13,6 @@ def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
         "basename": "clone",
         "doc": "the whole cluster: the original prepared, every clone defined (the default)",
         "actions": None,
-        "task_dep": ["original", "golden", "prune", "access", "fs"] + [f"define:{n.name}" for n in cluster.clone_nodes],
+        "task_dep": ["original", "golden", "prune", "access", "fs", "snapshot-store"]
+                    + [f"define:{n.name}" for n in cluster.clone_nodes],
     }

@@ -524,3 +524,58 @@ def test_a_save_libvirt_refuses_leaves_no_snapshot_and_every_node_running(cluste
     assert world(cfg, files, virt) == before and leftovers(cfg, files) == []
     assert files.folders(files.snapshots_dir) == []
 
+
+# --- the verbs ------------------------------------------------------------------------------------
+
+def test_the_verbs_read_their_words():
+    from dali.verbs import VERBS
+    assert vars(VERBS["snapshot"].parse(["formed"])) == {"name": "formed", "delete": False}
+    assert vars(VERBS["snapshot"].parse(["--delete", "formed"])) == {"name": "formed", "delete": True}
+    assert vars(VERBS["snapshot"].parse(["formed", "--delete"])) == {"name": "formed", "delete": True}
+    assert vars(VERBS["rollback"].parse(["formed"])) == {"name": "formed"}
+    assert VERBS["torture"].parse(["append", "--from", "formed", "--count", "3"]).from_snapshot == "formed"
+    assert VERBS["torture"].parse(["append"]).from_snapshot is None
+    for verb, words, said in [
+            ("snapshot", [], "takes one name"), ("snapshot", ["a", "b"], "takes one name"),
+            ("snapshot", ["--delete"], "takes one name"), ("snapshot", ["../x"], "cannot name a snapshot"),
+            ("snapshot", ["-x"], "no such option"), ("rollback", [], "takes one snapshot's name"),
+            ("rollback", [".x"], "cannot name a snapshot"), ("torture", ["--from", "a b"], "cannot name")]:
+        with pytest.raises(DaliError, match=said):
+            VERBS[verb].parse(words)
+    assert "doit snapshot NAME | doit snapshot --delete NAME" in VERBS["snapshot"].parser().format_help()
+
+
+def test_doit_lists_and_cleans_snapshots(data_dir, tmp_path):
+    """Through the real doit, on a cluster of libvirt's in-memory test driver with its files here
+    and every node off (a snapshot made beforehand through the library): `doit snapshots` lists it,
+    `doit clean -n` names it and removes nothing, `doit clean` removes it with the rest. (The
+    commands doit snapshot and doit rollback need the checkout installed: scripts/setup.)"""
+    from support.cluster import unique_tag
+    from support.doit import run_doit
+    tag = unique_tag("snapverb")
+    path = tmp_path / "cluster.toml"
+    path.write_text(f'uri = "test:///default"\ntag = "{tag}"\ndir = "{data_dir}"\n[fam]\nsize = "32M"\n')
+    cfg = settings.load(path, env={})  # as doit loads it: its state in the checkout's state/
+    try:
+        make_state_dir(cfg)
+        virt = FakeLibvirt(tmp_path / "libvirt.json", [n.name for n in cfg.nodes])
+        files = LocalDir(cfg, virt)
+        files.prepare()
+        files.allocate(cfg.fam_path, cfg.fam_size, for_qemu=True)
+        for n in cfg.nodes:
+            files.put(cfg.disk(n), b"disk")
+        snapshot.take(cfg, files, virt, "cold")
+        listed = run_doit("snapshots", f"config={path}")
+        assert listed.returncode == 0 and re.search(rf"^cold .* - +{tag}a {tag}b {tag}c ", listed.stdout, re.M), listed.stdout
+        dry = run_doit("clean", "-n", f"config={path}")
+        assert f"would remove snapshot {files.snapshots_dir / 'cold'}\n" in dry.stdout, dry.stdout
+        assert dry.stdout.index("would remove snapshot") < dry.stdout.index(f"would remove file {cfg.fam_path}")
+        assert (files.snapshots_dir / "cold" / "snapshot.json").exists()
+        gone = run_doit("clean", f"config={path}")
+        assert gone.returncode == 0 and f"removed snapshot {files.snapshots_dir / 'cold'}" in gone.stdout + gone.stderr
+        assert not data_dir.exists()
+    finally:
+        import shutil
+        shutil.rmtree(cfg.state_dir, ignore_errors=True)
+        for leftover in (cfg.dep_file, cfg.lock_file):
+            leftover.unlink(missing_ok=True)
