@@ -140,7 +140,8 @@ def three_nodes_off(three_nodes):
 def ocfs2_cluster(tmp_path_factory):
     """Three nodes with OCFS2 on the shared device, shared by test_shared_fs.py (which builds it
     step by step, and adds a fourth node), test_remote.py (the local cluster running beside a
-    remote one) and test_torture.py (which needs it running): one cluster booted once for all.
+    remote one), test_torture.py (which needs it running) and test_snapshots.py (which rolls it
+    back to its snapshots): one cluster booted once for all.
     Each module starts what it needs. A node forced off is dead after 20 s without its
     heartbeat, not OCFS2's 60: the survivors of a crash test wait that long."""
     tag = unique_tag("dalifs")
