@@ -397,11 +397,20 @@ class Libvirt:
             return {t.get("dev") for t in ET.fromstring(xml).iterfind("devices/disk/target")}
         return sorted(targets(dom.XMLDesc(0)) - targets(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
 
-    def set_clock(self, dom: libvirt.virDomain, when: float | None = None) -> None:
+    def set_clock(self, dom: libvirt.virDomain, wait: float = 5) -> None:
         """The guest's wall clock set to the host's (guest-set-time through its agent): a node
-        paused or restored from a snapshot runs with the time it stopped at."""
-        when = time.time() if when is None else when
-        dom.setTime({"seconds": int(when), "nseconds": int(when % 1 * 1e9)}, 0)
+        paused or restored from a snapshot runs with the time it stopped at. A node just
+        restored may take a moment before libvirt sees its agent again: asked for `wait` s."""
+        deadline = time.monotonic() + wait
+        while True:
+            when = time.time()
+            try:
+                dom.setTime({"seconds": int(when), "nseconds": int(when % 1 * 1e9)}, 0)
+                return
+            except libvirt.libvirtError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.25)
 
     # --- guest agent --------------------------------------------------------------------------
 
@@ -484,11 +493,12 @@ def memory_only_snapshot(domain_xml: str, path: Path) -> str:
     """A <domainsnapshot> that saves the domain's memory and device state into `path` and none
     of its disks (each disk snapshot="no"): dali copies the disks itself, while every node is
     paused."""
+    domain = ET.fromstring(domain_xml)
     root = ET.Element("domainsnapshot")
-    ET.SubElement(root, "name").text = f"dali-{path.name}"
+    ET.SubElement(root, "name").text = f"dali-{domain.findtext('name')}"
     ET.SubElement(root, "memory", snapshot="external", file=str(path))
     disks = ET.SubElement(root, "disks")
-    for target in ET.fromstring(domain_xml).iterfind("devices/disk/target"):
+    for target in domain.iterfind("devices/disk/target"):
         ET.SubElement(disks, "disk", name=target.get("dev"), snapshot="no")
     return ET.tostring(root, encoding="unicode")
 

@@ -156,7 +156,7 @@ class FakeLibvirt:
             self.store(state)
         self.tick()
 
-    def set_clock(self, dom, when=None) -> None:
+    def set_clock(self, dom, wait=5) -> None:
         if self.load()["doms"][dom.name()].get("silent"):
             raise libvirt.libvirtError("guest agent is not responding")
         self.poke(dom.name(), clock=1)

@@ -187,6 +187,7 @@ def test_the_memory_only_snapshot_is_valid_to_libvirts_schema_and_leaves_every_d
     check = subprocess.run(["virt-xml-validate", str(path), "domainsnapshot"], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert f"file=\"{tmp_path / 'ivpa.memory'}\"" in xml and 'snapshot="external"' in xml
+    assert "<name>dali-ivpa</name>" in xml
     assert xml.count('snapshot="no"') == 2, "every disk, the read-only ones too: libvirt adds those left out"
 
 
@@ -212,3 +213,30 @@ def test_a_memory_file_names_its_domain_once_whole(tmp_path):
     assert memory_file_domain(tmp_path / "partial") is None, "libvirt writes the whole magic last"
     assert memory_file_domain(tmp_path / "other") is None
     assert memory_file_domain(tmp_path / "missing") is None
+
+
+def test_a_definition_and_its_live_disks_on_libvirts_test_driver(test_driver):
+    dom = test_driver.conn.lookupByName("test")
+    digest = test_driver.definition(dom)
+    assert len(digest) == 64 and digest == test_driver.definition(dom)
+    assert test_driver.live_only_disks(dom) == []
+
+
+def test_a_clock_is_asked_again_while_the_agent_comes_back(test_driver):
+    """A node just restored: libvirt may not see its agent for a moment; one that stays silent
+    is given up on after `wait` seconds."""
+    import libvirt
+
+    class Restored:
+        def __init__(self, silent_for: int):
+            self.silent_for, self.asked = silent_for, []
+
+        def setTime(self, time, flags):
+            self.asked.append(time)
+            if len(self.asked) <= self.silent_for:
+                raise libvirt.libvirtError("Guest agent is not responding")
+    dom = Restored(silent_for=2)
+    test_driver.set_clock(dom)
+    assert len(dom.asked) == 3 and dom.asked[-1]["seconds"] > 1_700_000_000
+    with pytest.raises(libvirt.libvirtError):
+        test_driver.set_clock(Restored(silent_for=1000), wait=0.3)
