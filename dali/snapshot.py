@@ -297,7 +297,7 @@ def rollback(cluster: Cluster, files: Storage, virt: Libvirt, name: str) -> None
     discarded = _carry_out(cluster, files, virt, snap, journal)
     log(f"rolled back to snapshot {name} (taken {snap.taken}) in {time.monotonic() - t0:.1f} s: "
         + (f"{', '.join(snap.running)} running" if snap.running else "every node shut off")
-        + (f"; discarded what {', '.join(discarded)} ran" if discarded else ""))
+        + (f"; {', '.join(discarded)} forced off first (what they ran is gone)" if discarded else ""))
 
 
 def _still_restored(virt: Libvirt, dom, run: str | None) -> bool:

@@ -482,6 +482,7 @@ def torture(cluster: Cluster, files: Storage, virt: Libvirt, workloads_named=(),
             _parse_workload(word)
         if script:
             _script(script)
+        snapshot.converge(cluster, files, virt)  # a rollback a stopped doit began, finished first
         snapshot.rollback(cluster, files, virt, from_snapshot)
     fam.restore_saved(cluster, files, virt)  # what a run killed before it put the device back left behind
     seconds = DEFAULT_SECONDS if seconds is None else seconds
