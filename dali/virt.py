@@ -513,17 +513,19 @@ def definition_digest(xml: str) -> str:
 
 
 SAVE_MAGIC = b"LibvirtQemudSave"  # libvirt's save image header (qemu_saveimage.h)
+SAVE_HEADER = 16 + 4 * 19  # the magic and 19 words; the XML follows
 
 
 def memory_file_domain(path: Path) -> str | None:
     """The name of the domain a whole memory file (libvirt's save image) holds, from its header:
-    magic[16], version, data_len, was_running, compressed, cookie_offset and unused[15] as
-    32-bit words (the host's order), then the domain's XML. libvirt writes the magic of a whole
-    image last (a partial one says LibvirtQemudPart). None for anything else."""
+    magic[16], then 19 32-bit words (the host's order: version, data_len, was_running,
+    compressed, cookie_offset, unused[14]), then the domain's XML at byte 92 (read in a save
+    libvirt 9.0 wrote for a memory snapshot). libvirt writes the magic of a whole image last (a
+    partial one says LibvirtQemudPart). None for anything else."""
     try:
         with open(path, "rb") as f:
-            head = f.read(16 + 4 * 20)
-            if len(head) < 96 or head[:16] != SAVE_MAGIC:
+            head = f.read(SAVE_HEADER)
+            if len(head) < SAVE_HEADER or head[:16] != SAVE_MAGIC:
                 return None
             length = int.from_bytes(head[20:24], sys.byteorder)
             xml = f.read(min(length, 16 << 20)).split(b"\0", 1)[0].decode(errors="replace")

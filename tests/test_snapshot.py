@@ -135,7 +135,7 @@ class FakeLibvirt:
         assert me["state"] == "paused", "saved only while paused"
         self.tick()
         xml = f"<domain><name>{dom.name()}</name></domain>".encode() + b"\0"
-        words = [2, len(xml), 1, 0, 0] + [0] * 15
+        words = [2, len(xml), 1, 0, 0] + [0] * 14  # 19 words: the XML at byte 92, as libvirt 9.0 writes it
         with open(path, "wb") as f:  # O_TRUNC into the file dali made, as libvirt's save
             f.write(b"LibvirtQemudSave" + b"".join(w.to_bytes(4, sys.byteorder) for w in words) + xml
                     + me["memory"].encode())
