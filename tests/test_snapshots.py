@@ -57,7 +57,9 @@ def on_each(c, command: str, nodes: str | None = None) -> dict[str, str]:
     run = c.doit("pssh", "--on", ",".join(nodes), command, check=False)
     said = {}
     for s in nodes:
-        m = re.search(rf"^--- {c.tag}{s} \(exit (\d+)\)\n(.*?)(?=^--- |\Z)", run.stdout, re.M | re.S)
+        # each node's output under its name, up to the next node's or pssh's closing "NODE: exit N" lines
+        m = re.search(rf"^--- {c.tag}{s} \(exit (\d+)\)\n(.*?)(?=^--- |^{c.tag}\w+: exit |\Z)",
+                      run.stdout, re.M | re.S)
         said[s] = m.group(2) if m and m.group(1) == "0" else f"FAILED: {m.group(0) if m else run.stdout}"
     return said
 
