@@ -17,8 +17,9 @@ import pytest
 # Every module marked guest must be listed here.
 CLUSTER_MODULES = [
     # the OCFS2 cluster (conftest.ocfs2_cluster); test_remote.py runs its remote cluster beside it;
-    # test_snapshots.py takes it back and forth in time last
-    ("test_shared_fs.py", "test_remote.py", "test_torture.py", "test_snapshots.py"),
+    # test_snapshots.py takes it back and forth in time before test_torture.py, whose last tests
+    # boot it on another kernel and clean it away
+    ("test_shared_fs.py", "test_remote.py", "test_snapshots.py", "test_torture.py"),
     # two checked clusters in turn (devdax, then OCFS2): the second worker's first cluster,
     # after the quick modules, while the first worker runs the OCFS2 group
     ("test_coherence.py",),
