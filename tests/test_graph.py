@@ -129,3 +129,32 @@ def test_what_makes_a_node_stale(config):
     # The clone mode is how a clone's disk is made, not part of its domain.
     copy = config._replace(clone_mode="copy")
     assert xml_inputs(config, "b") == xml_inputs(copy, "b")
+
+
+def test_kill_points_follow_a_cold_runs_order(tmp_path):
+    """test_kill.py stops a cold run at task boundaries in the order the run meets them; a point
+    the graph has moved ahead of the one before is never met (the run went past it already) and
+    fails that test only after minutes of booting. The order is doit's, walked here without
+    building anything (support/cold_order.py), under a few hash seeds, on test_kill's settings."""
+    import os
+    import re
+    import subprocess
+
+    import test_kill
+    cluster_file = tmp_path / "cluster.toml"
+    cluster_file.write_text(f'tag = "{test_kill.TAG}"\noriginal = "a"\nclones = ["b"]\n'
+                            f'dir = "{tmp_path / "data"}"\n[network]\nforward = "none"\n'
+                            '[clone]\nmode = "copy"\n')
+    titles = [re.fullmatch(r"\^\\\.  (.+)\$", pattern) for pattern, _, _ in test_kill.BUILD]
+    titles = [title.group(1) for title in titles if title]
+    assert len(titles) > 10
+    for seed in ("0", "1", "2"):
+        order = subprocess.run([sys.executable, str(REPO / "tests/support/cold_order.py"), str(cluster_file)],
+                               env={**os.environ, "PYTHONHASHSEED": seed}, cwd=REPO, check=True,
+                               capture_output=True, text=True).stdout.split()
+        at = 0
+        for title in titles:
+            # the same task again is fine: the run after a kill at its boundary starts it again
+            met = [i for i, task in enumerate(order) if i >= at and re.fullmatch(title, task)]
+            assert met, f"hash seed {seed}: {title!r} comes before the point ahead of it in {order}"
+            at = met[0]

@@ -33,14 +33,14 @@ KILL, INT = signal.SIGKILL, signal.SIGINT
 
 # (what doit prints, signal, seconds to wait after it): ".  TASK" is printed as TASK starts, so
 # a kill there falls on the boundary between the task before and TASK.
-BUILD = [  # in the order a cold run starts them
+BUILD = [  # in the order a cold run starts them (test_graph.py checks)
     (r"^\.  network$", KILL, 0),
     (r"^\.  image:sshkey$", INT, 0),
     (r"^\.  fam$", KILL, 0),
     (r"^\.  apparmor$", INT, 0),
-    (r"^\.  access$", KILL, 0),
     (r"^\.  image:base$", INT, 0),
     (r"^copying the node image", KILL, 0),                 # image:base, copying the cached image
+    (r"^\.  access$", KILL, 0),
     # accel and the original's disk both follow the image, in either order
     (rf"^\.  (accel|disk:{TAG}a)$", INT, 0),
     (rf"^\.  (accel|disk:{TAG}a)$", KILL, 0),
