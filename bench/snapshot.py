@@ -1,7 +1,6 @@
 """A snapshot of a running 3-node OCFS2 cluster, timed on this host with a real libvirtd and real
 TCG guests, beside what it saves: `doit rollback` against `doit restart` with OCFS2 mounted
-again, in one run (#30; docs/snapshots.md). Not run yet: written for the session that runs the
-real-guest tests.
+again, in one run (#30; docs/snapshots.md).
 
     .venv/bin/python bench/snapshot.py      # about 10 minutes; prints markdown, writes bench/snapshot.md
 
@@ -73,7 +72,10 @@ def main() -> None:
         for _ in range(ROUNDS):
             doit("pssh", "echo later > /data/later-$(hostname); sync")
             rollbacks.append(doit("rollback", "formed"))
+            # what a user would check, untimed: mounted everywhere, the later file gone
+            doit("pssh", "mountpoint -q /data && test -e /data/$(hostname) && ! test -e /data/later-$(hostname)")
             restarts.append(doit("restart"))
+            doit("pssh", "mountpoint -q /data && test -e /data/later-$(hostname)")
         say("### Back to a formed cluster: `doit rollback` against `doit restart`")
         say()
         say("| what | median seconds | each |")

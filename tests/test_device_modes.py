@@ -1,13 +1,15 @@
 """The shared device's other shapes, on qemu:///system with real guests: libvirt's own NVDIMM
 device (device.style = "native") with the host's AppArmor template left byte-identical, a
 refused mode change that leaves the FAM untouched, and devdax made on purpose on a new FAM, where
-the cases of non-coherent memory all go unseen (test_coherence.py's control)."""
+the cases of non-coherent memory all go unseen (test_coherence.py's control), and a snapshot and
+a rollback of its nodes."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 
+import libvirt
 import pytest
 
 from dali import fam, guest
@@ -88,6 +90,21 @@ def test_with_coherent_memory_every_missing_flush_goes_unseen(cluster, tmp_path)
     famlines.install(cluster, famlines.build(tmp_path))
     famlines.play_every_case(cluster)
     assert not cluster.cfg.coherence_model.exists()
+
+
+def test_a_snapshot_and_a_rollback_in_the_native_style(cluster):
+    """libvirt's own NVDIMM (`<memory model='nvdimm'>`) in a node's memory snapshot: taken paused
+    and resumed, restored paused and resumed (docs/snapshots.md; test_snapshots.py has the seed
+    style, on OCFS2). What a node wrote after the snapshot is gone, and the device works."""
+    cluster.doit("snapshot", "native")
+    for s in "ab":
+        assert cluster.virt.run(cluster.dom(s), ["sh", "-c", "echo later > /root/after; sync"]).exitcode == 0
+    cluster.doit("rollback", "native")
+    for s in "ab":
+        assert cluster.dom(s).state()[0] == libvirt.VIR_DOMAIN_RUNNING, s
+        assert cluster.virt.run(cluster.dom(s), ["test", "-e", "/root/after"]).exitcode == 1, s
+        assert cluster.virt.run(cluster.dom(s), ["test", "-c", "/dev/dax0.0"]).exitcode == 0, s
+    assert "devdax" in cluster.doit("verify").stdout
 
 
 def test_the_template_was_never_touched(cluster):
