@@ -2,11 +2,12 @@
 what only booted nodes can show. libvirt saves each paused node's memory (its memory-only
 external snapshot) and restores it paused; after `doit rollback` the filesystem is mounted on
 every node, `doit verify` and a torture run pass, what was written after the snapshot is gone
-on every node, the guests' clocks are the host's, and OCFS2 saw no node die across the jump;
+on every node, the guests' clocks are the host's, and OCFS2 saw no node die across the jumps;
 `doit torture --from` starts each run there; a snapshot and a rollback SIGKILLed in the middle
 converge on the next doit; a shut-off snapshot; `doit clean -n` names them.
 
-On conftest.ocfs2_cluster, after test_torture.py (tests/support/schedule.py). The host-only
+On conftest.ocfs2_cluster, before test_torture.py (tests/support/schedule.py), which finds it
+running, rolled back. The tests follow each other: the first takes the snapshot the others use. The host-only
 half (every refusal, a kill at every step on a fake libvirt, the copies) is test_snapshot.py's
 and test_snapshot_files.py's.
 
@@ -23,15 +24,16 @@ import libvirt
 import pytest
 
 from dali import pauses, snapshot
-from support.cluster import unique_tag
 from support.doit import one_error_line, start_doit
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
-TAG = unique_tag("dalifs")
 # What a node's kernel says when OCFS2 loses a peer: its network link (o2net), its disk
 # heartbeat (o2hb), a recovery of the dead node's journal.
 LOST_A_PEER = r"No longer connected to node|o2hb.*(dead|timed out)|Node \d+ \(.*\) is dead|Beginning recovery|fence"
+# How many such lines each node's kernel had logged when the snapshot was taken: a rollback
+# puts the logs back there, so any line since is news.
+PEERS_LOST_AT_SNAPSHOT: dict[str, int] = {}
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +89,12 @@ def test_a_running_cluster_goes_back_to_its_snapshot(cluster):
     assert not pauses.record_file(c.cfg).exists()
     listed = c.doit("snapshots").stdout
     assert re.search(rf"^formed .* {c.tag}a {c.tag}b {c.tag}c", listed, re.M), listed
-    peers = lost_peers(c)
+    PEERS_LOST_AT_SNAPSHOT.update(lost_peers(c))
 
     # Life goes on: a file on the shared filesystem, one on each node's own disk.
     c.doit("pssh", "--on", "a", "echo later > /data/after; sync")
     c.doit("pssh", "echo later > /root/after; sync")
     back = c.doit("rollback", "formed")
-    back_at = time.monotonic()
     assert "rolled back to snapshot formed" in back.stdout + back.stderr
     assert set(states(c).values()) == {libvirt.VIR_DOMAIN_RUNNING}
     assert not snapshot.pending(c.cfg)
@@ -104,23 +105,26 @@ def test_a_running_cluster_goes_back_to_its_snapshot(cluster):
     clocks = on_each(c, "date +%s.%N")
     for s, out in clocks.items():
         assert abs(float(out.strip()) - time.time()) < 5, f"{s}'s clock: {out} (host {time.time()})"
-
     c.doit("verify")
-    c.doit("torture", "namespace", "--seconds", "10")
-    # Past OCFS2's dead threshold (20 s in the suite; the torture run filled most of it):
-    # nobody fenced anybody across the jump.
-    time.sleep(max(0.0, 25 - (time.monotonic() - back_at)))
-    assert lost_peers(c) == peers, "OCFS2 lost no node across the rollback"
-    assert set(on_each(c, "mountpoint -q /data && echo mounted").values()) == {"mounted\n"}
 
 
 def test_torture_from_the_snapshot_starts_each_run_there(cluster):
+    """Each run rolled back first; after the last, OCFS2 still has every peer once its dead
+    threshold has passed: nobody fenced anybody across the jumps (a torture run after a
+    rollback passing is this test's; the explicit `doit rollback` is the test before)."""
     c = cluster
     c.doit("pssh", "--on", "b", "echo later > /data/after; sync")
-    run = c.doit("torture", "--from", "formed", "--count", "2", "namespace", "--seconds", "5")
+    seconds = 5
+    run = c.doit("torture", "--from", "formed", "--count", "2", "namespace", "--seconds", str(seconds))
+    # the last rollback finished at least the run's seconds before the command ended
+    rolled_back_by = time.monotonic() - seconds
     assert (run.stdout + run.stderr).count("rolled back to snapshot formed") == 2
     listed = on_each(c, "ls /data")
     assert len(set(listed.values())) == 1 and "before-a" in listed["a"] and "after" not in listed["a"], listed
+    # Past OCFS2's dead threshold (20 s in the suite) since the last jump.
+    time.sleep(max(0.0, 25 - (time.monotonic() - rolled_back_by)))
+    assert lost_peers(c) == PEERS_LOST_AT_SNAPSHOT, "OCFS2 lost no node across the rollbacks"
+    assert set(on_each(c, "mountpoint -q /data && echo mounted").values()) == {"mounted\n"}
 
 
 def test_refusals_change_nothing(cluster):
