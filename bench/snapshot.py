@@ -75,7 +75,7 @@ def main() -> None:
             # what a user would check, untimed: mounted everywhere, the later file gone
             doit("pssh", "mountpoint -q /data && test -e /data/$(hostname) && ! test -e /data/later-$(hostname)")
             restarts.append(doit("restart"))
-            doit("pssh", "mountpoint -q /data && test -e /data/later-$(hostname)")
+            doit("pssh", "mountpoint -q /data && test -e /data/$(hostname)")
         say("### Back to a formed cluster: `doit rollback` against `doit restart`")
         say()
         say("| what | median seconds | each |")
