@@ -16,7 +16,7 @@ from dali.storage.local import LocalDir
 from dali.virt import Libvirt
 from support import schedule
 from support.cluster import (FIRST_TAG, ClusterUnderTest, current_test, has_three_nodes, make_three_nodes,
-                             unique_tag)
+                             template_without_other_clusters, unique_tag)
 from support.files import local_files
 
 
@@ -149,3 +149,20 @@ def ocfs2_cluster(tmp_path_factory):
                          fs={"type": "ocfs2", "mountpoint": "/data", "slots": 8, "heartbeat_threshold": 11})
     yield c
     c.teardown()
+
+
+@pytest.fixture(scope="session")
+def dax_cluster(tmp_path_factory):
+    """Two nodes on libvirt's own NVDIMM device (device.style = "native") and a 256 MiB FAM,
+    shared by test_coherence.py (checked: OCFS2 on fsdax, then devdax) and test_device_modes.py
+    (devdax unchecked, the control; a refused mode change; clean): one original boot per
+    namespace mode, two clusters' builds fewer (tests/support/schedule.py runs them in that
+    order, on one worker). The host's AppArmor template as it was before any of it is kept as
+    `template_before`: the native style never writes there."""
+    tag = unique_tag("dalidax")
+    c = ClusterUnderTest(tmp_path_factory.mktemp(tag) / "cluster.toml", tag, clones=["b"],
+                         fam={"size": "256M"}, device={"style": "native", "mode": "fsdax"})
+    c.template_before = template_without_other_clusters(c)
+    yield c
+    c.teardown()
+

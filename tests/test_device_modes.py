@@ -1,79 +1,61 @@
 """The shared device's other shapes, on qemu:///system with real guests: libvirt's own NVDIMM
-device (device.style = "native") with the host's AppArmor template left byte-identical, a
-refused mode change that leaves the FAM untouched, and devdax made on purpose on a new FAM, where
-the cases of non-coherent memory all go unseen (test_coherence.py's control), and a snapshot and
-a rollback of its nodes."""
+device (device.style = "native") with the host's AppArmor template left byte-identical; devdax,
+where the cases of non-coherent memory all go unseen (test_coherence.py's control), and a
+snapshot and a rollback of its nodes; a refused mode change that leaves the FAM untouched; and a
+clean that takes what the cluster made in every mode, the checker's model too, and leaves the
+FAM the user moved away.
+
+On conftest.dax_cluster, after test_coherence.py (tests/support/schedule.py), which leaves it
+running checked on devdax, its fsdax FAM moved away on purpose; alone, this module makes it on
+devdax from nothing."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 
 import libvirt
 import pytest
 
 from dali import fam, guest
+from dali.coherence import model
 from support import famlines
-from support.cluster import ClusterUnderTest, torture_table, unique_tag
+from support.cluster import template_without_other_clusters, torture_table
 from support.doit import one_error_line
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
-
-TAG = unique_tag("dalidax")
 
 
 def digest(path) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def template(c) -> bytes:
-    """The host's AppArmor template, without the lines other dali clusters (a user's, running
-    beside the tests) may add or remove meanwhile."""
-    lines = c.cfg.apparmor_template.read_bytes().splitlines(keepends=True)
-    return b"".join(line for line in lines if b"# dali cluster " not in line or f"# dali cluster {TAG}:".encode() in line)
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = ClusterUnderTest(tmp_path_factory.mktemp(TAG) / "cluster.toml", TAG, clones=["b"],
-                         device={"style": "native", "mode": "fsdax"})
-    c.template_before = template(c)
-    yield c
-    c.teardown()
+def cluster(dax_cluster):
+    """conftest.dax_cluster on devdax, unchecked, running."""
+    c = dax_cluster
+    if any(dom.isActive() for dom in c.virt.our_domains().values()):
+        c.doit("destroy")  # off, the quick way: they run checked, and boot again unchecked
+    c.set(device={"style": "native", "mode": "devdax"}, fs={"type": "none"})
+    c.doit()
+    c.doit("start")
+    return c
 
 
 def test_native_style_makes_the_namespace_and_leaves_the_template_alone(cluster):
-    """The original made the fsdax namespace through libvirt's own device. Nodes sharing it at
-    run time, and verify, are test_devdax_on_a_new_fam_on_purpose's (native, devdax) and
-    test_remote.py's (native, fsdax, three nodes, OCFS2)."""
-    cluster.doit()
+    """The original made the devdax namespace through libvirt's own device, and every node sees
+    that one. (fsdax through it, with OCFS2: test_coherence.py, test_remote.py.)"""
+    ns = fam.namespace(cluster.cfg.fam_path)
+    assert ns["mode"] == "devdax"
     for s in "ab":
         xml = cluster.dom(s).XMLDesc(0)
         assert "<memory model='nvdimm' access='shared'>" in xml and "qemu:commandline" not in xml
-    ns = fam.namespace(cluster.cfg.fam_path)
-    assert (ns["mode"], ns["size"]) == ("fsdax", 1054867456)
-    assert template(cluster) == cluster.template_before, "nothing of ours in the template"
-
-
-def test_a_mode_change_on_a_fam_with_a_namespace_is_refused(cluster):
-    cluster.doit("destroy")  # off, the quick way: graceful shutdowns have tests of their own
-    before = digest(cluster.cfg.fam_path)
-    cluster.set(device={"style": "native", "mode": "devdax"})
-    line = one_error_line(cluster.doit(check=False))
-    assert "holds a fsdax namespace" in line and "move the FAM away" in line
-    assert digest(cluster.cfg.fam_path) == before, "the FAM is untouched, byte for byte"
-
-
-def test_devdax_on_a_new_fam_on_purpose(cluster):
-    os.rename(cluster.cfg.fam_path, cluster.cfg.fam_path.with_name("FAM.fsdax"))  # as the line says
-    cluster.doit()
-    ns = fam.namespace(cluster.cfg.fam_path)
-    assert ns["mode"] == "devdax"
-    cluster.doit("start")
-    for s in "ab":
         seen = guest.namespace(cluster.virt, cluster.dom(s))
-        assert (seen["mode"], seen["uuid"]) == ("devdax", ns["uuid"])
+        assert (seen["mode"], seen["uuid"], seen["size"]) == ("devdax", ns["uuid"], ns["size"])
         assert cluster.virt.run(cluster.dom(s), ["test", "-c", "/dev/dax0.0"]).exitcode == 0
+    assert template_without_other_clusters(cluster) == cluster.template_before, "nothing of ours in the template"
+
+
+def test_devdax_nodes_share_the_device(cluster):
     run = cluster.doit("verify")  # its write test goes through mmap of /dev/dax0.0
     assert "devdax" in run.stdout
     torture = cluster.doit("torture", "--seconds", "8")  # mmap and block, through mappings
@@ -87,9 +69,16 @@ def test_with_coherent_memory_every_missing_flush_goes_unseen(cluster, tmp_path)
     writer that never writes its line back, a reader that never invalidates, two writers on one
     line: the reader always sees the right bytes, because the nodes share the host's coherent
     caches. On the hardware a FAM stands for, each is a bug; test_coherence.py finds them."""
+    model_file = cluster.cfg.coherence_model  # test_coherence.py's, when it ran first
+    counted = model.counters(model_file) if model_file.exists() else None
     famlines.install(cluster, famlines.build(tmp_path))
     famlines.play_every_case(cluster)
-    assert not cluster.cfg.coherence_model.exists()
+    for s in "ab":
+        assert str(model_file) not in cluster.dom(s).XMLDesc(0), "no plugin in an unchecked node"
+    if counted is None:
+        assert not model_file.exists(), "checking off makes no model"
+    else:
+        assert model.counters(model_file) == counted, "nothing counted: no node checks"
 
 
 def test_a_snapshot_and_a_rollback_in_the_native_style(cluster):
@@ -107,7 +96,24 @@ def test_a_snapshot_and_a_rollback_in_the_native_style(cluster):
     assert "devdax" in cluster.doit("verify").stdout
 
 
-def test_the_template_was_never_touched(cluster):
-    cluster.doit("destroy")
+def test_a_mode_change_on_a_fam_with_a_namespace_is_refused(cluster):
+    cluster.doit("destroy")  # off, the quick way: graceful shutdowns have tests of their own
+    before = digest(cluster.cfg.fam_path)
+    cluster.set(device={"style": "native", "mode": "fsdax"})
+    line = one_error_line(cluster.doit(check=False))
+    assert "holds a devdax namespace" in line and "move the FAM away" in line
+    assert digest(cluster.cfg.fam_path) == before, "the FAM is untouched, byte for byte"
+    cluster.set(device={"style": "native", "mode": "devdax"})
+
+
+def test_clean_takes_what_it_made_and_the_template_was_never_touched(cluster):
+    """Everything of the cluster's goes, the coherence model left from test_coherence.py too;
+    the FAM that module moved away (as dali's refusal says) is the user's now, and stays."""
+    moved = cluster.cfg.fam_path.with_name("FAM.fsdax")
+    kept = digest(moved) if moved.exists() else None
     cluster.doit("clean")
-    assert template(cluster) == cluster.template_before
+    assert not cluster.cfg.fam_path.exists() and not cluster.cfg.coherence_model.exists()
+    assert not (cluster.cfg.data_dir / "snapshots" / "native").exists()
+    if kept is not None:
+        assert digest(moved) == kept, "a renamed FAM is not dali's to remove"
+    assert template_without_other_clusters(cluster) == cluster.template_before

@@ -133,6 +133,14 @@ class ClusterUnderTest:
             return False
 
 
+def template_without_other_clusters(c: ClusterUnderTest) -> bytes:
+    """The host's AppArmor template, without the lines other dali clusters (a user's, running
+    beside the tests, or another module's) may add or remove meanwhile."""
+    lines = c.cfg.apparmor_template.read_bytes().splitlines(keepends=True)
+    return b"".join(line for line in lines
+                    if b"# dali cluster " not in line or f"# dali cluster {c.tag}:".encode() in line)
+
+
 # The first cluster: what test_cluster.py takes through a user's first day, and
 # test_cluster_living.py (next in file order) lives in and finally cleans (conftest.first_cluster).
 FIRST_TAG = unique_tag("dalitest")

@@ -20,12 +20,12 @@ CLUSTER_MODULES = [
     # test_snapshots.py takes it back and forth in time before test_torture.py, whose last tests
     # boot it on another kernel and clean it away
     ("test_shared_fs.py", "test_remote.py", "test_snapshots.py", "test_torture.py"),
-    # two checked clusters in turn (devdax, then OCFS2): the second worker's first cluster,
-    # after the quick modules, while the first worker runs the OCFS2 group
-    ("test_coherence.py",),
+    # conftest.dax_cluster: checked (OCFS2 on fsdax, then devdax), then unchecked devdax and
+    # cleaned; the second worker's first cluster, after the quick modules, while the first
+    # worker runs the OCFS2 group
+    ("test_coherence.py", "test_device_modes.py"),
     ("test_cluster.py", "test_cluster_living.py"),  # the first cluster (conftest.first_cluster)
     ("test_kill.py",),
-    ("test_device_modes.py",),
     ("test_kernel_loop.py",),
     ("test_two_clusters.py",),
 ]
