@@ -16,6 +16,7 @@ in pyproject.toml: the checkout must be installed (scripts/setup) for doit to kn
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -24,6 +25,7 @@ import libvirt
 import pytest
 
 from dali import pauses, snapshot
+from support.cluster import torture_runs as runs
 from support.doit import one_error_line, start_doit
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
@@ -109,9 +111,10 @@ def test_a_running_cluster_goes_back_to_its_snapshot(cluster):
 
 
 def test_torture_from_the_snapshot_starts_each_run_there(cluster):
-    """Each run rolled back first; after the last, OCFS2 still has every peer once its dead
-    threshold has passed: nobody fenced anybody across the jumps (a torture run after a
-    rollback passing is this test's; the explicit `doit rollback` is the test before)."""
+    """Each run rolled back first, the two summed up as a series (--count); after the last,
+    OCFS2 still has every peer once its dead threshold has passed: nobody fenced anybody across
+    the jumps (a torture run after a rollback passing is this test's; the explicit `doit
+    rollback` is the test before)."""
     c = cluster
     c.doit("pssh", "--on", "b", "echo later > /data/after; sync")
     seconds = 5
@@ -119,6 +122,9 @@ def test_torture_from_the_snapshot_starts_each_run_there(cluster):
     # the last rollback finished at least the run's seconds before the command ended
     rolled_back_by = time.monotonic() - seconds
     assert (run.stdout + run.stderr).count("rolled back to snapshot formed") == 2
+    assert re.search(r"^2 runs, \S+ to \S+: 0 failed$", run.stdout, re.M), run.stdout  # --count's series
+    assert re.search(r"^namespace +0/2 +0/2 +-$", run.stdout, re.M), run.stdout
+    assert json.loads((runs(c)[-1] / "run.json").read_text())["properties"]["count"] == "2/2"
     listed = on_each(c, "ls /data")
     assert len(set(listed.values())) == 1 and "before-a" in listed["a"] and "after" not in listed["a"], listed
     # Past OCFS2's dead threshold (20 s in the suite) since the last jump.
