@@ -19,7 +19,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from dali import access, evidence, fam, guest
+from dali import access, evidence, fam, guest, network
 from support.cluster import FIRST_TAG, torture_runs, torture_table
 from support.doit import one_error_line, run_until
 
@@ -124,17 +124,9 @@ def test_nodes_resolve_each_other_by_name(cluster):
     assert f"{guest_ipv4(cluster, 'b')}" in run.stdout and "1 received" in run.stdout
 
 
-def test_one_node_shut_down_and_started_leaves_the_others_alone(cluster):
-    before_others = identity(cluster, "ac")
-    address = guest_ipv4(cluster, "b")
-    cluster.doit("shutdown", "b")
-    assert not cluster.dom("b").isActive()
-    assert identity(cluster, "ac") == before_others
-    assert rows(cluster.doit("status"))[f"{TAG}b"][1:3] == ["shut", "off"]
-    cluster.doit("start", f"{TAG}b")  # by name, this time
-    assert guest_ipv4(cluster, "b") == address, "the fixed address is kept across a restart"
-    assert identity(cluster, "ac") == before_others
-
+# Four tests take nodes down and up, each from what the one before leaves (three boots in all,
+# fixtures making the state when a test runs alone): c forced off; b shut down; both started in
+# batches; c forced off again and started by hand.
 
 def test_destroy_forces_one_node_off(cluster):
     before_others = identity(cluster, "ab")
@@ -143,12 +135,63 @@ def test_destroy_forces_one_node_off(cluster):
     assert identity(cluster, "ab") == before_others
 
 
-def test_a_node_started_by_hand_is_booting_until_usable_and_pssh_waits_for_it(cluster):
+def only_running(c, up: str) -> None:
+    """Exactly the nodes `up` of a, b and c running: the others forced off, these started."""
+    down = [s for s in "abc" if s not in up and c.dom(s).isActive()]
+    if down:
+        c.doit("destroy", *down)
+    if not all(c.dom(s).isActive() for s in up):
+        c.doit("start", *up)
+
+
+@pytest.fixture
+def c_off(three_nodes):
+    """a and b running, c off, as test_destroy_forces_one_node_off leaves them."""
+    only_running(three_nodes, "ab")
+    return three_nodes
+
+
+def test_one_node_shut_down_leaves_the_others_alone(c_off):
+    cluster = c_off
+    before_a = identity(cluster, "a")
+    cluster.doit("shutdown", "b")
+    assert not cluster.dom("b").isActive()
+    assert identity(cluster, "a") == before_a
+    assert rows(cluster.doit("status"))[f"{TAG}b"][1:3] == ["shut", "off"]
+
+
+@pytest.fixture
+def b_and_c_off(three_nodes):
+    """a running, b and c off, as test_one_node_shut_down_leaves_the_others_alone leaves them."""
+    only_running(three_nodes, "a")
+    return three_nodes
+
+
+def test_start_in_batches_boots_the_next_batch_once_the_first_is_up(b_and_c_off):
+    """doit start --batch 1 b c: c is started only once b answers and has its host key. Each
+    comes back on its fixed address, and a node is named by its suffix or its whole name."""
+    cluster = b_and_c_off
+    before_a = identity(cluster, "a")
+    out = cluster.doit("start", "--batch", "1", f"{TAG}b", "c").stderr  # progress lines go to stderr
+    lines = out.splitlines()
+    started_b = next(i for i, line in enumerate(lines) if f"started {TAG}b;" in line)
+    b_answered = next(i for i, line in enumerate(lines) if f"{TAG}b: guest agent answered" in line)
+    started_c = next(i for i, line in enumerate(lines) if f"started {TAG}c;" in line)
+    assert started_b < b_answered < started_c, out
+    assert cluster.dom("b").isActive() and cluster.dom("c").isActive()
+    assert identity(cluster, "a") == before_a
+    fixed = network.addresses_of(cluster.cfg, cluster.virt)
+    for s in "bc":
+        assert guest_ipv4(cluster, s) == fixed[TAG + s], "the fixed address is kept across a restart"
+    run = cluster.doit("pssh", "--on", "b,c", "systemctl is-active ssh.socket")
+    assert len(re.findall(r"\bactive$", run.stdout, re.M)) == 2, run.stdout
+
+
+def test_a_node_started_by_hand_is_booting_until_usable_and_pssh_waits_for_it(c_off):
     """Started by hand (virsh start, or a node coming back), a node answers its agent long
     before its device is there: status calls it booting, and pssh waits until it is usable,
     as doit start would have, instead of running on a half-booted node."""
-    if cluster.dom("c").isActive():
-        cluster.doit("destroy", "c")
+    cluster = c_off
     cluster.dom("c").create()  # as `virsh start`
     table = rows(cluster.doit("status"))
     assert table[f"{TAG}c"][1] == "booting", table
@@ -157,22 +200,6 @@ def test_a_node_started_by_hand_is_booting_until_usable_and_pssh_waits_for_it(cl
     assert f"{TAG}c: still booting; waiting until usable" in run.stderr, run.stderr
     assert f"--- {TAG}c (exit 0)\nactive" in run.stdout
     assert rows(cluster.doit("status"))[f"{TAG}c"][1] == "running"
-
-
-def test_start_in_batches_boots_the_next_batch_once_the_first_is_up(cluster):
-    """doit start --batch 1 b c: c is started only once b answers and has its host key."""
-    before_a = identity(cluster, "a")
-    cluster.doit("destroy", "b", "c")  # off, the quick way: this test is about the start
-    out = cluster.doit("start", "--batch", "1", "b", "c").stderr  # progress lines go to stderr
-    lines = out.splitlines()
-    started_b = next(i for i, line in enumerate(lines) if f"started {TAG}b;" in line)
-    b_answered = next(i for i, line in enumerate(lines) if f"{TAG}b: guest agent answered" in line)
-    started_c = next(i for i, line in enumerate(lines) if f"started {TAG}c;" in line)
-    assert started_b < b_answered < started_c, out
-    assert cluster.dom("b").isActive() and cluster.dom("c").isActive()
-    assert identity(cluster, "a") == before_a
-    run = cluster.doit("pssh", "--on", "b,c", "systemctl is-active ssh.socket")
-    assert len(re.findall(r"\bactive$", run.stdout, re.M)) == 2, run.stdout
 
 
 def test_a_node_added_while_others_run_gets_a_name_and_address(cluster):

@@ -16,6 +16,7 @@ in pyproject.toml: the checkout must be installed (scripts/setup) for doit to kn
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import subprocess
@@ -117,18 +118,18 @@ def test_torture_from_the_snapshot_starts_each_run_there(cluster):
     rollback` is the test before)."""
     c = cluster
     c.doit("pssh", "--on", "b", "echo later > /data/after; sync")
-    seconds = 5
-    run = c.doit("torture", "--from", "formed", "--count", "2", "namespace", "--seconds", str(seconds))
-    # the last rollback finished at least the run's seconds before the command ended
-    rolled_back_by = time.monotonic() - seconds
+    run = c.doit("torture", "--from", "formed", "--count", "2", "namespace", "--seconds", "5")
     assert (run.stdout + run.stderr).count("rolled back to snapshot formed") == 2
     assert re.search(r"^2 runs, \S+ to \S+: 0 failed$", run.stdout, re.M), run.stdout  # --count's series
     assert re.search(r"^namespace +0/2 +0/2 +-$", run.stdout, re.M), run.stdout
-    assert json.loads((runs(c)[-1] / "run.json").read_text())["properties"]["count"] == "2/2"
+    last = json.loads((runs(c)[-1] / "run.json").read_text())
+    assert last["properties"]["count"] == "2/2"
     listed = on_each(c, "ls /data")
     assert len(set(listed.values())) == 1 and "before-a" in listed["a"] and "after" not in listed["a"], listed
-    # Past OCFS2's dead threshold (20 s in the suite) since the last jump.
-    time.sleep(max(0.0, 25 - (time.monotonic() - rolled_back_by)))
+    # Past OCFS2's dead threshold (20 s in the suite) since the last jump: the nodes resumed
+    # before the last run started, which its run.json says to the second (rounded down).
+    resumed_by = calendar.timegm(time.strptime(last["started"], "%Y-%m-%dT%H:%M:%SZ")) + 1
+    time.sleep(max(0.0, resumed_by + 25 - time.time()))
     assert lost_peers(c) == PEERS_LOST_AT_SNAPSHOT, "OCFS2 lost no node across the rollbacks"
     assert set(on_each(c, "mountpoint -q /data && echo mounted").values()) == {"mounted\n"}
 
