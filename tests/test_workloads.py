@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,28 @@ def program(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pyz") / "torture.pyz"
     path.write_bytes(workloads.zipapp())
     return path
+
+
+def imported_from(program: Path) -> str:
+    """Where python3 took workloads.guest from, as the nodes import it out of the zip."""
+    return subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                           "import workloads.guest; print(workloads.guest.__file__)", str(program)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_the_nodes_import_the_bytecode_shipped_and_fall_back_on_the_source(program, tmp_path):
+    """Bytecode compiled on the host, so that no node compiles the package at each start; a
+    Python with another bytecode format (another magic number) runs the source instead."""
+    assert imported_from(program) == f"{program}/workloads/guest.pyc"
+    foreign = tmp_path / "foreign.pyz"
+    with zipfile.ZipFile(program) as src, zipfile.ZipFile(foreign, "w") as out:
+        for info in src.infolist():
+            data = src.read(info)
+            out.writestr(info, b"\0\0\r\n" + data[4:] if info.filename.endswith(".pyc") else data)
+    assert imported_from(foreign) == f"{foreign}/workloads/guest.py"
+    run = subprocess.run([sys.executable, str(foreign), "run", json.dumps(args("namespace", tmp_path, 0, 1))],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and RESULT in run.stdout, run
 
 
 def args(name, target, index, nodes, params=None, kind="dir", area=None, seconds=0.5):
