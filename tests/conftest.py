@@ -165,4 +165,3 @@ def dax_cluster(tmp_path_factory):
     c.template_before = template_without_other_clusters(c)
     yield c
     c.teardown()
-
