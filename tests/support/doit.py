@@ -38,11 +38,13 @@ def run_doit(*args: str, env: dict | None = None, timeout: int = 3600) -> subpro
 
 
 def as_at_a_terminal(ignored: tuple[signal.Signals, ...] = ()):
-    """For a child, between fork and exec: SIGINT as a terminal's Ctrl-C delivers it, whatever
-    this process inherited (a non-interactive shell starts its background jobs with SIGINT
-    ignored, and Python keeps it so), and `ignored` ignored, as nohup does SIGHUP."""
+    """For a child, between fork and exec: SIGINT, SIGTERM and SIGHUP as a terminal's program
+    has them (delivered), whatever this process inherited (a non-interactive shell starts its
+    background jobs with SIGINT ignored, Python keeps it so, and a suite started under nohup
+    passes SIGHUP on ignored), and `ignored` ignored, as nohup does SIGHUP."""
     def reset() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
         for signum in ignored:
             signal.signal(signum, signal.SIG_IGN)
     return reset
