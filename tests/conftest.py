@@ -139,7 +139,7 @@ def three_nodes_off(three_nodes):
 @pytest.fixture(scope="session")
 def ocfs2_cluster(tmp_path_factory):
     """Three nodes with OCFS2 on the shared device, shared by test_shared_fs.py (which builds it
-    step by step, and adds a fourth node), test_remote.py (the local cluster running beside a
+    step by step, adds a fourth node and takes it out again), test_remote.py (the local cluster running beside a
     remote one), test_torture.py (which needs it running) and test_snapshots.py (which rolls it
     back to its snapshots): one cluster booted once for all.
     Each module starts what it needs. A node forced off is dead after 20 s without its

@@ -98,15 +98,38 @@ def test_the_filesystem_survives_doit_and_a_restart(cluster):
     assert f"from {TAG}a" in run.stdout, "not reformatted"
 
 
+def mount_ids(c, suffixes: str) -> dict[str, str]:
+    """Each node's mount of /data, by findmnt's ID: a node that unmounted and mounted again
+    has another."""
+    run = c.doit("pssh", "--on", ",".join(suffixes), "findmnt -n -o ID /data").stdout
+    return {m.group(1): m.group(2) for m in re.finditer(rf"--- {TAG}(\w) \(exit 0\)\n(\d+)", run)}
+
+
 def test_a_fourth_node_joins_while_three_run_mounted(cluster):
-    mounts = cluster.doit("pssh", "--on", "a,b,c", "findmnt -n -o ID /data").stdout
-    ids = {m.group(1): m.group(2) for m in re.finditer(rf"--- {TAG}(\w) \(exit 0\)\n(\d+)", mounts)}
+    ids = mount_ids(cluster, "abc")
     cluster.set(clones=["b", "c", "d"])
     cluster.doit("clone")  # joins d to the cluster on the running nodes
     cluster.doit("start", "d")
     assert mounted_on(cluster, "abcd") == {"a": True, "b": True, "c": True, "d": True}
-    again = cluster.doit("pssh", "--on", "a,b,c", "findmnt -n -o ID /data").stdout
-    assert {m.group(1): m.group(2) for m in re.finditer(rf"--- {TAG}(\w) \(exit 0\)\n(\d+)", again)} == ids, \
-        "no running node unmounted"
+    assert mount_ids(cluster, "abc") == ids, "no running node unmounted"
     run = cluster.doit("pssh", "--on", "d", "cat /data/from-c")
     assert f"from {TAG}c" in run.stdout
+
+
+def test_the_fourth_node_leaves_while_three_stay_mounted(cluster):
+    """As a user takes a node out: shut it down, drop it from the config, `doit`, then
+    `doit remove:NODE` for its disk. The others keep their mounts and the files; their
+    cluster.conf no longer names it. (After the join above; the modules after this one work on
+    a, b and c.)"""
+    ids = mount_ids(cluster, "abc")
+    cluster.doit("shutdown", "d")  # it unmounts and leaves the heartbeat: nobody waits for it
+    cluster.set(clones=["b", "c"])
+    run = cluster.doit()
+    assert f"{TAG}d: no longer in the config: undefined" in run.stderr + run.stdout
+    cluster.doit(f"remove:{TAG}d")
+    assert cluster.virt.domain(f"{TAG}d") is None and not cluster.files.exists(cluster.disk("d"))
+    assert mount_ids(cluster, "abc") == ids, "no node that stays unmounted"
+    names = cluster.doit("pssh", "--on", "a,b,c", "grep -c 'name = ' /etc/ocfs2/cluster.conf").stdout
+    assert names.count("\n4\n") == 3, names  # the cluster's name and a, b, c: d is gone
+    cluster.doit("pssh", "--on", "c", "echo after d left > /data/after-d")
+    assert "after d left" in cluster.doit("pssh", "--on", "a", "cat /data/after-d").stdout

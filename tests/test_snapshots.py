@@ -41,7 +41,7 @@ PEERS_LOST_AT_SNAPSHOT: dict[str, int] = {}
 
 @pytest.fixture(scope="module")
 def cluster(ocfs2_cluster):
-    """conftest.ocfs2_cluster, running (with the node d test_shared_fs.py adds, if it ran)."""
+    """conftest.ocfs2_cluster, running: a, b and c (test_shared_fs.py adds a node d and takes it out)."""
     c = ocfs2_cluster
     known = c.doit("help", "snapshot", check=False)
     assert known.returncode == 0 and "doit snapshot NAME" in known.stdout, \

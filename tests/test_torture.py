@@ -25,7 +25,7 @@ TAG = unique_tag("dalifs")
 
 @pytest.fixture(scope="module")
 def cluster(ocfs2_cluster):
-    """conftest.ocfs2_cluster, running (test_shared_fs.py may have built it, with a node d)."""
+    """conftest.ocfs2_cluster, running: a, b and c (test_shared_fs.py may have built it)."""
     ocfs2_cluster.set(torture={"known_failures": str(REPO / "known-failures.toml")})  # the checkout's
     ocfs2_cluster.doit()
     ocfs2_cluster.doit("start")
