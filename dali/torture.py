@@ -11,8 +11,9 @@ A run, in order:
    and zeroed.
 3. Every workload runs on every node at once, through the guest agent, for --seconds; the
    faults happen on time from the host (dali/faults.py).
-4. Every node still up checks what it sees; each workload's judge compares that with what the
-   runs did. The consoles are scanned for panics, oopses and hangs (dali/consoles.py).
+4. Every node still up checks what it sees (every workload in turn, in one python3 of the
+   node's); each workload's judge compares that with what the runs did. The consoles are
+   scanned for panics, oopses and hangs (dali/consoles.py).
 5. The report (dali/torture_report.py) is printed and kept under state/<tag>/runs/<time>/.
    The run fails (exit 1) on any violation or any node that failed.
 With --from NAME, every run (each of --count) starts with `doit rollback NAME`
@@ -63,13 +64,18 @@ LEAD, LEAD_PER_JOB = 4.0, 3.0  # measured: 4 workloads on 3 one-vCPU nodes under
 
 class Workload(Protocol):
     """What a run asks of each of its workloads, the same of all: a checker of dali/workloads
-    (Checker) or your --script (Script). args: the node's part in the run (_args)."""
+    (Checker) or your --script (Script). args: the node's part in the run (_args).
+
+    The checks after the run are not asked of each workload: every checked workload is a
+    module of the one program shipped to the nodes, so each node checks them all in one
+    python3 (_check_node), which one workload alone could not arrange."""
     NAME: str
     DOC: str
     NEEDS: tuple[str, ...]  # the targets it runs on: "dir", "block", "dax"
     WHY_NOT: dict[str, str]  # {target: why it does not run there}
     PARAMS: dict
     OWN_DIRECTORY: bool  # it works in <target>/.dali-torture-<run>/<NAME> (kept if it found violations)
+    CHECKED: bool  # every node still up checks it after the run, its module's check() (_check_all)
 
     def area_size(self, nodes: int, params: dict) -> int:
         """The bytes of a device it works on (0: none of them)."""
@@ -78,17 +84,17 @@ class Workload(Protocol):
         """On one node, from now until the common start (t0, the host's monotonic clock) plus
         --seconds: (what it returned, what it printed, why it failed or "")."""
 
-    def check(self, virt: Libvirt, dom, args: dict) -> dict:
-        """On one node still up after the run: what it sees now (DaliError if it cannot say)."""
-
     def judge(self, ctx: Context, states: dict, checks: dict) -> Verdict:
-        """Here: the violations the runs' states and the nodes' checks show together."""
+        """Here: the violations the runs' states and the nodes' checks show together ({node:
+        what it saw, None if its check failed}; {} from each node for one not CHECKED)."""
 
 
 class Checker:
     """A module of dali/workloads as the run drives it: run by each node's python3 from the zip
-    (its setup first, then the common start), checked by every node still up, judged here."""
+    (its setup first, then the common start), checked by every node still up (with the run's
+    other checkers, _check_node), judged here."""
     OWN_DIRECTORY = True
+    CHECKED = True
 
     def __init__(self, module):
         self.module = module
@@ -105,13 +111,6 @@ class Checker:
         failed = r.exitcode != 0 or result is None
         return result, r.stdout + r.stderr, f"exit {r.exitcode}: {_last_line(r)}" if failed else ""
 
-    def check(self, virt: Libvirt, dom, args: dict) -> dict:
-        r = virt.run(dom, ["python3", PROGRAM, "check", json.dumps(args)], timeout=GRACE)
-        result = _parse_result(r.stdout)
-        if r.exitcode != 0 or result is None:
-            raise DaliError(f"{args['name']}: checking {self.NAME} failed: {visible_line(_last_line(r))}")
-        return result
-
     def judge(self, ctx: Context, states: dict, checks: dict) -> Verdict:
         return self.module.judge(ctx, states, checks)
 
@@ -126,6 +125,7 @@ class Script:
     WHY_NOT: dict[str, str] = {}
     PARAMS: dict = {}
     OWN_DIRECTORY = False  # it works where it likes: DALI_TARGET is the target itself
+    CHECKED = False  # its exit status was its verdict: nothing of it is left to check
 
     def __init__(self, path: Path):
         self.path = path
@@ -151,9 +151,6 @@ class Script:
                 "HOME": "/root", "DALI_NODE": args["name"], "DALI_NODE_INDEX": str(args["index"]),
                 "DALI_NODES": str(args["nodes"]), "DALI_TARGET": args["target"],
                 "DALI_SECONDS": f"{args['seconds']:g}"}
-
-    def check(self, virt: Libvirt, dom, args: dict) -> dict:
-        return {}
 
     def judge(self, ctx: Context, states: dict, checks: dict) -> Verdict:
         return Verdict()
@@ -379,15 +376,21 @@ def _clock_offsets(virt: Libvirt, nodes) -> dict[str, float]:
 
 
 def _parse_result(out: str) -> dict | None:
-    """The result a workload printed last; None if it printed none, or one that is not JSON (a
-    kernel under test may garble a node's output): that node's run then failed, with its output."""
+    """The result a workload's run printed last; None if it printed none, or one that is not
+    a JSON object (a kernel under test may garble a node's output): that node's run then failed,
+    with its output."""
+    found = _result_line(out)
+    return found if isinstance(found, dict) else None
+
+
+def _result_line(out: str):
+    """The JSON the node's program printed last after RESULT; None if none, or not JSON."""
     for line in reversed(out.splitlines()):
         if line.startswith(RESULT):
             try:
-                found = json.loads(line[len(RESULT):])
+                return json.loads(line[len(RESULT):])
             except ValueError:
                 return None
-            return found if isinstance(found, dict) else None
     return None
 
 
@@ -659,23 +662,58 @@ def _execute(virt: Libvirt, p: Plan, run_id: str, report: Report) -> Results:
 
 
 def _check_all(virt: Libvirt, p: Plan, run_id: str, survivors) -> tuple[dict, dict]:
-    """What every node still up sees of every job: ({(job, node): what}, {(job, node): why it
-    could not say}). Every check at once, as the runs were: a checker's starts python3 on a
-    node, seconds of TCG time, and one after the other a run waited for jobs x nodes of them."""
-    errors = {}
-
-    def check(job, i, node, dom):
-        try:
-            return job.workload.check(virt, dom, _args(p, job, i, node, run_id))
-        except (DaliError, libvirt.libvirtError) as e:
-            errors[(job.name, node.name)] = one_line(e)
-            return None
+    """What every node still up sees of every job: ({(job, node): what, None if it could not
+    say}, {(job, node): why it could not say}); a job not CHECKED (your script) sees {}.
+    Each node checks every checked job in one python3 (_check_node), the nodes all at once:
+    a python3 start is half a second to a second of a node's CPU under TCG, and one per job and
+    node started jobs x nodes of them (the default run on four nodes: twenty) where one per node
+    does."""
+    checked_jobs = [job for job in p.jobs if job.workload.CHECKED]
     checking = time.monotonic()
-    pairs = [((job, i, node), dom) for job in p.jobs for i, node, dom in survivors]
-    results = each(pairs, lambda key, dom: check(key[0], key[1], key[2], dom))
-    checked = {(job.name, node.name): r for ((job, _, node), _), r in zip(pairs, results)}
+    answers = each([((i, node), dom) for i, node, dom in survivors], lambda key, dom: _check_node(
+        virt, dom, [_args(p, job, key[0], key[1], run_id) for job in checked_jobs]))
+    by_node = {node.name: dict(zip((j.name for j in checked_jobs), said))
+               for (_, node, _), said in zip(survivors, answers)}
+    checked, errors = {}, {}
+    for job in p.jobs:  # in run order, as the report lists them
+        for _, node, _ in survivors:
+            what = by_node[node.name].get(job.name, {})  # {}: not checked
+            checked[(job.name, node.name)] = what if isinstance(what, dict) else None
+            if isinstance(what, str):
+                errors[(job.name, node.name)] = what
     log(f"torture: checked in {time.monotonic() - checking:.0f} s")
-    return checked, {key: errors[key] for key in checked if key in errors}  # in run order
+    return checked, errors
+
+
+def _check_node(virt: Libvirt, dom, args: list[dict]) -> list[dict | str]:
+    """One node's checks of the jobs whose args are given, in one python3 (`check-all`), one
+    after the other: for each job in order, what the node sees (a dict) or the one line why it
+    cannot say. One check that fails fails its job alone, said as when each check was a python3
+    of its own: "NODE: checking WORKLOAD failed: " and the last line of its traceback. A python3
+    that fails as a whole (the agent gone, killed, no result) fails every check of the node
+    with its reason.
+
+    One timeout for them all, GRACE, as each check had when they ran side by side: the node has
+    one vCPU, so in turn they end no later than together did, and a filesystem that stalls
+    (OCFS2's recovery) stalls every check of the node at once either way. The run's end stays
+    within the time _save_and_zero gives its programs."""
+    if not args:
+        return []
+
+    def failed(job: dict, why: str) -> str:
+        return f"{job['name']}: checking {job['workload']} failed: {visible_line(why)}"
+    try:
+        r = virt.run(dom, ["python3", PROGRAM, "check-all", json.dumps(args)], timeout=GRACE)
+    except (DaliError, libvirt.libvirtError) as e:
+        return [one_line(e)] * len(args)
+    said = _result_line(r.stdout)
+    well_formed = (r.exitcode == 0 and isinstance(said, list) and len(said) == len(args) and all(
+        isinstance(a, dict) and (isinstance(a.get("result"), dict) or isinstance(a.get("error"), str))
+        for a in said))
+    if not well_formed:
+        return [failed(job, _last_line(r)) for job in args]
+    return [a["result"] if isinstance(a.get("result"), dict) else failed(job, a["error"])
+            for job, a in zip(args, said)]
 
 
 def _tidy(virt: Libvirt, p: Plan, run_id: str, dom, report: Report) -> None:

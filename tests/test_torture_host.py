@@ -258,10 +258,10 @@ def test_a_script_and_a_checker_run_through_one_loop_and_are_reported_alike(conf
     def answers(node, argv):
         if argv == [torture.SCRIPT]:
             return ExecResult(3 if node == b else 0, f"hello from {node}\n", "")
-        what = argv[2]  # python3 PROGRAM run|check ARGS
+        what = argv[2]  # python3 PROGRAM run|check-all ARGS
         if what == "run" and node == b:
             return ExecResult(1, "", "Traceback (most recent call last):\nOSError: [Errno 5] EIO\n")
-        returned = result(state={"node": node}) if what == "run" else {"saw": node}
+        returned = result(state={"node": node}) if what == "run" else [{"result": {"saw": node}}]
         return ExecResult(0, RESULT + json.dumps(returned) + "\n", "")
     virt = Nodes(answers)
     p = plan_of(config_in, [])._replace(jobs=[torture.Job("fake", torture.Checker(fake), {}, None),
@@ -280,6 +280,81 @@ def test_a_script_and_a_checker_run_through_one_loop_and_are_reported_alike(conf
     assert {key: r["status"] for key, r in runs.items()} == {
         f"fake {a}": "ok", f"fake {b}": "failed: exit 1: OSError: [Errno 5] EIO",
         f"probe.sh {a}": "ok", f"probe.sh {b}": "violations"}
+
+
+def recording(name: str, judged: dict) -> torture.Checker:
+    """A checker of its own name whose judge keeps the checks it is given, in judged[name]."""
+    module = SimpleNamespace(NAME=name, DOC="", NEEDS=("dir",), PARAMS={},
+                             judge=lambda ctx, runs, checks: judged.update({name: checks}) or Verdict())
+    return torture.Checker(module)
+
+
+def test_a_nodes_checks_are_one_python3_and_one_that_fails_fails_its_workload_alone(config_in, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """Three checkers and a script on two nodes: each node starts python3 once to check, for the
+    three checkers in the run's order (the script has nothing to check). The second one's check
+    failing on b fails that row alone, said as a check's failure always was; every other
+    check reaches its judge, b's included."""
+    monkeypatch.setattr(torture, "LEAD", 0.0)
+    monkeypatch.setattr(torture, "LEAD_PER_JOB", 0.0)
+    monkeypatch.setattr(torture, "_tidy", lambda *args: None)
+    a, b = (n.name for n in config_in.nodes[:2])
+    asked = {a: [], b: []}
+
+    def answers(node, argv):
+        asked[node].append(argv)
+        if argv == [torture.SCRIPT]:
+            return ExecResult(0, "", "")
+        if argv[2] == "run":
+            return ExecResult(0, RESULT + json.dumps(result(state={"node": node})) + "\n", "")
+        said = [{"error": "OSError: [Errno 5] Input/output error"} if (node, job["workload"]) == (b, "two")
+                else {"result": {"saw": node}} for job in json.loads(argv[3])]
+        return ExecResult(0, RESULT + json.dumps(said) + "\n", "")
+    virt = Nodes(answers)
+    judged = {}
+    p = plan_of(config_in, [])._replace(jobs=[torture.Job(n, recording(n, judged), {}, None)
+                                              for n in ("one", "two", "three")]
+                                        + [torture.Job("probe.sh", torture.Script(tmp_path / "probe.sh"), {}, None)])
+    report = Report(config_in, Consoles({}), virt, p, "test", tmp_path)
+    report.finish(torture._execute(virt, p, "test", report), {})
+    report.write_and_print()
+
+    for node, index in ((a, 0), (b, 1)):
+        checks = [argv for argv in asked[node] if argv[:3] == ["python3", torture.PROGRAM, "check-all"]]
+        assert len(checks) == 1, asked[node]
+        assert [(job["workload"], job["name"], job["index"]) for job in json.loads(checks[0][3])] == [
+            ("one", node, index), ("two", node, index), ("three", node, index)]
+        assert len([argv for argv in asked[node] if argv[0] == "python3"]) == 4, "three runs, one check"
+    assert judged == {"one": {a: {"saw": a}, b: {"saw": b}}, "two": {a: {"saw": a}, b: None},
+                      "three": {a: {"saw": a}, b: {"saw": b}}}
+    why = f"{b}: checking two failed: OSError: [Errno 5] Input/output error"
+    assert f"{b} two: failed: {why}\n" in capsys.readouterr().out
+    assert report.failure_line() == f"two failed on {b}: see {tmp_path}/report.md"
+    rows = json.loads((tmp_path / "run.json").read_text())["rows"]  # each run as judged
+    assert {(r["workload"], r["node"]): r["status"] for r in rows} == {
+        **{(n, node): "ok" for n in ("one", "two", "three", "probe.sh") for node in (a, b)},
+        ("two", b): f"failed: {why}"}
+
+
+@pytest.mark.parametrize("answer,why", [
+    (ExecResult(-1, "", ""), "checking WORKLOAD failed: no output"),  # killed: no result, nothing said
+    (ExecResult(1, "", "Traceback (most recent call last):\nMemoryError\n"),
+     "checking WORKLOAD failed: MemoryError"),
+    (ExecResult(0, RESULT + '[{"result": {}}]\n', ""),
+     "checking WORKLOAD failed: " + RESULT.strip() + ' [{"result": {}}]'),
+])
+def test_a_nodes_check_that_fails_as_a_whole_fails_each_of_its_workloads(config_in, answer, why):
+    """Its python3 killed, failing before the checks, or printing a list that is not one answer
+    per workload: each workload's check on that node fails, named, with what it said last; the
+    other node's checks count."""
+    a, b = config_in.nodes[:2]
+    virt = Nodes(lambda node, argv: answer if node == b.name else ExecResult(
+        0, RESULT + json.dumps([{"result": {"saw": node}}] * 2) + "\n", ""))
+    p = plan_of(config_in, ["namespace", "lock"])
+    checked, errors = torture._check_all(virt, p, "test", [(i, n, d) for i, (n, d) in enumerate(p.nodes)])
+    assert checked == {("namespace", a.name): {"saw": a.name}, ("namespace", b.name): None,
+                       ("lock", a.name): {"saw": a.name}, ("lock", b.name): None}
+    assert errors == {(w, b.name): f"{b.name}: " + why.replace("WORKLOAD", w) for w in ("namespace", "lock")}
 
 
 def test_a_garbled_result_is_that_nodes_failure_not_the_runs_end():

@@ -17,6 +17,7 @@ import pytest
 
 from dali import consoles, faults, torture, workloads
 from dali.errors import DaliError
+from dali.virt import ExecResult
 from dali.workloads.common import Context
 from dali.workloads.guest import RESULT
 
@@ -72,13 +73,65 @@ def run_all(program, name, targets, **kw) -> dict:
 
 
 def check_all(program, name, targets, **kw) -> dict:
+    """Every "node"'s check of one workload, as a node checks: `check-all`; {node: what it saw}."""
     out = {}
     for i, t in enumerate(targets):
-        r = subprocess.run([sys.executable, str(program), "check", json.dumps(args(name, t, i, len(targets), **kw))],
+        r = subprocess.run([sys.executable, str(program), "check-all",
+                            json.dumps([args(name, t, i, len(targets), **kw)])],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        out[f"n{i}"] = json.loads(r.stdout.split(RESULT)[1])
+        [entry] = json.loads(r.stdout.split(RESULT)[1])
+        assert "result" in entry, entry
+        out[f"n{i}"] = entry["result"]
     return out
+
+
+class LocalNodes:
+    """torture's libvirt for "nodes" that are this host: each command run here, python3 being
+    this Python and the program the zip built here; every command line kept, by node."""
+
+    def __init__(self, program: Path):
+        self.program, self.asked = program, {}
+
+    def run(self, dom, argv, **_):
+        self.asked.setdefault(dom, []).append(argv)
+        argv = [sys.executable if a == "python3" else str(self.program) if a == torture.PROGRAM else a
+                for a in argv]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        return ExecResult(r.returncode, r.stdout, r.stderr)
+
+
+def test_one_python3_checks_every_workload_and_one_that_fails_fails_alone(program, tmp_path):
+    """A node checks the run's workloads in one python3; append's file gone, its check fails on
+    each node with the line a python3 of its own said (its traceback's last line), and the
+    others' checks still count: their judges find nothing, as checked one by one."""
+    targets, names = [tmp_path] * 2, ["namespace", "append", "lock"]
+    runs = {name: run_all(program, name, targets) for name in names}
+    appended = tmp_path / ".dali-torture-test" / "append" / "file"
+    appended.unlink()
+    virt = LocalNodes(program)
+    said = {f"n{i}": torture._check_node(virt, f"n{i}", [args(name, t, i, 2) for name in names])
+            for i, t in enumerate(targets)}
+    assert {node: [argv[:3] for argv in asked] for node, asked in virt.asked.items()} == {
+        node: [["python3", torture.PROGRAM, "check-all"]] for node in said}, "one python3 per node"
+    for node, (namespace, append, lock) in said.items():
+        assert append == (f"{node}: checking append failed: FileNotFoundError: [Errno 2] "
+                          f"No such file or directory: '{appended}'")
+        assert namespace == check_all(program, "namespace", targets)[node]
+        assert lock == check_all(program, "lock", targets)[node]
+    for name, at in (("namespace", 0), ("lock", 2)):
+        checks = {node: answers[at] for node, answers in said.items()}
+        assert violations(runs[name], judge(name, targets, runs[name], checks)) == {}, name
+
+
+def test_a_node_whose_python3_fails_as_a_whole_fails_each_check_with_its_last_line(program, tmp_path):
+    """No list printed (a program that dies, here one that cannot be read): every check of the
+    node fails, each named, with what it printed last."""
+    virt = LocalNodes(tmp_path / "not-there.pyz")
+    said = torture._check_node(virt, "n0", [args(name, tmp_path, 0, 1) for name in ("namespace", "lock")])
+    assert len(said) == 2 and all(isinstance(why, str) for why in said), said
+    assert said[0].startswith("n0: checking namespace failed: ") and said[1].startswith("n0: checking lock failed: ")
+    assert "not-there.pyz" in said[0], said
 
 
 def judge(name, targets, runs, checks, **kw):

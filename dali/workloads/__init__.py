@@ -8,11 +8,14 @@ Each workload is a module with:
     WHY_NOT          {target: the one line saying why it does not run there}, where that helps
     PARAMS           its parameters and their defaults (`doit torture lock:kind=none`)
     run(ctx, rec)    on every node at once, until the time is up: returns rec.result(state)
-    check(ctx)       on every node, after every run ended: what this node sees now
+    check(ctx)       on every node still up, after every run ended: what this node sees now
     judge(ctx, runs, checks)   on the host: the violations, by node (a Verdict)
 
 They run inside the guests with Debian's python3 and nothing else: dali/torture.py ships this
-package to each node as one zip file (zipapp) and starts it through the guest agent.
+package to each node as one zip file (zipapp) and starts it through the guest agent, once per
+workload for its run (guest.py: `python3 torture.pyz run ARGS`), then once per node for every
+workload's check in turn (`check-all`): a python3 start costs a node under TCG half a second
+to a second of CPU, and the checks are short reads.
 """
 
 from __future__ import annotations
