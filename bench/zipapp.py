@@ -3,7 +3,7 @@ ships to every node (dali/workloads/__init__.py), with the bytecode compiled on 
 the source (as shipped since 2026-12-06) and with the source alone (as before: each start
 compiles the package again, since Python cannot write bytecode into a zip), alternating, in
 one run on one booted node. Each `doit torture` starts one such python3 per workload and node,
-and one more per workload and node to check what it sees.
+and one more per node to check what it sees of every workload.
 
     .venv/bin/python bench/zipapp.py [ROUNDS]   # default 10; about 2 minutes
 
