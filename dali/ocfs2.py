@@ -15,6 +15,13 @@ the host, from the FAM), so a refused start leaves every node as it was.
 
 A node number is its fixed address within the subnet: stable whatever the order of clones,
 unique, and the same on every node.
+
+A node that leaves the config (shut down, dropped from `clones`) leaves o2cb's registration on
+the nodes that stay too, not only their cluster.conf: o2dlm lets a node join a mounted
+filesystem only when both sides register the same nodes, so a node booting afterwards (from a
+cluster.conf without it) was refused by the others (mount.ocfs2: "Internal logic failure",
+EINVAL). A node that left the config but still runs keeps its registration (dali/prune.py leaves
+it running): cutting a live node's links would have it and the others fence each other.
 """
 
 from __future__ import annotations
@@ -73,13 +80,29 @@ def fstab_line(cluster: Cluster) -> str:
     return f"{DEVICE} {cluster.fs.mountpoint} ocfs2 _netdev,x-systemd.requires=o2cb.service 0 0"
 
 
-def configure(cluster: Cluster, virt: Libvirt, dom, wanted: dict[str, str]) -> None:
+def still_running_elsewhere(cluster: Cluster, virt: Libvirt) -> list[str]:
+    """Our nodes that left the config but still run: their registration stays on the others."""
+    configured = {n.name for n in cluster.nodes}
+    return sorted(name for name, dom in virt.our_domains().items()
+                  if name not in configured and virt.is_running(dom))
+
+
+def _stale_registrations(cluster: Cluster, keep: list[str]) -> str:
+    """A shell test listing the nodes o2cb has registered that are neither configured nor in
+    keep (one per line; nothing when there are none)."""
+    known = " ".join(shlex.quote(n) for n in [n.name for n in cluster.nodes] + keep)
+    return (f"for d in /sys/kernel/config/cluster/{cluster_name(cluster)}/node/*; do "
+            f"[ -d \"$d\" ] || continue; n=${{d##*/}}; case \" {known} \" in *\" $n \"*) ;; *) echo \"$n\";; esac; done")
+
+
+def configure(cluster: Cluster, virt: Libvirt, dom, wanted: dict[str, str], keep: list[str] = ()) -> None:
     """Put the files on a running node and register the cluster, as far as the node lacks them.
     A node that booted with its configuration in place has o2cb started and the device mounted
     by its boot (fstab): it is left to it, for what unmasking (a reload of systemd) and a
     registration cost under TCG (about 9 s of every `doit start` of three nodes). On a node
-    where o2cb already runs, registering again adds the nodes new to cluster.conf, online:
-    nobody unmounts."""
+    where o2cb already runs, registering again adds the nodes new to cluster.conf, online, and
+    the nodes that left it (but those in keep, still running) are unregistered: nobody
+    unmounts."""
     changed = [path for path, text in wanted.items() if virt.run(dom, ["cat", path]).stdout != text]
     if changed:
         virt.run(dom, ["mkdir", "-p", "/etc/ocfs2"]).check("mkdir /etc/ocfs2")
@@ -103,7 +126,10 @@ def configure(cluster: Cluster, virt: Libvirt, dom, wanted: dict[str, str]) -> N
               # o2cb registers this node by its address: on a loaded host DHCP can still be at it
               f"for i in $(seq 300); do ip -4 -o addr show | grep -qF ' {address}/' && break; sleep 1; done; "
               f"if systemctl is-active -q o2cb; then ( {registered} ) || o2cb register-cluster {name}; "
-              "else systemctl start o2cb || { journalctl -u o2cb -n 15 --no-pager; exit 1; }; fi")
+              "else systemctl start o2cb || { journalctl -u o2cb -n 15 --no-pager; exit 1; }; fi && "
+              # the nodes that left the config: rmdir is o2nm's own way to unregister one online
+              f"for n in $({_stale_registrations(cluster, list(keep))}); do "
+              f"rmdir /sys/kernel/config/cluster/{name}/node/$n || exit 1; done")
     virt.run(dom, ["sh", "-c", script], timeout=600).check(f"setting up o2cb on {dom.name()}")
 
 
@@ -180,11 +206,11 @@ def bring_up(cluster: Cluster, files: Storage, virt: Libvirt, running: list[tupl
     """Every running node configured, the device formatted if it is blank, mounted everywhere."""
     if not running:
         return
-    wanted = config_files(cluster, virt)
+    wanted, keep = config_files(cluster, virt), still_running_elsewhere(cluster, virt)
     # Node by node, each step waits on systemd and o2cb under TCG, and each mount on the
     # heartbeat: side by side instead. Nodes mount at once at every boot anyway (fstab), which
     # is what OCFS2's superblock lock and slot map are for.
-    each(running, lambda node, dom: configure(cluster, virt, dom, wanted))
+    each(running, lambda node, dom: configure(cluster, virt, dom, wanted, keep))
     format_if_blank(cluster, files, virt, running[0][1])
 
     def mount_here(node, dom):
@@ -211,13 +237,14 @@ def running_nodes(cluster: Cluster, files: Storage, virt: Libvirt) -> list:
 
 
 def is_current(cluster: Cluster, files: Storage, virt: Libvirt) -> bool:
-    """Every running node holds the configuration for the cluster as it is now, and has the
-    filesystem mounted."""
-    wanted = config_files(cluster, virt)
+    """Every running node holds the configuration for the cluster as it is now, registers no
+    node that left it (but those still running), and has the filesystem mounted."""
+    wanted, stale = config_files(cluster, virt), _stale_registrations(cluster, still_running_elsewhere(cluster, virt))
 
     def current(_node, dom) -> bool:
         return (all(virt.run(dom, ["cat", path]).stdout == text for path, text in wanted.items())
-                and virt.run(dom, ["mountpoint", "-q", cluster.fs.mountpoint]).exitcode == 0)
+                and virt.run(dom, ["sh", "-c", f"mountpoint -q {shlex.quote(cluster.fs.mountpoint)} && "
+                                               f"[ -z \"$({stale})\" ]"]).exitcode == 0)
     # Every `doit` and `doit start` asks this of a running cluster: the nodes answer side by side.
     return all(each(running_nodes(cluster, files, virt), current))
 

@@ -118,8 +118,8 @@ def test_a_fourth_node_joins_while_three_run_mounted(cluster):
 
 def test_the_fourth_node_leaves_while_three_stay_mounted(cluster):
     """As a user takes a node out: shut it down, drop it from the config, `doit`, then
-    `doit remove:NODE` for its disk. The others keep their mounts and the files; their
-    cluster.conf no longer names it. (After the join above; the modules after this one work on
+    `doit remove:NODE` for its disk. The others keep their mounts and the files; neither their
+    cluster.conf nor o2cb's registration names it, and a node booting afterwards joins them. (After the join above; the modules after this one work on
     a, b and c.)"""
     ids = mount_ids(cluster, "abc")
     cluster.doit("shutdown", "d")  # it unmounts and leaves the heartbeat: nobody waits for it
@@ -131,5 +131,12 @@ def test_the_fourth_node_leaves_while_three_stay_mounted(cluster):
     assert mount_ids(cluster, "abc") == ids, "no node that stays unmounted"
     names = cluster.doit("pssh", "--on", "a,b,c", "grep -c 'name = ' /etc/ocfs2/cluster.conf").stdout
     assert names.count("\n4\n") == 3, names  # the cluster's name and a, b, c: d is gone
-    cluster.doit("pssh", "--on", "c", "echo after d left > /data/after-d")
-    assert "after d left" in cluster.doit("pssh", "--on", "a", "cat /data/after-d").stdout
+    registered = cluster.doit("pssh", "--on", "a,b,c", f"ls /sys/kernel/config/cluster/{TAG}/node").stdout
+    assert registered.count(f"{TAG}a\n{TAG}b\n{TAG}c\n") == 3, registered  # o2cb's view too
+    cluster.doit("pssh", "--on", "c", "echo once d left > /data/d-gone")
+    assert "once d left" in cluster.doit("pssh", "--on", "a", "cat /data/d-gone").stdout
+    # A node booting now joins the others (o2dlm refuses a node whose registered nodes differ).
+    cluster.doit("shutdown", "c")
+    cluster.doit("start", "c")
+    assert mounted_on(cluster) == {"a": True, "b": True, "c": True}
+    assert "once d left" in cluster.doit("pssh", "--on", "c", "cat /data/d-gone").stdout
