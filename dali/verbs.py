@@ -9,6 +9,8 @@ pyproject.toml, as `clean` is) that
 - takes the words typed after its name, as typed (typed_after): a word with a '=' is the verb's,
   but a config=PATH at the end still names the cluster file, as one before the verb's name does
   (dodo.py reads doit's variable `config`);
+- refuses a config=PATH as the first of them, which would be the verb's (pssh's command) where
+  it reads as the cluster file: in one line, nothing run;
 - parses them with the verb's parser, declared once below: options anywhere among torture's
   workloads, pput's paths and dump's nodes, before pssh's command (which has options of its
   own), `--` ending them. A mistake is one line and exit 2, before dodo.py is loaded; -h or
@@ -71,6 +73,12 @@ class Verb(Run):
 
     @classmethod
     def parse(cls, words: list[str]) -> argparse.Namespace:
+        if words and words[0].startswith("config="):
+            # The verb's own word (pssh would run it as the command's first word), not the
+            # cluster file: refused, or `doit pssh config=other.toml CMD` ran CMD on the
+            # cluster of ./cluster.toml. A command that starts so goes after `--`.
+            raise DaliError(f"{words[0]}: a cluster file goes before the verb or at the end "
+                            f"(doit {words[0]} {cls.name} ... or doit {cls.name} ... {words[0]})")
         parser = cls.parser()
         if cls.options_first:
             given, left = parser.parse_known_args(words)

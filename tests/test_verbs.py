@@ -51,6 +51,20 @@ def test_a_pssh_command_keeps_its_words_with_an_equals_sign(cluster_file):
     assert line == f"dali: pssh: 'echo a=b rc=$? FOO=bar' failed on {TAG}b (not running)"
 
 
+def test_a_config_word_right_after_the_verb_is_refused_not_run_on_another_cluster(cluster_file):
+    """`doit pssh config=PATH CMD` reads as naming the cluster file, but the word is the verb's:
+    pssh ran `config=PATH CMD` on the cluster of ./cluster.toml. One line, exit 2, nothing run;
+    after `--` it is the command's."""
+    for verb, rest in (("pssh", ["true"]), ("torture", ["append"]), ("dump", ["b"])):
+        run = run_doit(verb, f"config={cluster_file}", *rest)  # no other config=: ./cluster.toml's
+        line = one_error_line(run)
+        assert run.returncode == 2 and not re.search(r"^\.  ", run.stdout, re.M), run.stdout + run.stderr
+        assert line == (f"dali: {verb}: config={cluster_file}: a cluster file goes before the verb or at the end "
+                        f"(doit config={cluster_file} {verb} ... or doit {verb} ... config={cluster_file})")
+    line = failing(cluster_file, "pssh", "--on", "b", "--", "config=x", "true")
+    assert line == f"dali: pssh: 'config=x true' failed on {TAG}b (not running)"
+
+
 def test_a_config_word_among_the_verbs_words_is_the_verbs(cluster_file):
     """config=PATH before the verb's name names the cluster file; one in the command is the
     command's (doit alone would have taken it for the cluster file)."""
