@@ -60,5 +60,17 @@ def by_cluster(config, log):
             group = GROUP_OF.get(Path(path).name)
             return path if group is None else CLUSTER_MODULES[group][0]
 
+        def _reschedule(self, node) -> None:
+            # xdist hands a worker its next unit once it has two tests left to run. A group's
+            # last tests can take minutes (test_torture's two kernels, 95 s), so the worker
+            # running the OCFS2 group took test_kernel_loop while the other, free a minute
+            # later, got only test_two_clusters, and the run ended on one worker (2026-12-06:
+            # 77 s of one core idle at the end). With one test left, the one a worker holds
+            # until it has more work or is told to stop, the next unit goes to whichever
+            # worker is about to be free.
+            if self.workqueue and not node.shutting_down and self._pending_of(self.assigned_work[node]) > 1:
+                return
+            super()._reschedule(node)
+
     config.option.loadscopereorder = False  # the collection's order: longest first
     return ByCluster(config, log)
