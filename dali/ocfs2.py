@@ -18,9 +18,10 @@ unique, and the same on every node.
 
 A node that leaves the config (shut down, dropped from `clones`) leaves o2cb's registration on
 the nodes that stay too, not only their cluster.conf: o2dlm lets a node join a mounted
-filesystem only when both sides register the same nodes, so a node booting afterwards (from a
-cluster.conf without it) was refused by the others (mount.ocfs2: "Internal logic failure",
-EINVAL). A node that left the config but still runs keeps its registration (dali/prune.py leaves
+filesystem only when both sides register the same nodes (dlm_match_nodes in the kernel's
+fs/ocfs2/dlm/dlmdomain.c: "registered in local node but not in joining node", EINVAL), so a
+node booting afterwards (from a cluster.conf without it) was refused by the others
+(mount.ocfs2: "Internal logic failure"). A node that left the config but still runs keeps its registration (dali/prune.py leaves
 it running): cutting a live node's links would have it and the others fence each other.
 """
 
