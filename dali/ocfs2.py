@@ -31,7 +31,7 @@ import ipaddress
 import shlex
 import subprocess
 
-from dali import fam, guest, lifecycle, network
+from dali import fam, guest, lifecycle, network, prune
 from dali.cluster import Cluster, Node
 from dali.errors import DaliError
 from dali.fanout import each
@@ -81,11 +81,10 @@ def fstab_line(cluster: Cluster) -> str:
     return f"{DEVICE} {cluster.fs.mountpoint} ocfs2 _netdev,x-systemd.requires=o2cb.service 0 0"
 
 
-def still_running_elsewhere(cluster: Cluster, virt: Libvirt) -> list[str]:
-    """Our nodes that left the config but still run: their registration stays on the others."""
-    configured = {n.name for n in cluster.nodes}
-    return sorted(name for name, dom in virt.our_domains().items()
-                  if name not in configured and virt.is_running(dom))
+def _still_running_elsewhere(cluster: Cluster, virt: Libvirt) -> list[str]:
+    """Our nodes that left the config (prune's stale domains) but still run: their
+    registration stays on the others."""
+    return sorted(name for name, dom in prune.stale_domains(cluster, virt).items() if virt.is_running(dom))
 
 
 def _stale_registrations(cluster: Cluster, keep: list[str]) -> str:
@@ -207,7 +206,7 @@ def bring_up(cluster: Cluster, files: Storage, virt: Libvirt, running: list[tupl
     """Every running node configured, the device formatted if it is blank, mounted everywhere."""
     if not running:
         return
-    wanted, keep = config_files(cluster, virt), still_running_elsewhere(cluster, virt)
+    wanted, keep = config_files(cluster, virt), _still_running_elsewhere(cluster, virt)
     # Node by node, each step waits on systemd and o2cb under TCG, and each mount on the
     # heartbeat: side by side instead. Nodes mount at once at every boot anyway (fstab), which
     # is what OCFS2's superblock lock and slot map are for.
@@ -240,7 +239,7 @@ def running_nodes(cluster: Cluster, files: Storage, virt: Libvirt) -> list:
 def is_current(cluster: Cluster, files: Storage, virt: Libvirt) -> bool:
     """Every running node holds the configuration for the cluster as it is now, registers no
     node that left it (but those still running), and has the filesystem mounted."""
-    wanted, stale = config_files(cluster, virt), _stale_registrations(cluster, still_running_elsewhere(cluster, virt))
+    wanted, stale = config_files(cluster, virt), _stale_registrations(cluster, _still_running_elsewhere(cluster, virt))
 
     def current(_node, dom) -> bool:
         return (all(virt.run(dom, ["cat", path]).stdout == text for path, text in wanted.items())
