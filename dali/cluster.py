@@ -194,6 +194,7 @@ class Cluster(NamedTuple):
     remote_netns: str = ""  # with a remote uri: the namespace of that host's guest networks
     coherence: str = "off"  # off, strict or cached: the FAM checked as non-coherent memory (docs/coherence.md)
     known_failures: Path | None = None  # the baseline of doit torture (dali/known_failures.py)
+    namespace_from: str = "cache"  # cache or original: where a new FAM's namespace comes from (dali/namespaces.py)
 
     # --- who we are --------------------------------------------------------------------------
 

@@ -38,6 +38,10 @@ _SIGNATURES = {b"NVDIMM_PFN_INFO\0": "fsdax", b"NVDIMM_DAX_INFO\0": "devdax"}
 # npfns le64, mode le32, start_pad le32, end_trunc le32, align le32
 _PFN_SB = struct.Struct("<16s16s16sIHHQQIIII")
 INFO_BLOCK_SIZE = _PFN_SB.size
+# The whole block is 4 KiB, its last 8 bytes a checksum of the rest (struct nd_gen_sb).
+INFO_BLOCK_BYTES = 4096
+_UUID = slice(16, 32)
+_CHECKSUM = slice(INFO_BLOCK_BYTES - 8, INFO_BLOCK_BYTES)
 
 
 def is_ready(cluster: Cluster, files: Storage) -> bool:
@@ -84,6 +88,33 @@ def namespace_in(block: bytes, fam_size: int) -> dict:
             "size": fam_size - dataoff - start_pad - end_trunc, "align": align,
             # Where the device's first byte lies in the FAM (dataoff counts from the padding).
             "data_offset": start_pad + dataoff}
+
+
+def checksum(block: bytes) -> int:
+    """The kernel's nd_sb_checksum of a 4 KiB info block: Fletcher-64 over its little-endian
+    32-bit words, the checksum's own 8 bytes counted as zeros (drivers/nvdimm/core.c). The
+    kernel ignores a namespace whose block does not match (nd_pfn_validate)."""
+    low = high = 0
+    for (word,) in struct.iter_unpack("<I", block[:_CHECKSUM.start] + bytes(8)):
+        low = (low + word) & 0xFFFFFFFF
+        high = (high + low) & 0xFFFFFFFFFFFFFFFF
+    return ((high << 32) | low) & 0xFFFFFFFFFFFFFFFF
+
+
+def checksum_holds(block: bytes) -> bool:
+    return len(block) == INFO_BLOCK_BYTES and struct.unpack("<Q", block[_CHECKSUM])[0] == checksum(block)
+
+
+def with_uuid(block: bytes, uuid: bytes) -> bytes:
+    """The same info block for a namespace of uuid `uuid`, its checksum made again: what ndctl
+    writes for another namespace of the same size, mode and kernel (the layout is the same;
+    ndctl gives each namespace a random uuid of its own)."""
+    if not checksum_holds(block):
+        raise DaliError("the info block to copy does not hold its own checksum: not a namespace ndctl made")
+    new = bytearray(block)
+    new[_UUID] = uuid
+    new[_CHECKSUM] = struct.pack("<Q", checksum(bytes(new)))
+    return bytes(new)
 
 
 # --- the FAM as it is now, wherever it lives --------------------------------------------------

@@ -50,16 +50,22 @@ _COMPRESSED = {".xz": "xz", ".zst": "zstd", ".gz": "gzip"}
 
 # --- the kernel and its modules directory ---------------------------------------------------
 
-def kernel_release(bzimage: Path) -> str:
-    """The release string (`uname -r`) built into an x86 bzImage, read from its setup header."""
+def kernel_version(bzimage: Path) -> str:
+    """The version string built into an x86 bzImage, read from its setup header: the release
+    (`uname -r`), then the build's number, host and date ("6.1.0-50-amd64 (debian-kernel@...)
+    #1 SMP ..."): a rebuilt kernel has another."""
     with open(bzimage, "rb") as f:
         header = f.read(0x400)
         if len(header) < 0x210 or header[0x202:0x206] != b"HdrS":
             raise DaliError(f"{bzimage} is not an x86 bzImage (no HdrS header): give arch/x86/boot/bzImage")
         offset = struct.unpack_from("<H", header, 0x20E)[0]
         f.seek(offset + 0x200)
-        text = f.read(256).split(b"\0")[0].decode(errors="replace")
-    return text.split(" ")[0]
+        return f.read(256).split(b"\0")[0].decode(errors="replace")
+
+
+def kernel_release(bzimage: Path) -> str:
+    """The release string (`uname -r`) built into an x86 bzImage."""
+    return kernel_version(bzimage).split(" ")[0]
 
 
 def modules_dir(path: Path, release: str) -> Path:

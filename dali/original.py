@@ -10,7 +10,7 @@ another mode is never reconfigured: that would destroy the shared device's conte
 
 from __future__ import annotations
 
-from dali import fam, guest, lifecycle
+from dali import fam, guest, lifecycle, namespaces
 from dali.cluster import Cluster
 from dali.errors import DaliError
 from dali.reporter import log
@@ -80,6 +80,7 @@ def reconfigure(cluster: Cluster, files: Storage, virt: Libvirt) -> dict:
                                      "ndctl's output in the guest"))
     device = ns.get("blockdev") or ns.get("chardev") or (ns.get("daxregion", {}).get("devices") or [{}])[0].get("chardev")
     log(visible_line(f"{dom.name()}: {guest.NAMESPACE} {mode}, size {ns.get('size')}, device {device}"))
+    namespaces.keep(cluster, files)  # for the next FAM like this one: no boot (dali/namespaces.py)
     return on_fam
 
 

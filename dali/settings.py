@@ -455,6 +455,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("device.style", Choice(("seed", "native")), "seed",
             "seed: the seed's qemu:commandline stanzas and an AppArmor template rule; native: "
             "libvirt's own <memory model='nvdimm'>, the template left alone"),
+    Setting("device.namespace_from", Choice(("cache", "original")), "cache",
+            "where a new FAM's namespace comes from: cache, the one this checkout's original made "
+            "for the same fam.size, device.mode and kernel, written in without a boot (the "
+            "original boots when there is none); original: the original boots and ndctl makes it, "
+            "every time (the seed's way)"),
     Setting("device.coherence", Choice(("off", "strict", "cached")), "off",
             "off: the host's coherent memory, as the nodes' QEMUs share it; strict or cached: "
             "every node's QEMU checks each load, store and flush of the FAM against a model of "
@@ -797,6 +802,7 @@ def _cluster(v: dict, origin: dict, path: Path, repo: Path) -> Cluster:
         image=Image(image_path, v["image.suite"], v["image.mirror"], v["image.http_proxy"],
                     v["image.extra_packages"], v["image.disk_size"]),
         device_mode=v["device.mode"], device_style=v["device.style"], coherence=v["device.coherence"],
+        namespace_from=v["device.namespace_from"],
         fs=Filesystem(v["fs.type"], v["fs.mountpoint"], v["fs.slots"], v["fs.heartbeat_threshold"]),
         own_kernel=_own_kernel(v, path), kernel_args=v["kernel.cmdline"], shares=v["share"],
         gdb=v["debug.gdb"],

@@ -1,5 +1,8 @@
 """Stage: boot the original, make its namespace fsdax, shut it down (seed step 4).
 
+original:cached writes the namespace this checkout's original made last for a FAM like this
+one (device.namespace_from, dali/namespaces.py) into a FAM still raw: the FAM is then prepared,
+and the three steps of the original have nothing to do.
 original:boot and original:reconfigure are up to date while the FAM holds an fsdax namespace,
 a fact read from the FAM (dali/original.py). original:shutdown powers off the run of the
 original that original:boot started (doit keeps which, as boot's value) while that run still
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 from doit.dependency import UptodateCalculator
 
-from dali import original
+from dali import namespaces, original
 from dali.cluster import Cluster
 from dali.steps import Step, uptodate
 from dali.storage import Storage
@@ -23,10 +26,18 @@ def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
     name = cluster.original_node.name
     done = (uptodate(original.prepared), [cluster, files], {})
     yield {
+        "basename": "original", "name": "cached",
+        "doc": "a new FAM given the namespace an original made for one like it, with no boot",
+        "actions": [Step("write the cached namespace into the FAM", namespaces.give, cluster, files,
+                         changes=cluster)],
+        "task_dep": ["fam"],
+        "uptodate": [(uptodate(namespaces.nothing_to_give), [cluster, files], {})],
+    }
+    yield {
         "basename": "original", "name": "boot",
         "doc": f"boot {name} and wait for its guest agent",
         "actions": [Step(f"boot {name}", original.boot, cluster, files, virt, changes=cluster)],
-        "task_dep": [f"define:{name}"],
+        "task_dep": [f"define:{name}", "original:cached"],
         "uptodate": [done],
     }
     yield {

@@ -54,12 +54,14 @@ def test_stages_and_their_order(graph):
     assert dodo.DOIT_CONFIG["backend"] == "sqlite3"
     assert dodo.DOIT_CONFIG["dep_file"].endswith("state/graphtest.doit.sqlite")
     for name in ["preflight", "network", "fam", "apparmor", "image", "accel", "disk:graphtesta",
-                 "render:graphtesta", "define:graphtesta", "original:boot",
+                 "render:graphtesta", "define:graphtesta", "original:cached", "original:boot",
                  "original:reconfigure", "original:shutdown", "freeze", "define:graphtestb",
                  "define:graphtestc", "prune", "clone", "start", "shutdown", "verify"]:
         assert name in tasks, name
     assert {"preflight", "network", "fam", "apparmor", "disk:graphtesta",
             "render:graphtesta"} <= deps(tasks, "define:graphtesta")
+    assert deps(tasks, "original:cached") == {"fam"}  # no boot: the FAM alone
+    assert deps(tasks, "original:boot") == {"define:graphtesta", "original:cached"}
     assert deps(tasks, "original:reconfigure") == {"original:boot"}
     assert deps(tasks, "original:shutdown") == {"original:reconfigure"}
     assert "freeze" in deps(tasks, "disk:graphtestb")

@@ -102,8 +102,10 @@ CLEAN = [  # (what clean prints, signal, seconds to wait after it, where the run
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    # The original boots and makes the namespace, whatever the checkout's cache holds
+    # (dali/namespaces.py): its boot and its ndctl are kill points.
     c = ClusterUnderTest(tmp_path_factory.mktemp(TAG) / "cluster.toml", TAG, clones=["b"],
-                         clone={"mode": "copy"})
+                         clone={"mode": "copy"}, device={"namespace_from": "original"})
     yield c
     c.teardown()
 

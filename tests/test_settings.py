@@ -340,6 +340,7 @@ OTHER_VALUES = {
     "image.extra_packages": '[image]\nextra_packages = ["vim"]', "image.disk_size": '[image]\ndisk_size = "9G"',
     "device.mode": '[device]\nmode = "devdax"', "device.style": '[device]\nstyle = "native"',
     "device.coherence": '[device]\ncoherence = "cached"',
+    "device.namespace_from": '[device]\nnamespace_from = "original"',
     "fs.type": '[fs]\ntype = "ocfs2"', "fs.mountpoint": '[fs]\nmountpoint = "/mnt/x"', "fs.slots": '[fs]\nslots = 9',
     "fs.heartbeat_threshold": '[fs]\nheartbeat_threshold = 11',
     "kernel.path": '[kernel]\npath = "BZIMAGE"\nmodules = "MODULES"',

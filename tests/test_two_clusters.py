@@ -2,6 +2,10 @@
 network and subnet, both are built at the same time (neither waits for the other's lock), both
 run and verify at once, and cleaning one leaves the other running. A second cluster that would
 share a tag's names or a directory's files is refused in one line. Real libvirtd, real guests.
+
+Both are built after another cluster of the checkout made the namespace of a FAM like theirs:
+neither boots its original, each FAM gets that namespace with a uuid of its own, and their
+nodes' kernels take it (dali/namespaces.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from dali import fam, namespaces
 from support.cluster import ClusterUnderTest, unique_tag
 from support.doit import DOIT, one_error_line, run_doit, user_env
 
@@ -43,7 +48,23 @@ class ByEnvironment(ClusterUnderTest):
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def cached_namespace(tmp_path_factory) -> Path:
+    """The namespace of a 1 GiB fsdax FAM on the image's kernel, kept in the checkout's cache:
+    there once the suite's OCFS2 or first cluster is built; when this module runs alone, made
+    by a one-node cluster's original, and that cluster removed."""
+    maker = ByEnvironment(tmp_path_factory.mktemp("maker") / "c.toml", unique_tag("dalins"))
+    head = namespaces.cached_head(maker.cfg)
+    try:
+        if not head.is_file():
+            maker.doit("original")
+    finally:
+        maker.teardown()
+    assert head.is_file()
+    return head
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, cached_namespace):
     one = ByEnvironment(tmp_path_factory.mktemp("one") / "c.toml", ONE)
     two = ByEnvironment(tmp_path_factory.mktemp("two") / "c.toml", TWO)
     yield one, two
@@ -56,7 +77,7 @@ def subnet(c: ClusterUnderTest) -> ipaddress.IPv4Network:
     return ipaddress.IPv4Network(f"{ip.get('address')}/{ip.get('prefix')}", strict=False)
 
 
-def test_both_build_at_once(pair):
+def test_both_build_at_once(pair, cached_namespace):
     runs = [subprocess.Popen([str(DOIT), f"config={c.path}"], cwd=REPO, env=user_env(**c.env),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in pair]
     for c, run in zip(pair, runs):
@@ -64,7 +85,12 @@ def test_both_build_at_once(pair):
         print(out)
         assert run.returncode == 0, out
         assert "is changing cluster" not in out, "another cluster's lock is not ours to wait for"
+        assert "the original need not boot" in out and "waiting for its guest agent" not in out
     one, two = pair
+    cached = fam.namespace_in(cached_namespace.read_bytes()[fam.INFO_BLOCK_OFFSET:][:fam.INFO_BLOCK_SIZE], 1 << 30)
+    ours = [fam.namespace(c.cfg.fam_path) for c in pair]
+    assert [ns["mode"] for ns in ours] == ["fsdax", "fsdax"]
+    assert len({ns["uuid"] for ns in ours} | {cached["uuid"]}) == 3, "a namespace of its own each"
     assert one.cfg.network.name == ONE and two.cfg.network.name == TWO
     assert not subnet(one).overlaps(subnet(two))
 
