@@ -18,8 +18,9 @@ FAM prepared. The kernel checks the block when a node boots; `doit verify` check
 sees the FAM's namespace.
 
 Only where the original would have made the namespace: a raw FAM and a device.mode that asks
-for one. A FAM that holds a namespace is never written here, and a raw FAM's head was about to
-be ndctl's anyway. The head is written first without its info block, then the block: a run
+for one, and no node running on it (an original a killed run left booting is the original's
+path's to finish: its ndctl makes the namespace). A FAM that holds a namespace is never written
+here, and a raw FAM's head was about to be ndctl's anyway. The head is written first without its info block, then the block: a run
 killed in between leaves a FAM still raw, which the next run writes again.
 
 device.namespace_from = "original" makes the original boot and make it, as the seed does, every
@@ -40,6 +41,7 @@ from dali.initramfs import kernel_version
 from dali.reporter import log
 from dali.scratch import remove_abandoned_work, remove_tree, work_dir
 from dali.storage import Storage
+from dali.virt import Libvirt
 
 _BLOCK = 4096
 
@@ -67,23 +69,30 @@ def cached_head(cluster: Cluster) -> Path | None:
 # --- giving a new FAM its namespace -------------------------------------------------------------
 
 
-def _to_give(cluster: Cluster, files: Storage) -> Path | None:
+def _to_give(cluster: Cluster, files: Storage, virt: Libvirt) -> Path | None:
     """The head to write into the FAM, if the original would otherwise boot to make it."""
     if cluster.namespace_from != "cache" or not files.exists(cluster.fam_path):
         return None
     if fam.held(cluster, files)["mode"] != "raw":
         return None  # a namespace already (the original's check refuses one of another mode)
     head = cached_head(cluster)
-    return head if head is not None and head.is_file() else None
+    if head is None or not head.is_file():
+        return None
+    if any(virt.is_active(name) for name in virt.domains_using(cluster.fam_path)):
+        # A node runs on the raw FAM (an original a killed run left booting, one the user
+        # started): nothing is written under its kernel; original:boot finds it running and
+        # its ndctl makes the namespace, as without the cache.
+        return None
+    return head
 
 
-def nothing_to_give(cluster: Cluster, files: Storage) -> bool:
-    return _to_give(cluster, files) is None
+def nothing_to_give(cluster: Cluster, files: Storage, virt: Libvirt) -> bool:
+    return _to_give(cluster, files, virt) is None
 
 
-def give(cluster: Cluster, files: Storage) -> None:
+def give(cluster: Cluster, files: Storage, virt: Libvirt) -> None:
     """The cached head written over the FAM's, the info block last, with a uuid of its own."""
-    head_path = _to_give(cluster, files)
+    head_path = _to_give(cluster, files, virt)
     if head_path is None:
         return
     head = head_path.read_bytes()

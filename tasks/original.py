@@ -28,10 +28,10 @@ def gen_tasks(cluster: Cluster, files: Storage, virt: Libvirt):
     yield {
         "basename": "original", "name": "cached",
         "doc": "a new FAM given the namespace an original made for one like it, with no boot",
-        "actions": [Step("write the cached namespace into the FAM", namespaces.give, cluster, files,
+        "actions": [Step("write the cached namespace into the FAM", namespaces.give, cluster, files, virt,
                          changes=cluster)],
         "task_dep": ["fam"],
-        "uptodate": [(uptodate(namespaces.nothing_to_give), [cluster, files], {})],
+        "uptodate": [(uptodate(namespaces.nothing_to_give), [cluster, files, virt], {})],
     }
     yield {
         "basename": "original", "name": "boot",

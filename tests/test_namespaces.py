@@ -71,22 +71,22 @@ def test_a_new_fam_gets_it_with_a_uuid_of_its_own(made_by_an_original, data_dir)
                           repo=made_by_an_original.state_dir.parent.parent)
     files = local_files(other)
     fam.ensure(other, files, files.virt)
-    assert not namespaces.nothing_to_give(other, files)
-    namespaces.give(other, files)
+    assert not namespaces.nothing_to_give(other, files, files.virt)
+    namespaces.give(other, files, files.virt)
     mine, theirs = fam.namespace(other.fam_path), fam.namespace(made_by_an_original.fam_path)
     assert mine["mode"] == "fsdax" and mine["uuid"] != theirs["uuid"]
     assert {**mine, "uuid": None} == {**theirs, "uuid": None}
     head = head_of(other.fam_path)
     assert fam.checksum_holds(head[4096:8192])
     assert head[1 << 20:(1 << 20) + 12] == b"struct pages", "the rest of the head, byte for byte"
-    assert namespaces.nothing_to_give(other, files), "once is enough: the FAM is prepared"
+    assert namespaces.nothing_to_give(other, files, files.virt), "once is enough: the FAM is prepared"
 
 
 def test_a_fam_holding_a_namespace_is_never_written(made_by_an_original, files_in):
     c = made_by_an_original
     before = head_of(c.fam_path)
-    assert namespaces.nothing_to_give(c, files_in)
-    namespaces.give(c, files_in)
+    assert namespaces.nothing_to_give(c, files_in, files_in.virt)
+    namespaces.give(c, files_in, files_in.virt)
     assert head_of(c.fam_path) == before
 
 
@@ -102,5 +102,25 @@ def test_nothing_is_given_where_the_original_is_asked_to_make_it(made_by_an_orig
         other.data_dir.mkdir(parents=True, exist_ok=True)
         with open(other.fam_path, "wb") as f:
             f.truncate(other.fam_size)
-        assert namespaces.nothing_to_give(other, files), extra
+        assert namespaces.nothing_to_give(other, files, files.virt), extra
         other.fam_path.unlink()
+
+
+def test_nothing_is_written_under_a_running_node(made_by_an_original, data_dir):
+    """A node running on the raw FAM (an original a killed run left booting): its kernel has the
+    device, and the original's own path makes the namespace (original:boot finds it running)."""
+    other = settings.load(env={"DALI_DIR": str(data_dir.with_name("other")), "DALI_TAG": "other"},
+                          repo=made_by_an_original.state_dir.parent.parent)
+    files = local_files(other)
+    fam.ensure(other, files, files.virt)
+    dom = files.virt.conn.createXML(
+        f"<domain type='test'><name>othera</name><memory>1024</memory><os><type>hvm</type></os>"
+        f"<devices><disk type='file' device='disk'><source file='{other.fam_path}'/>"
+        f"<target dev='vdb'/></disk></devices></domain>")
+    try:
+        assert namespaces.nothing_to_give(other, files, files.virt)
+        namespaces.give(other, files, files.virt)
+        assert fam.namespace(other.fam_path)["mode"] == "raw"
+    finally:
+        dom.destroy()
+    assert not namespaces.nothing_to_give(other, files, files.virt), "given once it is off"
