@@ -153,7 +153,7 @@ def ocfs2_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dax_cluster(tmp_path_factory):
-    """Two nodes on libvirt's own NVDIMM device (device.style = "native") and a 128 MiB FAM,
+    """Two nodes on libvirt's own NVDIMM device (device.style = "native") and a 256 MiB FAM,
     shared by test_coherence.py (checked: OCFS2 on fsdax, then devdax) and test_device_modes.py
     (devdax unchecked, the control; a refused mode change; clean): one original boot per
     namespace mode, two clusters' builds fewer (tests/support/schedule.py runs them in that
@@ -161,7 +161,7 @@ def dax_cluster(tmp_path_factory):
     `template_before`: the native style never writes there."""
     tag = unique_tag("dalidax")
     c = ClusterUnderTest(tmp_path_factory.mktemp(tag) / "cluster.toml", tag, clones=["b"],
-                         fam={"size": "128M"}, device={"style": "native", "mode": "fsdax"})
+                         fam={"size": "256M"}, device={"style": "native", "mode": "fsdax"})
     c.template_before = template_without_other_clusters(c)
     yield c
     c.teardown()

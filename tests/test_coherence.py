@@ -7,7 +7,7 @@ pair is silent, and each mistake is reported by kind, naming the functions on bo
 FAM offset. (The same cases with checking off, where the reader always sees the right bytes, are
 test_device_modes.py's, next on the same cluster: conftest.dax_cluster.)
 
-The FAM is 128 MiB: every node's kernel initialises the device's struct pages at boot, each
+The FAM is 256 MiB: every node's kernel initialises the device's struct pages at boot, each
 store of it checked (docs/coherence.md), and mkfs.ocfs2 writes the device through: a smaller
 device boots and formats faster, and shows the same."""
 

@@ -137,7 +137,8 @@ def test_your_kernel_is_built_here_and_booted_there(host, tmp_path):
     subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path / "X")], check=True)
     c = ClusterUnderTest(tmp_path / "cluster.toml", OWN, remote=host,
                          kernel={"path": str(tmp_path / "X" / "boot" / f"vmlinuz-{version}"),
-                                 "modules": str(tmp_path / "X")})
+                                 "modules": str(tmp_path / "X")},
+                         device={"style": "native", "namespace_from": "original"})  # booted there, whatever the cache holds
     try:
         c.doit()
         there = on_host(host, c)
