@@ -50,7 +50,10 @@ def _kernel(cluster: Cluster) -> str | None:
     """What names the kernel the original boots; None for a user's own disk booting its own
     (image.path without kernel.path), whose kernel dali does not know."""
     if cluster.own_kernel is not None:
-        version = kernel_version(cluster.own_kernel.bzimage)
+        try:
+            version = kernel_version(cluster.own_kernel.bzimage)
+        except OSError:
+            return None  # gone since the settings were read: the kernel stage says so in one line
         return "kernel-" + hashlib.sha256(version.encode()).hexdigest()[:16]
     if cluster.image.path:
         return None
