@@ -69,8 +69,21 @@ def cached_head(cluster: Cluster) -> Path | None:
         return None
     return cluster.cache_dir / "namespaces" / kernel / f"{cluster.device_mode}-{cluster.fam_size}.head"
 
-# --- giving a new FAM its namespace -------------------------------------------------------------
 
+def _whole(head: Path) -> bool:
+    """The kept head holds an info block that checks, of the cluster's mode, and reaches the
+    device's first byte: a head cut short or changed by hand is passed over (the original
+    makes the namespace, and keeps its own in its place)."""
+    with open(head, "rb") as f:
+        block = os.pread(f.fileno(), fam.INFO_BLOCK_BYTES, fam.INFO_BLOCK_OFFSET)
+        size = os.fstat(f.fileno()).st_size
+    if not fam.checksum_holds(block):
+        return False
+    ns = fam.namespace_in(block[:fam.INFO_BLOCK_SIZE], 0)
+    return ns.get("data_offset") == size
+
+
+# --- giving a new FAM its namespace -----------------------------------------------------------
 
 def _to_give(cluster: Cluster, files: Storage, virt: Libvirt) -> Path | None:
     """The head to write into the FAM, if the original would otherwise boot to make it."""
@@ -79,7 +92,7 @@ def _to_give(cluster: Cluster, files: Storage, virt: Libvirt) -> Path | None:
     if fam.held(cluster, files)["mode"] != "raw":
         return None  # a namespace already (the original's check refuses one of another mode)
     head = cached_head(cluster)
-    if head is None or not head.is_file():
+    if head is None or not head.is_file() or not _whole(head):
         return None
     if any(virt.is_active(name) for name in virt.domains_using(cluster.fam_path)):
         # A node runs on the raw FAM (an original a killed run left booting, one the user

@@ -124,3 +124,19 @@ def test_nothing_is_written_under_a_running_node(made_by_an_original, data_dir):
     finally:
         dom.destroy()
     assert not namespaces.nothing_to_give(other, files, files.virt), "given once it is off"
+
+
+def test_a_kept_head_cut_short_or_changed_is_passed_over(made_by_an_original, data_dir):
+    """The original then makes the namespace, as with nothing kept."""
+    other = settings.load(env={"DALI_DIR": str(data_dir.with_name("other")), "DALI_TAG": "other"},
+                          repo=made_by_an_original.state_dir.parent.parent)
+    files = local_files(other)
+    fam.ensure(other, files, files.virt)
+    head = namespaces.cached_head(other)
+    whole = head.read_bytes()
+    head.write_bytes(whole[:HEAD // 2])
+    assert namespaces.nothing_to_give(other, files, files.virt), "cut short"
+    head.write_bytes(whole[:5000] + b"x" + whole[5001:])
+    assert namespaces.nothing_to_give(other, files, files.virt), "its info block changed"
+    head.write_bytes(whole)
+    assert not namespaces.nothing_to_give(other, files, files.virt)
