@@ -20,8 +20,9 @@ sees the FAM's namespace.
 Only where the original would have made the namespace: a raw FAM and a device.mode that asks
 for one, and no node running on it (an original a killed run left booting is the original's
 path's to finish: its ndctl makes the namespace). A FAM that holds a namespace is never written
-here, and a raw FAM's head was about to be ndctl's anyway. The head is written first without its info block, then the block: a run
-killed in between leaves a FAM still raw, which the next run writes again.
+here, and a raw FAM's head was about to be ndctl's anyway. The head is written first without
+its info block, then the block: a run killed in between leaves a FAM still raw, which the next
+run writes again.
 
 device.namespace_from = "original" makes the original boot and make it, as the seed does, every
 time (your kernel's ndctl on your kernel's first cluster does that anyway, as there is nothing
@@ -71,8 +72,8 @@ def cached_head(cluster: Cluster) -> Path | None:
 
 
 def _whole(head: Path) -> bool:
-    """The kept head holds an info block that checks, of the cluster's mode, and reaches the
-    device's first byte: a head cut short or changed by hand is passed over (the original
+    """The kept head holds an info block whose checksum holds, and reaches the device's first
+    byte that block names: a head cut short or changed by hand is passed over (the original
     makes the namespace, and keeps its own in its place)."""
     with open(head, "rb") as f:
         block = os.pread(f.fileno(), fam.INFO_BLOCK_BYTES, fam.INFO_BLOCK_OFFSET)
