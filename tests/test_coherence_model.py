@@ -254,6 +254,7 @@ CONTRACT = {
     "header.reserved": 68, "header.node": 256,
     "node.size": 64, "node.boots": 0, "node.loads": 8, "node.stores": 16, "node.nt_stores": 24,
     "node.flushes": 32, "node.fences": 40, "node.findings": 48, "node.flush_unresolved": 56,
+    "header.pages": 768, "pages.size": 64, "pages.rechecked": 0, "pages.stale": 8,
     "line.size": 24, "line.state": 0, "line.last_store": 8, "line.last_writeback": 16,
     "finding.size": 64, "finding.key": 0, "finding.kind": 8, "finding.writer_node": 12,
     "finding.reader_node": 13, "finding.writer_pc": 16, "finding.reader_pc": 24,
@@ -339,6 +340,16 @@ DECODE_CASES = {
     "0F22DF": operand("mov_cr3", 3, base=RDI),                                  # mov %rdi,%cr3: a new space
     "410F22D9": operand("mov_cr3", 4, base=R9),                                 # mov %r9,%cr3: REX.B
     "0F22D7": operand("none", 0),                                               # mov %rdi,%cr2
+    "440F22D9": operand("none", 0),                                             # mov %rcx,%cr11: REX.R
+    "0F22E7": operand("tlb_flush", 3),                                          # mov %rdi,%cr4: PGE, PCIDE
+    "0F22C0": operand("tlb_flush", 3),                                          # mov %rax,%cr0: paging
+    "440F22C0": operand("none", 0),                                             # mov %rax,%cr8: the TPR
+    "0F0138": operand("tlb_flush", 3),                                          # invlpg (%rax)
+    "0F017F40": operand("tlb_flush", 4),                                        # invlpg 0x40(%rdi)
+    "660F388238": operand("tlb_flush", 5),                                      # invpcid (%rax),%rdi
+    "0F01F8": operand("none", 0),                                               # swapgs: 0F 01 /7, mod 11
+    "0F01F9": operand("none", 0),                                               # rdtscp
+    "0F0138"[:4]: operand("none", 0),                                           # cut short
     "660FAE7F40": operand("clflushopt", 5, base=RDI, disp=0x40),                # clflushopt 0x40(%rdi)
     "660FAE36": operand("clwb", 4, base=RSI),                                   # clwb (%rsi)
     "66410FAE31": operand("clwb", 5, base=R9),                                  # clwb (%r9): REX.B
@@ -381,7 +392,8 @@ DECODE_CASES = {
 @pytest.mark.parametrize("hexbytes", DECODE_CASES)
 def test_the_decoder_reads_flushes_fences_and_non_temporal_stores(model_test, hexbytes):
     """An instruction's bytes -> its kind, and for a flush the operand the plugin computes the
-    address from (registers by ModRM number: 0 rax .. 7 rdi, 8-15 r8-r15; -1 none)."""
+    address from (registers by ModRM number: 0 rax .. 7 rdi, 8-15 r8-r15; -1 none). The
+    instructions that invalidate translations (tlb_flush) make the plugin forget its pages."""
     assert decoded(model_test, hexbytes) == DECODE_CASES[hexbytes]
 
 

@@ -113,6 +113,24 @@ def test_a_model_is_made_sparse_and_read_back(tmp_path):
     assert open(path, "rb").read(model.HEADER + 8)[-8:] == line_word, "the lines' states are kept"
 
 
+def test_a_stale_page_the_plugin_counted_is_a_warning_in_doit_coherence(tmp_path):
+    """The plugin's own check (pages rechecked, pages found stale: c/plugin.c) read from where it
+    writes them, 768 + 64 per node; a stale one makes `doit coherence` say so, none says nothing."""
+    c = load(tmp_path, 'clones = ["b"]\n[device]\ncoherence = "strict"\n')
+    path = tmp_path / "FAM.coherence"
+    with open(path, "wb") as f:
+        f.write(model.header(64 << 20, "strict"))
+        f.truncate(model.file_size(64 << 20))
+        f.seek(768 + 64)  # node 1's: 5000 rechecked, 2 stale
+        f.write(struct.pack("<2Q", 5000, 2))
+    counted = model.counters(path)
+    assert [(n["pages_rechecked"], n["pages_stale"]) for n in counted[:3]] == [(0, 0), (5000, 2), (0, 0)]
+    assert "WARNING: 2 of the plugin's remembered pages were wrong when asked again (of 5000)" \
+        in findings.text([], counted, c, "strict")
+    counted[1]["pages_stale"] = 0
+    assert "WARNING" not in findings.text([], counted, c, "strict")
+
+
 def test_pcs_are_named_from_kallsyms_and_the_program(tmp_path):
     """A kernel address by the node's own kallsyms (module included); a program's through
     addr2line on the binary built -no-pie."""

@@ -144,6 +144,12 @@ def text(found: list[Named], counters: list[dict], cluster: Cluster, mode: str) 
     rows = [[names[i], *(str(c[k]) for k in ("boots", "loads", "stores", "nt_stores", "flushes", "fences"))]
             for i, c in enumerate(counters[:len(names)])]
     lines += _table(rows, ["node", "boots", "loads", "stores", "nt stores", "flushes", "fences"])
+    stale = sum(c["pages_stale"] for c in counters[:len(names)])
+    if stale:  # the plugin's own check of its page memory failed (c/plugin.c): say so, loudly
+        lines += ["", f"WARNING: {stale} of the plugin's remembered pages were wrong when asked again "
+                      f"(of {sum(c['pages_rechecked'] for c in counters[:len(names)])}): some accesses "
+                      "were checked at the wrong line or not at all; please report it with the nodes' "
+                      "kernel version (docs/coherence.md, Which accesses)"]
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,8 @@ while the nodes run (a finding's count is written last, so a slot with a count i
 
 Layout (little-endian):
   header, 4096 bytes: magic, version, nodes_max, fam_size, line_size, lines, lines_offset,
-    findings_offset, findings_slots, mode; from byte 256, 64 bytes of counters per node
+    findings_offset, findings_slots, mode; from byte 256, 64 bytes of counters per node;
+    from byte 768, 64 bytes per node of the plugin's checks of its own page memory
   lines: 24 bytes each (state word, last store, last write-back)
   findings: 64-byte slots (key, kind, writer node, reader node, writer pc, reader pc, count,
     first offset, last offset)
@@ -36,6 +37,11 @@ _HEADER = struct.Struct("<8sIIQQQQQQII")
 COUNTERS = ("boots", "loads", "stores", "nt_stores", "flushes", "fences", "findings", "flush_unresolved")
 _COUNTERS = struct.Struct("<8Q")
 COUNTERS_OFFSET = 256
+# The plugin's memory of which pages are the FAM's, checked against QEMU now and then: a stale
+# answer would be an access checked in the wrong place or not at all (c/plugin.c).
+PAGE_COUNTERS = ("pages_rechecked", "pages_stale")
+_PAGE_COUNTERS = struct.Struct("<2Q")
+PAGE_COUNTERS_OFFSET = 768
 _SLOT = struct.Struct("<QIBBHQQQQQQ")
 
 KINDS = {1: "unflushed read", 2: "stale read", 3: "lost write", 4: "CLWB kept a stale line"}
@@ -134,11 +140,15 @@ def findings(path: Path) -> list[Finding]:
 
 def counters(path: Path) -> list[dict[str, int]]:
     """Per node, what its plugin has seen of the FAM since the model was made: boots, loads,
-    stores, non-temporal stores, flushes, fences, findings, flushes never resolved to a line."""
+    stores, non-temporal stores, flushes, fences, findings, flushes never resolved to a line;
+    and the plugin's own check: pages it asked QEMU about again, and those it had wrong."""
     with open(path, "rb") as f:
         f.seek(COUNTERS_OFFSET)
-        raw = f.read(NODES_MAX * 64)
-    return [dict(zip(COUNTERS, _COUNTERS.unpack_from(raw, i * 64))) for i in range(NODES_MAX)]
+        raw = f.read(PAGE_COUNTERS_OFFSET + NODES_MAX * 64 - COUNTERS_OFFSET)
+    pages = PAGE_COUNTERS_OFFSET - COUNTERS_OFFSET
+    return [dict(zip(COUNTERS, _COUNTERS.unpack_from(raw, i * 64)))
+            | dict(zip(PAGE_COUNTERS, _PAGE_COUNTERS.unpack_from(raw, pages + i * 64)))
+            for i in range(NODES_MAX)]
 
 
 def reset_findings(path: Path) -> None:

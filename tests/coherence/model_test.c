@@ -63,6 +63,10 @@ static void print_layout(void)
     };
     for (int i = 0; i < COH_COUNTERS; i++)
         printf("node.%s %zu\n", counters[i], i * sizeof(uint64_t));
+    FIELD("header", struct coh_header, pages);
+    printf("pages.size %zu\n", sizeof(struct coh_node_pages));
+    printf("pages.rechecked %zu\npages.stale %zu\n", COH_PAGES_RECHECKED * sizeof(uint64_t),
+           COH_PAGES_STALE * sizeof(uint64_t));
     printf("line.size %zu\n", sizeof(struct coh_line));
     FIELD("line", struct coh_line, state);
     FIELD("line", struct coh_line, last_store);

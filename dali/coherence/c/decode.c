@@ -192,14 +192,24 @@ static enum coh_insn_kind classify(const uint8_t *b, size_t len, size_t i,
     unsigned op = b[i + 1];
     if (op == 0x38) {
         *modrm = i + 3;
+        if (i + 3 < len && b[i + 2] == 0x82 && p->mandatory == 0x66 && mod_of(b, len, i + 3) != 3)
+            return COH_INSN_TLB_FLUSH;  /* invpcid */
         return i + 2 < len && direct_store(b, len, i + 3, b[i + 2], p) ? COH_INSN_NT_STORE
                                                                        : COH_INSN_NONE;
     }
     *modrm = i + 2;
     if (op == 0xAE)
         return group15(b, len, i + 2, p);
-    if (op == 0x22 && mod_of(b, len, i + 2) == 3 && reg_of(b, len, i + 2) == 3 && i + 2 < len)
+    if (i + 2 >= len)
+        return COH_INSN_NONE;
+    unsigned mod = mod_of(b, len, i + 2), reg = reg_of(b, len, i + 2);
+    unsigned cr = reg | (p->rex & 4 ? 8 : 0);  /* REX.R: 44 0F 22 C0 is CR8, the TPR */
+    if (op == 0x22 && mod == 3 && cr == 3)
         return COH_INSN_MOV_CR3;
+    if (op == 0x22 && mod == 3 && (cr == 0 || cr == 4))  /* paging on or off, PGE, PCIDE */
+        return COH_INSN_TLB_FLUSH;
+    if (op == 0x01 && mod != 3 && reg == 7)  /* invlpg; mod 11 of /7 is swapgs, rdtscp, ... */
+        return COH_INSN_TLB_FLUSH;
     return legacy_nt(b, len, i + 2, op, p) ? COH_INSN_NT_STORE : COH_INSN_NONE;
 }
 
@@ -247,7 +257,7 @@ const char *coh_insn_kind_name(enum coh_insn_kind kind)
 {
     static const char *const names[] = {
         "none", "clflush", "clflushopt", "clwb", "sfence", "lfence", "mfence", "nt_store",
-        "mov_cr3",
+        "mov_cr3", "tlb_flush",
     };
     return (unsigned)kind < sizeof names / sizeof names[0] ? names[kind] : "unknown";
 }

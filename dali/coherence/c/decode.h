@@ -22,6 +22,8 @@ enum coh_insn_kind {
     COH_INSN_MFENCE,      /*    0F AE F0 */
     COH_INSN_NT_STORE,    /* MOVNTI, MOVNTDQ, MOVNTPS/PD, MOVNTQ, their VEX/EVEX forms, ... */
     COH_INSN_MOV_CR3,     /*    0F 22 /3, mod 11: a new address space; base = the source register */
+    COH_INSN_TLB_FLUSH,   /* INVLPG (0F 01 /7), INVPCID (66 0F 38 82), MOV to CR0 or CR4 (0F 22 /0, /4):
+                           * the guest invalidates translations (the plugin forgets its pages) */
 };
 
 enum coh_seg { COH_SEG_NONE, COH_SEG_FS, COH_SEG_GS };
@@ -41,7 +43,8 @@ struct coh_insn {
     unsigned length;      /* bytes, prefixes included */
 };
 
-/* Classify the instruction at bytes[0..len); the operand is filled for the three flushes. */
+/* Classify the instruction at bytes[0..len); the operand is filled for the three flushes, the
+ * source register for MOV to CR3. */
 void coh_decode(const uint8_t *bytes, size_t len, struct coh_insn *out);
 
 const char *coh_insn_kind_name(enum coh_insn_kind kind);

@@ -366,6 +366,12 @@ void coh_count(struct coh_model *m, unsigned n, enum coh_counter counter, uint64
         __atomic_fetch_add(&m->header->node[n].c[counter], by, __ATOMIC_RELAXED);
 }
 
+void coh_count_pages(struct coh_model *m, unsigned n, enum coh_page_counter counter, uint64_t by)
+{
+    if (n < m->nodes_max)
+        __atomic_fetch_add(&m->header->pages[n].c[counter], by, __ATOMIC_RELAXED);
+}
+
 /* ---- findings ------------------------------------------------------------------------------ */
 
 static uint64_t mix(uint64_t h, uint64_t v)

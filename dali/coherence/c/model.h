@@ -27,6 +27,9 @@
  *    72..255 zero
  *   256  per node i in 0..7, 64 bytes at 256 + 64*i, eight u64 counters in this order:
  *        boots, loads, stores, nt_stores, flushes, fences, findings, flush_unresolved
+ *   768  per node i in 0..7, 64 bytes at 768 + 64*i, the plugin's counts of itself (plugin.c,
+ *        "Which pages are the FAM's"): u64 pages_rechecked, u64 pages_stale, six u64 zero.
+ *        (Zero in a model a plugin before them used: the layout's version is still 1.)
  * The file's size is findings_offset + findings_slots * 64.
  *
  * Lines: at lines_offset, `lines` entries of 24 bytes, three u64 words each:
@@ -103,6 +106,13 @@ struct coh_node_counters {
     uint64_t c[COH_COUNTERS];
 };
 
+enum coh_page_counter { COH_PAGES_RECHECKED, COH_PAGES_STALE };
+
+struct coh_node_pages {
+    uint64_t c[2];
+    uint64_t zero[6];
+};
+
 struct coh_header {
     char magic[8];
     uint32_t version;
@@ -117,7 +127,8 @@ struct coh_header {
     uint32_t reserved;
     uint8_t zero[256 - 72];
     struct coh_node_counters node[COH_NODES_MAX];
-    uint8_t rest[COH_HEADER_SIZE - 256 - 64 * COH_NODES_MAX];
+    struct coh_node_pages pages[COH_NODES_MAX];
+    uint8_t rest[COH_HEADER_SIZE - 256 - 2 * 64 * COH_NODES_MAX];
 };
 
 struct coh_line {
@@ -143,6 +154,7 @@ struct coh_finding {
 /* The layout above, checked by the compiler: a field that moves breaks the build. */
 _Static_assert(sizeof(struct coh_header) == COH_HEADER_SIZE, "header is 4096 bytes");
 _Static_assert(offsetof(struct coh_header, version) == 8, "version at 8");
+_Static_assert(offsetof(struct coh_header, pages) == 768, "the plugin's counters at 768");
 _Static_assert(offsetof(struct coh_header, nodes_max) == 12, "nodes_max at 12");
 _Static_assert(offsetof(struct coh_header, fam_size) == 16, "fam_size at 16");
 _Static_assert(offsetof(struct coh_header, line_size) == 24, "line_size at 24");
@@ -205,6 +217,9 @@ void coh_flush(struct coh_model *m, unsigned n, uint64_t off, enum coh_flush_kin
 
 /* Add to one of node n's counters (fences and unresolved flushes are counted by the plugin). */
 void coh_count(struct coh_model *m, unsigned n, enum coh_counter counter, uint64_t by);
+
+/* Add to one of node n's counts of its plugin's page memory. */
+void coh_count_pages(struct coh_model *m, unsigned n, enum coh_page_counter counter, uint64_t by);
 
 /* Node n starts: counts the boot, forgets n's copies and n's findings. */
 void coh_boot(struct coh_model *m, unsigned n);

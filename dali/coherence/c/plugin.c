@@ -162,10 +162,17 @@ static void wait_for_page(uint64_t space, uint64_t vaddr, uint64_t pc, enum coh_
  * first, and keep the others. */
 #define NOT_FAM UINT64_MAX
 
-static void resolve(uint64_t space, uint64_t vaddr, uint64_t fam_page)
+static void resolve_waiting(uint64_t space, uint64_t vaddr, uint64_t fam_page);
+
+static inline __attribute__((always_inline))
+void resolve(uint64_t space, uint64_t vaddr, uint64_t fam_page)
 {
-    if (!(__atomic_load_n(&pending.pages, __ATOMIC_ACQUIRE) & page_bit(vaddr)))
-        return;
+    if (__builtin_expect(__atomic_load_n(&pending.pages, __ATOMIC_ACQUIRE) & page_bit(vaddr), 0))
+        resolve_waiting(space, vaddr, fam_page);
+}
+
+static void resolve_waiting(uint64_t space, uint64_t vaddr, uint64_t fam_page)
+{
     uint64_t vpage = vaddr >> PAGE_SHIFT;
     pthread_mutex_lock(&pending.lock);
     unsigned kept = 0;
@@ -182,56 +189,6 @@ static void resolve(uint64_t space, uint64_t vaddr, uint64_t fam_page)
     pthread_mutex_unlock(&pending.lock);
 }
 
-/* ---- memory accesses --------------------------------------------------------------------- */
-
-/* A memory callback's userdata: the instruction's PC and whether it is a non-temporal store. */
-#define UD_PC_MASK 0x0000FFFFFFFFFFFFull
-#define UD_NT (1ull << 62)
-
-static void *pack_userdata(uint64_t pc, bool nt)
-{
-    return (void *)(uintptr_t)((pc & UD_PC_MASK) | (nt ? UD_NT : 0));
-}
-
-static uint64_t userdata_pc(void *ud)
-{
-    uint64_t pc = (uintptr_t)ud & UD_PC_MASK;
-    return pc & (1ull << 47) ? pc | ~UD_PC_MASK : pc;
-}
-
-static uint64_t space_of(unsigned vcpu, uint64_t vaddr);
-static bool io_page_skipped(unsigned vcpu, uint64_t space, uint64_t vaddr);
-static void io_page_seen(unsigned vcpu, uint64_t space, uint64_t vaddr);
-
-static void on_mem(unsigned vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr, void *ud)
-{
-    uint64_t space = space_of(vcpu, vaddr);
-    if (io_page_skipped(vcpu, space, vaddr))
-        return;
-    struct qemu_plugin_hwaddr *h = qemu_plugin_get_hwaddr(info, vaddr);
-    if (!h)
-        return;
-    if (qemu_plugin_hwaddr_is_io(h)) {
-        io_page_seen(vcpu, space, vaddr);
-        return;
-    }
-    uint64_t pa = qemu_plugin_hwaddr_phys_addr(h);
-    if (pa < base || pa - base >= model.fam_size) {
-        resolve(space, vaddr, NOT_FAM);  /* a flush waiting for this page was not the FAM's */
-        return;
-    }
-    uint64_t off = pa - base, size = 1ull << qemu_plugin_mem_size_shift(info);
-    learn(space, vaddr, off >> PAGE_SHIFT);
-    resolve(space, vaddr, off >> PAGE_SHIFT);
-    uint64_t pc = userdata_pc(ud);
-    if (!qemu_plugin_mem_is_store(info))
-        coh_load(&model, node, off, size, pc);
-    else if ((uintptr_t)ud & UD_NT)
-        coh_nt_store(&model, node, off, size, pc);
-    else
-        coh_store(&model, node, off, size, pc);
-}
-
 /* ---- registers, for a flush's operand ------------------------------------------------------
  *
  * Handles are per vCPU, found by name when the vCPU starts; the names are those of QEMU's
@@ -243,6 +200,13 @@ static const char *const gpr_names[16] = {
 };
 
 #define IO_PAGES 64
+#define MEMO_PAGES 512  /* per vCPU: 16 KiB, in the host's L1 or L2 next to QEMU's own TLB */
+
+/* What a lookup said about a page: the FAM page behind it, or NOT_FAM ("Which pages ..."). */
+struct page_memo {
+    uint64_t space, vpage, fam_page;
+    uint32_t generation;  /* valid while it is the vCPU's */
+};
 
 struct vcpu {
     struct qemu_plugin_register *gpr[16], *fs_base, *gs_base;
@@ -250,6 +214,9 @@ struct vcpu {
     uint64_t space;   /* the page-table root it runs on (CR3 without its flags and PCID) */
     uint64_t io_pages[IO_PAGES];  /* (space ^ vpage) | 1 of pages found to be I/O (on_mem) */
     unsigned io_skips;
+    struct page_memo memo[MEMO_PAGES];
+    uint32_t generation;  /* moved on when the guest invalidates translations; starts at 1 */
+    uint32_t memo_hits;   /* every RECHECK-th hit is asked of QEMU again */
 };
 
 static struct vcpu *vcpus;
@@ -288,6 +255,143 @@ static bool read_reg(struct vcpu *v, struct qemu_plugin_register *handle, uint64
     for (int i = 0; i < n && i < 8; i++)  /* target byte order: little-endian */
         *value |= (uint64_t)v->buf->data[i] << (8 * i);
     return true;
+}
+
+/* ---- which pages are the FAM's: each vCPU's memory of QEMU's answers -------------------------
+ *
+ * Where an access landed is QEMU's to say (qemu_plugin_get_hwaddr, a lookup in its TLB), and
+ * asking it on every load and store was half of a checked node's time: perf on a booting node
+ * put 20% in QEMU's tlb_plugin_lookup and 28% in this plugin and its calls into QEMU, 17% in
+ * the guest's own translated code. So each vCPU remembers, per (address space, virtual page),
+ * what QEMU said last: the FAM page behind it, or not the FAM. That is what the CPU's own TLB
+ * does, and it forgets the way a TLB must: an x86 kernel that changes a mapping in use
+ * invalidates it before relying on the change (INVLPG, INVPCID, a MOV to CR3 without PCID's
+ * no-flush bit, or a MOV to CR0 or CR4), since a real CPU would go on using the old one. On any
+ * of those, the vCPU forgets every page (its generation moves on); a MOV to CR3 with the
+ * no-flush bit keeps them, as the CPU keeps that address space's entries. A page whose
+ * entry was not present needs no invalidation to become present, and has no memo to forget:
+ * only an access that succeeded makes one. QEMU's TCG offers no INVLPGB, the one instruction
+ * that would invalidate other CPUs' entries; each vCPU runs its own INVLPG when the kernel
+ * shoots down a mapping. I/O pages stay in the separate io_pages memory below, whose rule is
+ * about QEMU's own bug, not the guest.
+ *
+ * Checked as it runs: one hit in RECHECK is asked of QEMU again, counted as pages_rechecked,
+ * and an answer that differs from the memo as pages_stale (the fresh answer is used, and kept).
+ * A stale memo would be an access checked at the wrong line or not at all: the suite's checked
+ * nodes must end with pages_stale at 0 (tests/test_coherence.py). */
+
+#define RECHECK 4096
+#define IO_PAGE (UINT64_MAX - 1)
+
+static uint64_t space_of(unsigned vcpu, uint64_t vaddr);
+static bool io_page_skipped(unsigned vcpu, uint64_t space, uint64_t vaddr);
+static void io_page_seen(unsigned vcpu, uint64_t space, uint64_t vaddr);
+
+static struct page_memo *memo_slot(unsigned vcpu, uint64_t space, uint64_t vaddr)
+{
+    uint64_t vpage = vaddr >> PAGE_SHIFT;
+    return &vcpus[vcpu].memo[(vpage ^ (space >> PAGE_SHIFT) * 0x9E3779B97F4A7C15ull) % MEMO_PAGES];
+}
+
+/* The memo of vaddr's page in that space, or NULL. Inlined into on_mem: perf showed the call
+ * itself among the plugin's costs. */
+static inline __attribute__((always_inline))
+struct page_memo *memo_of(unsigned vcpu, uint64_t space, uint64_t vaddr)
+{
+    if (vcpu >= vcpu_count)
+        return NULL;
+    struct page_memo *m = memo_slot(vcpu, space, vaddr);
+    return m->generation == vcpus[vcpu].generation && m->vpage == vaddr >> PAGE_SHIFT
+           && m->space == space ? m : NULL;
+}
+
+static void remember(unsigned vcpu, uint64_t space, uint64_t vaddr, uint64_t fam_page)
+{
+    if (vcpu >= vcpu_count)
+        return;
+    struct page_memo *m = memo_slot(vcpu, space, vaddr), *had = memo_of(vcpu, space, vaddr);
+    if (had) {  /* a recheck */
+        coh_count_pages(&model, node, COH_PAGES_RECHECKED, 1);
+        if (had->fam_page != fam_page)
+            coh_count_pages(&model, node, COH_PAGES_STALE, 1);
+    }
+    *m = (struct page_memo){ space, vaddr >> PAGE_SHIFT, fam_page, vcpus[vcpu].generation };
+}
+
+static void forget_pages(unsigned vcpu)
+{
+    if (vcpu >= vcpu_count)
+        return;
+    struct vcpu *v = &vcpus[vcpu];
+    if (++v->generation == 0) {  /* wrapped: an old memo could look current again */
+        memset(v->memo, 0, sizeof v->memo);
+        v->generation = 1;
+    }
+}
+
+/* QEMU's answer for the page of this access: its FAM page, NOT_FAM, or IO_PAGE. */
+static uint64_t asked(unsigned vcpu, uint64_t space, qemu_plugin_meminfo_t info, uint64_t vaddr)
+{
+    struct qemu_plugin_hwaddr *h = qemu_plugin_get_hwaddr(info, vaddr);
+    if (!h)
+        return IO_PAGE;  /* nothing to check it against: skipped, as I/O is */
+    if (qemu_plugin_hwaddr_is_io(h)) {
+        io_page_seen(vcpu, space, vaddr);
+        return IO_PAGE;
+    }
+    uint64_t pa = qemu_plugin_hwaddr_phys_addr(h);
+    uint64_t fam_page = pa < base || pa - base >= model.fam_size ? NOT_FAM : (pa - base) >> PAGE_SHIFT;
+    remember(vcpu, space, vaddr, fam_page);
+    return fam_page;
+}
+
+/* ---- memory accesses --------------------------------------------------------------------- */
+
+/* A memory callback's userdata: the instruction's PC and whether it is a non-temporal store. */
+#define UD_PC_MASK 0x0000FFFFFFFFFFFFull
+#define UD_NT (1ull << 62)
+
+static void *pack_userdata(uint64_t pc, bool nt)
+{
+    return (void *)(uintptr_t)((pc & UD_PC_MASK) | (nt ? UD_NT : 0));
+}
+
+static uint64_t userdata_pc(void *ud)
+{
+    uint64_t pc = (uintptr_t)ud & UD_PC_MASK;
+    return pc & (1ull << 47) ? pc | ~UD_PC_MASK : pc;
+}
+
+
+
+static void on_mem(unsigned vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr, void *ud)
+{
+    uint64_t space = space_of(vcpu, vaddr), fam_page;
+    struct page_memo *memo = memo_of(vcpu, space, vaddr);
+    if (__builtin_expect(memo && ++vcpus[vcpu].memo_hits % RECHECK != 0, 1))
+        fam_page = memo->fam_page;
+    else {
+        if (io_page_skipped(vcpu, space, vaddr))
+            return;
+        fam_page = asked(vcpu, space, info, vaddr);
+        if (fam_page == IO_PAGE)
+            return;
+    }
+    if (fam_page == NOT_FAM) {
+        resolve(space, vaddr, NOT_FAM);  /* a flush waiting for this page was not the FAM's */
+        return;
+    }
+    uint64_t off = fam_page << PAGE_SHIFT | (vaddr & ((1u << PAGE_SHIFT) - 1));
+    uint64_t size = 1ull << qemu_plugin_mem_size_shift(info);
+    learn(space, vaddr, fam_page);
+    resolve(space, vaddr, fam_page);
+    uint64_t pc = userdata_pc(ud);
+    if (!qemu_plugin_mem_is_store(info))
+        coh_load(&model, node, off, size, pc);
+    else if ((uintptr_t)ud & UD_NT)
+        coh_nt_store(&model, node, off, size, pc);
+    else
+        coh_store(&model, node, off, size, pc);
 }
 
 /* ---- flushes and fences -------------------------------------------------------------------- */
@@ -395,11 +499,26 @@ static void io_page_seen(unsigned vcpu, uint64_t space, uint64_t vaddr)
         *io_slot(vcpu, space, vaddr, &key) = key;
 }
 
+#define CR3_NOFLUSH (1ull << 63)
+
 static void on_mov_cr3(unsigned vcpu, void *ud)
 {
     uint64_t value;
-    if (vcpu < vcpu_count && read_reg(&vcpus[vcpu], vcpus[vcpu].gpr[(uintptr_t)ud], &value))
-        __atomic_store_n(&vcpus[vcpu].space, value & CR3_ROOT, __ATOMIC_RELAXED);
+    if (vcpu >= vcpu_count)
+        return;
+    if (!read_reg(&vcpus[vcpu], vcpus[vcpu].gpr[(uintptr_t)ud], &value)) {
+        forget_pages(vcpu);  /* which space comes next is unknown: nothing is remembered */
+        return;
+    }
+    __atomic_store_n(&vcpus[vcpu].space, value & CR3_ROOT, __ATOMIC_RELAXED);
+    if (!(value & CR3_NOFLUSH))
+        forget_pages(vcpu);
+}
+
+static void on_tlb_flush(unsigned vcpu, void *ud)
+{
+    (void)ud;
+    forget_pages(vcpu);
 }
 
 static void on_fence(unsigned vcpu, void *ud)
@@ -461,6 +580,9 @@ static void instrument(struct qemu_plugin_insn *insn)
         qemu_plugin_register_vcpu_insn_exec_cb(insn, on_mov_cr3, QEMU_PLUGIN_CB_R_REGS,
                                                (void *)(uintptr_t)op.base);
         return;  /* it touches no memory */
+    case COH_INSN_TLB_FLUSH:
+        qemu_plugin_register_vcpu_insn_exec_cb(insn, on_tlb_flush, QEMU_PLUGIN_CB_NO_REGS, NULL);
+        break;  /* INVPCID reads its descriptor from memory */
     default:
         break;
     }
@@ -576,6 +698,8 @@ static int set_up(const qemu_info_t *info, int argc, char **argv, char *err, siz
     }
     vcpu_count = info->system.max_vcpus > 0 ? (unsigned)info->system.max_vcpus : 1;
     vcpus = g_new0(struct vcpu, vcpu_count);
+    for (unsigned i = 0; i < vcpu_count; i++)
+        vcpus[i].generation = 1;  /* a zeroed memo is no memo */
     flush_insns = g_hash_table_new(g_int64_hash, g_int64_equal);
     return 0;
 }
