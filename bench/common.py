@@ -53,15 +53,25 @@ def import_floor() -> float:
 
 
 @contextmanager
-def checkout_of(rev: str, where: Path):
+def checkout_of(rev: str, where: Path, own: tuple[str, ...] = ()):
     """dali at `rev` in a temporary git worktree at `where`, sharing this checkout's debootstrap
     cache (state/cache, by recipe); removed afterwards. Its clusters are its own: a cluster's
-    identity includes its checkout (dali/cluster.py)."""
+    identity includes its checkout (dali/cluster.py). The entries of state/cache named in `own`
+    are copied instead of shared: what `rev` builds there itself (the coherence plugin, beside
+    its QEMU) must not replace this checkout's."""
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), rev],
                    check=True, capture_output=True)
     try:
         (where / "state").mkdir(exist_ok=True)
-        (where / "state/cache").symlink_to(REPO / "state/cache")
+        if not own:
+            (where / "state/cache").symlink_to(REPO / "state/cache")
+        else:
+            (where / "state/cache").mkdir()
+            for entry in (REPO / "state/cache").iterdir():
+                if entry.name in own:
+                    shutil.copytree(entry, where / "state/cache" / entry.name, symlinks=True)
+                else:
+                    (where / "state/cache" / entry.name).symlink_to(entry)
         _renamed_as_today(where / "dodo.py")
         yield where
     finally:
@@ -85,16 +95,18 @@ def cluster_file(work: Path, tag: str, nodes: int) -> Path:
     return path
 
 
-def before_and_after(name: str, default_nodes: int, default_rev: str, measure) -> None:
+def before_and_after(name: str, default_nodes: int, default_rev: str, measure,
+                     own: tuple[str, ...] = ()) -> None:
     """The frame of a before/after bench, `bench/NAME.py [N] [BEFORE_REV]`: measure(work, nodes,
     rev, old_tree) with BEFORE_REV checked out in a fresh directory under /var/tmp (work), which
-    is removed afterwards; then what was said is written to bench/NAME.md."""
+    is removed afterwards (`own`: as checkout_of's); then what was said is written to
+    bench/NAME.md."""
     work = Path(tempfile.mkdtemp(prefix=f"dali-bench-{name}-", dir="/var/tmp"))
     work.chmod(0o755)  # qemu opens the disks and the FAM under it
     nodes = int(sys.argv[1]) if len(sys.argv) > 1 else default_nodes
     rev = sys.argv[2] if len(sys.argv) > 2 else default_rev
     try:
-        with checkout_of(rev, work / "before") as old_tree:
+        with checkout_of(rev, work / "before", own) as old_tree:
             measure(work, nodes, rev, old_tree)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -370,13 +370,10 @@ static void on_mem(unsigned vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr, vo
     struct page_memo *memo = memo_of(vcpu, space, vaddr);
     if (__builtin_expect(memo && ++vcpus[vcpu].memo_hits % RECHECK != 0, 1))
         fam_page = memo->fam_page;
-    else {
-        if (io_page_skipped(vcpu, space, vaddr))
-            return;
-        fam_page = asked(vcpu, space, info, vaddr);
-        if (fam_page == IO_PAGE)
-            return;
-    }
+    else if (!memo && io_page_skipped(vcpu, space, vaddr))
+        return;  /* (a remembered page is memory, not I/O: asking QEMU again is safe) */
+    else if ((fam_page = asked(vcpu, space, info, vaddr)) == IO_PAGE)
+        return;
     if (fam_page == NOT_FAM) {
         resolve(space, vaddr, NOT_FAM);  /* a flush waiting for this page was not the FAM's */
         return;
