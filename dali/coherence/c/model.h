@@ -29,7 +29,7 @@
  *        boots, loads, stores, nt_stores, flushes, fences, findings, flush_unresolved
  *   768  per node i in 0..7, 64 bytes at 768 + 64*i, the plugin's counts of itself (plugin.c,
  *        "Which pages are the FAM's"): u64 pages_rechecked, u64 pages_stale, six u64 zero.
- *        (Zero in a model a plugin before them used: the layout's version is still 1.)
+ *        (A model an older plugin used has zeros there: the layout's version is still 1.)
  * The file's size is findings_offset + findings_slots * 64.
  *
  * Lines: at lines_offset, `lines` entries of 24 bytes, three u64 words each:
@@ -154,7 +154,6 @@ struct coh_finding {
 /* The layout above, checked by the compiler: a field that moves breaks the build. */
 _Static_assert(sizeof(struct coh_header) == COH_HEADER_SIZE, "header is 4096 bytes");
 _Static_assert(offsetof(struct coh_header, version) == 8, "version at 8");
-_Static_assert(offsetof(struct coh_header, pages) == 768, "the plugin's counters at 768");
 _Static_assert(offsetof(struct coh_header, nodes_max) == 12, "nodes_max at 12");
 _Static_assert(offsetof(struct coh_header, fam_size) == 16, "fam_size at 16");
 _Static_assert(offsetof(struct coh_header, line_size) == 24, "line_size at 24");
@@ -165,7 +164,9 @@ _Static_assert(offsetof(struct coh_header, findings_slots) == 56, "findings_slot
 _Static_assert(offsetof(struct coh_header, mode) == 64, "mode at 64");
 _Static_assert(offsetof(struct coh_header, reserved) == 68, "reserved at 68");
 _Static_assert(offsetof(struct coh_header, node) == 256, "node counters at 256");
+_Static_assert(offsetof(struct coh_header, pages) == 768, "the plugin's counters at 768");
 _Static_assert(sizeof(struct coh_node_counters) == 64, "64 bytes of counters a node");
+_Static_assert(sizeof(struct coh_node_pages) == 64, "64 bytes of the plugin's counts a node");
 _Static_assert(sizeof(struct coh_line) == 24, "a line entry is 24 bytes");
 _Static_assert(sizeof(struct coh_finding) == 64, "a finding slot is 64 bytes");
 _Static_assert(offsetof(struct coh_finding, kind) == 8, "kind at 8");
