@@ -18,6 +18,8 @@
  *    non-temporal stores of the model (the NT flag comes from decoding the instruction);
  *  - CLFLUSH, CLFLUSHOPT, CLWB: QEMU gives them no memory access, so their operand is decoded
  *    (decode.c) and computed from the registers when they execute;
+ *  - MOV to CR3, and INVLPG, INVPCID, MOV to CR0 or CR4: the address space the vCPU runs on,
+ *    and when it forgets the pages it remembered as the FAM's or not ("Which pages ...");
  *  - SFENCE, LFENCE, MFENCE: counted only. A flush takes effect at once in the model: whether a
  *    flush is ordered before a later store by a fence is a persistence checker's business, not
  *    a coherence checker's.
