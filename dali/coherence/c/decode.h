@@ -1,7 +1,9 @@
 /*
  * Which x86-64 instructions matter to the coherence model, from their bytes: the three cache
  * flushes (with their memory operand, as QEMU's plugin API gives no memory callback for them),
- * the fences, and the non-temporal stores (whose memory callbacks give the address already).
+ * the fences, the non-temporal stores (whose memory callbacks give the address already), and
+ * what changes or invalidates the vCPU's translations (MOV to CR3; INVLPG, INVPCID, MOV to CR0
+ * or CR4), which the plugin follows.
  * Pure C, no QEMU: tests/coherence/model_test.c checks it on the host.
  */
 
