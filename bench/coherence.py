@@ -20,7 +20,6 @@ end.
 
 from __future__ import annotations
 
-import re
 import shutil
 import statistics
 import subprocess
@@ -54,13 +53,8 @@ class Variant:
         return common.doit(self.config, *args, check=check)
 
     def torture(self) -> None:
-        run = subprocess.run([str(common.REPO / ".venv/bin/doit"), "torture", "--seconds", "20",
-                              "mmap", "block", f"config={self.config}"], cwd=common.REPO,
-                             capture_output=True, text=True)
-        for line in run.stdout.splitlines():
-            m = re.match(r"\s*(mmap|block)\s+\S+\s+(\d+)", line)
-            if m:
-                self.ops.setdefault(m.group(1), []).append(int(m.group(2)))
+        for workload, ops in common.torture_ops(self.config, ("mmap", "block"), 20).items():
+            self.ops.setdefault(workload, []).append(ops)
 
     def qemu_rss_mib(self) -> float:
         out = subprocess.run(["ps", "-eo", "rss,args"], capture_output=True, text=True).stdout

@@ -5,6 +5,7 @@ checked out beside this one for before/after comparisons."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import string
 import subprocess
@@ -40,6 +41,22 @@ def doit(config: Path, *args: str, tree: Path = REPO, check: bool = True) -> flo
     if check and run.returncode:
         sys.exit(f"doit {' '.join(args)} ({tree}) failed:\n{run.stdout}{run.stderr}")
     return time.monotonic() - t0
+
+
+def torture_ops(config: Path, workloads: tuple[str, ...], seconds: int, tree: Path = REPO) -> dict[str, int]:
+    """`doit torture --seconds SECONDS WORKLOADS` run as doit() runs doit; the operations each
+    workload did, from its row of the table (its exit status is the run's verdict, not the
+    benchmark's: a run with a violation still counts its operations)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DALI_")}
+    env["PYTHONPATH"] = str(tree)
+    run = subprocess.run([str(REPO / ".venv/bin/doit"), "torture", "--seconds", str(seconds), *workloads,
+                          f"config={config}"], cwd=tree, env=env, capture_output=True, text=True)
+    ops = {}
+    for line in run.stdout.splitlines():
+        m = re.match(r"\s*(\S+)\s+\S+\s+(\d+)", line)
+        if m and m.group(1) in workloads:
+            ops[m.group(1)] = int(m.group(2))
+    return ops
 
 
 def import_floor() -> float:

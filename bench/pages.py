@@ -16,10 +16,7 @@ checkout's plugin counted of its own check: pages asked again, and those found s
 
 from __future__ import annotations
 
-import os
-import re
 import statistics
-import subprocess
 from pathlib import Path
 
 import common
@@ -46,13 +43,8 @@ class Variant:
         return common.doit(self.config, *args, tree=self.tree, check=check)
 
     def torture(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DALI_")} | {"PYTHONPATH": str(self.tree)}
-        run = subprocess.run([str(REPO / ".venv/bin/doit"), "torture", "--seconds", "20", "mmap", "block",
-                              f"config={self.config}"], cwd=self.tree, capture_output=True, text=True, env=env)
-        for line in run.stdout.splitlines():
-            m = re.match(r"\s*(mmap|block)\s+\S+\s+(\d+)", line)
-            if m:
-                self.ops.setdefault(m.group(1), []).append(int(m.group(2)))
+        for workload, ops in common.torture_ops(self.config, ("mmap", "block"), 20, tree=self.tree).items():
+            self.ops.setdefault(workload, []).append(ops)
 
 
 def measure(work: Path, nodes: int, rev: str, old_tree: Path) -> None:
